@@ -1,0 +1,193 @@
+"""``python -m studio <stage>``: every stage of the chain, scriptable, on one workspace."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from .config import default_workspace, face_pack_spec
+
+
+def _progress():
+    from tqdm.auto import tqdm
+
+    return lambda it, **kw: tqdm(it, **kw)
+
+
+def _print(data, as_json: bool, text: str | None = None) -> None:
+    if as_json:
+        print(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+    else:
+        print(text if text is not None else json.dumps(data, indent=2, ensure_ascii=False, default=str))
+
+
+def _workspace(args):
+    from .workspace import Workspace
+
+    return Workspace.open(args.workspace)
+
+
+def cmd_ingest(args) -> int:
+    from .ingest import ingest
+
+    report = ingest(_workspace(args), args.source, workers=args.workers, progress=_progress(),
+                    file_column=args.file_column, person_column=args.person_column, caption_column=args.caption_column)
+    _print(report.as_dict(), args.json)
+    return 0
+
+
+def cmd_analyze(args) -> int:
+    from .analyze import analyze
+
+    report = analyze(_workspace(args), args.face_pack, redo=args.redo, workers=args.workers, progress=_progress())
+    if report.note:
+        print(f"note: {report.note}", file=sys.stderr)
+    _print(report.as_dict(), args.json)
+    return 0
+
+
+def cmd_curate(args) -> int:
+    from .curate import curate, curation_rules
+
+    ws = _workspace(args)
+    rules = curation_rules(
+        ws, min_faces=args.min_faces, max_faces=args.max_faces, min_side=args.min_side,
+        min_face_ratio=args.min_face_ratio, identity_threshold=args.identity_threshold,
+        min_person_images=args.min_person_images, reject_outliers=args.reject_outliers,
+    )
+    _print(curate(ws, rules).as_dict(), args.json)
+    return 0
+
+
+def cmd_stats(args) -> int:
+    from .stats import dataset_stats, format_table1
+
+    stats = dataset_stats(_workspace(args))
+    text = format_table1(stats) + "\n\nrejections by reason: " + json.dumps(stats["rejections_by_reason"]) + \
+        "\ningest problems by reason: " + json.dumps(stats["ingest_problems_by_reason"])
+    _print(stats, args.json, text)
+    return 0
+
+
+def cmd_list(args) -> int:
+    from .stats import image_list
+
+    rows = image_list(_workspace(args))
+    if args.person:
+        rows = [r for r in rows if r["person"] == args.person]
+    if args.status:
+        rows = [r for r in rows if r["status"] == args.status]
+    text = "\n".join(
+        f"{r['id']:>6}  {r['person']:<20} {r['status']:<7} faces={r['face_count']} ratio={r['face_ratio']} "
+        f"pose={r['pose']} outlier={r['outlier']} {','.join(r['reasons'])}"
+        for r in rows
+    )
+    _print(rows, args.json, text)
+    return 0
+
+
+def cmd_problems(args) -> int:
+    rows = _workspace(args).store.ingest_problems()
+    _print(rows, args.json, "\n".join(f"{r['code']:<22} {r['source']}  {r['detail'] or ''}" for r in rows))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .export import export_training_set
+
+    _print(export_training_set(_workspace(args), args.out, include_failed=args.include_failed), args.json)
+    return 0
+
+
+def cmd_models(args) -> int:
+    from .faces import resolve_pack
+
+    pack = resolve_pack(args.download or args.face_pack, download=bool(args.download))
+    _print({"pack": pack.name, "detector": str(pack.detector), "recognizer": str(pack.recognizer), "note": pack.note}, args.json)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .pipeline import ensure_demo_workspace
+    from .stats import dataset_stats, format_table1
+
+    ws = ensure_demo_workspace(args.workspace, args.face_pack)
+    print(format_table1(dataset_stats(ws)))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m studio", description="CrossFaceID Studio: build and curate FaceID datasets.")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--workspace", type=Path, default=default_workspace(),
+                        help="workspace directory (default: $STUDIO_WORKSPACE or ./workspaces/demo)")
+    common.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    common.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("ingest", parents=[common], help="add photos: person folders, CrossFaceID JSONL, or a CSV/parquet table")
+    p.add_argument("source", type=Path, help="a folder of person folders, a .jsonl (or folder of them), a .csv or .parquet")
+    p.add_argument("--workers", type=int, default=None, help="decoding threads (default: min(4, cores))")
+    p.add_argument("--file-column", default=None, help="table column with file names (default: detected)")
+    p.add_argument("--person-column", default=None, help="table column with the person (default: detected)")
+    p.add_argument("--caption-column", default=None, help="table column with captions (default: detected)")
+    p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("analyze", parents=[common], help="detect faces, keypoints, embeddings and pose")
+    p.add_argument("--face-pack", default=face_pack_spec(),
+                   help="auto | antelopev2 | bundled | a folder with SCRFD + ArcFace .onnx (default: $STUDIO_FACE_PACK or auto)")
+    p.add_argument("--redo", action="store_true", help="re-analyze images already analyzed by this pack")
+    p.add_argument("--workers", type=int, default=None, help="worker threads (default: one per core on CPU, 1 on GPU)")
+    p.set_defaults(func=cmd_analyze)
+
+    p = sub.add_parser("curate", parents=[common], help="apply the paper's rules and the identity check (no re-analysis)")
+    p.add_argument("--min-faces", type=int, default=None, help="fewest faces allowed (paper: 1)")
+    p.add_argument("--max-faces", type=int, default=None, help="most faces allowed (paper: 3)")
+    p.add_argument("--min-side", type=int, default=None, help="shortest side in pixels (paper: 512)")
+    p.add_argument("--min-face-ratio", type=float, default=None, help="largest face area / image area (paper: 0.04)")
+    p.add_argument("--identity-threshold", type=float, default=None,
+                   help="cosine to the person's centroid below which an image is a likely mislabel (default 0.3)")
+    p.add_argument("--min-person-images", type=int, default=None, help="photos a person needs before outliers are judged (default 3)")
+    p.add_argument("--reject-outliers", action=argparse.BooleanOptionalAction, default=None,
+                   help="fail identity outliers (default) or only flag them")
+    p.set_defaults(func=cmd_curate)
+
+    p = sub.add_parser("stats", parents=[common], help="Table 1 before/after curation and rejection counts")
+    p.set_defaults(func=cmd_stats)
+
+    p = sub.add_parser("list", parents=[common], help="every image with status, reasons, faces, pose, outlier flag")
+    p.add_argument("--person", default=None, help="only this person")
+    p.add_argument("--status", choices=["pass", "fail", "pending"], default=None, help="only this status")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("problems", parents=[common], help="inputs rejected or skipped at ingest, with reasons")
+    p.set_defaults(func=cmd_problems)
+
+    p = sub.add_parser("export", parents=[common], help="write the CrossFaceID training JSONL + .npy embeddings")
+    p.add_argument("--out", type=Path, required=True, help="export directory")
+    p.add_argument("--include-failed", action="store_true", help="also export images that failed curation")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("models", parents=[common], help="show the face pack in use, or download antelopev2")
+    p.add_argument("--face-pack", default=face_pack_spec(), help="pack to resolve (default: auto)")
+    p.add_argument("--download", choices=["antelopev2"], default=None, help="download this pack from the hub")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("demo", parents=[common], help="build the bundled demo workspace from assets/demo")
+    p.add_argument("--face-pack", default=face_pack_spec(), help="face pack (default: auto)")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .faces import MissingModelError
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except (MissingModelError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,30 @@
+"""Chains of stages that the CLI and the UI both run."""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from .analyze import analyze
+from .config import ASSETS_DIR
+from .curate import curate
+from .ingest import ingest
+from .workspace import Workspace
+
+DEMO_SOURCE = ASSETS_DIR / "demo"
+
+
+def build_dataset(ws: Workspace, source: str | Path, pack_spec: str = "auto",
+                  progress: Callable[..., Iterable] | None = None) -> dict:
+    """ingest -> analyze -> curate; every stage skips the work already done."""
+    ing = ingest(ws, source, progress=progress)
+    ana = analyze(ws, pack_spec, progress=progress)
+    cur = curate(ws)
+    return {"ingest": ing.as_dict(), "analyze": ana.as_dict(), "curate": cur.as_dict()}
+
+
+def ensure_demo_workspace(root: str | Path, pack_spec: str = "auto") -> Workspace:
+    """The bundled demo workspace, built from the public-domain photos in assets/demo on first use."""
+    ws = Workspace.open(root)
+    if ws.store.counts()["images"] == 0 or ws.store.counts()["curated"] == 0:
+        build_dataset(ws, DEMO_SOURCE, pack_spec)
+    return ws

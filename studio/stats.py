@@ -1,0 +1,74 @@
+"""Dataset statistics: the paper's Table 1 before and after curation, and per-reason counts."""
+from __future__ import annotations
+
+import statistics
+from collections import Counter
+
+from .workspace import Workspace
+
+
+def table1(images_per_person: list[int]) -> dict:
+    """Persons, images, and average / median / max / min images per person (paper, Table 1)."""
+    counts = [c for c in images_per_person if c > 0]
+    if not counts:
+        return {"persons": 0, "images": 0, "avg_per_person": 0.0, "median_per_person": 0.0,
+                "max_per_person": 0, "min_per_person": 0}
+    return {
+        "persons": len(counts),
+        "images": sum(counts),
+        "avg_per_person": round(sum(counts) / len(counts), 2),
+        "median_per_person": float(statistics.median(counts)),
+        "max_per_person": max(counts),
+        "min_per_person": min(counts),
+    }
+
+
+def image_list(ws: Workspace) -> list[dict]:
+    """Every image with person, status, reasons, faces, ratio, pose and outlier flag."""
+    out = []
+    for r in ws.store.image_table():
+        status = "pending" if r["passed"] is None else ("pass" if r["passed"] else "fail")
+        out.append({
+            "id": r["id"], "person": r["person"], "media_path": r["media_path"], "source": r["source"],
+            "sha256": r["sha256"], "width": r["width"], "height": r["height"], "original_mode": r["original_mode"],
+            "exif_rotated": r["exif_rotated"], "status": status, "reasons": r["reasons"] or [],
+            "face_count": r["face_count"], "face_ratio": None if r["largest_face_ratio"] is None else round(r["largest_face_ratio"], 4),
+            "pose": r["pose"], "yaw": r["yaw"], "pitch": r["pitch"],
+            "identity_sim": r["identity_sim"], "outlier": r["outlier"],
+            "analysis_error": r["analysis_error"], "caption": r["import_caption"],
+        })
+    return out
+
+
+def dataset_stats(ws: Workspace, images: list[dict] | None = None) -> dict:
+    """Table 1 before/after curation, rejection counts per reason, ingest problems, pose counts."""
+    images = image_list(ws) if images is None else images
+    before, after = Counter(), Counter()
+    reasons, poses = Counter(), Counter()
+    for im in images:
+        before[im["person"]] += 1
+        if im["status"] == "pass":
+            after[im["person"]] += 1
+            poses[im["pose"] or "unknown"] += 1
+        reasons.update(im["reasons"])
+    problems = Counter(p["code"] for p in ws.store.ingest_problems())
+    return {
+        "table1": {"before_curation": table1(list(before.values())), "after_curation": table1(list(after.values()))},
+        "status": dict(Counter(im["status"] for im in images)),
+        "rejections_by_reason": dict(sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))),
+        "ingest_problems_by_reason": dict(sorted(problems.items(), key=lambda kv: (-kv[1], kv[0]))),
+        "pose_after_curation": dict(poses),
+        "rules": ws.store.get_setting("curation_rules"),
+    }
+
+
+def format_table1(stats: dict) -> str:
+    """Table 1 as Markdown, for the CLI and the README of an export."""
+    t = stats["table1"]
+    keys = [("persons", "Persons"), ("images", "Images"), ("avg_per_person", "Avg images / person"),
+            ("median_per_person", "Median images / person"), ("max_per_person", "Max images / person"),
+            ("min_per_person", "Min images / person")]
+    lines = ["| | before curation | after curation |", "|---|---:|---:|"]
+    for k, label in keys:
+        lines.append(f"| {label} | {t['before_curation'][k]} | {t['after_curation'][k]} |")
+    return "\n".join(lines)

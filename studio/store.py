@@ -1,0 +1,386 @@
+"""The workspace database: the only module that speaks SQL.
+
+SQLite in WAL mode so that the UI can read while a stage writes; the schema is versioned with
+``PRAGMA user_version`` and migrated forward on open. Every stage writes through the small
+methods here, each inside a transaction, so a killed job leaves whole rows or none.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+
+_MIGRATIONS: dict[int, str] = {
+    1: """
+    CREATE TABLE persons (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE
+    );
+    CREATE TABLE images (
+        id INTEGER PRIMARY KEY,
+        sha256 TEXT NOT NULL UNIQUE,
+        person_id INTEGER NOT NULL REFERENCES persons(id),
+        media_path TEXT NOT NULL,
+        source TEXT NOT NULL,
+        width INTEGER NOT NULL,
+        height INTEGER NOT NULL,
+        original_mode TEXT NOT NULL,
+        exif_rotated INTEGER NOT NULL DEFAULT 0,
+        import_caption TEXT,
+        import_meta TEXT,
+        added_at TEXT NOT NULL
+    );
+    CREATE INDEX images_person ON images(person_id);
+    -- Every input ever seen, keyed by where it came from: re-ingesting a source is a no-op.
+    CREATE TABLE sources (
+        source TEXT PRIMARY KEY,
+        outcome TEXT NOT NULL CHECK (outcome IN ('ingested', 'duplicate', 'rejected')),
+        image_id INTEGER REFERENCES images(id) ON DELETE SET NULL,
+        code TEXT,
+        detail TEXT,
+        seen_at TEXT NOT NULL
+    );
+    CREATE INDEX sources_outcome ON sources(outcome);
+    CREATE TABLE analyses (
+        image_id INTEGER PRIMARY KEY REFERENCES images(id) ON DELETE CASCADE,
+        pack TEXT NOT NULL,
+        face_count INTEGER,
+        largest_face_ratio REAL,
+        error TEXT,
+        analyzed_at TEXT NOT NULL
+    );
+    CREATE TABLE faces (
+        image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+        face_index INTEGER NOT NULL,
+        x1 REAL NOT NULL, y1 REAL NOT NULL, x2 REAL NOT NULL, y2 REAL NOT NULL,
+        score REAL NOT NULL,
+        kps TEXT NOT NULL,
+        embedding BLOB,
+        area_ratio REAL NOT NULL,
+        yaw REAL, pitch REAL, pose TEXT,
+        PRIMARY KEY (image_id, face_index)
+    );
+    CREATE TABLE curation (
+        image_id INTEGER PRIMARY KEY REFERENCES images(id) ON DELETE CASCADE,
+        passed INTEGER NOT NULL,
+        reasons TEXT NOT NULL,
+        identity_sim REAL,
+        outlier INTEGER NOT NULL DEFAULT 0,
+        curated_at TEXT NOT NULL
+    );
+    CREATE INDEX curation_passed ON curation(passed);
+    CREATE TABLE settings (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    """,
+}
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class FaceRow:
+    """One detected face as stored; faces of an image are ordered largest first."""
+
+    face_index: int
+    bbox: tuple[float, float, float, float]
+    score: float
+    kps: list[list[float]]
+    embedding: np.ndarray | None
+    area_ratio: float
+    yaw: float | None
+    pitch: float | None
+    pose: str | None
+
+
+class Store:
+    """A workspace database. Connections are per thread (Gradio handlers run in threads)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._migrate()
+
+    # -- connection plumbing -------------------------------------------------------------
+    @property
+    def conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            self._local.conn = conn
+        return conn
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception (nested calls join the outer one)."""
+        conn = self.conn
+        if conn.in_transaction:
+            yield conn
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def _migrate(self) -> None:
+        with self.transaction() as conn:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise RuntimeError(
+                    f"{self.path}: workspace schema v{version} is newer than this studio (v{SCHEMA_VERSION}); upgrade the studio"
+                )
+            for v in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in _split_sql(_MIGRATIONS[v]):
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {v}")
+
+    def schema_version(self) -> int:
+        return int(self.conn.execute("PRAGMA user_version").fetchone()[0])
+
+    # -- settings ------------------------------------------------------------------------
+    def get_setting(self, key: str, default: Any = None) -> Any:
+        row = self.conn.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else default
+
+    def set_setting(self, key: str, value: Any) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO settings(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (key, json.dumps(value)),
+            )
+
+    # -- ingest --------------------------------------------------------------------------
+    def source_outcome(self, source: str) -> sqlite3.Row | None:
+        return self.conn.execute("SELECT * FROM sources WHERE source = ?", (source,)).fetchone()
+
+    def image_id_by_sha(self, sha256: str) -> int | None:
+        row = self.conn.execute("SELECT id FROM images WHERE sha256 = ?", (sha256,)).fetchone()
+        return int(row[0]) if row else None
+
+    def _person_id(self, conn: sqlite3.Connection, name: str) -> int:
+        conn.execute("INSERT INTO persons(name) VALUES (?) ON CONFLICT(name) DO NOTHING", (name,))
+        return int(conn.execute("SELECT id FROM persons WHERE name = ?", (name,)).fetchone()[0])
+
+    def add_image(
+        self,
+        *,
+        source: str,
+        sha256: str,
+        person: str,
+        media_path: str,
+        width: int,
+        height: int,
+        original_mode: str,
+        exif_rotated: bool,
+        import_caption: str | None = None,
+        import_meta: dict | None = None,
+    ) -> int:
+        """Insert a new image and mark its source ingested, in one transaction."""
+        with self.transaction() as conn:
+            pid = self._person_id(conn, person)
+            cur = conn.execute(
+                """INSERT INTO images(sha256, person_id, media_path, source, width, height, original_mode,
+                                      exif_rotated, import_caption, import_meta, added_at)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                (
+                    sha256, pid, media_path, source, width, height, original_mode, int(exif_rotated),
+                    import_caption, json.dumps(import_meta) if import_meta else None, _now(),
+                ),
+            )
+            image_id = int(cur.lastrowid)
+            self._set_source(conn, source, "ingested", image_id, None, None)
+            return image_id
+
+    def mark_source(self, source: str, outcome: str, image_id: int | None, code: str | None, detail: str | None) -> None:
+        with self.transaction() as conn:
+            self._set_source(conn, source, outcome, image_id, code, detail)
+
+    @staticmethod
+    def _set_source(conn, source, outcome, image_id, code, detail) -> None:
+        conn.execute(
+            """INSERT INTO sources(source, outcome, image_id, code, detail, seen_at) VALUES (?, ?, ?, ?, ?, ?)
+               ON CONFLICT(source) DO UPDATE SET outcome = excluded.outcome, image_id = excluded.image_id,
+                   code = excluded.code, detail = excluded.detail, seen_at = excluded.seen_at""",
+            (source, outcome, image_id, code, detail, _now()),
+        )
+
+    def ingest_problems(self) -> list[dict]:
+        """Rejected and duplicate inputs with their reasons, for the CLI and the UI."""
+        rows = self.conn.execute(
+            """SELECT s.source, s.outcome, s.code, s.detail, i.source AS duplicate_of
+               FROM sources s LEFT JOIN images i ON i.id = s.image_id
+               WHERE s.outcome != 'ingested' ORDER BY s.source"""
+        ).fetchall()
+        return [dict(r) for r in rows]
+
+    # -- analysis ------------------------------------------------------------------------
+    def images_to_analyze(self, pack: str, redo: bool = False) -> list[tuple[int, str]]:
+        """Images without an analysis by ``pack`` (all of them with ``redo``)."""
+        if redo:
+            sql = "SELECT id, media_path FROM images ORDER BY id"
+            args: tuple = ()
+        else:
+            sql = """SELECT i.id, i.media_path FROM images i LEFT JOIN analyses a ON a.image_id = i.id
+                     WHERE a.image_id IS NULL OR a.pack != ? ORDER BY i.id"""
+            args = (pack,)
+        return [(int(r[0]), str(r[1])) for r in self.conn.execute(sql, args)]
+
+    def save_analysis(
+        self,
+        image_id: int,
+        pack: str,
+        faces: Sequence[dict] | None,
+        largest_face_ratio: float | None,
+        error: str | None = None,
+    ) -> None:
+        """Replace an image's faces and analysis row atomically."""
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM faces WHERE image_id = ?", (image_id,))
+            for i, f in enumerate(faces or ()):
+                emb = f.get("embedding")
+                conn.execute(
+                    """INSERT INTO faces(image_id, face_index, x1, y1, x2, y2, score, kps, embedding, area_ratio,
+                                         yaw, pitch, pose) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                    (
+                        image_id, i, *map(float, f["bbox"]), float(f["score"]), json.dumps(f["kps"]),
+                        None if emb is None else np.asarray(emb, dtype=np.float32).tobytes(),
+                        float(f["area_ratio"]), f.get("yaw"), f.get("pitch"), f.get("pose"),
+                    ),
+                )
+            conn.execute(
+                """INSERT INTO analyses(image_id, pack, face_count, largest_face_ratio, error, analyzed_at)
+                   VALUES (?, ?, ?, ?, ?, ?)
+                   ON CONFLICT(image_id) DO UPDATE SET pack = excluded.pack, face_count = excluded.face_count,
+                       largest_face_ratio = excluded.largest_face_ratio, error = excluded.error,
+                       analyzed_at = excluded.analyzed_at""",
+                (image_id, pack, None if faces is None else len(faces), largest_face_ratio, error, _now()),
+            )
+
+    def faces(self, image_id: int) -> list[FaceRow]:
+        rows = self.conn.execute(
+            "SELECT * FROM faces WHERE image_id = ? ORDER BY face_index", (image_id,)
+        ).fetchall()
+        return [_face_row(r) for r in rows]
+
+    # -- curation ------------------------------------------------------------------------
+    def curation_inputs(self) -> list[dict]:
+        """What curation needs per image: size, analysis and the main face's embedding."""
+        rows = self.conn.execute(
+            """SELECT i.id AS image_id, p.name AS person, i.width, i.height,
+                      a.image_id IS NOT NULL AS analyzed, a.face_count, a.largest_face_ratio, a.error,
+                      f.embedding AS main_embedding
+               FROM images i JOIN persons p ON p.id = i.person_id
+               LEFT JOIN analyses a ON a.image_id = i.id
+               LEFT JOIN faces f ON f.image_id = i.id AND f.face_index = 0
+               ORDER BY i.id"""
+        ).fetchall()
+        out = []
+        for r in rows:
+            d = dict(r)
+            blob = d.pop("main_embedding")
+            d["main_embedding"] = None if blob is None else np.frombuffer(blob, dtype=np.float32)
+            out.append(d)
+        return out
+
+    def save_curation(self, results: Iterable[dict], rules: dict) -> None:
+        """Replace every curation verdict in one transaction, with the rules that produced them."""
+        now = _now()
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM curation")
+            conn.executemany(
+                """INSERT INTO curation(image_id, passed, reasons, identity_sim, outlier, curated_at)
+                   VALUES (?, ?, ?, ?, ?, ?)""",
+                [
+                    (r["image_id"], int(r["passed"]), json.dumps(r["reasons"]), r["identity_sim"], int(r["outlier"]), now)
+                    for r in results
+                ],
+            )
+            conn.execute(
+                "INSERT INTO settings(key, value) VALUES ('curation_rules', ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (json.dumps(rules),),
+            )
+
+    # -- reading -------------------------------------------------------------------------
+    def image_table(self) -> list[dict]:
+        """Every image with its person, analysis and verdict: the source of stats, list and export."""
+        rows = self.conn.execute(
+            """SELECT i.id, i.sha256, p.name AS person, i.media_path, i.source, i.width, i.height,
+                      i.original_mode, i.exif_rotated, i.import_caption, i.import_meta,
+                      a.face_count, a.largest_face_ratio, a.error AS analysis_error, a.pack,
+                      f.pose, f.yaw, f.pitch,
+                      c.passed, c.reasons, c.identity_sim, c.outlier
+               FROM images i JOIN persons p ON p.id = i.person_id
+               LEFT JOIN analyses a ON a.image_id = i.id
+               LEFT JOIN faces f ON f.image_id = i.id AND f.face_index = 0
+               LEFT JOIN curation c ON c.image_id = i.id
+               ORDER BY p.name, i.id"""
+        ).fetchall()
+        out = []
+        for r in rows:
+            d = dict(r)
+            d["reasons"] = json.loads(d["reasons"]) if d["reasons"] is not None else None
+            d["import_meta"] = json.loads(d["import_meta"]) if d["import_meta"] else None
+            d["exif_rotated"] = bool(d["exif_rotated"])
+            d["outlier"] = None if d["outlier"] is None else bool(d["outlier"])
+            d["passed"] = None if d["passed"] is None else bool(d["passed"])
+            out.append(d)
+        return out
+
+    def counts(self) -> dict[str, int]:
+        c = self.conn
+        return {
+            "persons": c.execute("SELECT COUNT(DISTINCT person_id) FROM images").fetchone()[0],
+            "images": c.execute("SELECT COUNT(*) FROM images").fetchone()[0],
+            "analyzed": c.execute("SELECT COUNT(*) FROM analyses").fetchone()[0],
+            "curated": c.execute("SELECT COUNT(*) FROM curation").fetchone()[0],
+            "rejected_inputs": c.execute("SELECT COUNT(*) FROM sources WHERE outcome = 'rejected'").fetchone()[0],
+            "duplicate_inputs": c.execute("SELECT COUNT(*) FROM sources WHERE outcome = 'duplicate'").fetchone()[0],
+        }
+
+
+def _face_row(r: sqlite3.Row) -> FaceRow:
+    return FaceRow(
+        face_index=int(r["face_index"]),
+        bbox=(r["x1"], r["y1"], r["x2"], r["y2"]),
+        score=float(r["score"]),
+        kps=json.loads(r["kps"]),
+        embedding=None if r["embedding"] is None else np.frombuffer(r["embedding"], dtype=np.float32),
+        area_ratio=float(r["area_ratio"]),
+        yaw=r["yaw"],
+        pitch=r["pitch"],
+        pose=r["pose"],
+    )
+
+
+def _split_sql(script: str) -> list[str]:
+    """Split a migration into statements (executescript would commit our open transaction)."""
+    code = "\n".join(line for line in script.splitlines() if not line.strip().startswith("--"))
+    return [s.strip() for s in code.split(";") if s.strip()]

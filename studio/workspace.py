@@ -1,0 +1,67 @@
+"""A workspace: one directory per study holding the database, the media and derived files."""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .store import Store
+
+DB_NAME = "studio.db"
+
+
+@dataclass
+class Workspace:
+    root: Path
+    store: Store = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root).expanduser().resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.media_dir.mkdir(exist_ok=True)
+        self.store = Store(self.root / DB_NAME)
+
+    @classmethod
+    def open(cls, root: str | Path) -> "Workspace":
+        return cls(Path(root))
+
+    @staticmethod
+    def exists(root: str | Path) -> bool:
+        return (Path(root) / DB_NAME).is_file()
+
+    @property
+    def media_dir(self) -> Path:
+        return self.root / "media"
+
+    @property
+    def exports_dir(self) -> Path:
+        return self.root / "exports"
+
+    def media_path(self, relative: str) -> Path:
+        return self.root / relative
+
+    def put_media(self, sha256: str, suffix: str, data: bytes) -> str:
+        """Store original bytes under their hash (atomic rename); returns the workspace-relative path."""
+        rel = Path("media") / sha256[:2] / f"{sha256}{suffix.lower()}"
+        dest = self.root / rel
+        if not dest.exists():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(dest, data)
+        return rel.as_posix()
+
+
+def atomic_write_bytes(dest: Path, data: bytes) -> None:
+    """Write via a temp file in the same folder and rename: readers never see half a file."""
+    dest = Path(dest)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, dest)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
