@@ -1,0 +1,199 @@
+"""Ingest from the three layouts; every bad input gets a reason and the batch goes on."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from studio.analyze import analyze
+from studio.images import MAX_PIXELS
+from studio.ingest import ingest
+from studio.stats import image_list
+from studio.workspace import Workspace
+
+
+def _save(img: Image.Image, path, **kw):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, **kw)
+    return path
+
+
+@pytest.fixture()
+def messy_source(tmp_path, photos):
+    """Person folders with one of each kind of bad input next to good photos."""
+    src = tmp_path / "src"
+    obama = Image.open(photos["obama"]).convert("RGB")
+    (src / "obama").mkdir(parents=True)
+    shutil.copy(photos["obama"], src / "obama" / "obama.jpg")
+    shutil.copy(photos["obama2"], src / "obama" / "obama2.jpg")
+    shutil.copy(photos["obama"], src / "obama" / "obama_again.jpg")  # duplicate content
+    (src / "obama" / "notes.txt").write_text("not a photo")
+    data = photos["obama3"].read_bytes()
+    (src / "obama" / "truncated.jpg").write_bytes(data[: len(data) // 3])
+    side = int(MAX_PIXELS ** 0.5) + 100
+    _save(Image.new("1", (side, side)), src / "obama" / "bomb.png")
+    # awkward but valid encodings of a real face
+    _save(obama.convert("CMYK"), src / "variants" / "cmyk.jpg", quality=95)
+    _save(obama.convert("L"), src / "variants" / "gray.jpg", quality=95)
+    rgba = obama.convert("RGBA")
+    rgba.putalpha(200)
+    _save(rgba, src / "variants" / "rgba.png")
+    deep = (np.asarray(obama.convert("L"), dtype=np.uint16) * 257).astype(np.uint16)
+    _save(Image.fromarray(deep), src / "variants" / "deep16.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    _save(obama.rotate(90, expand=True), src / "variants" / "rotated.jpg", quality=95, exif=exif)
+    # a nested folder in a person folder counts for that person
+    shutil.copy(photos["astronaut"], _dir(src / "eileen_collins" / "2003") / "astronaut.png")
+    # a dangling link (missing file) and a link loop (unreadable directory)
+    os.symlink(src / "gone.jpg", src / "eileen_collins" / "gone.jpg")
+    os.symlink("loop", src / "loop")
+    (src / "stray.jpg").write_bytes(photos["biden"].read_bytes())  # not in a person folder
+    return src
+
+
+def _dir(p):
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def _problems(ws) -> dict[str, str]:
+    return {os.path.basename(p["source"]): p["code"] for p in ws.store.ingest_problems()}
+
+
+def test_bad_inputs_recorded_and_batch_goes_on(tmp_path, messy_source):
+    ws = Workspace.open(tmp_path / "ws")
+    report = ingest(ws, messy_source)
+    problems = _problems(ws)
+    assert problems == {
+        "notes.txt": "not_an_image",
+        "truncated.jpg": "truncated",
+        "bomb.png": "decompression_bomb",
+        "obama_again.jpg": "duplicate",
+        "gone.jpg": "missing_file",
+        "loop": "unreadable_directory",
+        "stray.jpg": "no_person",
+    }
+    details = {os.path.basename(p["source"]): p for p in ws.store.ingest_problems()}
+    assert details["obama_again.jpg"]["duplicate_of"].endswith("obama.jpg")
+    # every good photo made it, whatever its encoding
+    assert report.added == 8
+    rows = {os.path.basename(r["source"]): r for r in image_list(ws)}
+    assert set(rows) == {"obama.jpg", "obama2.jpg", "cmyk.jpg", "gray.jpg", "rgba.png", "deep16.png",
+                         "rotated.jpg", "astronaut.png"}
+    assert rows["astronaut.png"]["person"] == "eileen_collins"
+    assert rows["cmyk.jpg"]["original_mode"] == "CMYK"
+    assert rows["rotated.jpg"]["exif_rotated"] and (rows["rotated.jpg"]["width"], rows["rotated.jpg"]["height"]) == (910, 1137)
+    # the media store holds exactly the added photos, no temp or partial files
+    media = [p for p in (ws.root / "media").rglob("*") if p.is_file()]
+    assert len(media) == 8 and not [p for p in media if p.name.startswith(".")]
+
+
+def test_awkward_encodings_are_analyzed_upright(tmp_path, messy_source, pack):
+    ws = Workspace.open(tmp_path / "ws")
+    ingest(ws, messy_source)
+    analyze(ws, pack=pack)
+    rows = {os.path.basename(r["source"]): r for r in image_list(ws)}
+    for name in ("cmyk.jpg", "gray.jpg", "rgba.png", "deep16.png", "rotated.jpg"):
+        assert rows[name]["face_count"] == 1, name
+        assert rows[name]["face_ratio"] == pytest.approx(rows["obama.jpg"]["face_ratio"], rel=0.15), name
+    assert rows["rotated.jpg"]["pose"] == "frontal"
+
+
+def test_reingest_adds_nothing_and_retries_fixed_files(tmp_path, messy_source, photos):
+    ws = Workspace.open(tmp_path / "ws")
+    ingest(ws, messy_source)
+    n_images = ws.store.counts()["images"]
+    again = ingest(ws, messy_source)
+    assert again.added == 0 and again.duplicates == 0
+    assert again.already == n_images + 1  # + the duplicate, remembered as seen
+    assert ws.store.counts()["images"] == n_images
+    # a rejected file that gets fixed is picked up by the next run
+    shutil.copy(photos["obama3"], messy_source / "obama" / "truncated.jpg")
+    fixed = ingest(ws, messy_source)
+    assert fixed.added == 1
+    assert "truncated.jpg" not in _problems(ws)
+
+
+def test_crossfaceid_jsonl(tmp_path, photos):
+    root = tmp_path / "crossfaceid"
+    shutil.copy(photos["obama"], _dir(root / "images" / "obama") / "0.jpg")
+    shutil.copy(photos["biden"], _dir(root / "images" / "joe_biden") / "0.jpg")
+    np.save(root / "obama0.npy", np.ones(512, dtype=np.float32))
+    lines = [
+        json.dumps({"image_file": "images/obama/0.jpg", "additional_feature": "A man smiling.",
+                    "bbox": [1, 2, 3, 4], "landmarks": [[0, 0]] * 5, "insightface_feature_file": "obama0.npy"}),
+        json.dumps({"image_file": "images/joe_biden/0.jpg", "additional_feature": "A man outdoors.", "person": "biden"}),
+        "{this is not json",
+        json.dumps({"image_file": "images/nobody/missing.jpg", "additional_feature": "x"}),
+        json.dumps({"additional_feature": "no image"}),
+        json.dumps(["a", "list"]),
+    ]
+    (root / "train.jsonl").write_text("\n".join(lines) + "\n")
+    ws = Workspace.open(tmp_path / "ws")
+    report = ingest(ws, root)  # a folder holding JSONL files
+    assert report.added == 2
+    rows = {r["person"]: r for r in image_list(ws)}
+    assert set(rows) == {"obama", "biden"}  # parent folder name, else the record's person field
+    assert rows["obama"]["caption"] == "A man smiling."
+    meta = {r["person"]: r["import_meta"] for r in ws.store.image_table()}["obama"]
+    assert meta["bbox"] == [1, 2, 3, 4] and len(meta["landmarks"]) == 5
+    assert meta["insightface_feature_file"] == str(root / "obama0.npy")
+    assert meta["jsonl"].endswith("train.jsonl:1")
+    problems = {p["source"].split("/")[-1]: (p["code"], p["detail"]) for p in ws.store.ingest_problems()}
+    assert problems["train.jsonl:3"][0] == "malformed_jsonl"
+    assert problems["missing.jpg"][0] == "missing_file"
+    assert problems["train.jsonl:5"] == ("missing_field", "no 'image_file' field")
+    assert problems["train.jsonl:6"][0] == "malformed_jsonl"
+
+
+def test_csv_table(tmp_path, photos):
+    shutil.copy(photos["obama"], tmp_path / "a.jpg")
+    shutil.copy(photos["astronaut"], tmp_path / "b.png")
+    pd.DataFrame({"file_name": ["a.jpg", "b.png", "c.jpg"], "person": ["obama", "eileen", "ghost"],
+                  "caption": ["A man.", None, "x"]}).to_csv(tmp_path / "meta.csv", index=False)
+    ws = Workspace.open(tmp_path / "ws")
+    report = ingest(ws, tmp_path / "meta.csv")
+    assert report.added == 2 and report.reasons == {"missing_file": 1}
+    rows = {r["person"]: r for r in image_list(ws)}
+    assert rows["obama"]["caption"] == "A man." and rows["eileen"]["caption"] is None
+
+
+def test_hf_parquet_with_embedded_bytes(tmp_path, photos):
+    df = pd.DataFrame({
+        "image": [{"bytes": photos["obama"].read_bytes(), "path": "obama.jpg"},
+                  {"bytes": b"garbage", "path": "bad.jpg"},
+                  {"bytes": photos["astronaut"].read_bytes(), "path": "astronaut.png"}],
+        "person": ["obama", "obama", "eileen"],
+        "text": ["A man in a suit.", "x", "An astronaut."],
+    })
+    df.to_parquet(tmp_path / "train.parquet")
+    ws = Workspace.open(tmp_path / "ws")
+    report = ingest(ws, tmp_path / "train.parquet")
+    assert report.added == 2
+    assert report.reasons == {"not_an_image": 1}
+    assert ws.store.ingest_problems()[0]["source"].endswith("train.parquet#row=1")
+    rows = {r["person"]: r for r in image_list(ws)}
+    assert rows["eileen"]["caption"] == "An astronaut."
+    assert rows["eileen"]["media_path"].endswith(".png")
+    assert ingest(ws, tmp_path / "train.parquet").added == 0
+
+
+def test_table_without_file_column_is_a_clear_error(tmp_path):
+    pd.DataFrame({"who": ["x"]}).to_csv(tmp_path / "meta.csv", index=False)
+    ws = Workspace.open(tmp_path / "ws")
+    report = ingest(ws, tmp_path / "meta.csv")
+    assert report.reasons == {"missing_column": 1}
+    assert "file column" in report.problems[0] and "meta.csv" in report.problems[0]
+
+
+def test_unknown_source_type(tmp_path):
+    (tmp_path / "x.txt").write_text("hi")
+    with pytest.raises(ValueError, match="x.txt"):
+        ingest(Workspace.open(tmp_path / "ws"), tmp_path / "x.txt")
