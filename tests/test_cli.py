@@ -1,0 +1,52 @@
+"""The CLI end to end in a subprocess, as a user runs it."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def studio(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "STUDIO_FACE_PACK": "bundled", "STUDIO_MODELS_DIR": "/nonexistent"}
+    proc = subprocess.run([sys.executable, "-m", "studio", *args], cwd=REPO, env=env, capture_output=True, text=True)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def test_full_chain(tmp_path, curation_source):
+    ws = str(tmp_path / "ws")
+    ing = json.loads(studio("ingest", str(curation_source), "--workspace", ws, "--json").stdout)
+    assert ing["added"] == 9 and ing["rejected"] == 0
+    ana = json.loads(studio("analyze", "--workspace", ws, "--json").stdout)
+    assert ana["analyzed"] == 9 and ana["pack"].startswith("bundled:")
+    cur = json.loads(studio("curate", "--workspace", ws, "--json").stdout)
+    assert cur["passed"] == 4 and cur["identity_outliers"] == 1
+    stats = json.loads(studio("stats", "--workspace", ws, "--json").stdout)
+    assert stats["table1"]["before_curation"]["images"] == 9
+    assert stats["table1"]["after_curation"]["images"] == 4
+    listing = json.loads(studio("list", "--workspace", ws, "--json").stdout)
+    assert len(listing) == 9
+    row = next(r for r in listing if r["source"].endswith("players.jpg"))
+    assert row["status"] == "fail" and "too_many_faces" in row["reasons"] and row["face_count"] > 3
+    assert {"person", "status", "reasons", "face_count", "face_ratio", "pose", "outlier"} <= set(row)
+    # looser rules from the command line, no re-analysis needed
+    cur2 = json.loads(studio("curate", "--workspace", ws, "--json", "--min-face-ratio", "0.02").stdout)
+    assert cur2["passed"] == 5 and cur2["rules"]["min_face_ratio"] == 0.02
+    text = studio("stats", "--workspace", ws).stdout
+    assert "| Images | 9 | 5 |" in text
+    exp = json.loads(studio("export", "--workspace", ws, "--out", str(tmp_path / "exp"), "--json").stdout)
+    assert exp["exported"] == 5
+
+
+def test_bad_arguments_are_clear(tmp_path):
+    proc = studio("ingest", str(tmp_path / "missing"), "--workspace", str(tmp_path / "ws"), check=False)
+    assert proc.returncode == 2 and "missing" in proc.stderr and "Traceback" not in proc.stderr
+    proc = studio("curate", "--workspace", str(tmp_path / "ws"), "--max-faces", "0", check=False)
+    assert proc.returncode == 2 and "max_faces" in proc.stderr
+    proc = studio("models", "--face-pack", "antelopev2", check=False)
+    assert proc.returncode == 2 and "glintr100.onnx" in proc.stderr

@@ -1,0 +1,67 @@
+"""The CrossFaceID training layout: written for kept images, and readable back by ingest."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from PIL import Image
+
+from studio.export import export_training_set
+from studio.ingest import ingest
+from studio.stats import image_list
+from studio.workspace import Workspace
+
+
+def test_export_kept_images(curated_ws, tmp_path):
+    out = tmp_path / "export"
+    result = export_training_set(curated_ws, out)
+    kept = [r for r in image_list(curated_ws) if r["status"] == "pass"]
+    assert result["exported"] == len(kept) == 4
+    lines = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
+    assert {line["person"] for line in lines} == {r["person"] for r in kept}
+    by_sha = {r["sha256"][:16]: r for r in kept}
+    for line in lines:
+        assert set(line) == {"image_file", "additional_feature", "bbox", "landmarks", "insightface_feature_file", "person"}
+        img = Image.open(out / line["image_file"])
+        row = by_sha[line["image_file"].split("/")[-1].split(".")[0]]
+        assert img.size == (row["width"], row["height"])
+        emb = np.load(out / line["insightface_feature_file"])
+        assert emb.shape == (512,) and emb.dtype == np.float32
+        stored = curated_ws.store.faces(row["id"])[0]
+        np.testing.assert_array_equal(emb, stored.embedding)  # raw, not normalised, as InstantID reads it
+        assert line["landmarks"] == stored.kps and len(line["bbox"]) == 4
+    # exporting again rewrites the same content
+    assert export_training_set(curated_ws, out) == result
+
+
+def test_export_round_trips_through_ingest(curated_ws, tmp_path):
+    out = tmp_path / "export"
+    export_training_set(curated_ws, out)
+    ws2 = Workspace.open(tmp_path / "ws2")
+    report = ingest(ws2, out / "train.jsonl")
+    assert report.added == 4 and report.rejected == 0
+    persons = sorted(r["person"] for r in image_list(ws2))
+    assert persons == sorted(r["person"] for r in image_list(curated_ws) if r["status"] == "pass")
+    assert {r["sha256"] for r in image_list(ws2)} <= {r["sha256"] for r in image_list(curated_ws)}
+
+
+def test_exif_rotated_photo_exported_upright(tmp_path, photos, pack):
+    from studio.analyze import analyze
+    from studio.curate import curate
+
+    obama = Image.open(photos["obama"]).convert("RGB")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    (tmp_path / "src" / "obama").mkdir(parents=True)
+    obama.rotate(90, expand=True).save(tmp_path / "src" / "obama" / "phone.jpg", quality=95, exif=exif)
+    ws = Workspace.open(tmp_path / "ws")
+    ingest(ws, tmp_path / "src")
+    analyze(ws, pack=pack)
+    curate(ws)
+    export_training_set(ws, tmp_path / "out")
+    line = json.loads((tmp_path / "out" / "train.jsonl").read_text())
+    assert line["image_file"].endswith(".png")
+    exported = Image.open(tmp_path / "out" / line["image_file"])
+    assert exported.size == obama.size and not exported.getexif().get(0x0112)
+    x1, y1, x2, y2 = line["bbox"]
+    assert x2 - x1 < y2 - y1 + 60 and 0 <= x1 < x2 <= obama.width and 0 <= y1 < y2 <= obama.height

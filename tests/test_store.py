@@ -1,0 +1,81 @@
+"""The workspace database: versioned schema, WAL, all-or-nothing writes, resumable stages."""
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from studio.analyze import analyze
+from studio.ingest import ingest
+from studio.store import SCHEMA_VERSION, Store
+from studio.workspace import Workspace
+
+
+def test_schema_versioned_and_wal(tmp_path):
+    store = Store(tmp_path / "studio.db")
+    assert store.schema_version() == SCHEMA_VERSION
+    assert store.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    # reopening migrates nothing and keeps data
+    store.set_setting("k", {"a": 1})
+    store.close()
+    again = Store(tmp_path / "studio.db")
+    assert again.get_setting("k") == {"a": 1}
+
+
+def test_newer_schema_is_refused(tmp_path):
+    conn = sqlite3.connect(tmp_path / "studio.db")
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(RuntimeError, match="newer than this studio"):
+        Store(tmp_path / "studio.db")
+
+
+def test_failed_write_leaves_nothing(tmp_path, photos):
+    ws = Workspace.open(tmp_path / "ws")
+    src = tmp_path / "src" / "obama"
+    src.mkdir(parents=True)
+    (src / "a.jpg").write_bytes(photos["obama"].read_bytes())
+    ingest(ws, tmp_path / "src")
+    image_id = ws.store.image_table()[0]["id"]
+    good = {"bbox": [0, 0, 1, 1], "score": 0.9, "kps": [[0, 0]] * 5, "embedding": None, "area_ratio": 0.1}
+    bad = {"bbox": [0, 0, 1, 1], "kps": [[0, 0]] * 5}  # no score: fails on the second face
+    with pytest.raises(KeyError):
+        ws.store.save_analysis(image_id, "pack", [good, bad], 0.1)
+    assert ws.store.conn.execute("SELECT COUNT(*) FROM faces").fetchone()[0] == 0
+    assert ws.store.conn.execute("SELECT COUNT(*) FROM analyses").fetchone()[0] == 0
+
+
+class Interrupted(Exception):
+    pass
+
+
+def _stop_after(n):
+    def progress(results, **_):
+        for i, r in enumerate(results):
+            if i == n:
+                raise Interrupted
+            yield r
+    return progress
+
+
+def test_interrupted_analysis_resumes(tmp_path, curation_source, pack):
+    ws = Workspace.open(tmp_path / "ws")
+    ingest(ws, curation_source)
+    total = ws.store.counts()["images"]
+    with pytest.raises(Interrupted):
+        analyze(ws, pack=pack, progress=_stop_after(3), workers=2)
+    assert ws.store.counts()["analyzed"] == 3  # committed one by one, before the interruption
+    report = analyze(ws, pack=pack)
+    assert report.skipped == 3 and report.analyzed == total - 3
+    assert analyze(ws, pack=pack).analyzed == 0
+    # another pack re-analyzes everything
+    assert len(ws.store.images_to_analyze("another-pack")) == total
+
+
+def test_interrupted_ingest_resumes(tmp_path, curation_source):
+    ws = Workspace.open(tmp_path / "ws")
+    with pytest.raises(Interrupted):
+        ingest(ws, curation_source, progress=_stop_after(4))
+    assert ws.store.counts()["images"] == 4
+    report = ingest(ws, curation_source)
+    assert report.already == 4 and report.added == 5

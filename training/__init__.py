@@ -1,0 +1,1 @@
+"""InstantID cross-training (accelerate scripts); see the issues for what lands here."""
