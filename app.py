@@ -1,12 +1,14 @@
 """Launch CrossFaceID Studio: `python app.py` opens the bundled demo workspace.
 
-The demo workspace is built on first launch from the public-domain photos in assets/demo
-(ingest, face analysis with the best face pack on this machine, curation).
+An empty or new workspace is filled on first launch from the public-domain photos in
+assets/demo (ingest, face analysis with the best face pack on this machine, curation); an
+existing workspace opens without loading any model.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -15,26 +17,42 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     from studio.config import default_workspace, face_pack_spec
 
+    on_space = bool(os.environ.get("SPACE_ID"))
     parser = argparse.ArgumentParser(description="CrossFaceID Studio")
     parser.add_argument("--workspace", type=Path, default=default_workspace(),
                         help="workspace directory; an empty or new one is filled with the demo photos")
-    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"), help="address to listen on")
+    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0" if on_space else "127.0.0.1"),
+                        help="address to listen on (default 127.0.0.1; other addresses need --auth)")
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")), help="port to listen on")
-    parser.add_argument("--face-pack", default=face_pack_spec(), help="face models for the demo build: auto | antelopev2 | bundled | DIR")
+    parser.add_argument("--auth", type=Path, default=os.environ.get("STUDIO_USERS_FILE") or None,
+                        help="users file (JSON, hashed passwords) made with `python -m studio users add`")
+    parser.add_argument("--face-pack", default=face_pack_spec(),
+                        help="face models for building the demo: auto | antelopev2 | bundled | DIR")
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from studio.faces import resolve_pack
+    from studio.auth import policy_from
+    from studio.faces import MissingModelError, resolve_pack
     from studio.pipeline import ensure_demo_workspace
+    from studio.ui.access import StudioContext
     from studio.ui.app import build_app
 
-    ws = ensure_demo_workspace(args.workspace, args.face_pack)
-    note = resolve_pack(args.face_pack).note
-    demo = build_app(ws, note)
-    demo.launch(server_name=args.host, server_port=args.port, allowed_paths=[str(ws.root)], show_error=False)
+    try:
+        policy = policy_from(args.auth, args.host, on_space=bool(os.environ.get("SPACE_ID")),
+                             hf_admins=os.environ.get("STUDIO_ADMINS", ""))
+        ws = ensure_demo_workspace(args.workspace, args.face_pack)
+        note = resolve_pack(args.face_pack).note
+    except (ValueError, MissingModelError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    demo = build_app(StudioContext(ws=ws, policy=policy, note=note))
+    auth = (lambda user, password: policy.users.verify(user, password)) if policy.mode == "local" else None
+    demo.launch(server_name=args.host, server_port=args.port, auth=auth, allowed_paths=[str(ws.root)],
+                show_error=False, auth_message="CrossFaceID Studio: sign in")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -22,6 +22,11 @@ REASONS = (
 )
 
 
+def reasons_mask(reasons: list[str]) -> int:
+    """Reasons as bits (position in REASONS), so browsing can filter on any of them with one index-free test."""
+    return sum(1 << REASONS.index(r) for r in set(reasons))
+
+
 def rule_reasons(row: dict, rules: CurationRules) -> list[str]:
     """Reasons one image fails the paper's rules (empty list: it passes)."""
     if not row["analyzed"]:
@@ -117,6 +122,7 @@ def curate(ws: Workspace, rules: CurationRules | None = None) -> CurationReport:
         if outlier and rules.reject_outliers:
             reasons.append("identity_outlier")
         results.append({"image_id": r["image_id"], "passed": not reasons, "reasons": reasons,
+                        "reasons_mask": reasons_mask(reasons),
                         "identity_sim": None if sim is None else round(sim, 4), "outlier": outlier})
     ws.store.save_curation(results, rules.to_dict())
     return CurationReport(total=len(results), passed=sum(r["passed"] for r in results),

@@ -25,6 +25,9 @@ def build_dataset(ws: Workspace, source: str | Path, pack_spec: str = "auto",
 def ensure_demo_workspace(root: str | Path, pack_spec: str = "auto") -> Workspace:
     """The bundled demo workspace, built from the public-domain photos in assets/demo on first use."""
     ws = Workspace.open(root)
-    if ws.store.counts()["images"] == 0 or ws.store.counts()["curated"] == 0:
+    counts = ws.store.counts()
+    unfinished_demo = ws.store.get_setting("demo_source") and counts["curated"] < counts["images"]
+    if counts["images"] == 0 or unfinished_demo:  # never adds demo photos to a workspace of the user's
+        ws.store.set_setting("demo_source", str(DEMO_SOURCE))
         build_dataset(ws, DEMO_SOURCE, pack_spec)
     return ws

@@ -35,7 +35,7 @@ def image_list(ws: Workspace) -> list[dict]:
             "face_count": r["face_count"], "face_ratio": None if r["largest_face_ratio"] is None else round(r["largest_face_ratio"], 4),
             "pose": r["pose"], "yaw": r["yaw"], "pitch": r["pitch"],
             "identity_sim": r["identity_sim"], "outlier": r["outlier"],
-            "analysis_error": r["analysis_error"], "caption": r["import_caption"],
+            "analysis_error": r["analysis_error"], "caption": r["caption"], "caption_status": r["caption_status"],
         })
     return out
 
@@ -72,3 +72,25 @@ def format_table1(stats: dict) -> str:
     for k, label in keys:
         lines.append(f"| {label} | {t['before_curation'][k]} | {t['after_curation'][k]} |")
     return "\n".join(lines)
+
+
+def distribution_frames(ws: Workspace, images: list[dict] | None = None) -> dict:
+    """Long-form tables for the Statistics plots (rejections, images per person, pose, attributes)."""
+    import pandas as pd
+
+    images = image_list(ws) if images is None else images
+    stats = dataset_stats(ws, images)
+    reasons = pd.DataFrame(
+        [(k, v, "curation") for k, v in stats["rejections_by_reason"].items()]
+        + [(k, v, "ingest") for k, v in stats["ingest_problems_by_reason"].items()],
+        columns=["reason", "images", "stage"],
+    )
+    per_person = []
+    for stage, keep in (("before curation", lambda im: True), ("after curation", lambda im: im["status"] == "pass")):
+        histogram = Counter(Counter(im["person"] for im in images if keep(im)).values())
+        per_person += [(str(n), persons, stage, n) for n, persons in histogram.items()]
+    hist = pd.DataFrame(per_person, columns=["images per person", "persons", "stage", "n"]).sort_values("n")
+    poses = pd.DataFrame(sorted(stats["pose_after_curation"].items()), columns=["pose", "images"])
+    tags = pd.DataFrame(ws.store.tag_counts(passed_only=True), columns=["attribute", "images"])
+    return {"stats": stats, "reasons": reasons, "images_per_person": hist.drop(columns="n"), "pose": poses,
+            "attributes": tags}

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -83,6 +83,40 @@ _MIGRATIONS: dict[int, str] = {
         key TEXT PRIMARY KEY,
         value TEXT NOT NULL
     );
+    """,
+    # v2: a denormalised row per image for browsing (filters + paging stay fast at 1M images),
+    # attribute tags, and full-text search over captions.
+    2: """
+    ALTER TABLE curation ADD COLUMN reasons_mask INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE browse (
+        image_id INTEGER PRIMARY KEY REFERENCES images(id) ON DELETE CASCADE,
+        person_id INTEGER NOT NULL,
+        status INTEGER NOT NULL DEFAULT 0,
+        reasons_mask INTEGER NOT NULL DEFAULT 0,
+        pose TEXT,
+        width INTEGER NOT NULL,
+        height INTEGER NOT NULL,
+        min_side INTEGER NOT NULL,
+        face_count INTEGER,
+        face_ratio REAL,
+        outlier INTEGER,
+        identity_sim REAL,
+        caption TEXT,
+        caption_status TEXT NOT NULL DEFAULT 'none'
+    );
+    CREATE INDEX browse_person ON browse(person_id, image_id);
+    CREATE INDEX browse_status ON browse(status, image_id);
+    CREATE INDEX browse_ratio ON browse(face_ratio);
+    CREATE INDEX browse_side ON browse(min_side);
+    CREATE INDEX browse_sim ON browse(identity_sim);
+    CREATE TABLE image_tags (
+        image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+        tag TEXT NOT NULL,
+        PRIMARY KEY (image_id, tag)
+    );
+    CREATE INDEX image_tags_tag ON image_tags(tag, image_id);
+    CREATE VIRTUAL TABLE caption_fts USING fts5(caption, tokenize = 'unicode61');
+    INSERT INTO caption_fts(rowid, caption) SELECT id, import_caption FROM images WHERE import_caption IS NOT NULL
     """,
 }
 
@@ -160,6 +194,8 @@ class Store:
                 for statement in _split_sql(_MIGRATIONS[v]):
                     conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {v}")
+            if 0 < version < 2:
+                self._refresh_browse(conn)
 
     def schema_version(self) -> int:
         return int(self.conn.execute("PRAGMA user_version").fetchone()[0])
@@ -216,6 +252,9 @@ class Store:
             )
             image_id = int(cur.lastrowid)
             self._set_source(conn, source, "ingested", image_id, None, None)
+            self._refresh_browse(conn, [image_id])
+            if import_caption:
+                conn.execute("INSERT INTO caption_fts(rowid, caption) VALUES (?, ?)", (image_id, import_caption))
             return image_id
 
     def mark_source(self, source: str, outcome: str, image_id: int | None, code: str | None, detail: str | None) -> None:
@@ -282,6 +321,7 @@ class Store:
                        analyzed_at = excluded.analyzed_at""",
                 (image_id, pack, None if faces is None else len(faces), largest_face_ratio, error, _now()),
             )
+            self._refresh_browse(conn, [image_id])
 
     def faces(self, image_id: int) -> list[FaceRow]:
         rows = self.conn.execute(
@@ -315,33 +355,178 @@ class Store:
         with self.transaction() as conn:
             conn.execute("DELETE FROM curation")
             conn.executemany(
-                """INSERT INTO curation(image_id, passed, reasons, identity_sim, outlier, curated_at)
-                   VALUES (?, ?, ?, ?, ?, ?)""",
+                """INSERT INTO curation(image_id, passed, reasons, reasons_mask, identity_sim, outlier, curated_at)
+                   VALUES (?, ?, ?, ?, ?, ?, ?)""",
                 [
-                    (r["image_id"], int(r["passed"]), json.dumps(r["reasons"]), r["identity_sim"], int(r["outlier"]), now)
+                    (r["image_id"], int(r["passed"]), json.dumps(r["reasons"]), r["reasons_mask"], r["identity_sim"],
+                     int(r["outlier"]), now)
                     for r in results
                 ],
             )
+            self._refresh_browse(conn)
             conn.execute(
                 "INSERT INTO settings(key, value) VALUES ('curation_rules', ?) "
                 "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                 (json.dumps(rules),),
             )
 
-    # -- reading -------------------------------------------------------------------------
-    def image_table(self) -> list[dict]:
-        """Every image with its person, analysis and verdict: the source of stats, list and export."""
+    # -- browsing ------------------------------------------------------------------------
+    @staticmethod
+    def _refresh_browse(conn: sqlite3.Connection, image_ids: Sequence[int] | None = None) -> None:
+        """Rebuild browse rows from the normalised tables (all, or just ``image_ids``).
+
+        Caption columns are set when a row is first made and then belong to the caption stage.
+        """
+        where, args = "WHERE 1", ()
+        if image_ids is not None:
+            where = f"WHERE i.id IN ({','.join('?' * len(image_ids))})"
+            args = tuple(image_ids)
+        conn.execute(
+            f"""INSERT INTO browse(image_id, person_id, status, reasons_mask, pose, width, height, min_side,
+                                   face_count, face_ratio, outlier, identity_sim, caption, caption_status)
+                SELECT i.id, i.person_id,
+                       CASE WHEN c.passed IS NULL THEN 0 WHEN c.passed THEN 1 ELSE 2 END,
+                       COALESCE(c.reasons_mask, 0), f.pose, i.width, i.height, MIN(i.width, i.height),
+                       a.face_count, a.largest_face_ratio,
+                       CASE WHEN c.identity_sim IS NULL THEN NULL ELSE c.outlier END, c.identity_sim,
+                       i.import_caption, CASE WHEN i.import_caption IS NULL THEN 'none' ELSE 'imported' END
+                FROM images i
+                LEFT JOIN analyses a ON a.image_id = i.id
+                LEFT JOIN faces f ON f.image_id = i.id AND f.face_index = 0
+                LEFT JOIN curation c ON c.image_id = i.id
+                {where}
+                ON CONFLICT(image_id) DO UPDATE SET
+                    person_id = excluded.person_id, status = excluded.status, reasons_mask = excluded.reasons_mask,
+                    pose = excluded.pose, width = excluded.width, height = excluded.height,
+                    min_side = excluded.min_side, face_count = excluded.face_count, face_ratio = excluded.face_ratio,
+                    outlier = excluded.outlier, identity_sim = excluded.identity_sim""",
+            args,
+        )
+
+    def persons(self) -> list[tuple[str, int]]:
+        """Every person with their number of images, by name."""
         rows = self.conn.execute(
-            """SELECT i.id, i.sha256, p.name AS person, i.media_path, i.source, i.width, i.height,
+            "SELECT p.name, COUNT(b.image_id) FROM persons p JOIN browse b ON b.person_id = p.id GROUP BY p.id ORDER BY p.name"
+        ).fetchall()
+        return [(r[0], int(r[1])) for r in rows]
+
+    def person_ids(self, names: Sequence[str]) -> dict[str, int]:
+        if not names:
+            return {}
+        rows = self.conn.execute(
+            f"SELECT name, id FROM persons WHERE name IN ({','.join('?' * len(names))})", tuple(names)
+        ).fetchall()
+        return {r[0]: int(r[1]) for r in rows}
+
+    def tag_counts(self, passed_only: bool = False) -> list[tuple[str, int]]:
+        sql = "SELECT t.tag, COUNT(*) FROM image_tags t"
+        if passed_only:
+            sql += " JOIN browse b ON b.image_id = t.image_id WHERE b.status = 1"
+        rows = self.conn.execute(sql + " GROUP BY t.tag ORDER BY COUNT(*) DESC, t.tag").fetchall()
+        return [(r[0], int(r[1])) for r in rows]
+
+    def set_tags(self, image_id: int, tags: Iterable[str]) -> None:
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM image_tags WHERE image_id = ?", (image_id,))
+            conn.executemany("INSERT INTO image_tags(image_id, tag) VALUES (?, ?)", [(image_id, t) for t in sorted(set(tags))])
+
+    def tags_of(self, image_id: int) -> list[str]:
+        return [r[0] for r in self.conn.execute("SELECT tag FROM image_tags WHERE image_id = ? ORDER BY tag", (image_id,))]
+
+    def poses(self) -> list[str]:
+        return [r[0] for r in self.conn.execute("SELECT DISTINCT pose FROM browse WHERE pose IS NOT NULL ORDER BY pose")]
+
+    _SORTS = {
+        "id": "b.image_id", "person": "p.name", "face_ratio": "b.face_ratio", "resolution": "b.min_side",
+        "identity_sim": "b.identity_sim", "face_count": "b.face_count",
+    }
+
+    def browse_page(
+        self,
+        *,
+        person_ids: Sequence[int] | None = None,
+        status: int | None = None,
+        reasons_mask: int = 0,
+        pose: str | None = None,
+        tags: Sequence[str] = (),
+        min_side: tuple[int | None, int | None] = (None, None),
+        face_ratio: tuple[float | None, float | None] = (None, None),
+        outlier: bool | None = None,
+        caption_match: str | None = None,
+        caption_status: str | None = None,
+        sort: str = "id",
+        descending: bool = False,
+        limit: int = 48,
+        offset: int = 0,
+    ) -> tuple[list[dict], int]:
+        """One page of images matching every given filter, and how many match in all."""
+        where, args = [], []
+        if person_ids is not None:
+            where.append(f"b.person_id IN ({','.join('?' * len(person_ids))})" if person_ids else "0")
+            args += list(person_ids)
+        if status is not None:
+            where.append("b.status = ?")
+            args.append(status)
+        if reasons_mask:
+            where.append("(b.reasons_mask & ?) != 0")
+            args.append(reasons_mask)
+        if pose:
+            where.append("b.pose = ?")
+            args.append(pose)
+        for tag in tags:
+            where.append("EXISTS (SELECT 1 FROM image_tags t WHERE t.image_id = b.image_id AND t.tag = ?)")
+            args.append(tag)
+        for col, (lo, hi) in (("b.min_side", min_side), ("b.face_ratio", face_ratio)):
+            if lo is not None:
+                where.append(f"{col} >= ?")
+                args.append(lo)
+            if hi is not None:
+                where.append(f"{col} <= ?")
+                args.append(hi)
+        if outlier is not None:
+            where.append("b.outlier = ?" if outlier else "COALESCE(b.outlier, 0) = 0")
+            if outlier:
+                args.append(1)
+        if caption_match:
+            where.append("b.image_id IN (SELECT rowid FROM caption_fts WHERE caption_fts MATCH ?)")
+            args.append(caption_match)
+        if caption_status:
+            where.append("b.caption_status = ?")
+            args.append(caption_status)
+        clause = ("WHERE " + " AND ".join(where)) if where else ""
+        order = self._SORTS[sort] + (" DESC" if descending else "") + ", b.image_id"
+        total = self.conn.execute(f"SELECT COUNT(*) FROM browse b {clause}", args).fetchone()[0]
+        rows = self.conn.execute(
+            f"""SELECT b.*, p.name AS person, i.media_path FROM browse b JOIN persons p ON p.id = b.person_id
+                JOIN images i ON i.id = b.image_id {clause} ORDER BY {order} LIMIT ? OFFSET ?""",
+            args + [limit, offset],
+        ).fetchall()
+        return [dict(r) for r in rows], int(total)
+
+    # -- reading -------------------------------------------------------------------------
+    def image_table(self, image_ids: Sequence[int] | None = None, person: str | None = None) -> list[dict]:
+        """Images with their person, analysis and verdict: the source of stats, list, detail and export."""
+        where, args = [], []
+        if image_ids is not None:
+            where.append(f"i.id IN ({','.join('?' * len(image_ids))})")
+            args += list(image_ids)
+        if person is not None:
+            where.append("p.name = ?")
+            args.append(person)
+        clause = ("WHERE " + " AND ".join(where)) if where else ""
+        rows = self.conn.execute(
+            f"""SELECT i.id, i.sha256, p.name AS person, i.media_path, i.source, i.width, i.height,
                       i.original_mode, i.exif_rotated, i.import_caption, i.import_meta,
                       a.face_count, a.largest_face_ratio, a.error AS analysis_error, a.pack,
                       f.pose, f.yaw, f.pitch,
-                      c.passed, c.reasons, c.identity_sim, c.outlier
-               FROM images i JOIN persons p ON p.id = i.person_id
+                      c.passed, c.reasons, c.identity_sim, c.outlier, b.caption, b.caption_status
+               FROM images i LEFT JOIN browse b ON b.image_id = i.id JOIN persons p ON p.id = i.person_id
                LEFT JOIN analyses a ON a.image_id = i.id
                LEFT JOIN faces f ON f.image_id = i.id AND f.face_index = 0
                LEFT JOIN curation c ON c.image_id = i.id
-               ORDER BY p.name, i.id"""
+               {clause}
+               ORDER BY p.name, i.id""",
+            args,
         ).fetchall()
         out = []
         for r in rows:

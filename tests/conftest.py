@@ -101,3 +101,58 @@ def by_file():
         return matches[0]
 
     return find
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_app(workspace: Path, *args: str, env: dict | None = None):
+    """Start `python app.py` as a user would; returns (process, url) once it accepts connections."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    port = free_port()
+    env = {**os.environ, "STUDIO_FACE_PACK": "bundled", "GRADIO_TEMP_DIR": str(Path(workspace) / ".gradio_tmp"),
+           **(env or {})}
+    proc = subprocess.Popen([sys.executable, "app.py", "--workspace", str(workspace), "--port", str(port), *args],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"app.py exited with {proc.returncode}: {proc.stdout.read()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return proc, f"http://127.0.0.1:{port}/"
+        except OSError:
+            time.sleep(0.3)
+    proc.kill()
+    raise RuntimeError("app.py did not start within 120 s")
+
+
+USERS = {"ada": ("admin", "ada-password-1"), "ann": ("annotator", "ann-password-1")}
+
+
+@pytest.fixture(scope="session")
+def users_file(tmp_path_factory) -> Path:
+    from studio.auth import UsersFile
+
+    path = tmp_path_factory.mktemp("auth") / "users.json"
+    for name, (role, password) in USERS.items():
+        UsersFile(path).add(name, password, role)
+    return path
+
+
+@pytest.fixture(scope="session")
+def served(curated_ws, users_file):
+    """The curated workspace served by app.py with local accounts (an admin and an annotator)."""
+    proc, url = launch_app(curated_ws.root, "--auth", str(users_file))
+    yield url
+    proc.terminate()
+    proc.wait(timeout=20)

@@ -1,62 +1,52 @@
-"""`python app.py` on a fresh workspace: builds the demo and serves it (real server, real client)."""
+"""`python app.py`: builds the demo on a fresh workspace, serves it; refuses unsafe launches."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from conftest import REPO, launch_app
 
 
 @pytest.fixture(scope="module")
-def demo_app(tmp_path_factory):
+def demo(tmp_path_factory):
     ws = tmp_path_factory.mktemp("demo_ws")
-    port = free_port()
-    env = {**os.environ, "STUDIO_FACE_PACK": "bundled", "GRADIO_TEMP_DIR": str(ws / "gradio_tmp")}
-    proc = subprocess.Popen([sys.executable, "app.py", "--workspace", str(ws), "--port", str(port)], cwd=REPO,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"app.py exited: {proc.stdout.read()}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("app.py did not start within 120 s")
+    proc, url = launch_app(ws)
     yield url, ws
     proc.terminate()
     proc.wait(timeout=20)
 
 
-def test_demo_workspace_built_and_served(demo_app):
+def test_demo_workspace_built_and_served(demo):
     from gradio_client import Client
 
-    url, ws = demo_app
+    url, ws = demo
     assert (ws / "studio.db").is_file()
-    client = Client(url, verbose=False)
-    table, reasons, gallery = client.predict(api_name="/overview")
-    rows = {r[0]: r[1:] for r in table["data"]}
-    # the six bundled photos: obama3 (small face) and obama_partial_face (narrow) are rejected
-    assert rows["Images"] == [6, 4]
-    assert rows["Persons"] == [3, 3]
-    assert {r[0]: r[1] for r in reasons["data"]} == {"low_resolution": 1, "small_face": 1}
-    captions = sorted(item["caption"] for item in gallery)
-    assert len(captions) == 6
-    assert sum("PASS" in c for c in captions) == 4
-    assert any("obama · FAIL · small_face" == c for c in captions)
+    client = Client(url, verbose=False)  # no auth configured: local single-user admin
+    stats = client.predict(api_name="/statistics")
+    # the six bundled photos: obama3 (small face) and obama_partial_face (491 px wide) are rejected
+    assert stats["table1"]["before_curation"]["images"] == 6
+    assert stats["table1"]["after_curation"]["images"] == 4
+    assert stats["rejections_by_reason"] == {"low_resolution": 1, "small_face": 1}
+    page = client.predict(status="fail", api_name="/browse")
+    assert {it["reasons"][0] for it in page["items"]} == {"low_resolution", "small_face"}
+
+
+def test_existing_workspace_not_refilled_with_demo_photos(tmp_path, photos):
+    from studio.ingest import ingest
+    from studio.pipeline import ensure_demo_workspace
+    from studio.workspace import Workspace
+
+    (tmp_path / "src" / "someone").mkdir(parents=True)
+    (tmp_path / "src" / "someone" / "a.jpg").write_bytes(photos["biden"].read_bytes())
+    ingest(Workspace.open(tmp_path / "ws"), tmp_path / "src")
+    ws = ensure_demo_workspace(tmp_path / "ws", "bundled")
+    assert ws.store.counts() ["images"] == 1 and ws.store.counts()["analyzed"] == 0
+
+
+def test_open_host_without_accounts_is_refused(tmp_path):
+    proc = subprocess.run([sys.executable, "app.py", "--workspace", str(tmp_path), "--host", "0.0.0.0"], cwd=REPO,
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "SPACE_ID": ""})
+    assert proc.returncode == 2
+    assert "--auth" in proc.stderr and "Traceback" not in proc.stderr

@@ -1,4 +1,5 @@
-"""Assemble the studio's Blocks app from the tab modules."""
+"""Assemble the studio's Blocks app: every tab is built first, then wired, then the page-load event
+shows each user the tabs of their role and fills them."""
 from __future__ import annotations
 
 import os
@@ -7,14 +8,41 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no outside network
 
 import gradio as gr  # noqa: E402
 
-from ..workspace import Workspace  # noqa: E402
-from . import overview  # noqa: E402
+from . import annotate, browse, statistics  # noqa: E402
+from .access import StudioContext, role, username  # noqa: E402
 
 
-def build_app(ws: Workspace, note: str = "") -> gr.Blocks:
-    """One Blocks app; every tab builds its components first, then the app wires page-load events."""
+def build_app(ctx: StudioContext) -> gr.Blocks:
     with gr.Blocks(title="CrossFaceID Studio") as demo:
-        gr.Markdown("# CrossFaceID Studio\nFaceID-customization datasets: ingest, analyze, curate.")
-        overview_outputs = overview.build(ws, note)
-        demo.load(lambda: overview.overview_data(ws), outputs=overview_outputs)
+        with gr.Row():
+            gr.Markdown("# CrossFaceID Studio")
+            who = gr.Markdown(elem_id="who")
+            if ctx.policy.mode == "hf":
+                gr.LoginButton()
+        notice = gr.Markdown(visible=bool(ctx.note), value=f"> {ctx.note}" if ctx.note else "")
+        # tabs start hidden; the page-load event reveals those of the caller's role
+        with gr.Tabs() as tabs:
+            b = browse.build()
+            s = statistics.build()
+            a = annotate.build()
+        browse.wire(ctx, b)
+        statistics.wire(ctx, s)
+
+        persons, poses, tags = b.filters[0], b.filters[3], b.filters[4]
+        admin_outputs = [persons, poses, tags, b.summary, b.gallery, b.ids, b.page,
+                         s.table1, s.reasons, s.per_person, s.pose, s.attributes, s.attributes_note]
+
+        def on_load(request: gr.Request):
+            user, r = username(ctx, request), role(ctx, request)
+            is_admin = r == "admin"
+            header = {"admin": f"**{user or 'local user'}** · admin", "annotator": f"**{user}** · annotator",
+                      None: "Sign in to use the studio." if ctx.policy.mode == "hf" else "No access for this account."}[r]
+            shown = [gr.Tab(visible=is_admin), gr.Tab(visible=is_admin), gr.Tab(visible=r is not None),
+                     gr.Tabs(selected="browse" if is_admin else "annotate")]
+            data = ([*browse.choices_update(ctx), *browse.first_page(ctx), *statistics.statistics_values(ctx)]
+                    if is_admin else [gr.update()] * len(admin_outputs))
+            return [header, gr.Markdown(visible=is_admin and bool(ctx.note)), *shown, annotate.message(user), *data]
+
+        demo.load(on_load, None, [who, notice, b.tab, s.tab, a.tab, tabs, a.info, *admin_outputs],
+                  api_visibility="private")
     return demo

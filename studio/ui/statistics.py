@@ -1,0 +1,70 @@
+"""Statistics tab: Table 1 before/after curation and the distributions as native gradio plots."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gradio as gr
+import pandas as pd
+
+from ..stats import distribution_frames
+from .access import StudioContext, require_admin
+
+TABLE1_ROWS = [("persons", "Persons"), ("images", "Images"), ("avg_per_person", "Avg images / person"),
+               ("median_per_person", "Median images / person"), ("max_per_person", "Max images / person"),
+               ("min_per_person", "Min images / person")]
+
+
+@dataclass
+class StatisticsTab:
+    tab: gr.Tab
+    table1: gr.Dataframe
+    reasons: gr.BarPlot
+    per_person: gr.BarPlot
+    pose: gr.BarPlot
+    attributes: gr.BarPlot
+    attributes_note: gr.Markdown
+    refresh: gr.Button
+
+
+def build() -> StatisticsTab:
+    with gr.Tab("Statistics", id="statistics", visible=False) as tab:
+        refresh = gr.Button("Refresh")
+        table1 = gr.Dataframe(label="Table 1: dataset statistics", interactive=False, elem_id="table1")
+        with gr.Row():
+            reasons = gr.BarPlot(x="reason", y="images", color="stage", title="Rejections by reason", x_label_angle=-30)
+            per_person = gr.BarPlot(x="images per person", y="persons", color="stage", title="Images per person")
+        with gr.Row():
+            pose = gr.BarPlot(x="pose", y="images", title="Pose (kept images)")
+            attributes = gr.BarPlot(x="attribute", y="images", title="Facial attributes (kept images)", x_label_angle=-30)
+        attributes_note = gr.Markdown()
+    return StatisticsTab(tab, table1, reasons, per_person, pose, attributes, attributes_note, refresh)
+
+
+def table1_frame(stats: dict) -> pd.DataFrame:
+    t = stats["table1"]
+    return pd.DataFrame([(label, t["before_curation"][k], t["after_curation"][k]) for k, label in TABLE1_ROWS],
+                        columns=["", "before curation", "after curation"])
+
+
+def statistics_values(ctx: StudioContext):
+    frames = distribution_frames(ctx.ws)
+    note = "" if len(frames["attributes"]) else "No attribute tags yet: they come from captions."
+    return (table1_frame(frames["stats"]), frames["reasons"], frames["images_per_person"], frames["pose"],
+            frames["attributes"], note)
+
+
+def wire(ctx: StudioContext, t: StatisticsTab) -> None:
+    outputs = [t.table1, t.reasons, t.per_person, t.pose, t.attributes, t.attributes_note]
+
+    def on_refresh(request: gr.Request):
+        require_admin(ctx, request)
+        return statistics_values(ctx)
+
+    t.refresh.click(on_refresh, None, outputs, api_visibility="private")
+
+    def statistics_api(request: gr.Request) -> dict:
+        """Table 1 before/after curation, rejection and ingest-problem counts, pose counts."""
+        require_admin(ctx, request)
+        return distribution_frames(ctx.ws)["stats"]
+
+    gr.api(statistics_api, api_name="statistics")

@@ -1,0 +1,80 @@
+"""A real browser (Debian's chromium driven by playwright) uses the studio like a person."""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import USERS
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists() and not os.environ.get("CI"),
+                                reason="Debian chromium not installed (.ci/run installs it)")
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+def login(browser, url, user):
+    page = browser.new_page(viewport={"width": 1400, "height": 1600})
+    page.goto(url)
+    page.get_by_label("username").fill(user)
+    page.get_by_label("password").fill(USERS[user][1])
+    page.get_by_role("button", name="Login").click()
+    page.wait_for_selector("#who", timeout=30_000)
+    return page
+
+
+def artifacts_dir(tmp_path) -> Path:
+    out = Path(os.environ.get("STUDIO_TEST_ARTIFACTS", tmp_path))
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def test_admin_filters_by_person_and_opens_detail(browser, served, tmp_path):
+    page = login(browser, served, "ada")
+    page.get_by_text("9 images match").wait_for(timeout=30_000)
+    person = page.get_by_label("Person")
+    person.click()
+    person.fill("obama")
+    page.get_by_role("option", name="obama (5)").click()
+    page.get_by_role("button", name="Apply filters").click()
+    page.get_by_text("5 images match").wait_for(timeout=30_000)
+    captions = page.locator("#browse-gallery .caption-label").all_inner_texts()
+    assert len(captions) == 5 and all(" obama " in f" {c} " for c in captions), captions
+    page.locator("#browse-gallery button.thumbnail-item").first.click()
+    meta = page.locator("#detail-meta")
+    meta.get_by_text('"obama"').first.wait_for(timeout=30_000)
+    page.locator("#detail-image img").wait_for(timeout=30_000)
+    shot = artifacts_dir(tmp_path) / "browse_detail.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 50_000
+
+
+def test_bad_filter_shows_a_message(browser, served):
+    page = login(browser, served, "ada")
+    page.get_by_text("9 images match").wait_for(timeout=30_000)
+    page.locator("#min-ratio textarea, #min-ratio input").first.fill("7")
+    page.get_by_role("button", name="Apply filters").click()
+    page.get_by_text("face ratio minimum must be between 0.0 and 1.0").first.wait_for(timeout=30_000)
+    assert "Traceback" not in page.content()
+
+
+def test_annotator_sees_only_annotation(browser, served, tmp_path):
+    page = login(browser, served, "ann")
+    page.get_by_text("annotator").first.wait_for(timeout=30_000)
+    page.get_by_role("tab", name="Annotate").wait_for(timeout=30_000)
+    assert page.get_by_role("tab", name="Browse").count() == 0
+    assert page.get_by_role("tab", name="Statistics").count() == 0
+    assert page.get_by_text("images match").count() == 0
+    page.screenshot(path=str(artifacts_dir(tmp_path) / "annotator.png"), full_page=True)

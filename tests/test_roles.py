@@ -1,0 +1,93 @@
+"""Accounts and roles over the real HTTP API: admins get data, annotators are refused."""
+from __future__ import annotations
+
+import pytest
+from conftest import USERS
+
+from studio.auth import AccessPolicy, UsersFile, check_password, hash_password, policy_from
+
+
+def client(url, user=None):
+    from gradio_client import Client
+
+    auth = (user, USERS[user][1]) if user else None
+    return Client(url, auth=auth, verbose=False)
+
+
+def test_admin_filters_return_the_right_images(served):
+    c = client(served, "ada")
+    page = c.predict(persons=["obama"], status="pass", api_name="/browse")
+    assert page["total"] == 2
+    assert sorted(it["person"] for it in page["items"]) == ["obama", "obama"]
+    assert all(it["status"] == "pass" for it in page["items"])
+    outliers = c.predict(outlier="yes", api_name="/browse")
+    assert outliers["total"] == 1 and outliers["items"][0]["reasons"] == ["identity_outlier"]
+    crowd = c.predict(reason="too_many_faces", api_name="/browse")
+    assert [it["face_count"] > 3 for it in crowd["items"]] == [True]
+    paged = c.predict(page=2, page_size=4, api_name="/browse")
+    assert paged["pages"] == 3 and len(paged["items"]) == 4
+    detail = c.predict(image_id=crowd["items"][0]["image_id"], api_name="/detail")
+    assert detail["metadata"]["person"] == "crowd" and len(detail["metadata"]["faces"]) > 3
+    stats = c.predict(api_name="/statistics")
+    assert stats["table1"]["after_curation"]["images"] == 4
+
+
+def test_bad_filter_is_a_message_not_a_trace(served):
+    from gradio_client.exceptions import AppError
+
+    c = client(served, "ada")
+    with pytest.raises(AppError, match="face ratio minimum must be between 0.0 and 1.0"):
+        c.predict(min_face_ratio=3.0, api_name="/browse")
+    with pytest.raises(AppError, match="unknown person: nobody"):
+        c.predict(persons=["nobody"], api_name="/browse")
+    with pytest.raises(AppError, match="no image with id 424242"):
+        c.predict(image_id=424242, api_name="/detail")
+
+
+@pytest.mark.parametrize("endpoint, kwargs", [("/browse", {}), ("/detail", {"image_id": 1}), ("/statistics", {})])
+def test_annotator_cannot_reach_admin_data(served, endpoint, kwargs):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="Access denied"):
+        client(served, "ann").predict(**kwargs, api_name=endpoint)
+
+
+def test_wrong_password_and_anonymous_are_refused(served):
+    from gradio_client import Client
+
+    with pytest.raises(Exception):
+        Client(served, auth=("ada", "wrong-password"), verbose=False)
+    with pytest.raises(Exception):
+        Client(served, verbose=False).predict(api_name="/statistics")
+
+
+def test_password_hashing():
+    h = hash_password("correct horse")
+    assert h.startswith("scrypt$") and "correct horse" not in h
+    assert check_password("correct horse", h) and not check_password("wrong", h)
+    assert hash_password("correct horse") != h  # salted
+
+
+def test_users_file_validation(tmp_path):
+    f = UsersFile(tmp_path / "users.json")
+    with pytest.raises(ValueError, match="at least 8"):
+        f.add("bob", "short", "admin")
+    with pytest.raises(ValueError, match="role must be one of"):
+        f.add("bob", "long-enough-1", "superuser")
+    f.add("bob", "long-enough-1", "annotator")
+    assert f.verify("bob", "long-enough-1") and not f.verify("bob", "nope") and not f.verify("eve", "x")
+    assert f.role("bob") == "annotator"
+    (tmp_path / "bad.json").write_text('{"users": {"x": {"role": "admin"}}}')
+    with pytest.raises(ValueError, match="user 'x' needs a role"):
+        UsersFile(tmp_path / "bad.json").load()
+
+
+def test_access_policies(tmp_path):
+    assert policy_from(None, "127.0.0.1", on_space=False).role_of(None) == "admin"
+    with pytest.raises(ValueError, match="--auth"):
+        policy_from(None, "0.0.0.0", on_space=False)
+    with pytest.raises(ValueError, match="no users"):
+        policy_from(tmp_path / "empty.json", "0.0.0.0", on_space=False)
+    hf = policy_from(None, "0.0.0.0", on_space=True, hf_admins="alice, bob")
+    assert hf == AccessPolicy("hf", hf_admins=frozenset({"alice", "bob"}))
+    assert hf.role_of("alice") == "admin" and hf.role_of("carol") == "annotator" and hf.role_of(None) is None
