@@ -40,25 +40,25 @@ def image_list(ws: Workspace) -> list[dict]:
     return out
 
 
-def dataset_stats(ws: Workspace, images: list[dict] | None = None) -> dict:
-    """Table 1 before/after curation, rejection counts per reason, ingest problems, pose counts."""
-    images = image_list(ws) if images is None else images
-    before, after = Counter(), Counter()
-    reasons, poses = Counter(), Counter()
-    for im in images:
-        before[im["person"]] += 1
-        if im["status"] == "pass":
-            after[im["person"]] += 1
-            poses[im["pose"] or "unknown"] += 1
-        reasons.update(im["reasons"])
-    problems = Counter(p["code"] for p in ws.store.ingest_problems())
+def dataset_stats(ws: Workspace) -> dict:
+    """Table 1 before/after curation, rejection counts per reason, ingest problems, pose counts.
+
+    Aggregated in SQL over the browse index, so it stays fast at a million images.
+    """
+    from .curate import REASONS
+
+    store = ws.store
+    status = store.status_counts()
+    reasons = {name: n for name, n in zip(REASONS, store.reason_bit_counts(len(REASONS))) if n}
+    problems = store.problem_counts()
     return {
-        "table1": {"before_curation": table1(list(before.values())), "after_curation": table1(list(after.values()))},
-        "status": dict(Counter(im["status"] for im in images)),
+        "table1": {"before_curation": table1(store.images_per_person()),
+                   "after_curation": table1(store.images_per_person(passed_only=True))},
+        "status": {name: status[code] for code, name in ((1, "pass"), (2, "fail"), (0, "pending")) if status.get(code)},
         "rejections_by_reason": dict(sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))),
         "ingest_problems_by_reason": dict(sorted(problems.items(), key=lambda kv: (-kv[1], kv[0]))),
-        "pose_after_curation": dict(poses),
-        "rules": ws.store.get_setting("curation_rules"),
+        "pose_after_curation": store.pose_counts(passed_only=True),
+        "rules": store.get_setting("curation_rules"),
     }
 
 
@@ -74,20 +74,19 @@ def format_table1(stats: dict) -> str:
     return "\n".join(lines)
 
 
-def distribution_frames(ws: Workspace, images: list[dict] | None = None) -> dict:
+def distribution_frames(ws: Workspace) -> dict:
     """Long-form tables for the Statistics plots (rejections, images per person, pose, attributes)."""
     import pandas as pd
 
-    images = image_list(ws) if images is None else images
-    stats = dataset_stats(ws, images)
+    stats = dataset_stats(ws)
     reasons = pd.DataFrame(
         [(k, v, "curation") for k, v in stats["rejections_by_reason"].items()]
         + [(k, v, "ingest") for k, v in stats["ingest_problems_by_reason"].items()],
         columns=["reason", "images", "stage"],
     )
     per_person = []
-    for stage, keep in (("before curation", lambda im: True), ("after curation", lambda im: im["status"] == "pass")):
-        histogram = Counter(Counter(im["person"] for im in images if keep(im)).values())
+    for stage, passed_only in (("before curation", False), ("after curation", True)):
+        histogram = Counter(ws.store.images_per_person(passed_only=passed_only))
         per_person += [(str(n), persons, stage, n) for n, persons in histogram.items()]
     hist = pd.DataFrame(per_person, columns=["images per person", "persons", "stage", "n"]).sort_values("n")
     poses = pd.DataFrame(sorted(stats["pose_after_curation"].items()), columns=["pose", "images"])

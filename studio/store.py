@@ -433,6 +433,31 @@ class Store:
     def tags_of(self, image_id: int) -> list[str]:
         return [r[0] for r in self.conn.execute("SELECT tag FROM image_tags WHERE image_id = ? ORDER BY tag", (image_id,))]
 
+    def images_per_person(self, passed_only: bool = False) -> list[int]:
+        """Image count of every person (with at least one image, or one kept image)."""
+        where = "WHERE status = 1" if passed_only else ""
+        return [int(r[0]) for r in self.conn.execute(f"SELECT COUNT(*) FROM browse {where} GROUP BY person_id")]
+
+    def status_counts(self) -> dict[int, int]:
+        return {int(r[0]): int(r[1]) for r in self.conn.execute("SELECT status, COUNT(*) FROM browse GROUP BY status")}
+
+    def reason_bit_counts(self, bits: int) -> list[int]:
+        """How many images have each of the first ``bits`` reason bits set (one scan)."""
+        if bits == 0:
+            return []
+        sums = ", ".join(f"SUM((reasons_mask >> {i}) & 1)" for i in range(bits))
+        row = self.conn.execute(f"SELECT {sums} FROM browse").fetchone()
+        return [int(v or 0) for v in row]
+
+    def pose_counts(self, passed_only: bool = True) -> dict[str, int]:
+        where = "WHERE status = 1" if passed_only else ""
+        return {(r[0] or "unknown"): int(r[1])
+                for r in self.conn.execute(f"SELECT pose, COUNT(*) FROM browse {where} GROUP BY pose")}
+
+    def problem_counts(self) -> dict[str, int]:
+        return {r[0]: int(r[1]) for r in self.conn.execute(
+            "SELECT code, COUNT(*) FROM sources WHERE outcome != 'ingested' GROUP BY code")}
+
     def poses(self) -> list[str]:
         return [r[0] for r in self.conn.execute("SELECT DISTINCT pose FROM browse WHERE pose IS NOT NULL ORDER BY pose")]
 

@@ -78,3 +78,15 @@ def test_annotator_sees_only_annotation(browser, served, tmp_path):
     assert page.get_by_role("tab", name="Statistics").count() == 0
     assert page.get_by_text("images match").count() == 0
     page.screenshot(path=str(artifacts_dir(tmp_path) / "annotator.png"), full_page=True)
+
+
+def test_statistics_tab_shows_table1_and_plots(browser, served, tmp_path):
+    page = login(browser, served, "ada")
+    page.get_by_role("tab", name="Statistics").click()
+    table = page.locator("#table1")
+    table.get_by_text("Avg images / person").wait_for(timeout=30_000)
+    text = " ".join(table.inner_text().split())
+    assert "Images 9 4" in text and "Persons 5 3" in text, text
+    page.get_by_text("Rejections by reason").first.wait_for(timeout=30_000)
+    page.wait_for_timeout(1500)  # let the plots draw
+    page.screenshot(path=str(artifacts_dir(tmp_path) / "statistics.png"), full_page=True)

@@ -29,8 +29,7 @@ def build_app(ctx: StudioContext) -> gr.Blocks:
         statistics.wire(ctx, s)
 
         persons, poses, tags = b.filters[0], b.filters[3], b.filters[4]
-        admin_outputs = [persons, poses, tags, b.summary, b.gallery, b.ids, b.page,
-                         s.table1, s.reasons, s.per_person, s.pose, s.attributes, s.attributes_note]
+        admin_outputs = [persons, poses, tags, b.summary, b.gallery, b.ids, b.page]
 
         def on_load(request: gr.Request):
             user, r = username(ctx, request), role(ctx, request)
@@ -39,8 +38,8 @@ def build_app(ctx: StudioContext) -> gr.Blocks:
                       None: "Sign in to use the studio." if ctx.policy.mode == "hf" else "No access for this account."}[r]
             shown = [gr.Tab(visible=is_admin), gr.Tab(visible=is_admin), gr.Tab(visible=r is not None),
                      gr.Tabs(selected="browse" if is_admin else "annotate")]
-            data = ([*browse.choices_update(ctx), *browse.first_page(ctx), *statistics.statistics_values(ctx)]
-                    if is_admin else [gr.update()] * len(admin_outputs))
+            data = ([*browse.choices_update(ctx), *browse.first_page(ctx)] if is_admin
+                    else [gr.update()] * len(admin_outputs))
             return [header, gr.Markdown(visible=is_admin and bool(ctx.note)), *shown, annotate.message(user), *data]
 
         demo.load(on_load, None, [who, notice, b.tab, s.tab, a.tab, tabs, a.info, *admin_outputs],

@@ -19,7 +19,8 @@ class StatisticsTab:
     tab: gr.Tab
     table1: gr.Dataframe
     reasons: gr.BarPlot
-    per_person: gr.BarPlot
+    per_person_before: gr.BarPlot
+    per_person_after: gr.BarPlot
     pose: gr.BarPlot
     attributes: gr.BarPlot
     attributes_note: gr.Markdown
@@ -32,12 +33,15 @@ def build() -> StatisticsTab:
         table1 = gr.Dataframe(label="Table 1: dataset statistics", interactive=False, elem_id="table1")
         with gr.Row():
             reasons = gr.BarPlot(x="reason", y="images", color="stage", title="Rejections by reason", x_label_angle=-30)
-            per_person = gr.BarPlot(x="images per person", y="persons", color="stage", title="Images per person")
+        with gr.Row():
+            per_person_before = gr.BarPlot(x="images per person", y="persons", title="Images per person, before curation")
+            per_person_after = gr.BarPlot(x="images per person", y="persons", title="Images per person, after curation")
         with gr.Row():
             pose = gr.BarPlot(x="pose", y="images", title="Pose (kept images)")
             attributes = gr.BarPlot(x="attribute", y="images", title="Facial attributes (kept images)", x_label_angle=-30)
         attributes_note = gr.Markdown()
-    return StatisticsTab(tab, table1, reasons, per_person, pose, attributes, attributes_note, refresh)
+    return StatisticsTab(tab, table1, reasons, per_person_before, per_person_after, pose, attributes, attributes_note,
+                         refresh)
 
 
 def table1_frame(stats: dict) -> pd.DataFrame:
@@ -46,21 +50,30 @@ def table1_frame(stats: dict) -> pd.DataFrame:
                         columns=["", "before curation", "after curation"])
 
 
+def _bars(df: pd.DataFrame, y: str) -> gr.BarPlot:
+    """A bar plot update whose y axis starts at 0 and fits the data (vega mis-scales a single bar otherwise)."""
+    top = float(df[y].max()) if len(df) else 1.0
+    return gr.BarPlot(value=df, y_lim=[0, top * 1.1])
+
+
 def statistics_values(ctx: StudioContext):
     frames = distribution_frames(ctx.ws)
     note = "" if len(frames["attributes"]) else "No attribute tags yet: they come from captions."
-    return (table1_frame(frames["stats"]), frames["reasons"], frames["images_per_person"], frames["pose"],
-            frames["attributes"], note)
+    hist = frames["images_per_person"]
+    return (table1_frame(frames["stats"]), _bars(frames["reasons"], "images"),
+            _bars(hist[hist.stage == "before curation"], "persons"), _bars(hist[hist.stage == "after curation"], "persons"),
+            _bars(frames["pose"], "images"), _bars(frames["attributes"], "images"), note)
 
 
 def wire(ctx: StudioContext, t: StatisticsTab) -> None:
-    outputs = [t.table1, t.reasons, t.per_person, t.pose, t.attributes, t.attributes_note]
+    outputs = [t.table1, t.reasons, t.per_person_before, t.per_person_after, t.pose, t.attributes, t.attributes_note]
 
     def on_refresh(request: gr.Request):
         require_admin(ctx, request)
         return statistics_values(ctx)
 
     t.refresh.click(on_refresh, None, outputs, api_visibility="private")
+    t.tab.select(on_refresh, None, outputs, api_visibility="private")  # computed when looked at, not at page load
 
     def statistics_api(request: gr.Request) -> dict:
         """Table 1 before/after curation, rejection and ingest-problem counts, pose counts."""
