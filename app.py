@@ -34,6 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from studio.auth import policy_from
+    from studio.config import ASSETS_DIR
     from studio.faces import MissingModelError, resolve_pack
     from studio.pipeline import ensure_demo_workspace
     from studio.ui.access import StudioContext
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     demo = build_app(StudioContext(ws=ws, policy=policy, note=note))
     auth = (lambda user, password: policy.users.verify(user, password)) if policy.mode == "local" else None
-    demo.launch(server_name=args.host, server_port=args.port, auth=auth, allowed_paths=[str(ws.root)],
+    demo.launch(server_name=args.host, server_port=args.port, auth=auth, allowed_paths=[str(ws.root), str(ASSETS_DIR / "ui")],
                 show_error=False, auth_message="CrossFaceID Studio: sign in")
     return 0
 

@@ -121,6 +121,7 @@ def browse(ws: Workspace, f: BrowseFilter, page: int = 1, page_size: int = 48) -
         r["reasons"] = [name for i, name in enumerate(REASONS) if r["reasons_mask"] >> i & 1]
         r["outlier"] = None if r["outlier"] is None else bool(r["outlier"])
         r["face_ratio"] = None if r["face_ratio"] is None else round(r["face_ratio"], 4)
+        r["media_missing"] = not ws.media_path(r["media_path"]).is_file()
     return BrowsePage(items=rows, total=total, page=page, pages=pages)
 
 

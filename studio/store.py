@@ -91,6 +91,7 @@ _MIGRATIONS: dict[int, str] = {
     CREATE TABLE browse (
         image_id INTEGER PRIMARY KEY REFERENCES images(id) ON DELETE CASCADE,
         person_id INTEGER NOT NULL,
+        person_name TEXT NOT NULL,
         status INTEGER NOT NULL DEFAULT 0,
         reasons_mask INTEGER NOT NULL DEFAULT 0,
         pose TEXT,
@@ -104,11 +105,15 @@ _MIGRATIONS: dict[int, str] = {
         caption TEXT,
         caption_status TEXT NOT NULL DEFAULT 'none'
     );
+    -- person filter; then one covering index per sort key holding every filter column, so a
+    -- sorted, filtered page is an index-only scan even deep into a million rows
     CREATE INDEX browse_person ON browse(person_id, image_id);
-    CREATE INDEX browse_status ON browse(status, image_id);
-    CREATE INDEX browse_ratio ON browse(face_ratio);
-    CREATE INDEX browse_side ON browse(min_side);
-    CREATE INDEX browse_sim ON browse(identity_sim);
+    CREATE INDEX browse_by_name ON browse(person_name, image_id, status, reasons_mask, pose, min_side, face_ratio, outlier, caption_status);
+    CREATE INDEX browse_by_ratio ON browse(face_ratio, image_id, status, reasons_mask, pose, min_side, person_id, outlier, caption_status);
+    CREATE INDEX browse_by_side ON browse(min_side, image_id, status, reasons_mask, pose, face_ratio, person_id, outlier, caption_status);
+    CREATE INDEX browse_by_sim ON browse(identity_sim, image_id, status, reasons_mask, pose, min_side, face_ratio, person_id, outlier, caption_status);
+    CREATE INDEX browse_by_faces ON browse(face_count, image_id, status, reasons_mask, pose, min_side, face_ratio, person_id, outlier, caption_status);
+    CREATE INDEX browse_filters ON browse(status, reasons_mask, pose, min_side, face_ratio, person_id, outlier, caption_status);
     CREATE TABLE image_tags (
         image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
         tag TEXT NOT NULL,
@@ -369,6 +374,9 @@ class Store:
                 "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                 (json.dumps(rules),),
             )
+            # planner statistics, so filtered + sorted pages pick the covering indexes
+            conn.execute("ANALYZE browse")
+            conn.execute("ANALYZE image_tags")
 
     # -- browsing ------------------------------------------------------------------------
     @staticmethod
@@ -382,21 +390,22 @@ class Store:
             where = f"WHERE i.id IN ({','.join('?' * len(image_ids))})"
             args = tuple(image_ids)
         conn.execute(
-            f"""INSERT INTO browse(image_id, person_id, status, reasons_mask, pose, width, height, min_side,
+            f"""INSERT INTO browse(image_id, person_id, person_name, status, reasons_mask, pose, width, height, min_side,
                                    face_count, face_ratio, outlier, identity_sim, caption, caption_status)
-                SELECT i.id, i.person_id,
+                SELECT i.id, i.person_id, p.name,
                        CASE WHEN c.passed IS NULL THEN 0 WHEN c.passed THEN 1 ELSE 2 END,
                        COALESCE(c.reasons_mask, 0), f.pose, i.width, i.height, MIN(i.width, i.height),
                        a.face_count, a.largest_face_ratio,
                        CASE WHEN c.identity_sim IS NULL THEN NULL ELSE c.outlier END, c.identity_sim,
                        i.import_caption, CASE WHEN i.import_caption IS NULL THEN 'none' ELSE 'imported' END
                 FROM images i
+                JOIN persons p ON p.id = i.person_id
                 LEFT JOIN analyses a ON a.image_id = i.id
                 LEFT JOIN faces f ON f.image_id = i.id AND f.face_index = 0
                 LEFT JOIN curation c ON c.image_id = i.id
                 {where}
                 ON CONFLICT(image_id) DO UPDATE SET
-                    person_id = excluded.person_id, status = excluded.status, reasons_mask = excluded.reasons_mask,
+                    person_id = excluded.person_id, person_name = excluded.person_name, status = excluded.status, reasons_mask = excluded.reasons_mask,
                     pose = excluded.pose, width = excluded.width, height = excluded.height,
                     min_side = excluded.min_side, face_count = excluded.face_count, face_ratio = excluded.face_ratio,
                     outlier = excluded.outlier, identity_sim = excluded.identity_sim""",
@@ -462,7 +471,7 @@ class Store:
         return [r[0] for r in self.conn.execute("SELECT DISTINCT pose FROM browse WHERE pose IS NOT NULL ORDER BY pose")]
 
     _SORTS = {
-        "id": "b.image_id", "person": "p.name", "face_ratio": "b.face_ratio", "resolution": "b.min_side",
+        "id": "b.image_id", "person": "b.person_name", "face_ratio": "b.face_ratio", "resolution": "b.min_side",
         "identity_sim": "b.identity_sim", "face_count": "b.face_count",
     }
 
@@ -498,8 +507,8 @@ class Store:
         if pose:
             where.append("b.pose = ?")
             args.append(pose)
-        for tag in tags:
-            where.append("EXISTS (SELECT 1 FROM image_tags t WHERE t.image_id = b.image_id AND t.tag = ?)")
+        for tag in tags:  # driven from the tag index: one id list per tag
+            where.append("b.image_id IN (SELECT image_id FROM image_tags WHERE tag = ?)")
             args.append(tag)
         for col, (lo, hi) in (("b.min_side", min_side), ("b.face_ratio", face_ratio)):
             if lo is not None:
@@ -519,14 +528,21 @@ class Store:
             where.append("b.caption_status = ?")
             args.append(caption_status)
         clause = ("WHERE " + " AND ".join(where)) if where else ""
-        order = self._SORTS[sort] + (" DESC" if descending else "") + ", b.image_id"
+        direction = " DESC" if descending else ""
+        order = f"{self._SORTS[sort]}{direction}, b.image_id{direction}"
         total = self.conn.execute(f"SELECT COUNT(*) FROM browse b {clause}", args).fetchone()[0]
+        # ids first (index-only), then the full rows of just this page
+        ids = [r[0] for r in self.conn.execute(
+            f"SELECT b.image_id FROM browse b {clause} ORDER BY {order} LIMIT ? OFFSET ?", args + [limit, offset])]
+        if not ids:
+            return [], int(total)
         rows = self.conn.execute(
-            f"""SELECT b.*, p.name AS person, i.media_path FROM browse b JOIN persons p ON p.id = b.person_id
-                JOIN images i ON i.id = b.image_id {clause} ORDER BY {order} LIMIT ? OFFSET ?""",
-            args + [limit, offset],
+            f"""SELECT b.*, b.person_name AS person, i.media_path FROM browse b JOIN images i ON i.id = b.image_id
+                WHERE b.image_id IN ({','.join('?' * len(ids))})""",
+            ids,
         ).fetchall()
-        return [dict(r) for r in rows], int(total)
+        by_id = {r["image_id"]: dict(r) for r in rows}
+        return [by_id[i] for i in ids], int(total)
 
     # -- reading -------------------------------------------------------------------------
     def image_table(self, image_ids: Sequence[int] | None = None, person: str | None = None) -> list[dict]:

@@ -128,3 +128,23 @@ def test_detail_of_deleted_media_is_a_message(tmp_path, photos):
     assert "missing file" in d["problem"] and row["media_path"].split("/")[-1] in d["problem"]
     with pytest.raises(BrowseError, match="no image with id 999"):
         image_detail(ws, 999)
+
+
+def test_deleted_media_shows_a_placeholder_in_the_gallery(tmp_path, photos):
+    from studio.ui.access import StudioContext
+    from studio.auth import AccessPolicy
+    from studio.ui.browse import MISSING, _gallery
+
+    (tmp_path / "src" / "p").mkdir(parents=True)
+    shutil.copy(photos["obama"], tmp_path / "src" / "p" / "a.jpg")
+    shutil.copy(photos["biden"], tmp_path / "src" / "p" / "b.jpg")
+    ws = Workspace.open(tmp_path / "ws")
+    ingest(ws, tmp_path / "src")
+    gone = ws.store.image_table()[0]
+    ws.media_path(gone["media_path"]).unlink()
+    page = browse(ws, BrowseFilter())
+    assert [r["media_missing"] for r in page.items] == [r["image_id"] == gone["id"] for r in page.items]
+    summary, items, ids, _ = _gallery(StudioContext(ws, AccessPolicy("none")), page)
+    missing = [(path, caption) for path, caption in items if "media file missing" in caption]
+    assert missing == [(str(MISSING), f"#{gone['id']} p · pending · media file missing")]
+    assert MISSING.is_file()

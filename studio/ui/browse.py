@@ -7,10 +7,12 @@ import gradio as gr
 
 from ..browse import (CAPTION_STATUSES, OUTLIER_CHOICES, SORTS, STATUSES, BrowseError, BrowseFilter, BrowsePage, browse,
                       filter_choices, image_detail)
+from ..config import ASSETS_DIR
 from ..curate import REASONS
 from .access import StudioContext, require_admin
 
 PAGE_SIZES = [24, 48, 96]
+MISSING = ASSETS_DIR / "ui" / "missing.png"
 
 
 @dataclass
@@ -123,8 +125,9 @@ def _page(ctx: StudioContext, f: BrowseFilter, page, page_size) -> BrowsePage:
 
 def _gallery(ctx: StudioContext, result: BrowsePage):
     items = [
-        (str(ctx.ws.media_path(r["media_path"])),
-         f"#{r['image_id']} {r['person']} · {r['status']}" + (f" · {', '.join(r['reasons'])}" if r["reasons"] else ""))
+        (str(MISSING if r["media_missing"] else ctx.ws.media_path(r["media_path"])),
+         f"#{r['image_id']} {r['person']} · {r['status']}" + (f" · {', '.join(r['reasons'])}" if r["reasons"] else "")
+         + (" · media file missing" if r["media_missing"] else ""))
         for r in result.items
     ]
     return result.summary, items, [r["image_id"] for r in result.items], result.page
@@ -193,7 +196,7 @@ def wire(ctx: StudioContext, t: BrowseTab) -> None:
                             outlier, caption_text, caption_status, sort, descending)
         result = _page(ctx, f, page, page_size)
         keep = ("image_id", "person", "status", "reasons", "pose", "width", "height", "face_count", "face_ratio",
-                "outlier", "identity_sim", "caption", "caption_status", "media_path")
+                "outlier", "identity_sim", "caption", "caption_status", "media_path", "media_missing")
         return {"total": result.total, "page": result.page, "pages": result.pages,
                 "items": [{k: r[k] for k in keep} for r in result.items]}
 

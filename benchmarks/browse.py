@@ -1,0 +1,198 @@
+"""Browse speed on synthetic workspaces the size of the paper's dataset and of a million images.
+
+Workspaces are written through the store's own write path (add_image, save_analysis, set_tags,
+curate), so the browse index is exactly what a real ingest -> analyze -> curate produces; no
+photo files exist (the browse query never opens them). They are cached in --cache.
+
+Measured, in one process:
+* ours: ``studio.browse.browse`` (what the Browse tab and /browse call) on random filter
+  combinations and a random page of each result: p50 / p95 per size against the goals
+  (40,596 images: p95 <= 30 ms; 1,000,000: p95 <= 300 ms);
+* baseline: the same filters applied in Python to ``image_list`` (the normalised join every
+  image row comes from), at 40,596 images;
+* cold start: ``python app.py`` on the 40,596-image workspace until the first page arrives
+  through gradio_client (goal <= 5 s).
+
+Last line: ``ratio: <baseline median / our median>`` at 40,596 images.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from studio.browse import BrowseFilter, browse  # noqa: E402
+from studio.curate import curate  # noqa: E402
+from studio.stats import image_list  # noqa: E402
+from studio.workspace import Workspace  # noqa: E402
+
+WORDS = ["smiling", "neutral", "glasses", "beard", "hat", "outdoors", "suit", "laughing", "serious", "profile",
+         "sunglasses", "curly", "blonde", "dark", "short", "long", "hair", "woman", "man", "young", "older"]
+POSES = ["frontal"] * 6 + ["side", "looking up", "looking down"]
+SIDES = [256, 384, 480, 512, 600, 720, 800, 1024, 1200, 1600]
+TAGS = ["smiling", "glasses", "hat", "neutral", "side profile"]
+
+
+def build(root: Path, n_images: int, persons: int, seed: int = 0) -> Workspace:
+    ws = Workspace.open(root)
+    if ws.store.counts()["curated"] == n_images:
+        return ws
+    rng = random.Random(seed)
+    store = ws.store
+    start = time.perf_counter()
+    with store.transaction():
+        for i in range(store.counts()["images"], n_images):
+            w, h = rng.choice(SIDES), rng.choice(SIDES)
+            caption = "A " + " ".join(rng.sample(WORDS, 6)) + "."
+            image_id = store.add_image(
+                source=f"synthetic://{i}", sha256=f"{i:064x}", person=f"person_{rng.randrange(persons):05d}",
+                media_path=f"media/synthetic/{i}.jpg", width=w, height=h, original_mode="RGB", exif_rotated=False,
+                import_caption=caption)
+            n_faces = rng.choice([0, 1, 1, 1, 1, 1, 1, 2, 3, 5])
+            ratio = rng.uniform(0.005, 0.3)
+            face = {"bbox": [0, 0, 10, 10], "score": 0.9, "kps": [[1, 1]] * 5, "embedding": None,
+                    "area_ratio": ratio, "yaw": 0.0, "pitch": 0.0, "pose": rng.choice(POSES)}
+            store.save_analysis(image_id, "synthetic", [face] * n_faces, ratio if n_faces else 0.0)
+            if rng.random() < 0.5:
+                store.set_tags(image_id, rng.sample(TAGS, rng.randint(1, 2)))
+            if i % 100_000 == 0 and i:
+                print(f"  {i:,} images written ({time.perf_counter() - start:.0f} s)", flush=True)
+    curate(ws)
+    print(f"  built {n_images:,} images in {time.perf_counter() - start:.0f} s", flush=True)
+    return ws
+
+
+def random_filter(rng: random.Random, persons: int) -> BrowseFilter:
+    f = BrowseFilter()
+    choice = rng.randrange(8)
+    if choice == 0 or rng.random() < 0.3:
+        f.persons = [f"person_{rng.randrange(persons):05d}"]
+    if choice == 1 or rng.random() < 0.3:
+        f.status = rng.choice(["pass", "fail"])
+    if choice == 2:
+        f.reason = rng.choice(["small_face", "low_resolution", "too_many_faces", "no_face"])
+    if choice == 3 or rng.random() < 0.2:
+        f.pose = rng.choice(POSES)
+    if choice == 4:
+        f.tags = [rng.choice(TAGS)]
+    if choice == 5 or rng.random() < 0.2:
+        f.min_side = rng.choice([512, 720])
+        f.min_face_ratio = rng.choice([0.04, 0.1])
+    if choice == 6:
+        f.caption_text = " ".join(rng.sample(WORDS, 2))
+    if choice == 7 or rng.random() < 0.3:
+        f.sort = rng.choice(["face_ratio", "resolution", "person", "id"])
+        f.descending = rng.random() < 0.5
+    return f
+
+
+def time_ours(ws: Workspace, persons: int, n: int, seed: int = 1) -> list[float]:
+    rng = random.Random(seed)
+    times = []
+    for _ in range(n):
+        f = random_filter(rng, persons)
+        first = browse(ws, f, page=1, page_size=48)
+        page = rng.randint(1, first.pages)
+        t = time.perf_counter()
+        browse(ws, f, page=page, page_size=48)
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def naive_page(ws: Workspace, f: BrowseFilter, page: int, page_size: int = 48) -> list[dict]:
+    """The baseline: every image row from the normalised join, filtered and sorted in Python."""
+    rows = image_list(ws)
+    tags = {}
+    if f.tags:
+        tags = {i: set(ws.store.tags_of(i)) for i in (r["id"] for r in rows)}
+
+    def keep(r):
+        side = min(r["width"], r["height"])
+        return ((not f.persons or r["person"] in f.persons) and (f.status == "all" or r["status"] == f.status)
+                and (not f.reason or f.reason in r["reasons"]) and (not f.pose or r["pose"] == f.pose)
+                and (not f.tags or set(f.tags) <= tags.get(r["id"], set()))
+                and (f.min_side is None or side >= f.min_side)
+                and (f.min_face_ratio is None or (r["face_ratio"] or 0) >= f.min_face_ratio)
+                and (not f.caption_text or all(w in (r["caption"] or "").lower() for w in f.caption_text.split())))
+
+    key = {"id": "id", "person": "person", "face_ratio": "face_ratio", "resolution": "width"}[f.sort]
+    hits = sorted((r for r in rows if keep(r)), key=lambda r: (r[key] is None, r[key] or 0, r["id"]), reverse=f.descending)
+    return hits[(page - 1) * page_size: page * page_size]
+
+
+def time_naive(ws: Workspace, persons: int, n: int, seed: int = 1) -> list[float]:
+    rng = random.Random(seed)
+    times = []
+    for _ in range(n):
+        f = random_filter(rng, persons)
+        t = time.perf_counter()
+        naive_page(ws, f, 1)
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def cold_start(ws: Workspace) -> float:
+    from gradio_client import Client
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
+    start = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "app.py", "--workspace", str(ws.root), "--port", str(port)], cwd=REPO,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                    break
+            except OSError:
+                time.sleep(0.05)
+        page = Client(f"http://127.0.0.1:{port}/", verbose=False).predict(api_name="/browse")
+        assert page["items"], "first page is empty"
+        return time.perf_counter() - start
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def pct(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100)[q - 1] if len(values) > 1 else values[0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cache", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "studio-browse-bench")
+    parser.add_argument("--queries", type=int, default=200, help="random filter queries per size")
+    parser.add_argument("--skip-million", action="store_true", help="only the 40,596-image workspace")
+    args = parser.parse_args()
+
+    sizes = [(40_596, 1_999, 30.0)] + ([] if args.skip_million else [(1_000_000, 50_000, 300.0)])
+    ours_median = {}
+    for n, persons, goal_ms in sizes:
+        print(f"workspace of {n:,} images, {persons:,} persons:", flush=True)
+        ws = build(args.cache / f"ws_{n}", n, persons)
+        times = time_ours(ws, persons, args.queries)
+        p50, p95 = pct(times, 50) * 1000, pct(times, 95) * 1000
+        ours_median[n] = statistics.median(times)
+        print(f"  filter + page: p50 {p50:.1f} ms, p95 {p95:.1f} ms (goal p95 <= {goal_ms:.0f} ms: "
+              f"{'met' if p95 <= goal_ms else 'NOT met'})", flush=True)
+    ws = Workspace.open(args.cache / "ws_40596")
+    cold = cold_start(ws)
+    print(f"cold start to first page (40,596 images): {cold:.2f} s (goal <= 5 s: {'met' if cold <= 5 else 'NOT met'})")
+    naive = time_naive(ws, 1_999, 10)
+    print(f"baseline (Python filter over image_list) at 40,596: median {statistics.median(naive) * 1000:.0f} ms")
+    print(f"ratio: {statistics.median(naive) / ours_median[40_596]:.1f}")
+
+
+if __name__ == "__main__":
+    main()
