@@ -109,6 +109,56 @@ def cmd_models(args) -> int:
     return 0
 
 
+def _caption_settings(args):
+    from .captions import CaptionSettings
+
+    kw = {k: v for k, v in {"model": args.model, "base_url": args.base_url, "concurrency": args.concurrency,
+                            "timeout": args.timeout, "max_retries": args.max_retries,
+                            "price_input_per_mtok": args.price_input, "price_output_per_mtok": args.price_output}.items()
+          if v is not None}
+    return CaptionSettings(**kw)
+
+
+def cmd_caption(args) -> int:
+    import os
+
+    from .captions import caption_workspace
+
+    ws = _workspace(args)
+    report = caption_workspace(ws, _caption_settings(args), os.environ.get("OPENAI_API_KEY"), kept_only=not args.all,
+                               author=args.author, progress=_progress())
+    _print(report.as_dict(), args.json)
+    return 0 if report.failed == 0 else 1
+
+
+def cmd_tag(args) -> int:
+    from .attributes import set_vocabulary, tag_workspace
+
+    ws = _workspace(args)
+    if args.vocabulary:
+        try:
+            vocab = json.loads(Path(args.vocabulary).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"--vocabulary {args.vocabulary}: {exc}") from None
+        set_vocabulary(ws, vocab)
+    _print(tag_workspace(ws), args.json)
+    return 0
+
+
+def cmd_review(args) -> int:
+    from .review import bulk_approve_unflagged
+
+    ws = _workspace(args)
+    if args.approve_unflagged:
+        print(json.dumps({"approved": bulk_approve_unflagged(ws, args.author)}))
+        return 0
+    rows, total = ws.store.caption_queue(status=args.status, flag=args.flag, person=args.person, limit=args.limit)
+    text = "\n".join(f"{r['image_id']:>6} v{r['version']} {r['status']:<9} {','.join(r['flags']) or '-':<12} {r['text']}"
+                     for r in rows)
+    _print({"total": total, "captions": rows}, args.json, text + f"\n({total} in queue)")
+    return 0
+
+
 def cmd_users(args) -> int:
     import getpass
 
@@ -197,6 +247,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--face-pack", default=face_pack_spec(), help="pack to resolve (default: auto)")
     p.add_argument("--download", choices=["antelopev2"], default=None, help="download this pack from the hub")
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("caption", parents=[common], help="caption kept images with GPT-4o (key from OPENAI_API_KEY)")
+    p.add_argument("--model", default=None, help="model name (default gpt-4o, the paper's)")
+    p.add_argument("--base-url", default=None, help="any OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1 (vLLM, Ollama)")
+    p.add_argument("--concurrency", type=int, default=None, help="requests in flight (default 8)")
+    p.add_argument("--timeout", type=float, default=None, help="seconds per request (default 60)")
+    p.add_argument("--max-retries", type=int, default=None, help="client retries on 429/5xx/timeouts (default 5)")
+    p.add_argument("--price-input", type=float, default=None, help="USD per million input tokens for the estimate (default 2.50)")
+    p.add_argument("--price-output", type=float, default=None, help="USD per million output tokens (default 10.00)")
+    p.add_argument("--all", action="store_true", help="caption every image, not only those that passed curation")
+    p.add_argument("--author", default="captioner", help="name recorded with the captions")
+    p.set_defaults(func=cmd_caption)
+
+    p = sub.add_parser("tag", parents=[common], help="attribute tags from current captions (configurable vocabulary)")
+    p.add_argument("--vocabulary", default=None, help="JSON file {tag: [phrases]} to use from now on")
+    p.set_defaults(func=cmd_tag)
+
+    p = sub.add_parser("review", parents=[common], help="list the caption review queue, or bulk-approve unflagged captions")
+    p.add_argument("--status", default=None, choices=["imported", "generated", "edited", "approved", "rejected"])
+    p.add_argument("--flag", default=None, help="any | none | empty | refusal | structured | too_long")
+    p.add_argument("--person", default=None, help="only this person")
+    p.add_argument("--limit", type=int, default=50, help="rows to list")
+    p.add_argument("--approve-unflagged", action="store_true", help="approve every unflagged current caption")
+    p.add_argument("--author", default="reviewer", help="reviewer name recorded with approvals")
+    p.set_defaults(func=cmd_review)
 
     p = sub.add_parser("users", help="manage the accounts of a users file (passwords stored as scrypt hashes)")
     p.add_argument("action", choices=["add", "list"], help="add (or update) a user, or list users")

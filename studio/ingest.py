@@ -20,6 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .attributes import tag_image
+from .captions import check_caption
 from .parallel import bounded_map
 from .images import IMAGE_SUFFIXES, ImageError, decode, read_bytes, sha256_bytes
 from .workspace import Workspace
@@ -299,10 +301,15 @@ def _commit(ws: Workspace, p: _Prepared, report: IngestReport) -> None:
         return
     suffix = item.suffix.lower() if item.suffix.lower() in IMAGE_SUFFIXES else _suffix_for(p.data)
     rel = ws.put_media(p.sha, suffix, p.data)
-    store.add_image(
-        source=item.source, sha256=p.sha, person=item.person, media_path=rel, width=p.width, height=p.height,
-        original_mode=p.mode, exif_rotated=p.rotated, import_caption=item.caption, import_meta=item.meta,
-    )
+    with store.transaction():
+        image_id = store.add_image(
+            source=item.source, sha256=p.sha, person=item.person, media_path=rel, width=p.width, height=p.height,
+            original_mode=p.mode, exif_rotated=p.rotated, import_caption=item.caption, import_meta=item.meta,
+        )
+        if item.caption:  # an imported caption is version 1, reviewable like a model's
+            store.add_caption(image_id, item.caption, status="imported", origin="import", author="import",
+                              flags=check_caption(item.caption))
+            tag_image(ws, image_id, item.caption)
     report.added += 1
 
 

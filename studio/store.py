@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -122,6 +122,31 @@ _MIGRATIONS: dict[int, str] = {
     CREATE INDEX image_tags_tag ON image_tags(tag, image_id);
     CREATE VIRTUAL TABLE caption_fts USING fts5(caption, tokenize = 'unicode61');
     INSERT INTO caption_fts(rowid, caption) SELECT id, import_caption FROM images WHERE import_caption IS NOT NULL
+    """,
+    # v3: caption versions. Every change (model caption, edit, approval, rejection) is a new row
+    # with who and when; the newest row is the image's current caption.
+    3: """
+    CREATE TABLE captions (
+        id INTEGER PRIMARY KEY,
+        image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+        version INTEGER NOT NULL,
+        text TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('imported', 'generated', 'edited', 'approved', 'rejected')),
+        origin TEXT NOT NULL CHECK (origin IN ('import', 'model', 'human')),
+        model TEXT,
+        prompt_version TEXT,
+        params TEXT,
+        cache_key TEXT,
+        prompt_tokens INTEGER,
+        completion_tokens INTEGER,
+        cost_usd REAL,
+        flags TEXT NOT NULL DEFAULT '[]',
+        author TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        CONSTRAINT one_row_per_version UNIQUE (image_id, version)
+    );
+    CREATE INDEX captions_cache_key ON captions(cache_key);
+    CREATE INDEX browse_caption_status ON browse(caption_status, image_id)
     """,
 }
 
@@ -544,6 +569,91 @@ class Store:
         by_id = {r["image_id"]: dict(r) for r in rows}
         return [by_id[i] for i in ids], int(total)
 
+    # -- captions ------------------------------------------------------------------------
+    def captioned_keys(self) -> set[str]:
+        """Cache keys of every model caption ever stored: a resumed run skips these."""
+        return {r[0] for r in self.conn.execute("SELECT DISTINCT cache_key FROM captions WHERE cache_key IS NOT NULL")}
+
+    def images_for_captioning(self, kept_only: bool = True) -> list[tuple[int, str, str]]:
+        """(image id, sha256, media path) of the images a caption run covers."""
+        sql = "SELECT i.id, i.sha256, i.media_path FROM images i JOIN browse b ON b.image_id = i.id"
+        if kept_only:
+            sql += " WHERE b.status = 1"
+        return [(int(r[0]), r[1], r[2]) for r in self.conn.execute(sql + " ORDER BY i.id")]
+
+    def add_caption(self, image_id: int, text: str, *, status: str, origin: str, author: str, flags: Sequence[str] = (),
+                    model: str | None = None, prompt_version: str | None = None, params: dict | None = None,
+                    cache_key: str | None = None, prompt_tokens: int | None = None,
+                    completion_tokens: int | None = None, cost_usd: float | None = None) -> int:
+        """Append a caption version and make it current (browse row + full-text index), atomically."""
+        with self.transaction() as conn:
+            version = conn.execute("SELECT COALESCE(MAX(version), 0) + 1 FROM captions WHERE image_id = ?",
+                                   (image_id,)).fetchone()[0]
+            conn.execute(
+                """INSERT INTO captions(image_id, version, text, status, origin, model, prompt_version, params, cache_key,
+                                        prompt_tokens, completion_tokens, cost_usd, flags, author, created_at)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                (image_id, version, text, status, origin, model, prompt_version,
+                 json.dumps(params, sort_keys=True) if params is not None else None, cache_key, prompt_tokens,
+                 completion_tokens, cost_usd, json.dumps(list(flags)), author, _now()),
+            )
+            conn.execute("UPDATE browse SET caption = ?, caption_status = ? WHERE image_id = ?", (text, status, image_id))
+            conn.execute("DELETE FROM caption_fts WHERE rowid = ?", (image_id,))
+            if text:
+                conn.execute("INSERT INTO caption_fts(rowid, caption) VALUES (?, ?)", (image_id, text))
+            return int(version)
+
+    def caption_history(self, image_id: int) -> list[dict]:
+        rows = self.conn.execute("SELECT * FROM captions WHERE image_id = ? ORDER BY version", (image_id,)).fetchall()
+        return [_caption_row(r) for r in rows]
+
+    def current_caption(self, image_id: int) -> dict | None:
+        row = self.conn.execute("SELECT * FROM captions WHERE image_id = ? ORDER BY version DESC LIMIT 1",
+                                (image_id,)).fetchone()
+        return _caption_row(row) if row else None
+
+    def caption_queue(self, *, status: str | None = None, flag: str | None = None, person: str | None = None,
+                      limit: int = 50, offset: int = 0) -> tuple[list[dict], int]:
+        """Current captions (newest version per image) filtered for review, oldest image first."""
+        where, args = ["c.version = (SELECT MAX(version) FROM captions WHERE image_id = c.image_id)"], []
+        if status:
+            where.append("c.status = ?")
+            args.append(status)
+        if flag == "any":
+            where.append("c.flags != '[]'")
+        elif flag == "none":
+            where.append("c.flags = '[]'")
+        elif flag:
+            where.append("EXISTS (SELECT 1 FROM json_each(c.flags) WHERE value = ?)")
+            args.append(flag)
+        if person:
+            where.append("b.person_name = ?")
+            args.append(person)
+        clause = " AND ".join(where)
+        base = f"FROM captions c JOIN browse b ON b.image_id = c.image_id JOIN images i ON i.id = c.image_id WHERE {clause}"
+        total = self.conn.execute(f"SELECT COUNT(*) {base}", args).fetchone()[0]
+        rows = self.conn.execute(
+            f"SELECT c.*, b.person_name AS person, i.media_path {base} ORDER BY c.image_id LIMIT ? OFFSET ?",
+            args + [limit, offset]).fetchall()
+        out = []
+        for r in rows:
+            d = _caption_row(r)
+            d["person"], d["media_path"] = r["person"], r["media_path"]
+            out.append(d)
+        return out, int(total)
+
+    def caption_usage(self) -> dict:
+        row = self.conn.execute(
+            """SELECT COUNT(*), COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0),
+                      COALESCE(SUM(cost_usd), 0) FROM captions WHERE origin = 'model'""").fetchone()
+        return {"model_captions": int(row[0]), "prompt_tokens": int(row[1]), "completion_tokens": int(row[2]),
+                "cost_usd": round(float(row[3]), 6)}
+
+    def current_captions(self) -> list[tuple[int, str, str]]:
+        """(image id, text, status) of every image's current caption."""
+        return [(int(r[0]), r[1], r[2]) for r in self.conn.execute(
+            "SELECT image_id, caption, caption_status FROM browse WHERE caption IS NOT NULL")]
+
     # -- reading -------------------------------------------------------------------------
     def image_table(self, image_ids: Sequence[int] | None = None, person: str | None = None) -> list[dict]:
         """Images with their person, analysis and verdict: the source of stats, list, detail and export."""
@@ -604,6 +714,13 @@ def _face_row(r: sqlite3.Row) -> FaceRow:
         pitch=r["pitch"],
         pose=r["pose"],
     )
+
+
+def _caption_row(r: sqlite3.Row) -> dict:
+    d = dict(r)
+    d["flags"] = json.loads(d["flags"])
+    d["params"] = json.loads(d["params"]) if d["params"] else None
+    return d
 
 
 def _split_sql(script: str) -> list[str]:

@@ -1,0 +1,268 @@
+"""Captioning with GPT-4o (or any OpenAI-compatible server) using the paper's prompt (§3.3).
+
+Every kept image gets a short, face-focused caption. Requests go through the ``openai`` client,
+whose own retries and backoff handle 429 and 5xx; a thread pool bounds how many are in flight.
+A caption is keyed by image hash + prompt version + model + parameters, and each one is
+committed as it arrives, so a killed run resumes without asking again for finished images.
+
+The API key is passed in by the caller (``OPENAI_API_KEY`` in the CLI, a session-only field in
+the UI) and handed to the client only: it is never stored, logged or written anywhere.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import logging
+import re
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+
+from PIL import Image
+
+from .images import ImageError, load_rgb
+from .parallel import bounded_map
+from .workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+#: The paper's three-part prompt, verbatim (typos included: it is what the dataset was made with).
+PROMPT_PARTS = (
+    "Your goal is to using less than 4 fluent sentences to generate short, descriptive captions for this image.",
+    "Note that your description should be as detailed as possible to describe the features of the face in the image.",
+    "Please note that your answer should not include any tabulation format.",
+)
+PROMPT = " ".join(PROMPT_PARTS)
+PROMPT_VERSION = "crossfaceid-2025-v1"
+
+FLAGS = ("empty", "refusal", "structured", "too_long")
+
+
+@dataclass(frozen=True)
+class CaptionSettings:
+    """Model, endpoint and sampling parameters (defaults: the paper's), plus run limits and prices.
+
+    Prices are USD per million tokens, used only for the cost estimate; the defaults are
+    OpenAI's published gpt-4o prices ($2.50 input, $10.00 output); set them for another model.
+    """
+
+    model: str = "gpt-4o"
+    base_url: str | None = None
+    temperature: float = 0.0
+    top_p: float = 1.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    max_tokens: int = 4096
+    image_max_side: int = 768
+    jpeg_quality: int = 90
+    concurrency: int = 8
+    timeout: float = 60.0
+    max_retries: int = 5
+    price_input_per_mtok: float = 2.50
+    price_output_per_mtok: float = 10.00
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not self.model:
+            problems.append("model must not be empty")
+        if not 1 <= self.concurrency <= 256:
+            problems.append(f"concurrency must be between 1 and 256, got {self.concurrency}")
+        if self.timeout <= 0:
+            problems.append("timeout must be positive")
+        if self.max_retries < 0:
+            problems.append("max_retries must be >= 0")
+        if not 64 <= self.image_max_side <= 4096:
+            problems.append("image_max_side must be between 64 and 4096")
+        if problems:
+            raise ValueError("invalid caption settings: " + "; ".join(problems))
+
+    def request_params(self) -> dict:
+        """What reaches the server besides the messages."""
+        return {"model": self.model, "temperature": self.temperature, "top_p": self.top_p,
+                "frequency_penalty": self.frequency_penalty, "presence_penalty": self.presence_penalty,
+                "max_tokens": self.max_tokens}
+
+    def key_params(self) -> dict:
+        """Everything that changes the answer, for the cache key."""
+        return {**self.request_params(), "prompt_version": PROMPT_VERSION, "image_max_side": self.image_max_side,
+                "jpeg_quality": self.jpeg_quality}
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (prompt_tokens * self.price_input_per_mtok + completion_tokens * self.price_output_per_mtok) / 1e6
+
+
+def cache_key(image_sha256: str, settings: CaptionSettings) -> str:
+    payload = json.dumps({"image": image_sha256, **settings.key_params()}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def image_data_url(rgb, max_side: int, quality: int) -> str:
+    """The photo downscaled (longest side <= max_side) as a base64 JPEG data URL."""
+    img = Image.fromarray(rgb)
+    img.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=quality)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def build_messages(data_url: str) -> list[dict]:
+    return [{"role": "user", "content": [
+        {"type": "text", "text": PROMPT},
+        {"type": "image_url", "image_url": {"url": data_url}},
+    ]}]
+
+
+# -- checks ------------------------------------------------------------------------------------
+
+_STRUCTURE = [
+    re.compile(r"^\s*\d+[.)]\s+\S", re.M),  # numbered list
+    re.compile(r"^\s*[-*•]\s+\S", re.M),  # bulleted list
+    re.compile(r"^\s*\|.*\|\s*$", re.M),  # markdown table row
+    re.compile(r"\*\*[^*\n]+\*\*"),  # bold heading
+    re.compile(r"^\s*#{1,6}\s+\S", re.M),  # markdown heading
+]
+_REFUSAL = re.compile(
+    r"\b(I'?m sorry|I am sorry|I can(?:'|no)t (?:help|assist|identify|provide|describe)|I'?m (?:not able|unable) to"
+    r"|I am (?:not able|unable) to|as an AI)\b", re.I)
+_SENTENCE_END = re.compile(r"[.!?]+(?=\s|$)")
+
+
+def check_caption(text: str) -> list[str]:
+    """Flags for what the paper's prompt exists to prevent: lists, tables, long answers, refusals."""
+    t = (text or "").strip()
+    if not t:
+        return ["empty"]
+    flags = []
+    if _REFUSAL.search(t):
+        flags.append("refusal")
+    if any(p.search(t) for p in _STRUCTURE):
+        flags.append("structured")
+    if len(_SENTENCE_END.findall(t)) > 4:
+        flags.append("too_long")
+    return flags
+
+
+# -- the run -----------------------------------------------------------------------------------
+
+@dataclass
+class CaptionReport:
+    captioned: int = 0
+    skipped: int = 0
+    failed: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    flagged: dict = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["cost_usd"] = round(self.cost_usd, 6)
+        d["cost_per_caption_usd"] = round(self.cost_usd / self.captioned, 6) if self.captioned else 0.0
+        return d
+
+
+def make_client(api_key: str | None, settings: CaptionSettings):
+    """The openai client with our endpoint, timeout and retry budget (its backoff handles 429/5xx)."""
+    from openai import OpenAI
+
+    if not api_key:
+        raise ValueError("no API key: set OPENAI_API_KEY (CLI) or enter it in the Captions tab (kept for the session only)")
+    return OpenAI(api_key=api_key, base_url=settings.base_url or None, timeout=settings.timeout,
+                  max_retries=settings.max_retries)
+
+
+def request_caption(client, settings: CaptionSettings, data_url: str) -> tuple[str, int, int]:
+    """One chat completion; returns (text, prompt tokens, completion tokens)."""
+    resp = client.chat.completions.create(messages=build_messages(data_url), **settings.request_params())
+    text = (resp.choices[0].message.content or "").strip() if resp.choices else ""
+    usage = resp.usage
+    return text, int(getattr(usage, "prompt_tokens", 0) or 0), int(getattr(usage, "completion_tokens", 0) or 0)
+
+
+def _store_model_caption(ws: Workspace, image_id: int, key: str, settings: CaptionSettings, text: str,
+                         prompt_tokens: int, completion_tokens: int, author: str) -> list[str]:
+    from .attributes import tag_image
+
+    flags = check_caption(text)
+    with ws.store.transaction():
+        ws.store.add_caption(
+            image_id, text, status="generated", origin="model", author=author, flags=flags, model=settings.model,
+            prompt_version=PROMPT_VERSION, params=settings.key_params(), cache_key=key, prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens, cost_usd=settings.cost(prompt_tokens, completion_tokens))
+        tag_image(ws, image_id, text)
+    return flags
+
+
+def caption_workspace(ws: Workspace, settings: CaptionSettings, api_key: str | None, *, kept_only: bool = True,
+                      author: str = "captioner", progress: Callable[..., Iterable] | None = None,
+                      client=None) -> CaptionReport:
+    """Caption every image of the run that has no caption under these settings yet."""
+    start = time.perf_counter()
+    client = client or make_client(api_key, settings)
+    done = ws.store.captioned_keys()
+    report = CaptionReport()
+    todo = []
+    for image_id, sha, media in ws.store.images_for_captioning(kept_only):
+        key = cache_key(sha, settings)
+        if key in done:
+            report.skipped += 1
+        else:
+            todo.append((image_id, key, media))
+
+    def work(job):
+        image_id, key, media = job
+        try:
+            data_url = image_data_url(load_rgb(ws.media_path(media)).rgb, settings.image_max_side, settings.jpeg_quality)
+            return job, request_caption(client, settings, data_url), None
+        except ImageError as exc:
+            return job, None, str(exc)
+        except Exception as exc:  # the client has retried already: record and go on with the batch
+            return job, None, _redact(f"{type(exc).__name__}: {_first_line(exc)}", api_key)
+
+    with ThreadPoolExecutor(settings.concurrency) as pool:
+        results: Iterable = bounded_map(pool, work, todo, ahead=settings.concurrency)
+        if progress is not None:
+            results = progress(results, total=len(todo), desc="caption", unit="img")
+        for (image_id, key, _), answer, error in results:
+            if error is not None:
+                report.failed += 1
+                report.errors.append(f"image {image_id}: {error}")
+                log.warning("caption failed for image %s: %s", image_id, error)
+                continue
+            text, p_tok, c_tok = answer
+            flags = _store_model_caption(ws, image_id, key, settings, text, p_tok, c_tok, author)
+            report.captioned += 1
+            report.prompt_tokens += p_tok
+            report.completion_tokens += c_tok
+            report.cost_usd += settings.cost(p_tok, c_tok)
+            for f in flags:
+                report.flagged[f] = report.flagged.get(f, 0) + 1
+    report.seconds = round(time.perf_counter() - start, 3)
+    return report
+
+
+def regenerate(ws: Workspace, image_id: int, settings: CaptionSettings, api_key: str | None, author: str,
+               client=None) -> dict:
+    """Ask the model again for one image (even if a caption exists) and make it current."""
+    rows = ws.store.image_table(image_ids=[image_id])
+    if not rows:
+        raise ValueError(f"no image with id {image_id}")
+    client = client or make_client(api_key, settings)
+    data_url = image_data_url(load_rgb(ws.media_path(rows[0]["media_path"])).rgb, settings.image_max_side,
+                              settings.jpeg_quality)
+    text, p_tok, c_tok = request_caption(client, settings, data_url)
+    _store_model_caption(ws, image_id, cache_key(rows[0]["sha256"], settings), settings, text, p_tok, c_tok, author)
+    return ws.store.current_caption(image_id)
+
+
+def _redact(text: str, secret: str | None) -> str:
+    return text.replace(secret, "[key]") if secret else text
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).splitlines() or [""])[0][:300]

@@ -1,0 +1,192 @@
+"""Captioning through the real openai client against a local OpenAI-compatible HTTP server."""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import pytest
+from conftest import REPO
+from oai_server import LocalOpenAI, Reply, decode_image, image_key
+
+from studio.captions import PROMPT, CaptionSettings, caption_workspace, check_caption
+from studio.ingest import ingest
+from studio.workspace import Workspace
+
+KEY = "sk-test-0123456789-SECRET-abcdef"
+FAST = dict(max_retries=3, timeout=5.0)
+
+
+@pytest.fixture()
+def ws(tmp_path, photos):
+    """Four real photos of four persons, ingested (captioning covers all images with --all)."""
+    src = tmp_path / "src"
+    for name in ("obama", "biden", "astronaut", "obama2"):
+        (src / name).mkdir(parents=True)
+        shutil.copy(photos[name], src / name / photos[name].name)
+    w = Workspace.open(tmp_path / "ws")
+    ingest(w, src)
+    return w
+
+
+def run(ws, server, **kw):
+    settings = CaptionSettings(base_url=server.url, **{**FAST, **kw})
+    return caption_workspace(ws, settings, KEY, kept_only=False)
+
+
+def test_exact_prompt_and_parameters_reach_the_server(ws):
+    with LocalOpenAI() as server:
+        report = run(ws, server)
+    assert report.captioned == 4 and report.failed == 0
+    assert len(server.requests) == 4
+    for body in server.requests:
+        assert body["model"] == "gpt-4o"
+        assert (body["temperature"], body["top_p"], body["frequency_penalty"], body["presence_penalty"],
+                body["max_tokens"]) == (0, 1, 0, 0, 4096)
+        text, image = body["messages"][0]["content"]
+        assert text == {"type": "text", "text": PROMPT}
+        assert PROMPT.startswith("Your goal is to using less than 4 fluent sentences")
+        assert PROMPT.endswith("should not include any tabulation format.")
+        assert image["image_url"]["url"].startswith("data:image/jpeg;base64,")
+        assert max(decode_image(body).size) <= 768  # downscaled before sending
+    assert set(server.auth_headers) == {f"Bearer {KEY}"}
+
+
+def test_client_retries_429_and_500(ws):
+    seen = Counter()
+
+    def responder(n, body):
+        k = image_key(body)
+        seen[k] += 1
+        if seen[k] == 1:
+            return Reply(status=429, headers={"retry-after-ms": "20"})
+        if seen[k] == 2:
+            return Reply(status=500, headers={"retry-after-ms": "20"})
+        return Reply()
+
+    with LocalOpenAI(responder) as server:
+        report = run(ws, server)
+    assert report.captioned == 4 and report.failed == 0
+    assert sorted(seen.values()) == [3, 3, 3, 3]
+
+
+def test_slow_reply_times_out_and_is_retried(ws):
+    seen = Counter()
+
+    def responder(n, body):
+        seen[image_key(body)] += 1
+        return Reply(delay=1.5) if seen[image_key(body)] == 1 else Reply()
+
+    with LocalOpenAI(responder) as server:
+        report = run(ws, server, timeout=0.5)
+    assert report.captioned == 4
+    assert sorted(seen.values()) == [2, 2, 2, 2]
+
+
+def test_exhausted_retries_are_recorded_and_the_batch_goes_on(ws, caplog):
+    bad = {}
+
+    def responder(n, body):
+        bad.setdefault("key", image_key(body))
+        return Reply(status=500, headers={"retry-after-ms": "5"}) if image_key(body) == bad["key"] else Reply()
+
+    with LocalOpenAI(responder) as server:
+        report = run(ws, server, max_retries=1, concurrency=1)
+    assert report.captioned == 3 and report.failed == 1
+    assert "InternalServerError" in report.errors[0]
+    assert Counter(image_key(b) for b in server.requests)[bad["key"]] == 2  # first try + one retry
+
+
+@pytest.mark.parametrize("reply, flags", [
+    ("1. **Hair:** short and dark\n2. **Expression:** smiling", ["structured"]),
+    ("| feature | value |\n|---|---|\n| hair | dark |", ["structured"]),
+    ("- smiling\n- short hair", ["structured"]),
+    ("I'm sorry, I can't help with identifying people in images.", ["refusal"]),
+    ("One. Two. Three. Four. Five sentences here.", ["too_long"]),
+    ("", ["empty"]),
+    ("A woman with curly red hair smiles broadly. She wears round glasses.", []),
+])
+def test_flags(ws, reply, flags):
+    with LocalOpenAI(lambda n, body: Reply(text=reply)) as server:
+        run(ws, server)
+    rows, total = ws.store.caption_queue(status="generated")
+    assert total == 4 and all(r["flags"] == flags for r in rows)
+    assert check_caption(reply) == flags
+
+
+def test_usage_and_cost(ws):
+    with LocalOpenAI(lambda n, body: Reply(prompt_tokens=1200, completion_tokens=80)) as server:
+        report = run(ws, server)
+    per_caption = (1200 * 2.50 + 80 * 10.00) / 1e6
+    assert report.prompt_tokens == 4800 and report.completion_tokens == 320
+    assert report.as_dict()["cost_per_caption_usd"] == pytest.approx(per_caption)
+    assert report.cost_usd == pytest.approx(4 * per_caption)
+    assert ws.store.caption_usage()["cost_usd"] == pytest.approx(4 * per_caption)
+
+
+def test_idempotent_and_keyed_by_settings(ws):
+    with LocalOpenAI() as server:
+        run(ws, server)
+        again = run(ws, server)
+        assert again.captioned == 0 and again.skipped == 4 and len(server.requests) == 4
+        other = run(ws, server, model="llava-next")
+        assert other.captioned == 4 and len(server.requests) == 8
+        assert {b["model"] for b in server.requests[4:]} == {"llava-next"}
+
+
+def test_missing_key_is_a_clear_error(ws):
+    with pytest.raises(ValueError, match="OPENAI_API_KEY"):
+        caption_workspace(ws, CaptionSettings(), None, kept_only=False)
+
+
+def _cli(ws, server, env_extra=None, **popen):
+    env = {**os.environ, "OPENAI_API_KEY": KEY, **(env_extra or {})}
+    cmd = [sys.executable, "-m", "studio", "caption", "--workspace", str(ws.root), "--all", "--base-url", server.url,
+           "--concurrency", "2", "--max-retries", "0", "-v"]
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+
+
+def test_killed_run_resumes_without_asking_again(ws):
+    def responder(n, body):
+        return Reply() if n <= 2 else Reply(hang=True)  # two answers, then the server stalls
+
+    with LocalOpenAI(responder) as server:
+        proc = _cli(ws, server)
+        deadline = time.time() + 120
+        while ws.store.caption_usage()["model_captions"] < 2 and time.time() < deadline:
+            time.sleep(0.1)
+        if ws.store.caption_usage()["model_captions"] != 2:
+            proc.kill()
+            pytest.fail(f"{len(server.requests)} requests, answered {server.answered}: {proc.communicate()[1][-3000:]}")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=20)
+        first = list(server.answered)
+        server.responder = lambda n, body: Reply()
+        server.release.set()
+        proc = _cli(ws, server)
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+    assert len(first) == 2
+    assert sorted(Counter(server.answered).values()) == [1, 1, 1, 1]  # every image answered exactly once
+    model_rows = ws.store.conn.execute("SELECT image_id, COUNT(*) FROM captions WHERE origin = 'model' GROUP BY image_id")
+    assert [n for _, n in model_rows] == [1, 1, 1, 1]
+
+
+def test_key_never_written_or_logged(ws, caplog):
+    caplog.set_level(logging.DEBUG)
+    with LocalOpenAI(lambda n, body: Reply(status=401) if n == 1 else Reply()) as server:
+        report = run(ws, server, max_retries=0, concurrency=1)
+        proc = _cli(ws, server, env_extra={"OPENAI_LOG": "debug"})
+        out, err = proc.communicate(timeout=120)
+    assert report.failed == 1  # the 401 is recorded ...
+    assert KEY not in " ".join(report.errors)  # ... without the key
+    assert KEY not in caplog.text and KEY not in out and KEY not in err
+    for path in ws.root.rglob("*"):
+        if path.is_file():
+            assert KEY.encode() not in path.read_bytes(), path
+    assert server.auth_headers and all(h == f"Bearer {KEY}" for h in server.auth_headers)
