@@ -217,7 +217,8 @@ def caption_workspace(ws: Workspace, settings: CaptionSettings, api_key: str | N
     def work(job):
         image_id, key, media = job
         try:
-            data_url = image_data_url(load_rgb(ws.media_path(media)).rgb, settings.image_max_side, settings.jpeg_quality)
+            img = load_rgb(ws.media_path(media), draft_side=settings.image_max_side)
+            data_url = image_data_url(img.rgb, settings.image_max_side, settings.jpeg_quality)
             return job, request_caption(client, settings, data_url), None
         except ImageError as exc:
             return job, None, str(exc)
@@ -225,7 +226,7 @@ def caption_workspace(ws: Workspace, settings: CaptionSettings, api_key: str | N
             return job, None, _redact(f"{type(exc).__name__}: {_first_line(exc)}", api_key)
 
     with ThreadPoolExecutor(settings.concurrency) as pool:
-        results: Iterable = bounded_map(pool, work, todo, ahead=settings.concurrency)
+        results: Iterable = bounded_map(pool, work, todo, ahead=2 * settings.concurrency)  # keep the pool busy
         if progress is not None:
             results = progress(results, total=len(todo), desc="caption", unit="img")
         for (image_id, key, _), answer, error in results:
@@ -253,8 +254,8 @@ def regenerate(ws: Workspace, image_id: int, settings: CaptionSettings, api_key:
     if not rows:
         raise ValueError(f"no image with id {image_id}")
     client = client or make_client(api_key, settings)
-    data_url = image_data_url(load_rgb(ws.media_path(rows[0]["media_path"])).rgb, settings.image_max_side,
-                              settings.jpeg_quality)
+    img = load_rgb(ws.media_path(rows[0]["media_path"]), draft_side=settings.image_max_side)
+    data_url = image_data_url(img.rgb, settings.image_max_side, settings.jpeg_quality)
     text, p_tok, c_tok = request_caption(client, settings, data_url)
     _store_model_caption(ws, image_id, cache_key(rows[0]["sha256"], settings), settings, text, p_tok, c_tok, author)
     return ws.store.current_caption(image_id)

@@ -97,8 +97,12 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def decode(data: bytes, path: str | Path, max_pixels: int = MAX_PIXELS) -> LoadedImage:
-    """Decode image bytes into an upright RGB array, or raise :class:`ImageError`."""
+def decode(data: bytes, path: str | Path, max_pixels: int = MAX_PIXELS, draft_side: int | None = None) -> LoadedImage:
+    """Decode image bytes into an upright RGB array, or raise :class:`ImageError`.
+
+    ``draft_side``: the caller needs at most this many pixels per side (a thumbnail), so a JPEG
+    may be decoded at 1/2, 1/4 or 1/8 scale directly, which is several times faster.
+    """
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -109,6 +113,8 @@ def decode(data: bytes, path: str | Path, max_pixels: int = MAX_PIXELS) -> Loade
                 raise ImageError(
                     path, "decompression_bomb", f"{w}x{h} = {w * h:,} pixels exceeds the {max_pixels:,} limit"
                 )
+            if draft_side and fmt == "JPEG":
+                img.draft("RGB", (draft_side, draft_side))
             img.load()
     except ImageError:
         raise
@@ -132,6 +138,6 @@ def decode(data: bytes, path: str | Path, max_pixels: int = MAX_PIXELS) -> Loade
     )
 
 
-def load_rgb(path: str | Path, max_pixels: int = MAX_PIXELS) -> LoadedImage:
+def load_rgb(path: str | Path, max_pixels: int = MAX_PIXELS, draft_side: int | None = None) -> LoadedImage:
     """Open a photo from disk: see :func:`decode`."""
-    return decode(read_bytes(path), path, max_pixels=max_pixels)
+    return decode(read_bytes(path), path, max_pixels=max_pixels, draft_side=draft_side)

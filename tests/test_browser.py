@@ -90,3 +90,46 @@ def test_statistics_tab_shows_table1_and_plots(browser, served, tmp_path):
     page.get_by_text("Rejections by reason").first.wait_for(timeout=30_000)
     page.wait_for_timeout(1500)  # let the plots draw
     page.screenshot(path=str(artifacts_dir(tmp_path) / "statistics.png"), full_page=True)
+
+
+@pytest.fixture(scope="module")
+def captioned_app(tmp_path_factory, photos, users_file):
+    import pandas as pd
+    from conftest import launch_app
+
+    from studio.ingest import ingest
+    from studio.workspace import Workspace
+
+    src = tmp_path_factory.mktemp("captioned_src")
+    for name in ("obama", "astronaut"):
+        shutil.copy(photos[name], src / photos[name].name)
+    pd.DataFrame({"file_name": ["obama.jpg", "astronaut.png"], "person": ["obama", "eileen"],
+                  "caption": ["1. **Hair:** short and grey", "A woman in an orange spacesuit smiles."]}
+                 ).to_csv(src / "meta.csv", index=False)
+    ws = Workspace.open(tmp_path_factory.mktemp("captioned_ws"))
+    ingest(ws, src / "meta.csv")
+    proc, url = launch_app(ws.root, "--auth", str(users_file))
+    yield url, ws
+    proc.terminate()
+    proc.wait(timeout=20)
+
+
+def test_reviewer_edits_a_flagged_caption(browser, captioned_app, tmp_path):
+    url, ws = captioned_app
+    page = login(browser, url, "ada")
+    page.get_by_role("tab", name="Captions").click()
+    page.get_by_label("Status", exact=True).click()
+    page.get_by_role("option", name="imported").click()
+    page.get_by_role("button", name="Load queue").click()
+    page.get_by_text("2 captions in this queue").wait_for(timeout=30_000)
+    page.locator("#caption-queue button.thumbnail-item").first.click()
+    box = page.locator("#caption-text textarea")
+    page.wait_for_function("document.querySelector('#caption-text textarea').value.includes('Hair')", timeout=30_000)
+    box.fill("A grey-haired man in a dark suit smiles.")
+    page.get_by_role("button", name="Save edit").click()
+    page.get_by_text("No flags.").wait_for(timeout=30_000)
+    page.screenshot(path=str(artifacts_dir(tmp_path) / "caption_review.png"), full_page=True)
+    obama = next(r["id"] for r in ws.store.image_table() if r["source"].endswith("obama.jpg"))
+    hist = ws.store.caption_history(obama)
+    assert [(h["status"], h["author"]) for h in hist] == [("imported", "import"), ("edited", "ada")]
+    assert hist[-1]["text"] == "A grey-haired man in a dark suit smiles."

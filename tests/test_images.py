@@ -97,3 +97,11 @@ def test_missing_file(tmp_path):
     with pytest.raises(ImageError) as err:
         load_rgb(tmp_path / "nope.jpg")
     assert err.value.code == "missing_file" and "nope.jpg" in str(err.value)
+
+
+def test_draft_decode_for_thumbnails(photos):
+    full = load_rgb(photos["obama3"])
+    small = load_rgb(photos["obama3"], draft_side=600)
+    assert (full.width, full.height) == (1434, 2333)
+    assert min(small.width, small.height) >= 600 and small.width < full.width  # decoded at a reduced scale
+    assert abs(small.width / small.height - full.width / full.height) < 0.01

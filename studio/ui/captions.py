@@ -1,0 +1,249 @@
+"""Captions tab: run GPT-4o captioning, then review captions side by side with the photo.
+
+The API key field is a password box whose value lives only in the request that uses it: it is
+never put in a State, the workspace or a log. Empty means the server's OPENAI_API_KEY.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import gradio as gr
+import pandas as pd
+
+from .. import review
+from ..captions import FLAGS, CaptionSettings, caption_workspace, regenerate
+from .access import StudioContext, require_admin, username
+
+ACTIONS = ("approve", "reject", "edit", "regenerate")
+
+
+@dataclass
+class CaptionsTab:
+    tab: gr.Tab
+    api_key: gr.Textbox
+    base_url: gr.Textbox
+    model: gr.Textbox
+    concurrency: gr.Slider
+    kept_only: gr.Checkbox
+    run: gr.Button
+    run_summary: gr.Markdown
+    status: gr.Dropdown
+    flag: gr.Dropdown
+    person: gr.Textbox
+    load: gr.Button
+    bulk: gr.Button
+    queue_summary: gr.Markdown
+    queue: gr.Gallery
+    ids: gr.State
+    current: gr.Number
+    photo: gr.Image
+    caption: gr.Textbox
+    flags: gr.Markdown
+    history: gr.Dataframe
+    approve: gr.Button
+    reject: gr.Button
+    save: gr.Button
+    regen: gr.Button
+
+
+def build() -> CaptionsTab:
+    with gr.Tab("Captions", id="captions", visible=False) as tab:
+        with gr.Accordion("Caption images (GPT-4o, the paper's prompt and parameters)", open=True):
+            with gr.Row():
+                api_key = gr.Textbox(label="API key (this session only; empty: the server's OPENAI_API_KEY)",
+                                     type="password", elem_id="api-key")
+                base_url = gr.Textbox(label="Base URL (empty: OpenAI; or any OpenAI-compatible server)",
+                                      placeholder="http://127.0.0.1:8000/v1")
+                model = gr.Textbox(label="Model", value="gpt-4o")
+                concurrency = gr.Slider(1, 64, value=8, step=1, label="Requests in flight")
+                kept_only = gr.Checkbox(label="Only images that passed curation", value=True)
+            run = gr.Button("Caption", variant="primary")
+            run_summary = gr.Markdown()
+        with gr.Row():
+            status = gr.Dropdown(["any", *review.REVIEW_STATUSES], value="generated", label="Status")
+            flag = gr.Dropdown(["any flag", "no flag", *FLAGS], value="any flag", label="Flag")
+            person = gr.Textbox(label="Person", placeholder="all")
+            load = gr.Button("Load queue")
+            bulk = gr.Button("Approve all unflagged")
+        queue_summary = gr.Markdown()
+        queue = gr.Gallery(label="Queue", columns=8, height="auto", allow_preview=False, elem_id="caption-queue")
+        ids = gr.State([])
+        current = gr.Number(visible=False, precision=0)
+        with gr.Row():
+            photo = gr.Image(label="Photo", interactive=False)
+            with gr.Column():
+                caption = gr.Textbox(label="Caption", lines=5, elem_id="caption-text")
+                flags = gr.Markdown()
+                with gr.Row():
+                    approve = gr.Button("Approve", variant="primary")
+                    reject = gr.Button("Reject", variant="stop")
+                    save = gr.Button("Save edit")
+                    regen = gr.Button("Regenerate")
+        history = gr.Dataframe(label="Versions", interactive=False)
+    return CaptionsTab(tab, api_key, base_url, model, concurrency, kept_only, run, run_summary, status, flag, person,
+                       load, bulk, queue_summary, queue, ids, current, photo, caption, flags, history, approve, reject,
+                       save, regen)
+
+
+def _settings(base_url: str, model: str, concurrency) -> CaptionSettings:
+    try:
+        return CaptionSettings(base_url=(base_url or "").strip() or None, model=(model or "").strip() or "gpt-4o",
+                               concurrency=int(concurrency or 8))
+    except ValueError as exc:
+        raise gr.Error(str(exc)) from None
+
+
+def _key(typed: str | None) -> str | None:
+    return (typed or "").strip() or os.environ.get("OPENAI_API_KEY")
+
+
+def run_captioning(ctx: StudioContext, api_key, base_url, model, concurrency, kept_only, author, progress=None) -> dict:
+    try:
+        report = caption_workspace(ctx.ws, _settings(base_url, model, concurrency), _key(api_key),
+                                   kept_only=bool(kept_only), author=author, progress=progress)
+    except ValueError as exc:
+        raise gr.Error(str(exc)) from None
+    return report.as_dict()
+
+
+def summary_text(r: dict) -> str:
+    text = (f"Captioned **{r['captioned']}**, already done {r['skipped']}, failed {r['failed']} in {r['seconds']} s · "
+            f"tokens {r['prompt_tokens']:,} in / {r['completion_tokens']:,} out · estimated cost "
+            f"${r['cost_usd']:.4f} (${r['cost_per_caption_usd']:.5f} per caption)")
+    if r["flagged"]:
+        text += " · flagged: " + ", ".join(f"{k} {v}" for k, v in r["flagged"].items())
+    if r["errors"]:
+        text += "\n\n" + "\n".join(f"- {e}" for e in r["errors"][:20])
+    return text
+
+
+def _queue_filters(status, flag, person):
+    return {"status": None if status in (None, "", "any") else status,
+            "flag": {"any flag": None, "no flag": "none", None: None, "": None}.get(flag, flag),
+            "person": (person or "").strip() or None}
+
+
+def queue_data(ctx: StudioContext, status, flag, person, limit: int = 96) -> tuple[list[dict], int]:
+    return ctx.ws.store.caption_queue(**_queue_filters(status, flag, person), limit=limit)
+
+
+def detail(ctx: StudioContext, image_id: int):
+    cur = ctx.ws.store.current_caption(int(image_id))
+    if cur is None:
+        raise gr.Error(f"image {image_id} has no caption")
+    row = ctx.ws.store.image_table(image_ids=[int(image_id)])[0]
+    path = ctx.ws.media_path(row["media_path"])
+    hist = pd.DataFrame([(h["version"], h["status"], h["author"], h["created_at"], ", ".join(h["flags"]), h["text"])
+                         for h in ctx.ws.store.caption_history(int(image_id))],
+                        columns=["version", "status", "by", "when", "flags", "text"])
+    flags = ("**Flags:** " + ", ".join(cur["flags"])) if cur["flags"] else "No flags."
+    return (str(path) if path.is_file() else None), cur["text"], f"{flags} Status: **{cur['status']}**.", hist
+
+
+def act(ctx: StudioContext, image_id, action: str, text: str, author: str, api_key=None, base_url=None, model=None,
+        concurrency=None) -> dict:
+    if image_id is None:
+        raise gr.Error("pick a caption from the queue first")
+    try:
+        if action == "approve":
+            return review.approve(ctx.ws, int(image_id), author)
+        if action == "reject":
+            return review.reject(ctx.ws, int(image_id), author)
+        if action == "edit":
+            return review.edit(ctx.ws, int(image_id), text, author)
+        if action == "regenerate":
+            return regenerate(ctx.ws, int(image_id), _settings(base_url, model, concurrency), _key(api_key), author)
+    except ValueError as exc:
+        raise gr.Error(str(exc)) from None
+    raise gr.Error(f"unknown action {action!r}; one of {ACTIONS}")
+
+
+def wire(ctx: StudioContext, t: CaptionsTab) -> None:
+    private = {"api_visibility": "private"}
+
+    def who(request) -> str:
+        return username(ctx, request) or "local admin"
+
+    def on_run(request: gr.Request, api_key, base_url, model, concurrency, kept_only, progress=gr.Progress()):
+        require_admin(ctx, request)
+        r = run_captioning(ctx, api_key, base_url, model, concurrency, kept_only, who(request),
+                           progress=lambda it, **kw: progress.tqdm(it, **kw))
+        return summary_text(r)
+
+    t.run.click(on_run, [t.api_key, t.base_url, t.model, t.concurrency, t.kept_only], [t.run_summary], **private)
+
+    def on_load(request: gr.Request, status, flag, person):
+        require_admin(ctx, request)
+        rows, total = queue_data(ctx, status, flag, person)
+        items = [(str(ctx.ws.media_path(r["media_path"])), f"#{r['image_id']} {r['person']} · {r['status']}"
+                  + (f" · {', '.join(r['flags'])}" if r["flags"] else "")) for r in rows
+                 if ctx.ws.media_path(r["media_path"]).is_file()]
+        return f"{total} captions in this queue (showing {len(items)})", items, [r["image_id"] for r in rows]
+
+    queue_io = ([t.status, t.flag, t.person], [t.queue_summary, t.queue, t.ids])
+    t.load.click(on_load, *queue_io, **private)
+
+    def on_select(request: gr.Request, ids: list, evt: gr.SelectData):
+        require_admin(ctx, request)
+        image_id = ids[evt.index]
+        return (image_id, *detail(ctx, image_id))
+
+    detail_outputs = [t.current, t.photo, t.caption, t.flags, t.history]
+    t.queue.select(on_select, [t.ids], detail_outputs, **private)
+
+    def on_action(action):
+        def handler(request: gr.Request, image_id, text, api_key, base_url, model, concurrency):
+            require_admin(ctx, request)
+            act(ctx, image_id, action, text, who(request), api_key, base_url, model, concurrency)
+            return (image_id, *detail(ctx, image_id))
+        return handler
+
+    action_inputs = [t.current, t.caption, t.api_key, t.base_url, t.model, t.concurrency]
+    for button, action in ((t.approve, "approve"), (t.reject, "reject"), (t.save, "edit"), (t.regen, "regenerate")):
+        button.click(on_action(action), action_inputs, detail_outputs, **private)
+
+    def on_bulk(request: gr.Request, status, flag, person):
+        require_admin(ctx, request)
+        n = review.bulk_approve_unflagged(ctx.ws, who(request))
+        summary, items, ids = on_load(request, status, flag, person)
+        return f"Approved {n} unflagged captions. " + summary, items, ids
+
+    t.bulk.click(on_bulk, *queue_io, **private)
+
+    def caption_run_api(request: gr.Request, api_key: str = "", base_url: str = "", model: str = "gpt-4o",
+                        concurrency: int = 8, kept_only: bool = True) -> dict:
+        """Caption the images that have no caption under these settings; returns the run report."""
+        require_admin(ctx, request)
+        return run_captioning(ctx, api_key, base_url, model, concurrency, kept_only, who(request))
+
+    def caption_queue_api(request: gr.Request, status: str = "any", flag: str = "any flag", person: str = "") -> dict:
+        """Current captions for review, filtered by status, flag and person."""
+        require_admin(ctx, request)
+        rows, total = queue_data(ctx, status, flag, person, limit=500)
+        return {"total": total, "captions": [{k: r[k] for k in ("image_id", "person", "version", "status", "flags",
+                                                                 "text", "author", "created_at")} for r in rows]}
+
+    def caption_action_api(request: gr.Request, image_id: int, action: str, text: str = "", api_key: str = "",
+                           base_url: str = "", model: str = "gpt-4o") -> dict:
+        """approve | reject | edit (with text) | regenerate one image's caption; returns the new current version."""
+        require_admin(ctx, request)
+        cur = act(ctx, image_id, action, text, who(request), api_key, base_url, model, 1)
+        return {k: cur[k] for k in ("image_id", "version", "status", "text", "flags", "author", "created_at")}
+
+    def caption_history_api(request: gr.Request, image_id: int) -> list:
+        """Every caption version of one image, oldest first, with who and when."""
+        require_admin(ctx, request)
+        return [{k: h[k] for k in ("version", "status", "origin", "text", "flags", "author", "created_at", "model")}
+                for h in ctx.ws.store.caption_history(int(image_id))]
+
+    def bulk_approve_api(request: gr.Request) -> int:
+        """Approve every unflagged current caption; returns how many."""
+        require_admin(ctx, request)
+        return review.bulk_approve_unflagged(ctx.ws, who(request))
+
+    gr.api(caption_run_api, api_name="caption_run")
+    gr.api(caption_queue_api, api_name="caption_queue")
+    gr.api(caption_action_api, api_name="caption_action")
+    gr.api(caption_history_api, api_name="caption_history")
+    gr.api(bulk_approve_api, api_name="caption_bulk_approve")
