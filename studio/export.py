@@ -66,7 +66,7 @@ def export_training_set(ws: Workspace, out_dir: str | Path, include_failed: bool
         buf = io.BytesIO()
         np.save(buf, main.embedding.astype(np.float32))
         atomic_write_bytes(out / emb_rel, buf.getvalue())
-        caption = r["caption"] or ""
+        caption = (r["caption"] or "") if r["caption_status"] != "rejected" else ""
         without_caption += not caption
         lines.append(json.dumps({
             "image_file": image_rel,
