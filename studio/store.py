@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -147,6 +147,22 @@ _MIGRATIONS: dict[int, str] = {
     );
     CREATE INDEX captions_cache_key ON captions(cache_key);
     CREATE INDEX browse_caption_status ON browse(caption_status, image_id)
+    """,
+    # v4: generated samples with every setting that made them
+    4: """
+    CREATE TABLE generations (
+        id INTEGER PRIMARY KEY,
+        batch TEXT NOT NULL,
+        model TEXT NOT NULL,
+        model_spec TEXT NOT NULL,
+        settings TEXT NOT NULL,
+        reference TEXT NOT NULL,
+        face TEXT NOT NULL,
+        output_path TEXT NOT NULL,
+        author TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    CREATE INDEX generations_batch ON generations(batch)
     """,
 }
 
@@ -653,6 +669,29 @@ class Store:
         """(image id, text, status) of every image's current caption."""
         return [(int(r[0]), r[1], r[2]) for r in self.conn.execute(
             "SELECT image_id, caption, caption_status FROM browse WHERE caption IS NOT NULL")]
+
+    # -- generations ---------------------------------------------------------------------
+    def add_generation(self, *, batch: str, model: str, model_spec: dict, settings: dict, reference: str, face: dict,
+                       output_path: str, author: str) -> int:
+        with self.transaction() as conn:
+            cur = conn.execute(
+                """INSERT INTO generations(batch, model, model_spec, settings, reference, face, output_path, author,
+                                           created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                (batch, model, json.dumps(model_spec), json.dumps(settings), reference, json.dumps(face), output_path,
+                 author, _now()))
+            return int(cur.lastrowid)
+
+    def generations(self, batch: str | None = None) -> list[dict]:
+        sql, args = "SELECT * FROM generations", ()
+        if batch:
+            sql, args = sql + " WHERE batch = ?", (batch,)
+        out = []
+        for r in self.conn.execute(sql + " ORDER BY id", args):
+            d = dict(r)
+            for k in ("model_spec", "settings", "face"):
+                d[k] = json.loads(d[k])
+            out.append(d)
+        return out
 
     # -- reading -------------------------------------------------------------------------
     def image_table(self, image_ids: Sequence[int] | None = None, person: str | None = None) -> list[dict]:

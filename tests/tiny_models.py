@@ -1,0 +1,101 @@
+"""Tiny InstantID weights built locally from configs (sizes from diffusers' own SDXL tests).
+
+``build_tiny_instantid(dir)`` writes the same three parts production uses, in the same layout:
+a diffusers SDXL folder, ``ControlNetModel/`` (made with ``ControlNetModel.from_unet``) and an
+``ip-adapter.bin`` in the official InstantID key layout (random weights), so the production
+loader loads them unchanged.
+"""
+from __future__ import annotations
+
+import gzip
+import importlib.util
+from pathlib import Path
+
+TINY_RESAMPLER = dict(embed_dims=512, hidden_dims=64, depth=4, dim_head=64, num_queries=4, ff_mult=4)
+
+
+def clip_tokenizer():
+    """A real CLIP BPE tokenizer built offline from the merges file open_clip ships."""
+    from transformers import CLIPTokenizer
+
+    spec = importlib.util.find_spec("open_clip")
+    bpe = Path(next(iter(spec.submodule_search_locations))) / "bpe_simple_vocab_16e6.txt.gz"
+    merges = gzip.open(bpe).read().decode("utf-8").split("\n")[1: 49152 - 256 - 2 + 1]
+    merges = [tuple(m.split()) for m in merges]
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    byte_chars = [chr(c) for c in cs]
+    vocab = byte_chars + [c + "</w>" for c in byte_chars] + ["".join(m) for m in merges]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    return CLIPTokenizer(vocab={t: i for i, t in enumerate(vocab)}, merges=merges,
+                         model_max_length=77)
+
+
+def tiny_components(seed: int = 0) -> dict:
+    import torch
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=2, sample_size=32, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=8, transformer_layers_per_block=(1, 2), projection_class_embeddings_input_dim=80,
+        cross_attention_dim=64)
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(block_out_channels=[32, 64], in_channels=3, out_channels=3,
+                        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+                        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"], latent_channels=4, sample_size=128)
+    text_cfg = CLIPTextConfig(bos_token_id=0, eos_token_id=2, hidden_size=32, intermediate_size=37, layer_norm_eps=1e-05,
+                              num_attention_heads=4, num_hidden_layers=5, pad_token_id=1, vocab_size=49408,
+                              hidden_act="gelu", projection_dim=32)
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(text_cfg)
+    torch.manual_seed(seed)
+    text_encoder_2 = CLIPTextModelWithProjection(text_cfg)
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, steps_offset=1,
+                                       beta_schedule="scaled_linear", timestep_spacing="leading")
+    tok = clip_tokenizer()
+    return {"unet": unet, "vae": vae, "text_encoder": text_encoder, "text_encoder_2": text_encoder_2,
+            "tokenizer": tok, "tokenizer_2": tok, "scheduler": scheduler}
+
+
+def random_ip_adapter(unet, seed: int = 0, scale: float = 0.2) -> dict:
+    """Random weights in the official InstantID ip-adapter.bin key layout for ``unet``."""
+    import torch
+
+    from studio.instantid import ResamplerShape, ip_adapter_layout
+
+    g = torch.Generator().manual_seed(seed)
+    layout = ip_adapter_layout(unet, ResamplerShape(**TINY_RESAMPLER))
+    return {part: {k: torch.randn(shape, generator=g) * scale for k, shape in keys.items()}
+            for part, keys in layout.items()}
+
+
+def build_tiny_instantid(root: Path, seed: int = 0) -> Path:
+    """Write base/ (SDXL folder), ControlNetModel/ and ip-adapter.bin under ``root``; returns root."""
+    import torch
+    from diffusers import ControlNetModel, StableDiffusionXLPipeline
+
+    root = Path(root)
+    if (root / "ip-adapter.bin").exists():
+        return root
+    parts = tiny_components(seed)
+    torch.manual_seed(seed + 1)
+    # before any IP-adapter touches the UNet; one conditioning downsample to match the tiny VAE (factor 2)
+    controlnet = ControlNetModel.from_unet(parts["unet"], conditioning_embedding_out_channels=(16, 32))
+    with torch.no_grad():  # from_unet zero-inits the output convs; give the IdentityNet a real effect
+        for p in controlnet.parameters():
+            if p.abs().sum() == 0 and p.ndim > 1:
+                p.normal_(0, 0.05)
+    StableDiffusionXLPipeline(**parts).save_pretrained(root / "base")
+    controlnet.save_pretrained(root / "ControlNetModel")
+    torch.save(random_ip_adapter(parts["unet"], seed), root / "ip-adapter.bin")
+    return root
