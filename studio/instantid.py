@@ -159,9 +159,14 @@ def _local(path: str) -> Path | None:
 
 
 def _hub_cached(repo: str, filename: str) -> Path | None:
+    """The file from the local hub cache, if a hub id's download is there (never goes online)."""
     from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
 
-    found = try_to_load_from_cache(repo, filename)
+    try:
+        found = try_to_load_from_cache(repo, filename)
+    except HFValidationError:  # a path that does not exist, not a hub id
+        return None
     return Path(found) if isinstance(found, str) else None
 
 
@@ -188,21 +193,28 @@ def _base_dir(source: str) -> Path | None:
     return cached.parent if cached else None
 
 
+def _looks_local(source: str) -> bool:
+    return source.startswith(("/", ".", "~")) or source.count("/") != 1
+
+
 def missing_weights(spec: ModelSpec) -> list[str]:
     """What of ``spec`` is not on this machine, each with how to get it. Looks, never downloads."""
     out = []
     base = _base_dir(spec.base)
     if base is None or not (base / "model_index.json").exists():
-        out.append(f"SDXL base '{spec.base}': huggingface-cli download {spec.base} "
-                   "(or pass a local diffusers folder holding model_index.json)")
+        how = (f"local folder {spec.base} has no model_index.json" if _looks_local(spec.base)
+               else f"huggingface-cli download {spec.base} (or pass a local diffusers folder)")
+        out.append(f"SDXL base '{spec.base}': {how}")
     cn = _identitynet_dir(spec.identitynet)
     if cn is None or not (cn / "config.json").exists():
-        out.append(f"IdentityNet '{spec.identitynet}/{IDENTITYNET_SUBFOLDER}': huggingface-cli download "
-                   f"{spec.identitynet} --include '{IDENTITYNET_SUBFOLDER}/*' (or a local ControlNetModel folder)")
+        how = (f"local folder {spec.identitynet} has no {IDENTITYNET_SUBFOLDER}/config.json" if _looks_local(spec.identitynet)
+               else f"huggingface-cli download {spec.identitynet} --include '{IDENTITYNET_SUBFOLDER}/*'")
+        out.append(f"IdentityNet '{spec.identitynet}': {how}")
     ip = _ip_adapter_file(spec.ip_adapter)
     if ip is None or not ip.is_file():
-        out.append(f"IP-adapter '{spec.ip_adapter}/{IP_ADAPTER_FILE}': huggingface-cli download {spec.ip_adapter} "
-                   f"{IP_ADAPTER_FILE} (or a local ip-adapter.bin)")
+        how = (f"{spec.ip_adapter} holds no {IP_ADAPTER_FILE}" if _looks_local(spec.ip_adapter)
+               else f"huggingface-cli download {spec.ip_adapter} {IP_ADAPTER_FILE}")
+        out.append(f"IP-adapter '{spec.ip_adapter}': {how}")
     return out
 
 
@@ -242,9 +254,9 @@ def load_instantid(spec: ModelSpec, device: str | None = None, dtype=None) -> "I
         raise MissingWeightsError(f"model '{spec.name}' is missing weights:\n- " + "\n- ".join(missing))
     dev = pick_device(device)
     dtype = dtype or (torch.float16 if dev.type == "cuda" else torch.float32)
-    controlnet = ControlNetModel.from_pretrained(str(_identitynet_dir(spec.identitynet)), torch_dtype=dtype)
+    controlnet = ControlNetModel.from_pretrained(str(_identitynet_dir(spec.identitynet)), dtype=dtype)
     pipe = StableDiffusionXLControlNetPipeline.from_pretrained(str(_base_dir(spec.base)), controlnet=controlnet,
-                                                               torch_dtype=dtype)
+                                                               dtype=dtype)
     state = load_ip_adapter_state(_ip_adapter_file(spec.ip_adapter))
     check_ip_adapter(state, pipe.unet)
     pipe.load_ip_adapter(state, subfolder="", weight_name="", image_encoder_folder=None)

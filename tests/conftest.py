@@ -156,3 +156,23 @@ def served(curated_ws, users_file):
     yield url
     proc.terminate()
     proc.wait(timeout=20)
+
+
+@pytest.fixture(scope="session")
+def tiny_spec(tmp_path_factory):
+    """A tiny InstantID written to disk in the production layout, as a ModelSpec of local paths."""
+    import torch
+
+    from studio.instantid import ModelSpec
+    from tiny_models import build_tiny_instantid
+
+    torch.set_num_threads(1)
+    root = build_tiny_instantid(tmp_path_factory.mktemp("tiny_instantid"))
+    return ModelSpec("tiny", base=str(root / "base"), identitynet=str(root), ip_adapter=str(root / "ip-adapter.bin"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_spec):
+    from studio.instantid import load_instantid
+
+    return load_instantid(tiny_spec, "cpu")
