@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, MissingModelError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    demo = build_app(StudioContext(ws=ws, policy=policy, note=note))
+    demo = build_app(StudioContext(ws=ws, policy=policy, note=note, face_pack=args.face_pack))
     auth = (lambda user, password: policy.users.verify(user, password)) if policy.mode == "local" else None
     demo.launch(server_name=args.host, server_port=args.port, auth=auth, allowed_paths=[str(ws.root), str(ASSETS_DIR / "ui")],
                 show_error=False, auth_message="CrossFaceID Studio: sign in")

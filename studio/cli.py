@@ -159,6 +159,45 @@ def cmd_review(args) -> int:
     return 0
 
 
+def cmd_register_model(args) -> int:
+    from .generate import register_model
+    from .instantid import ModelSpec, missing_weights
+
+    spec = ModelSpec(args.name, base=args.base, identitynet=args.identitynet, ip_adapter=args.ip_adapter)
+    register_model(_workspace(args), spec)
+    _print({"registered": spec.to_dict(), "missing": missing_weights(spec)}, args.json)
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from .faces import FaceAnalyzer, resolve_pack
+    from .generate import face_from_photo, face_from_workspace, generate, parse_sweep, registered_models, save_reference
+    from .images import load_rgb
+    from .instantid import GenerationSettings, ModelCache
+
+    ws = _workspace(args)
+    models = registered_models(ws)
+    unknown = [m for m in args.model if m not in models]
+    if unknown:
+        raise ValueError(f"unknown model {unknown}; registered: {sorted(models)}")
+    if (args.reference is None) == (args.image_id is None):
+        raise ValueError("give exactly one of --reference PHOTO or --image-id N")
+    if args.reference is not None:
+        rgb = load_rgb(args.reference).rgb
+        face = face_from_photo(rgb, FaceAnalyzer(resolve_pack(args.face_pack)), save_reference(ws, rgb))
+    else:
+        face = face_from_workspace(ws, args.image_id)
+    settings = GenerationSettings(prompt=args.prompt, negative_prompt=args.negative_prompt, ip_scale=args.ip_scale,
+                                  identitynet_scale=args.identitynet_scale, steps=args.steps, guidance=args.guidance,
+                                  seed=args.seed, width=args.width, height=args.height,
+                                  face_region_only=args.face_region_only)
+    samples = generate(ws, ModelCache(args.device), [models[m] for m in args.model], face, settings,
+                       parse_sweep(args.sweep) if args.sweep else None, author=args.author)
+    print(face.note, file=sys.stderr)
+    _print([{"model": s.model, "lambda": s.ip_scale, "path": str(s.path), "id": s.generation_id} for s in samples], args.json)
+    return 0
+
+
 def cmd_users(args) -> int:
     import getpass
 
@@ -273,6 +312,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--author", default="reviewer", help="reviewer name recorded with approvals")
     p.set_defaults(func=cmd_review)
 
+    p = sub.add_parser("register-model", parents=[common], help="add an InstantID model (hub ids or local paths) for generation")
+    p.add_argument("name", help="name shown in the Generate tab")
+    p.add_argument("--base", default="stabilityai/stable-diffusion-xl-base-1.0", help="SDXL base: hub id or diffusers folder")
+    p.add_argument("--identitynet", required=True, help="hub id or folder holding ControlNetModel/ (or the ControlNetModel folder)")
+    p.add_argument("--ip-adapter", required=True, help="hub id or folder holding ip-adapter.bin (or the file)")
+    p.set_defaults(func=cmd_register_model)
+
+    p = sub.add_parser("generate", parents=[common], help="generate from a reference face + prompt with InstantID")
+    p.add_argument("--model", action="append", required=True, help="registered model name (twice to compare two)")
+    p.add_argument("--reference", type=Path, default=None, help="reference photo (its largest face is used)")
+    p.add_argument("--image-id", type=int, default=None, help="or a workspace image id (its stored main face)")
+    p.add_argument("--prompt", required=True, help="text prompt")
+    p.add_argument("--negative-prompt", default="", help="negative prompt")
+    p.add_argument("--ip-scale", "--lambda", dest="ip_scale", type=float, default=0.8, help="λ, the face cross-attention weight (0-1.5)")
+    p.add_argument("--sweep", default=None, help="comma-separated λ values instead of one, e.g. 0,0.25,0.5,0.75,1")
+    p.add_argument("--identitynet-scale", type=float, default=0.8, help="IdentityNet (ControlNet) strength")
+    p.add_argument("--steps", type=int, default=30, help="denoising steps")
+    p.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale")
+    p.add_argument("--seed", type=int, default=0, help="random seed (same for every model and λ)")
+    p.add_argument("--width", type=int, default=1024, help="output width (multiple of 8)")
+    p.add_argument("--height", type=int, default=1024, help="output height (multiple of 8)")
+    p.add_argument("--face-region-only", action="store_true", help="let the IdentityNet act on the face region only")
+    p.add_argument("--face-pack", default=face_pack_spec(), help="face models for the reference photo")
+    p.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
+    p.add_argument("--author", default="cli", help="name recorded with the samples")
+    p.set_defaults(func=cmd_generate)
+
     p = sub.add_parser("users", help="manage the accounts of a users file (passwords stored as scrypt hashes)")
     p.add_argument("action", choices=["add", "list"], help="add (or update) a user, or list users")
     p.add_argument("name", nargs="?", help="user name (for add)")
@@ -291,11 +357,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from .faces import MissingModelError
+    from .instantid import MissingWeightsError
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except (MissingModelError, FileNotFoundError, ValueError) as exc:
+    except (MissingModelError, MissingWeightsError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

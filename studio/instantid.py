@@ -349,9 +349,10 @@ class InstantID:
 
     def embeds(self, face_embedding, cfg: bool):
         """InstantID's layout: raw ArcFace embedding, zeros as the negative when guiding."""
+        import numpy as np
         import torch
 
-        pos = torch.as_tensor(face_embedding, dtype=torch.float32).reshape(1, 1, 1, -1)
+        pos = torch.tensor(np.array(face_embedding, dtype=np.float32)).reshape(1, 1, 1, -1)
         return torch.cat([torch.zeros_like(pos), pos]) if cfg else pos
 
     def __call__(self, face_embedding, kps_image, settings: GenerationSettings, mask=None):

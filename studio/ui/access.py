@@ -5,11 +5,12 @@ so that an annotator calling the endpoint through the API is refused too.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import gradio as gr
 
 from ..auth import AccessPolicy
+from ..instantid import ModelCache
 from ..workspace import Workspace
 
 
@@ -18,6 +19,8 @@ class StudioContext:
     ws: Workspace
     policy: AccessPolicy
     note: str = ""
+    face_pack: str = "auto"
+    models: ModelCache = field(default_factory=ModelCache)  # generation models, loaded on first use
 
 
 def username(ctx: StudioContext, request: gr.Request | None) -> str | None:

@@ -8,7 +8,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no outside network
 
 import gradio as gr  # noqa: E402
 
-from . import annotate, browse, captions, statistics  # noqa: E402
+from . import annotate, browse, captions, generate, statistics  # noqa: E402
 from .access import StudioContext, role, username  # noqa: E402
 
 
@@ -25,25 +25,32 @@ def build_app(ctx: StudioContext) -> gr.Blocks:
             b = browse.build()
             s = statistics.build()
             c = captions.build()
+            g = generate.build()
             a = annotate.build()
         browse.wire(ctx, b)
         statistics.wire(ctx, s)
         captions.wire(ctx, c)
+        generate.wire(ctx, g)
 
         persons, poses, tags = b.filters[0], b.filters[3], b.filters[4]
-        admin_outputs = [persons, poses, tags, b.summary, b.gallery, b.ids, b.page]
+        admin_outputs = [persons, poses, tags, b.summary, b.gallery, b.ids, b.page, g.weights, g.models]
 
         def on_load(request: gr.Request):
             user, r = username(ctx, request), role(ctx, request)
             is_admin = r == "admin"
             header = {"admin": f"**{user or 'local user'}** · admin", "annotator": f"**{user}** · annotator",
                       None: "Sign in to use the studio." if ctx.policy.mode == "hf" else "No access for this account."}[r]
-            shown = [gr.Tab(visible=is_admin), gr.Tab(visible=is_admin), gr.Tab(visible=is_admin), gr.Tab(visible=r is not None),
+            shown = [gr.Tab(visible=is_admin), gr.Tab(visible=is_admin), gr.Tab(visible=is_admin), gr.Tab(visible=is_admin),
+                     gr.Tab(visible=r is not None),
                      gr.Tabs(selected="browse" if is_admin else "annotate")]
-            data = ([*browse.choices_update(ctx), *browse.first_page(ctx)] if is_admin
-                    else [gr.update()] * len(admin_outputs))
+            if is_admin:
+                status, names = generate.weights_status(ctx)
+                data = [*browse.choices_update(ctx), *browse.first_page(ctx), status,
+                        gr.CheckboxGroup(choices=names, value=names[:1])]
+            else:
+                data = [gr.update()] * len(admin_outputs)
             return [header, gr.Markdown(visible=is_admin and bool(ctx.note)), *shown, annotate.message(user), *data]
 
-        demo.load(on_load, None, [who, notice, b.tab, s.tab, c.tab, a.tab, tabs, a.info, *admin_outputs],
+        demo.load(on_load, None, [who, notice, b.tab, s.tab, c.tab, g.tab, a.tab, tabs, a.info, *admin_outputs],
                   api_visibility="private")
     return demo
