@@ -1,0 +1,77 @@
+"""Overhead of our InstantID call over a stock diffusers SDXL-ControlNet call on the same tiny parts.
+
+Both run the same loaded pipeline (tiny SDXL + IdentityNet + IP-adapter, built locally from
+configs and loaded through ``studio.instantid.load_instantid``), same prompt, size, steps and
+seed, with the same face embedding as ``ip_adapter_image_embeds``:
+* baseline: ``StableDiffusionXLControlNetPipeline.__call__`` as diffusers ships it (its
+  IdentityNet sees the text embeddings);
+* ours: ``InstantID.__call__`` (λ set, face tokens computed and routed to the IdentityNet).
+Calls alternate; the median of each is compared.
+
+Last line: ``ratio: <baseline median / our median>`` (goal >= 0.95, i.e. at most 5% overhead).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=15)
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--size", type=int, default=128)
+    args = parser.parse_args()
+
+    import numpy as np
+    import torch
+    from tiny_models import build_tiny_instantid
+
+    from studio.draw import draw_kps
+    from studio.instantid import GenerationSettings, ModelSpec, load_instantid
+
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = build_tiny_instantid(Path(tmp))
+        model = load_instantid(ModelSpec("tiny", base=str(root / "base"), identitynet=str(root),
+                                         ip_adapter=str(root / "ip-adapter.bin")), "cpu")
+        s = args.size
+        kps = draw_kps(s, s, [[s * .35, s * .4], [s * .65, s * .4], [s * .5, s * .55], [s * .38, s * .7], [s * .62, s * .7]])
+        emb = np.random.default_rng(0).normal(size=512).astype(np.float32)
+        settings = GenerationSettings(prompt="a photo of a person smiling", steps=args.steps, width=s, height=s,
+                                      guidance=5.0, ip_scale=0.8, identitynet_scale=0.8, seed=0)
+        embeds = model.embeds(emb, cfg=True)
+        pipe = model.pipe
+
+        def stock():
+            with torch.inference_mode():
+                pipe(prompt=settings.prompt, image=kps, controlnet_conditioning_scale=0.8,
+                     ip_adapter_image_embeds=[embeds], num_inference_steps=args.steps, guidance_scale=5.0,
+                     width=s, height=s, generator=torch.Generator().manual_seed(0))
+
+        def ours():
+            model(emb, kps, settings)
+
+        pipe.set_ip_adapter_scale(0.8)
+        stock(), ours()  # warm up
+        base_t, our_t = [], []
+        for _ in range(args.runs):
+            t = time.perf_counter(); stock(); base_t.append(time.perf_counter() - t)
+            t = time.perf_counter(); ours(); our_t.append(time.perf_counter() - t)
+        b, o = statistics.median(base_t), statistics.median(our_t)
+        print(f"tiny SDXL, {s}x{s}, {args.steps} steps, CFG, {args.runs} runs each")
+        print(f"stock SDXL-ControlNet call: median {b * 1000:.1f} ms")
+        print(f"InstantID call (ours):      median {o * 1000:.1f} ms")
+        print(f"ratio: {b / o:.3f}")
+
+
+if __name__ == "__main__":
+    main()
