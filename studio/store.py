@@ -539,15 +539,13 @@ class Store:
         if person_ids is not None:
             where.append(f"b.person_id IN ({','.join('?' * len(person_ids))})" if person_ids else "0")
             args += list(person_ids)
-        if status is not None:
-            where.append("b.status = ?")
-            args.append(status)
+        for col, value in (("b.status", status), ("b.pose", pose or None), ("b.caption_status", caption_status or None)):
+            if value is not None:
+                where.append(f"{col} = ?")
+                args.append(value)
         if reasons_mask:
             where.append("(b.reasons_mask & ?) != 0")
             args.append(reasons_mask)
-        if pose:
-            where.append("b.pose = ?")
-            args.append(pose)
         for tag in tags:  # driven from the tag index: one id list per tag
             where.append("b.image_id IN (SELECT image_id FROM image_tags WHERE tag = ?)")
             args.append(tag)
@@ -565,9 +563,6 @@ class Store:
         if caption_match:
             where.append("b.image_id IN (SELECT rowid FROM caption_fts WHERE caption_fts MATCH ?)")
             args.append(caption_match)
-        if caption_status:
-            where.append("b.caption_status = ?")
-            args.append(caption_status)
         clause = ("WHERE " + " AND ".join(where)) if where else ""
         direction = " DESC" if descending else ""
         order = f"{self._SORTS[sort]}{direction}, b.image_id{direction}"

@@ -1,6 +1,7 @@
 """Shared fixtures: real photos (assets/demo + the insightface wheels), the bundled face pack."""
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import shutil
@@ -136,6 +137,17 @@ def launch_app(workspace: Path, *args: str, env: dict | None = None):
     raise RuntimeError("app.py did not start within 120 s")
 
 
+@contextlib.contextmanager
+def running_app(workspace: Path, *args: str, env: dict | None = None):
+    """`python app.py` for the duration of a block; yields its URL and stops it afterwards."""
+    proc, url = launch_app(workspace, *args, env=env)
+    try:
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
 USERS = {"ada": ("admin", "ada-password-1"), "ann": ("annotator", "ann-password-1")}
 
 
@@ -152,10 +164,8 @@ def users_file(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def served(curated_ws, users_file):
     """The curated workspace served by app.py with local accounts (an admin and an annotator)."""
-    proc, url = launch_app(curated_ws.root, "--auth", str(users_file))
-    yield url
-    proc.terminate()
-    proc.wait(timeout=20)
+    with running_app(curated_ws.root, "--auth", str(users_file)) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -6,16 +6,14 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, launch_app
+from conftest import REPO, running_app
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     ws = tmp_path_factory.mktemp("demo_ws")
-    proc, url = launch_app(ws)
-    yield url, ws
-    proc.terminate()
-    proc.wait(timeout=20)
+    with running_app(ws) as url:
+        yield url, ws
 
 
 def test_demo_workspace_built_and_served(demo):

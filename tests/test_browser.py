@@ -95,7 +95,7 @@ def test_statistics_tab_shows_table1_and_plots(browser, served, tmp_path):
 @pytest.fixture(scope="module")
 def captioned_app(tmp_path_factory, photos, users_file):
     import pandas as pd
-    from conftest import launch_app
+    from conftest import running_app
 
     from studio.ingest import ingest
     from studio.workspace import Workspace
@@ -108,10 +108,8 @@ def captioned_app(tmp_path_factory, photos, users_file):
                  ).to_csv(src / "meta.csv", index=False)
     ws = Workspace.open(tmp_path_factory.mktemp("captioned_ws"))
     ingest(ws, src / "meta.csv")
-    proc, url = launch_app(ws.root, "--auth", str(users_file))
-    yield url, ws
-    proc.terminate()
-    proc.wait(timeout=20)
+    with running_app(ws.root, "--auth", str(users_file)) as url:
+        yield url, ws
 
 
 def test_reviewer_edits_a_flagged_caption(browser, captioned_app, tmp_path):

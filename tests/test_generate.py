@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import REPO, USERS, launch_app
+from conftest import REPO, USERS, running_app
 from PIL import Image
 
 from studio.faces import FaceAnalyzer
@@ -98,10 +98,8 @@ def served_generate(tmp_path_factory, curation_source, pack, users_file, tiny_sp
     analyze(ws, pack=pack)
     curate(ws)
     register_model(ws, tiny_spec)
-    proc, url = launch_app(ws.root, "--auth", str(users_file), env={"OMP_NUM_THREADS": "1"})
-    yield url, ws
-    proc.terminate()
-    proc.wait(timeout=20)
+    with running_app(ws.root, "--auth", str(users_file), env={"OMP_NUM_THREADS": "1"}) as url:
+        yield url, ws
 
 
 def test_generate_tab_api(served_generate):

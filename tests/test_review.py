@@ -5,7 +5,7 @@ import shutil
 
 import pandas as pd
 import pytest
-from conftest import USERS, launch_app
+from conftest import USERS, running_app
 from oai_server import LocalOpenAI, Reply
 
 from studio import review
@@ -83,10 +83,8 @@ def test_bulk_approve_only_unflagged(ws):
 
 @pytest.fixture()
 def served_captions(ws, users_file):
-    proc, url = launch_app(ws.root, "--auth", str(users_file))
-    yield url, ws
-    proc.terminate()
-    proc.wait(timeout=20)
+    with running_app(ws.root, "--auth", str(users_file)) as url:
+        yield url, ws
 
 
 def test_captions_api_end_to_end(served_captions):
