@@ -185,7 +185,7 @@ def request_caption(client, settings: CaptionSettings, data_url: str) -> tuple[s
 
 
 def _store_model_caption(ws: Workspace, image_id: int, key: str, settings: CaptionSettings, text: str,
-                         prompt_tokens: int, completion_tokens: int, author: str) -> list[str]:
+                         prompt_tokens: int, completion_tokens: int, author: str, vocabulary=None) -> list[str]:
     from .attributes import tag_image
 
     flags = check_caption(text)
@@ -194,7 +194,7 @@ def _store_model_caption(ws: Workspace, image_id: int, key: str, settings: Capti
             image_id, text, status="generated", origin="model", author=author, flags=flags, model=settings.model,
             prompt_version=PROMPT_VERSION, params=settings.key_params(), cache_key=key, prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens, cost_usd=settings.cost(prompt_tokens, completion_tokens))
-        tag_image(ws, image_id, text)
+        tag_image(ws, image_id, text, vocabulary)
     return flags
 
 
@@ -202,8 +202,11 @@ def caption_workspace(ws: Workspace, settings: CaptionSettings, api_key: str | N
                       author: str = "captioner", progress: Callable[..., Iterable] | None = None,
                       client=None) -> CaptionReport:
     """Caption every image of the run that has no caption under these settings yet."""
+    from .attributes import compile_vocabulary, vocabulary
+
     start = time.perf_counter()
     client = client or make_client(api_key, settings)
+    compiled = compile_vocabulary(vocabulary(ws))  # once per run, not per caption
     done = ws.store.captioned_keys()
     report = CaptionReport()
     todo = []
@@ -236,7 +239,7 @@ def caption_workspace(ws: Workspace, settings: CaptionSettings, api_key: str | N
                 log.warning("caption failed for image %s: %s", image_id, error)
                 continue
             text, p_tok, c_tok = answer
-            flags = _store_model_caption(ws, image_id, key, settings, text, p_tok, c_tok, author)
+            flags = _store_model_caption(ws, image_id, key, settings, text, p_tok, c_tok, author, compiled)
             report.captioned += 1
             report.prompt_tokens += p_tok
             report.completion_tokens += c_tok
