@@ -1,7 +1,6 @@
 """The paper's rules and the identity check on real photos with the bundled face pack."""
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest

@@ -13,7 +13,7 @@ from PIL import Image
 
 from studio.faces import FaceAnalyzer
 from studio.generate import (NoFaceError, control_inputs, face_from_photo, face_from_workspace, generate,
-                             register_model, registered_models)
+                             register_model)
 from studio.images import load_rgb
 from studio.instantid import GenerationSettings, ModelCache
 

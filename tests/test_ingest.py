@@ -1,7 +1,6 @@
 """Ingest from the three layouts; every bad input gets a reason and the batch goes on."""
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
