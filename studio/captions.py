@@ -108,6 +108,12 @@ def image_data_url(rgb, max_side: int, quality: int) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+def media_data_url(ws: Workspace, media_path: str, settings: CaptionSettings) -> str:
+    """A workspace photo as the data URL sent to the model (decoded at reduced scale when it can be)."""
+    img = load_rgb(ws.media_path(media_path), draft_side=settings.image_max_side)
+    return image_data_url(img.rgb, settings.image_max_side, settings.jpeg_quality)
+
+
 def build_messages(data_url: str) -> list[dict]:
     return [{"role": "user", "content": [
         {"type": "text", "text": PROMPT},
@@ -220,9 +226,7 @@ def caption_workspace(ws: Workspace, settings: CaptionSettings, api_key: str | N
     def work(job):
         image_id, key, media = job
         try:
-            img = load_rgb(ws.media_path(media), draft_side=settings.image_max_side)
-            data_url = image_data_url(img.rgb, settings.image_max_side, settings.jpeg_quality)
-            return job, request_caption(client, settings, data_url), None
+            return job, request_caption(client, settings, media_data_url(ws, media, settings)), None
         except ImageError as exc:
             return job, None, str(exc)
         except Exception as exc:  # the client has retried already: record and go on with the batch
@@ -257,9 +261,7 @@ def regenerate(ws: Workspace, image_id: int, settings: CaptionSettings, api_key:
     if not rows:
         raise ValueError(f"no image with id {image_id}")
     client = client or make_client(api_key, settings)
-    img = load_rgb(ws.media_path(rows[0]["media_path"]), draft_side=settings.image_max_side)
-    data_url = image_data_url(img.rgb, settings.image_max_side, settings.jpeg_quality)
-    text, p_tok, c_tok = request_caption(client, settings, data_url)
+    text, p_tok, c_tok = request_caption(client, settings, media_data_url(ws, rows[0]["media_path"], settings))
     _store_model_caption(ws, image_id, cache_key(rows[0]["sha256"], settings), settings, text, p_tok, c_tok, author)
     return ws.store.current_caption(image_id)
 

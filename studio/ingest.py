@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .attributes import tag_image
+from .attributes import compile_vocabulary, tag_image, vocabulary
 from .captions import check_caption
 from .parallel import bounded_map
 from .images import IMAGE_SUFFIXES, ImageError, decode, read_bytes, sha256_bytes
@@ -263,6 +263,7 @@ def ingest(ws: Workspace, source: str | Path, *, workers: int | None = None, pro
     """Ingest ``source`` into ``ws``. Each input is committed on its own, so a killed run resumes."""
     store = ws.store
     report = IngestReport()
+    tags = compile_vocabulary(vocabulary(ws))  # for imported captions; compiled once per run
     items = (it for it in iter_source(Path(source), **table_columns) if not _already(store, it, report))
     workers = workers or min(4, os.cpu_count() or 1)
     with ThreadPoolExecutor(workers) as pool:
@@ -270,7 +271,7 @@ def ingest(ws: Workspace, source: str | Path, *, workers: int | None = None, pro
         if progress is not None:
             results = progress(results, desc="ingest", unit="img")
         for p in results:
-            _commit(ws, p, report)
+            _commit(ws, p, report, tags)
     return report
 
 
@@ -282,7 +283,7 @@ def _already(store, item: Item, report: IngestReport) -> bool:
     return False
 
 
-def _commit(ws: Workspace, p: _Prepared, report: IngestReport) -> None:
+def _commit(ws: Workspace, p: _Prepared, report: IngestReport, tags) -> None:
     store, item = ws.store, p.item
     if p.error is None and not item.person:
         p.error = ImageError(item.source, "no_person", "no person for this image")
@@ -309,7 +310,7 @@ def _commit(ws: Workspace, p: _Prepared, report: IngestReport) -> None:
         if item.caption:  # an imported caption is version 1, reviewable like a model's
             store.add_caption(image_id, item.caption, status="imported", origin="import", author="import",
                               flags=check_caption(item.caption))
-            tag_image(ws, image_id, item.caption)
+            tag_image(ws, image_id, item.caption, tags)
     report.added += 1
 
 

@@ -7,6 +7,11 @@ from collections import Counter
 from .workspace import Workspace
 
 
+TABLE1_ROWS = [("persons", "Persons"), ("images", "Images"), ("avg_per_person", "Avg images / person"),
+               ("median_per_person", "Median images / person"), ("max_per_person", "Max images / person"),
+               ("min_per_person", "Min images / person")]
+
+
 def table1(images_per_person: list[int]) -> dict:
     """Persons, images, and average / median / max / min images per person (paper, Table 1)."""
     counts = [c for c in images_per_person if c > 0]
@@ -65,11 +70,8 @@ def dataset_stats(ws: Workspace) -> dict:
 def format_table1(stats: dict) -> str:
     """Table 1 as Markdown, for the CLI and the README of an export."""
     t = stats["table1"]
-    keys = [("persons", "Persons"), ("images", "Images"), ("avg_per_person", "Avg images / person"),
-            ("median_per_person", "Median images / person"), ("max_per_person", "Max images / person"),
-            ("min_per_person", "Min images / person")]
     lines = ["| | before curation | after curation |", "|---|---:|---:|"]
-    for k, label in keys:
+    for k, label in TABLE1_ROWS:
         lines.append(f"| {label} | {t['before_curation'][k]} | {t['after_curation'][k]} |")
     return "\n".join(lines)
 

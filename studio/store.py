@@ -428,7 +428,7 @@ class Store:
         """
         where, args = "WHERE 1", ()
         if image_ids is not None:
-            where = f"WHERE i.id IN ({','.join('?' * len(image_ids))})"
+            where = f"WHERE i.id IN ({_marks(image_ids)})"
             args = tuple(image_ids)
         conn.execute(
             f"""INSERT INTO browse(image_id, person_id, person_name, status, reasons_mask, pose, width, height, min_side,
@@ -464,7 +464,7 @@ class Store:
         if not names:
             return {}
         rows = self.conn.execute(
-            f"SELECT name, id FROM persons WHERE name IN ({','.join('?' * len(names))})", tuple(names)
+            f"SELECT name, id FROM persons WHERE name IN ({_marks(names)})", tuple(names)
         ).fetchall()
         return {r[0]: int(r[1]) for r in rows}
 
@@ -537,7 +537,7 @@ class Store:
         """One page of images matching every given filter, and how many match in all."""
         where, args = [], []
         if person_ids is not None:
-            where.append(f"b.person_id IN ({','.join('?' * len(person_ids))})" if person_ids else "0")
+            where.append(f"b.person_id IN ({_marks(person_ids)})" if person_ids else "0")
             args += list(person_ids)
         for col, value in (("b.status", status), ("b.pose", pose or None), ("b.caption_status", caption_status or None)):
             if value is not None:
@@ -574,7 +574,7 @@ class Store:
             return [], int(total)
         rows = self.conn.execute(
             f"""SELECT b.*, b.person_name AS person, i.media_path FROM browse b JOIN images i ON i.id = b.image_id
-                WHERE b.image_id IN ({','.join('?' * len(ids))})""",
+                WHERE b.image_id IN ({_marks(ids)})""",
             ids,
         ).fetchall()
         by_id = {r["image_id"]: dict(r) for r in rows}
@@ -693,7 +693,7 @@ class Store:
         """Images with their person, analysis and verdict: the source of stats, list, detail and export."""
         where, args = [], []
         if image_ids is not None:
-            where.append(f"i.id IN ({','.join('?' * len(image_ids))})")
+            where.append(f"i.id IN ({_marks(image_ids)})")
             args += list(image_ids)
         if person is not None:
             where.append("p.name = ?")
@@ -748,6 +748,11 @@ def _face_row(r: sqlite3.Row) -> FaceRow:
         pitch=r["pitch"],
         pose=r["pose"],
     )
+
+
+def _marks(values: Sequence) -> str:
+    """``?, ?, ?``: one SQL parameter per value of an IN list."""
+    return ",".join("?" * len(values))
 
 
 def _caption_row(r: sqlite3.Row) -> dict:

@@ -133,7 +133,8 @@ def test_detail_of_deleted_media_is_a_message(tmp_path, photos):
 def test_deleted_media_shows_a_placeholder_in_the_gallery(tmp_path, photos):
     from studio.ui.access import StudioContext
     from studio.auth import AccessPolicy
-    from studio.ui.browse import MISSING, _gallery
+    from studio.ui.browse import _gallery
+    from studio.ui.media import MISSING
 
     (tmp_path / "src" / "p").mkdir(parents=True)
     shutil.copy(photos["obama"], tmp_path / "src" / "p" / "a.jpg")

@@ -7,12 +7,11 @@ import gradio as gr
 
 from ..browse import (CAPTION_STATUSES, OUTLIER_CHOICES, SORTS, STATUSES, BrowseError, BrowseFilter, BrowsePage, browse,
                       filter_choices, image_detail)
-from ..config import ASSETS_DIR
 from ..curate import REASONS
 from .access import StudioContext, require_admin
+from .media import gallery_image
 
 PAGE_SIZES = [24, 48, 96]
-MISSING = ASSETS_DIR / "ui" / "missing.png"
 
 
 @dataclass
@@ -125,7 +124,7 @@ def _page(ctx: StudioContext, f: BrowseFilter, page, page_size) -> BrowsePage:
 
 def _gallery(ctx: StudioContext, result: BrowsePage):
     items = [
-        (str(MISSING if r["media_missing"] else ctx.ws.media_path(r["media_path"])),
+        (gallery_image(ctx.ws, r["media_path"], r["media_missing"]),
          f"#{r['image_id']} {r['person']} · {r['status']}" + (f" · {', '.join(r['reasons'])}" if r["reasons"] else "")
          + (" · media file missing" if r["media_missing"] else ""))
         for r in result.items

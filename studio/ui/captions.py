@@ -14,6 +14,7 @@ import pandas as pd
 from .. import review
 from ..captions import FLAGS, CaptionSettings, caption_workspace, regenerate
 from .access import StudioContext, require_admin, username
+from .media import gallery_image
 
 ACTIONS = ("approve", "reject", "edit", "regenerate")
 
@@ -176,9 +177,9 @@ def wire(ctx: StudioContext, t: CaptionsTab) -> None:
     def on_load(request: gr.Request, status, flag, person):
         require_admin(ctx, request)
         rows, total = queue_data(ctx, status, flag, person)
-        items = [(str(ctx.ws.media_path(r["media_path"])), f"#{r['image_id']} {r['person']} · {r['status']}"
-                  + (f" · {', '.join(r['flags'])}" if r["flags"] else "")) for r in rows
-                 if ctx.ws.media_path(r["media_path"]).is_file()]
+        # one gallery item per row (a placeholder for a deleted photo), so a click's index finds its image id
+        items = [(gallery_image(ctx.ws, r["media_path"]), f"#{r['image_id']} {r['person']} · {r['status']}"
+                  + (f" · {', '.join(r['flags'])}" if r["flags"] else "")) for r in rows]
         return f"{total} captions in this queue (showing {len(items)})", items, [r["image_id"] for r in rows]
 
     queue_io = ([t.status, t.flag, t.person], [t.queue_summary, t.queue, t.ids])

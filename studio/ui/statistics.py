@@ -6,12 +6,9 @@ from dataclasses import dataclass
 import gradio as gr
 import pandas as pd
 
-from ..stats import distribution_frames
+from ..stats import TABLE1_ROWS, distribution_frames
 from .access import StudioContext, require_admin
 
-TABLE1_ROWS = [("persons", "Persons"), ("images", "Images"), ("avg_per_person", "Avg images / person"),
-               ("median_per_person", "Median images / person"), ("max_per_person", "Max images / person"),
-               ("min_per_person", "Min images / person")]
 
 
 @dataclass
