@@ -48,10 +48,27 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, MissingModelError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    demo = build_app(StudioContext(ws=ws, policy=policy, note=note, face_pack=args.face_pack))
+    from starlette.middleware import Middleware
+
+    from studio.ui.guard import FileGuard
+    from studio.workspace import DB_NAME
+
+    ctx = StudioContext(ws=ws, policy=policy, note=note, face_pack=args.face_pack)
+    demo = build_app(ctx)
     auth = (lambda user, password: policy.users.verify(user, password)) if policy.mode == "local" else None
-    demo.launch(server_name=args.host, server_port=args.port, auth=auth, allowed_paths=[str(ws.root), str(ASSETS_DIR / "ui")],
-                show_error=False, auth_message="CrossFaceID Studio: sign in")
+    counts = ws.store.counts()
+    shown = "localhost" if args.host in ("0.0.0.0", "::") else args.host
+    print(f"CrossFaceID Studio\n  workspace: {ws.root} ({counts['images']} images, {counts['persons']} persons)\n"
+          f"  face pack: {note or args.face_pack}\n  access: {policy.describe()}\n"
+          f"  open: http://{shown}:{args.port}/", flush=True)
+    # the workspace is never an allowed path: pages get single files (studio/ui/media.py) and the
+    # guard serves them by role; the database and the users file are blocked outright
+    private = [ws.root / f"{DB_NAME}{suffix}" for suffix in ("", "-wal", "-shm", "-journal")]
+    if policy.users is not None:
+        private.append(policy.users.path.resolve())
+    demo.launch(server_name=args.host, server_port=args.port, auth=auth, allowed_paths=[str(ASSETS_DIR / "ui")],
+                blocked_paths=[str(p) for p in private], show_error=False, auth_message="CrossFaceID Studio: sign in",
+                app_kwargs={"middleware": [Middleware(FileGuard, policy=policy, grants=ctx.grants)]})
     return 0
 
 

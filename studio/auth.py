@@ -90,6 +90,10 @@ class AccessPolicy:
     users: UsersFile | None = None
     hf_admins: frozenset[str] = frozenset()
 
+    def describe(self) -> str:
+        return {"none": "single user (admin) on this machine", "local": f"accounts from {self.users.path if self.users else '?'}",
+                "hf": f"Hugging Face sign-in; admins: {', '.join(sorted(self.hf_admins)) or 'none set (STUDIO_ADMINS)'}"}[self.mode]
+
     def role_of(self, username: str | None) -> str | None:
         """The role of a signed-in user; None means no access."""
         if self.mode == "none":

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from .curate import REASONS
 from .draw import draw_faces
 from .images import ImageError, load_rgb
+from .validate import parse_id, plural
 from .workspace import Workspace
 
 STATUSES = {"all": None, "pending": 0, "pass": 1, "fail": 2}
@@ -55,7 +56,7 @@ class BrowsePage:
     def summary(self) -> str:
         if not self.total:
             return "No images match these filters."
-        return f"{self.total:,} images match · page {self.page} of {self.pages}"
+        return f"{plural(self.total, 'image')} match{'es' if self.total == 1 else ''} · page {self.page} of {self.pages}"
 
 
 def _fts_query(text: str) -> str | None:
@@ -79,10 +80,14 @@ def _range(lo, hi, name: str, low: float, high: float | None) -> tuple:
 
 
 def browse(ws: Workspace, f: BrowseFilter, page: int = 1, page_size: int = 48) -> BrowsePage:
-    """One page of images matching ``f``; raises :class:`BrowseError` on out-of-range values."""
+    """One page of images matching ``f``; raises :class:`BrowseError` on out-of-range values.
+
+    A page past the end shows the last page (``BrowsePage.page`` says which was shown).
+    """
     store = ws.store
-    if not isinstance(page, int) or page < 1:
-        raise BrowseError(f"page must be 1 or more, got {page}")
+    if isinstance(page, bool) or not isinstance(page, int):
+        raise BrowseError(f"page must be a whole number, got {page!r}")
+    page = max(1, page)
     if not 1 <= page_size <= MAX_PAGE_SIZE:
         raise BrowseError(f"page size must be between 1 and {MAX_PAGE_SIZE}, got {page_size}")
     if f.status not in STATUSES:
@@ -114,8 +119,9 @@ def browse(ws: Workspace, f: BrowseFilter, page: int = 1, page_size: int = 48) -
     )
     rows, total = store.browse_page(**query)
     pages = max(1, math.ceil(total / page_size))
-    if page > pages and total:
-        raise BrowseError(f"page {page} is past the last page ({pages})")
+    if page > pages:  # past the end: show the last page
+        page = pages
+        rows, total = store.browse_page(**{**query, "offset": (page - 1) * page_size})
     for r in rows:
         r["status"] = STATUS_NAMES[r["status"]]
         r["reasons"] = [name for i, name in enumerate(REASONS) if r["reasons_mask"] >> i & 1]
@@ -143,20 +149,26 @@ def image_detail(ws: Workspace, image_id: int) -> dict:
     A media file deleted behind the studio's back yields ``annotated=None`` and a ``problem``
     message instead of an exception.
     """
-    rows = ws.store.image_table(image_ids=[int(image_id)])
+    try:
+        image_id = parse_id(image_id)
+    except ValueError as exc:
+        raise BrowseError(str(exc)) from None
+    rows = ws.store.image_table(image_ids=[image_id])
     if not rows:
         raise BrowseError(f"no image with id {image_id}")
     row = rows[0]
     faces = ws.store.faces(row["id"])
     path = ws.media_path(row["media_path"])
     annotated, problem = None, None
+    subject = row["subject_face"] if row["subject_face"] is not None else (0 if faces else None)
     try:
-        annotated = draw_faces(load_rgb(path).rgb, faces)
+        annotated = draw_faces(load_rgb(path).rgb, faces, subject=subject)
     except ImageError as exc:
         problem = f"cannot show this photo: {exc.code.replace('_', ' ')} ({path.name}): {exc.detail}"
     others = [
-        (str(ws.media_path(o["media_path"])), f"#{o['id']} · {'pending' if o['passed'] is None else ('pass' if o['passed'] else 'fail')}")
-        for o in ws.store.image_table(person=row["person"]) if o["id"] != row["id"] and ws.media_path(o["media_path"]).exists()
+        {"image_id": o["id"], "media_path": o["media_path"],
+         "label": f"#{o['id']} · {'pending' if o['passed'] is None else ('pass' if o['passed'] else 'fail')}"}
+        for o in ws.store.image_table(person=row["person"]) if o["id"] != row["id"]
     ]
     metadata = {
         "id": row["id"], "person": row["person"], "source": row["source"], "sha256": row["sha256"],
@@ -164,6 +176,11 @@ def image_detail(ws: Workspace, image_id: int) -> dict:
         "status": "pending" if row["passed"] is None else ("pass" if row["passed"] else "fail"),
         "reasons": row["reasons"] or [], "identity_sim": row["identity_sim"], "outlier": row["outlier"],
         "face_pack": row["pack"], "analysis_error": row["analysis_error"],
+        "subject_face": subject,
+        "subject_chosen_by": {"centroid": "closest to the person's identity centroid",
+                              "largest": "largest face (too few photos of this person for a centroid)",
+                              None: "largest face (not curated yet)"}.get(row["subject_by"], row["subject_by"]),
+        "verdict_stale": row["verdict_stale"],
         "caption": row["caption"], "caption_status": row["caption_status"], "tags": ws.store.tags_of(row["id"]),
         "faces": [
             {"index": f.face_index, "bbox": [round(v, 1) for v in f.bbox], "score": round(f.score, 3),

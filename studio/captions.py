@@ -161,6 +161,7 @@ class CaptionReport:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0
+    kept_reviewed: int = 0  # new versions stored beside a human-reviewed caption that stays current
     flagged: dict = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -191,23 +192,31 @@ def request_caption(client, settings: CaptionSettings, data_url: str) -> tuple[s
 
 
 def _store_model_caption(ws: Workspace, image_id: int, key: str, settings: CaptionSettings, text: str,
-                         prompt_tokens: int, completion_tokens: int, author: str, vocabulary=None) -> list[str]:
+                         prompt_tokens: int, completion_tokens: int, author: str, vocabulary=None,
+                         overwrite_reviewed: bool = False) -> tuple[list[str], bool]:
+    """Store a model answer as a new version; returns (flags, whether it became current)."""
     from .attributes import tag_image
 
     flags = check_caption(text)
     with ws.store.transaction():
-        ws.store.add_caption(
+        _, current = ws.store.add_caption(
             image_id, text, status="generated", origin="model", author=author, flags=flags, model=settings.model,
             prompt_version=PROMPT_VERSION, params=settings.key_params(), cache_key=key, prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens, cost_usd=settings.cost(prompt_tokens, completion_tokens))
-        tag_image(ws, image_id, text, vocabulary)
-    return flags
+            completion_tokens=completion_tokens, cost_usd=settings.cost(prompt_tokens, completion_tokens),
+            overwrite_reviewed=overwrite_reviewed)
+        if current:  # tags follow the current caption only
+            tag_image(ws, image_id, text, vocabulary)
+    return flags, current
 
 
 def caption_workspace(ws: Workspace, settings: CaptionSettings, api_key: str | None, *, kept_only: bool = True,
                       author: str = "captioner", progress: Callable[..., Iterable] | None = None,
-                      client=None) -> CaptionReport:
-    """Caption every image of the run that has no caption under these settings yet."""
+                      client=None, overwrite_reviewed: bool = False) -> CaptionReport:
+    """Caption every image of the run that has no caption under these settings yet.
+
+    An image whose current caption a person approved or edited keeps it; the new answer is
+    stored as another version to compare, unless ``overwrite_reviewed``.
+    """
     from .attributes import compile_vocabulary, vocabulary
 
     start = time.perf_counter()
@@ -230,7 +239,7 @@ def caption_workspace(ws: Workspace, settings: CaptionSettings, api_key: str | N
         except ImageError as exc:
             return job, None, str(exc)
         except Exception as exc:  # the client has retried already: record and go on with the batch
-            return job, None, _redact(f"{type(exc).__name__}: {_first_line(exc)}", api_key)
+            return job, None, _redact(describe_error(exc, settings), api_key)
 
     with ThreadPoolExecutor(settings.concurrency) as pool:
         results: Iterable = bounded_map(pool, work, todo, ahead=2 * settings.concurrency)  # keep the pool busy
@@ -243,8 +252,10 @@ def caption_workspace(ws: Workspace, settings: CaptionSettings, api_key: str | N
                 log.warning("caption failed for image %s: %s", image_id, error)
                 continue
             text, p_tok, c_tok = answer
-            flags = _store_model_caption(ws, image_id, key, settings, text, p_tok, c_tok, author, compiled)
+            flags, current = _store_model_caption(ws, image_id, key, settings, text, p_tok, c_tok, author, compiled,
+                                                  overwrite_reviewed)
             report.captioned += 1
+            report.kept_reviewed += not current
             report.prompt_tokens += p_tok
             report.completion_tokens += c_tok
             report.cost_usd += settings.cost(p_tok, c_tok)
@@ -256,14 +267,31 @@ def caption_workspace(ws: Workspace, settings: CaptionSettings, api_key: str | N
 
 def regenerate(ws: Workspace, image_id: int, settings: CaptionSettings, api_key: str | None, author: str,
                client=None) -> dict:
-    """Ask the model again for one image (even if a caption exists) and make it current."""
+    """Ask the model again for one image (even if a caption exists) and make it current: the person asked."""
     rows = ws.store.image_table(image_ids=[image_id])
     if not rows:
         raise ValueError(f"no image with id {image_id}")
     client = client or make_client(api_key, settings)
-    text, p_tok, c_tok = request_caption(client, settings, media_data_url(ws, rows[0]["media_path"], settings))
-    _store_model_caption(ws, image_id, cache_key(rows[0]["sha256"], settings), settings, text, p_tok, c_tok, author)
+    try:
+        text, p_tok, c_tok = request_caption(client, settings, media_data_url(ws, rows[0]["media_path"], settings))
+    except ImageError as exc:
+        raise ValueError(str(exc)) from None
+    except Exception as exc:
+        raise ValueError(_redact(describe_error(exc, settings), api_key)) from None
+    _store_model_caption(ws, image_id, cache_key(rows[0]["sha256"], settings), settings, text, p_tok, c_tok, author,
+                         overwrite_reviewed=True)
     return ws.store.current_caption(image_id)
+
+
+def describe_error(exc: Exception, settings: CaptionSettings) -> str:
+    """One line for a failed request; a connection failure names the endpoint it tried."""
+    import openai
+
+    if isinstance(exc, openai.APIConnectionError):  # includes timeouts
+        where = settings.base_url or "https://api.openai.com/v1"
+        what = "timed out" if isinstance(exc, openai.APITimeoutError) else "could not connect"
+        return f"{type(exc).__name__}: {what} to {where} (after {settings.max_retries} retries)"
+    return f"{type(exc).__name__}: {_first_line(exc)}"
 
 
 def _redact(text: str, secret: str | None) -> str:

@@ -41,10 +41,19 @@ def cmd_ingest(args) -> int:
 def cmd_analyze(args) -> int:
     from .analyze import analyze
 
-    report = analyze(_workspace(args), args.face_pack, redo=args.redo, workers=args.workers, progress=_progress())
+    from .curate import curate
+
+    ws = _workspace(args)
+    report = analyze(ws, args.face_pack, redo=args.redo, workers=args.workers, progress=_progress())
     if report.note:
         print(f"note: {report.note}", file=sys.stderr)
-    _print(report.as_dict(), args.json)
+    result = report.as_dict()
+    touched = report.analyzed + report.failed
+    if touched and args.curate:  # verdicts depend on the analyses just written: bring them up to date
+        result["curation"] = curate(ws).as_dict()
+    elif touched:
+        print("note: analyses changed; run `python -m studio curate` to update the verdicts", file=sys.stderr)
+    _print(result, args.json)
     return 0
 
 
@@ -61,10 +70,20 @@ def cmd_curate(args) -> int:
     return 0
 
 
+def _warn_stale(ws) -> None:
+    from .stats import stale_message
+
+    msg = stale_message(ws.store.stale_verdicts())
+    if msg:
+        print(f"warning: {msg}", file=sys.stderr)
+
+
 def cmd_stats(args) -> int:
     from .stats import dataset_stats, format_table1
 
-    stats = dataset_stats(_workspace(args))
+    ws = _workspace(args)
+    _warn_stale(ws)
+    stats = dataset_stats(ws)
     text = format_table1(stats) + "\n\nrejections by reason: " + json.dumps(stats["rejections_by_reason"]) + \
         "\ningest problems by reason: " + json.dumps(stats["ingest_problems_by_reason"])
     _print(stats, args.json, text)
@@ -74,14 +93,16 @@ def cmd_stats(args) -> int:
 def cmd_list(args) -> int:
     from .stats import image_list
 
-    rows = image_list(_workspace(args))
+    ws = _workspace(args)
+    _warn_stale(ws)
+    rows = image_list(ws)
     if args.person:
         rows = [r for r in rows if r["person"] == args.person]
     if args.status:
         rows = [r for r in rows if r["status"] == args.status]
     text = "\n".join(
         f"{r['id']:>6}  {r['person']:<20} {r['status']:<7} faces={r['face_count']} ratio={r['face_ratio']} "
-        f"pose={r['pose']} outlier={r['outlier']} {','.join(r['reasons'])}"
+        f"pose={r['pose']} outlier={r['outlier']} {','.join(r['reasons'])}{' (stale verdict)' if r['verdict_stale'] else ''}"
         for r in rows
     )
     _print(rows, args.json, text)
@@ -90,14 +111,20 @@ def cmd_list(args) -> int:
 
 def cmd_problems(args) -> int:
     rows = _workspace(args).store.ingest_problems()
-    _print(rows, args.json, "\n".join(f"{r['code']:<22} {r['source']}  {r['detail'] or ''}" for r in rows))
+    text = "\n".join(f"{r['code']:<22} {r['source']}  {r['detail'] or ''}" for r in rows)
+    _print(rows, args.json, text or "No ingest problems: every input was ingested.")
     return 0
 
 
 def cmd_export(args) -> int:
     from .export import export_training_set
 
-    _print(export_training_set(_workspace(args), args.out, include_failed=args.include_failed), args.json)
+    result = export_training_set(_workspace(args), args.out, include_failed=args.include_failed,
+                                 captions=args.captions, missing_caption=args.missing_caption,
+                                 allow_other_pack=args.allow_other_pack)
+    if result.get("warning"):
+        print(f"warning: {result['warning']}", file=sys.stderr)
+    _print(result, args.json)
     return 0
 
 
@@ -126,7 +153,7 @@ def cmd_caption(args) -> int:
 
     ws = _workspace(args)
     report = caption_workspace(ws, _caption_settings(args), os.environ.get("OPENAI_API_KEY"), kept_only=not args.all,
-                               author=args.author, progress=_progress())
+                               author=args.author, progress=_progress(), overwrite_reviewed=args.overwrite_reviewed)
     _print(report.as_dict(), args.json)
     return 0 if report.failed == 0 else 1
 
@@ -146,11 +173,23 @@ def cmd_tag(args) -> int:
 
 
 def cmd_review(args) -> int:
-    from .review import bulk_approve_unflagged
+    from . import review
 
     ws = _workspace(args)
     if args.approve_unflagged:
-        print(json.dumps({"approved": bulk_approve_unflagged(ws, args.author)}))
+        print(json.dumps({"approved": review.bulk_approve_unflagged(ws, args.author)}))
+        return 0
+    actions = [a for a in ("approve", "reject", "edit") if getattr(args, a) is not None]
+    if actions:
+        if len(actions) > 1 or args.version is None:
+            raise ValueError("give one of --approve/--reject/--edit IMAGE_ID with --version N (the version you reviewed)")
+        action = actions[0]
+        image_id = getattr(args, action)
+        if action == "edit":
+            cur = review.edit(ws, image_id, args.version, args.text or "", args.author)
+        else:
+            cur = getattr(review, action)(ws, image_id, args.version, args.author)
+        _print(cur, args.json, f"image {image_id}: version {cur['version']} {cur['status']} by {cur['author']}")
         return 0
     rows, total = ws.store.caption_queue(status=args.status, flag=args.flag, person=args.person, limit=args.limit)
     text = "\n".join(f"{r['image_id']:>6} v{r['version']} {r['status']:<9} {','.join(r['flags']) or '-':<12} {r['text']}"
@@ -251,6 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--face-pack", default=face_pack_spec(),
                    help="auto | antelopev2 | bundled | a folder with SCRFD + ArcFace .onnx (default: $STUDIO_FACE_PACK or auto)")
     p.add_argument("--redo", action="store_true", help="re-analyze images already analyzed by this pack")
+    p.add_argument("--curate", action=argparse.BooleanOptionalAction, default=True,
+                   help="re-curate with the last rules when analyses changed (default on)")
     p.add_argument("--workers", type=int, default=None, help="worker threads (default: one per core on CPU, 1 on GPU)")
     p.set_defaults(func=cmd_analyze)
 
@@ -280,6 +321,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", parents=[common], help="write the CrossFaceID training JSONL + .npy embeddings")
     p.add_argument("--out", type=Path, required=True, help="export directory")
     p.add_argument("--include-failed", action="store_true", help="also export images that failed curation")
+    p.add_argument("--captions", choices=["approved", "unflagged", "any"], default="approved",
+                   help="which captions count: approved/edited by a person (default), also unflagged machine ones, or any")
+    p.add_argument("--missing-caption", choices=["keep", "skip", "error"], default="keep",
+                   help="an image without such a caption: keep with an empty caption (warned), skip it, or fail")
+    p.add_argument("--allow-other-pack", action="store_true",
+                   help="export embeddings of a face pack other than antelopev2 (the released models' pack)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("models", parents=[common], help="show the face pack in use, or download antelopev2")
@@ -297,6 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--price-output", type=float, default=None, help="USD per million output tokens (default 10.00)")
     p.add_argument("--all", action="store_true", help="caption every image, not only those that passed curation")
     p.add_argument("--author", default="captioner", help="name recorded with the captions")
+    p.add_argument("--overwrite-reviewed", action="store_true",
+                   help="make new captions current even over captions a person approved or edited")
     p.set_defaults(func=cmd_caption)
 
     p = sub.add_parser("tag", parents=[common], help="attribute tags from current captions (configurable vocabulary)")
@@ -309,6 +358,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--person", default=None, help="only this person")
     p.add_argument("--limit", type=int, default=50, help="rows to list")
     p.add_argument("--approve-unflagged", action="store_true", help="approve every unflagged current caption")
+    p.add_argument("--approve", type=int, metavar="IMAGE_ID", default=None, help="approve this image's caption")
+    p.add_argument("--reject", type=int, metavar="IMAGE_ID", default=None, help="reject this image's caption")
+    p.add_argument("--edit", type=int, metavar="IMAGE_ID", default=None, help="replace this image's caption with --text")
+    p.add_argument("--text", default=None, help="the edited caption (with --edit)")
+    p.add_argument("--version", type=int, default=None,
+                   help="the caption version you reviewed (as listed); refused if another is current now")
     p.add_argument("--author", default="reviewer", help="reviewer name recorded with approvals")
     p.set_defaults(func=cmd_review)
 

@@ -27,8 +27,11 @@ def reasons_mask(reasons: list[str]) -> int:
     return sum(1 << REASONS.index(r) for r in set(reasons))
 
 
-def rule_reasons(row: dict, rules: CurationRules) -> list[str]:
-    """Reasons one image fails the paper's rules (empty list: it passes)."""
+def rule_reasons(row: dict, rules: CurationRules, subject_ratio: float | None = None) -> list[str]:
+    """Reasons one image fails the paper's rules (empty list: it passes).
+
+    ``subject_ratio`` is the share of the image taken by the subject face (default: the largest face).
+    """
     if not row["analyzed"]:
         return ["not_analyzed"]
     if row["error"]:
@@ -43,7 +46,8 @@ def rule_reasons(row: dict, rules: CurationRules) -> list[str]:
         reasons.append("too_many_faces")
     if min(row["width"], row["height"]) < rules.min_side:
         reasons.append("low_resolution")
-    if n > 0 and (row["largest_face_ratio"] or 0.0) < rules.min_face_ratio:
+    ratio = subject_ratio if subject_ratio is not None else (row["largest_face_ratio"] or 0.0)
+    if n > 0 and ratio < rules.min_face_ratio:
         reasons.append("small_face")
     return reasons
 
@@ -69,26 +73,50 @@ def robust_centroid(embeddings: np.ndarray, threshold: float) -> np.ndarray:
     return centroid
 
 
-def identity_similarities(rows: list[dict], rules: CurationRules) -> dict[int, float]:
-    """Cosine of each image's main face to its person's robust centroid.
+@dataclass(frozen=True)
+class Subject:
+    """Which face a photo is about, how it was chosen, and its cosine to the person's centroid."""
 
-    The centroid is built from images whose face count is within the rules (in a crowd photo
-    the largest face may be anyone); every image with a face gets a similarity. Persons with
-    fewer than ``min_person_images`` such images are not judged.
+    face_index: int
+    by: str  # "centroid" | "largest"
+    similarity: float | None
+    area_ratio: float
+
+
+def _closest(faces: list, centroid: np.ndarray) -> tuple[int, float, float]:
+    """(face index, cosine, area ratio) of the face nearest the centroid."""
+    best = max((f for f in faces if f[1] is not None), key=lambda f: float(f[1] @ centroid / np.linalg.norm(f[1])))
+    return best[0], float(best[1] @ centroid / np.linalg.norm(best[1])), best[2]
+
+
+def choose_subjects(rows: list[dict], rules: CurationRules) -> dict[int, Subject]:
+    """The subject face of every photo with a face.
+
+    In a 2-3 face photo the largest face may be a bystander, so the subject is the face closest to
+    the person's robust centroid. The centroid is seeded from the largest faces of the photos whose
+    face count is within the rules, then rebuilt from the chosen subjects. Persons with fewer than
+    ``min_person_images`` such photos have no centroid: their subject is the largest face.
     """
     by_person: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
-        if r["main_embedding"] is not None:
+        if any(f[1] is not None for f in r["faces"]):
             by_person[r["person"]].append(r)
-    out: dict[int, float] = {}
+    out: dict[int, Subject] = {}
     for person_rows in by_person.values():
         reference = [r for r in person_rows if rules.min_faces <= (r["face_count"] or 0) <= rules.max_faces]
         if len(reference) < rules.min_person_images:
+            for r in person_rows:
+                f = r["faces"][0]
+                out[r["image_id"]] = Subject(f[0], "largest", None, f[2])
             continue
-        centroid = robust_centroid(np.stack([r["main_embedding"] for r in reference]), rules.identity_threshold)
+        seed = np.stack([next(f[1] for f in r["faces"] if f[1] is not None) for r in reference])
+        centroid = robust_centroid(seed, rules.identity_threshold)
+        # rebuild from the faces nearest the first centroid: bystanders no longer pull it
+        centroid = robust_centroid(np.stack([r["faces"][_closest(r["faces"], centroid)[0]][1] for r in reference]),
+                                   rules.identity_threshold)
         for r in person_rows:
-            e = r["main_embedding"]
-            out[r["image_id"]] = float(e @ centroid / np.linalg.norm(e))
+            index, sim, ratio = _closest(r["faces"], centroid)
+            out[r["image_id"]] = Subject(index, "centroid", sim, ratio)
     return out
 
 
@@ -113,17 +141,20 @@ def curate(ws: Workspace, rules: CurationRules | None = None) -> CurationReport:
     """Judge every image against ``rules`` (default: the workspace's last rules) and store verdicts."""
     rules = rules or curation_rules(ws)
     rows = ws.store.curation_inputs()
-    sims = identity_similarities(rows, rules)
+    subjects = choose_subjects(rows, rules)
     results = []
     for r in rows:
-        reasons = rule_reasons(r, rules)
-        sim = sims.get(r["image_id"])
+        subject = subjects.get(r["image_id"])
+        reasons = rule_reasons(r, rules, subject.area_ratio if subject else None)
+        sim = subject.similarity if subject else None
         outlier = sim is not None and sim < rules.identity_threshold
         if outlier and rules.reject_outliers:
             reasons.append("identity_outlier")
         results.append({"image_id": r["image_id"], "passed": not reasons, "reasons": reasons,
                         "reasons_mask": reasons_mask(reasons),
-                        "identity_sim": None if sim is None else round(sim, 4), "outlier": outlier})
+                        "identity_sim": None if sim is None else round(sim, 4), "outlier": outlier,
+                        "subject_face": subject.face_index if subject else None,
+                        "subject_by": subject.by if subject else None, "analysis_rev": r["rev"]})
     ws.store.save_curation(results, rules.to_dict())
     return CurationReport(total=len(results), passed=sum(r["passed"] for r in results),
                           outliers=sum(r["outlier"] for r in results), rules=rules.to_dict())

@@ -5,6 +5,11 @@
 un-normalised 512-d embedding, as InstantID's training reads it) and ``person``. Paths are
 relative to the JSONL. Photos whose stored bytes are not upright RGB (EXIF-rotated, CMYK,
 16-bit, ...) are written as upright PNGs, so the boxes match whatever library reads them.
+
+The face is the photo's subject (the one curation chose, see :func:`studio.curate.choose_subjects`)
+and each line records the face pack that made its embedding: the released InstantID and
+CrossFaceID weights were trained on antelopev2 embeddings, and another pack's 512-d vector looks
+valid but is not, so exporting one takes an explicit ``allow_other_pack``.
 """
 from __future__ import annotations
 
@@ -35,19 +40,75 @@ def _link_or_copy(src: Path, dest: Path) -> None:
         shutil.copyfile(src, dest)
 
 
-def export_training_set(ws: Workspace, out_dir: str | Path, include_failed: bool = False) -> dict:
-    """Write ``out_dir/train.jsonl`` + images + embeddings for every kept image; returns counts."""
+#: which current captions an export uses: a person's word first
+CAPTION_POLICIES = {
+    "approved": "approved or edited by a person",
+    "unflagged": "approved or edited, or a model/imported caption with no flag",
+    "any": "any current caption that was not rejected",
+}
+MISSING_CAPTION = ("keep", "skip", "error")
+TRAINING_PACK = "antelopev2"
+
+
+class ExportError(ValueError):
+    """The export cannot be written as asked; nothing was written."""
+
+
+def caption_counts(status: str | None, flags: list[str], policy: str) -> bool:
+    """Whether a current caption with this status and flags is used under ``policy``."""
+    if status in (None, "none", "rejected"):
+        return False
+    if policy == "approved":
+        return status in ("approved", "edited")
+    if policy == "unflagged":
+        return status in ("approved", "edited") or not flags
+    return True
+
+
+def export_training_set(ws: Workspace, out_dir: str | Path, include_failed: bool = False, *,
+                        captions: str = "approved", missing_caption: str = "keep",
+                        allow_other_pack: bool = False) -> dict:
+    """Write ``out_dir/train.jsonl`` + images + embeddings for every kept image; returns counts.
+
+    ``captions``: which captions count (:data:`CAPTION_POLICIES`). ``missing_caption``: what to do
+    with an image that has none: ``keep`` it with an empty caption (counted and warned about),
+    ``skip`` it, or ``error`` (write nothing).
+    """
+    if captions not in CAPTION_POLICIES:
+        raise ExportError(f"captions must be one of {list(CAPTION_POLICIES)}, got {captions!r}")
+    if missing_caption not in MISSING_CAPTION:
+        raise ExportError(f"missing_caption must be one of {MISSING_CAPTION}, got {missing_caption!r}")
+    rows = [r for r in ws.store.image_table() if r["passed"] or include_failed]
+    current = ws.store.current_caption_flags()
+    packs = sorted({r["pack"] for r in rows if r["pack"]})
+    other = [p for p in packs if p.split(":")[0] != TRAINING_PACK]
+    if other and not allow_other_pack:
+        raise ExportError(
+            f"the embeddings were made with face pack {', '.join(other)}, not {TRAINING_PACK}. InstantID and "
+            f"CrossFaceID were trained on {TRAINING_PACK} embeddings; another pack's 512-d vectors look valid but "
+            f"do not match them. Re-analyze with `python -m studio analyze --face-pack {TRAINING_PACK}` (get it with "
+            "`python -m studio models --download antelopev2`), or pass --allow-other-pack to export anyway.")
+    chosen, without = [], []
+    for r in rows:
+        subject = ws.store.subject_face(r["id"])
+        if subject is None or subject.embedding is None:
+            continue
+        status, flags = current.get(r["id"], (None, []))
+        caption = r["caption"] if caption_counts(status, flags, captions) else ""
+        if not caption:
+            without.append(r["id"])
+            if missing_caption == "skip":
+                continue
+        chosen.append((r, subject, caption or ""))
+    if without and missing_caption == "error":
+        raise ExportError(f"{len(without)} of the images to export have no {captions} caption "
+                          f"({CAPTION_POLICIES[captions]}); first ids: {without[:10]}. Review them, choose "
+                          "--captions unflagged|any, or --missing-caption keep|skip.")
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "embeddings").mkdir(exist_ok=True)
-    lines, without_caption = [], 0
-    for r in ws.store.image_table():
-        if not (r["passed"] or include_failed):
-            continue
-        faces = ws.store.faces(r["id"])
-        if not faces or faces[0].embedding is None:
-            continue
-        main = faces[0]
+    lines = []
+    for r, main, caption in chosen:
         person_dir = _safe(r["person"])
         stem = r["sha256"][:16]
         src = ws.media_path(r["media_path"])
@@ -66,8 +127,6 @@ def export_training_set(ws: Workspace, out_dir: str | Path, include_failed: bool
         buf = io.BytesIO()
         np.save(buf, main.embedding.astype(np.float32))
         atomic_write_bytes(out / emb_rel, buf.getvalue())
-        caption = (r["caption"] or "") if r["caption_status"] != "rejected" else ""
-        without_caption += not caption
         lines.append(json.dumps({
             "image_file": image_rel,
             "additional_feature": caption,
@@ -75,6 +134,17 @@ def export_training_set(ws: Workspace, out_dir: str | Path, include_failed: bool
             "landmarks": main.kps,
             "insightface_feature_file": emb_rel,
             "person": r["person"],
+            "face_pack": r["pack"],
+            "face_index": main.face_index,
         }, ensure_ascii=False))
     atomic_write_bytes(out / "train.jsonl", ("\n".join(lines) + ("\n" if lines else "")).encode("utf-8"))
-    return {"exported": len(lines), "without_caption": without_caption, "jsonl": str(out / "train.jsonl")}
+    skipped = len(without) if missing_caption == "skip" else 0
+    result = {"exported": len(lines), "without_caption": 0 if missing_caption == "skip" else len(without),
+              "skipped_without_caption": skipped, "captions": captions, "face_packs": packs,
+              "jsonl": str(out / "train.jsonl")}
+    if without:
+        result["warning"] = (f"{len(without)} exported image(s) have no {captions} caption "
+                             f"({CAPTION_POLICIES[captions]}): " + ("left out" if skipped else "written with an empty caption"))
+    atomic_write_bytes(out / "export.json", json.dumps({**result, "include_failed": include_failed,
+                                                       "allow_other_pack": allow_other_pack}, indent=2).encode())
+    return result

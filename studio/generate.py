@@ -37,10 +37,11 @@ class FaceCondition:
     faces_found: int
     reference: str
     pack: str
+    chosen: str = "the largest face"
 
     @property
     def note(self) -> str:
-        more = f"{self.faces_found} faces found; using the largest. " if self.faces_found > 1 else ""
+        more = f"{self.faces_found} faces found; using {self.chosen}. " if self.faces_found > 1 else ""
         return more + f"Face embedding from the '{self.pack}' face pack."
 
     def describe(self) -> dict:
@@ -59,17 +60,20 @@ def face_from_photo(rgb: np.ndarray, analyzer, reference: str) -> FaceCondition:
 
 
 def face_from_workspace(ws: Workspace, image_id: int) -> FaceCondition:
-    """A workspace image's stored main face (no re-analysis)."""
+    """A workspace image's stored subject face (the one curation chose; no re-analysis)."""
     rows = ws.store.image_table(image_ids=[int(image_id)])
     if not rows:
         raise ValueError(f"no image with id {image_id}")
-    faces = ws.store.faces(int(image_id))
-    if not faces or faces[0].embedding is None:
+    subject = ws.store.subject_face(int(image_id))
+    if subject is None or subject.embedding is None:
         raise NoFaceError(f"image {image_id} has no analysed face: run `python -m studio analyze` first")
     r = rows[0]
-    return FaceCondition(np.asarray(faces[0].embedding, np.float32), np.asarray(faces[0].kps, np.float64),
-                         tuple(faces[0].bbox), (r["width"], r["height"]), len(faces), f"workspace:{image_id}",
+    face = FaceCondition(np.asarray(subject.embedding, np.float32), np.asarray(subject.kps, np.float64),
+                         tuple(subject.bbox), (r["width"], r["height"]), r["face_count"] or 1, f"workspace:{image_id}",
                          (r["pack"] or "?").split(":")[0])
+    face.chosen = (f"face #{subject.face_index}, the subject chosen by curation" if r["subject_face"] is not None
+                   else "the largest face")
+    return face
 
 
 def control_inputs(face: FaceCondition, width: int, height: int, margin: float = 0.25):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 #: Largest image accepted, in pixels. Above this PIL's bomb check (2x the limit) or ours fires.
 MAX_PIXELS = 80_000_000
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 
 # Truncated files must raise, never load half an image silently.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -119,7 +120,10 @@ def decode(data: bytes, path: str | Path, max_pixels: int = MAX_PIXELS, draft_si
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(path, "decompression_bomb", str(exc)) from None
+        # PIL's message quotes PIL's own limit; say the studio's
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(found.group(1)):,} pixels" if found else "the image"
+        raise ImageError(path, "decompression_bomb", f"{size} exceeds the studio's limit of {max_pixels:,} pixels") from None
     except UnidentifiedImageError:
         raise ImageError(path, "not_an_image", "not a readable image format") from None
     except (OSError, SyntaxError, ValueError) as exc:

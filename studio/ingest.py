@@ -67,9 +67,18 @@ class IngestReport:
 
 # -- listing sources -----------------------------------------------------------------------------
 
-def _scan(directory: Path, on_error: Callable[[Path, OSError], None]) -> Iterator[Path]:
-    """Files under a directory (sorted, hidden ones skipped); unreadable sub-folders are reported."""
+def _scan(directory: Path, on_error: Callable[[Path, OSError], None], seen: set | None = None) -> Iterator[Path]:
+    """Files under a directory (sorted, hidden ones skipped); unreadable sub-folders are reported.
+
+    Each real directory is visited once: a symlink back up the tree (a loop) or a second link to
+    a folder already scanned adds nothing.
+    """
+    seen = set() if seen is None else seen
     try:
+        st = os.stat(directory)
+        if (st.st_dev, st.st_ino) in seen:
+            return
+        seen.add((st.st_dev, st.st_ino))
         entries = sorted(os.scandir(directory), key=lambda e: e.name)
     except OSError as exc:
         on_error(directory, exc)
@@ -83,7 +92,7 @@ def _scan(directory: Path, on_error: Callable[[Path, OSError], None]) -> Iterato
             on_error(Path(e.path), exc)
             continue
         if is_dir:
-            yield from _scan(Path(e.path), on_error)
+            yield from _scan(Path(e.path), on_error, seen)
         else:
             yield Path(e.path)
 
@@ -95,6 +104,7 @@ def _dir_error(path: Path, exc: OSError) -> Item:
 def iter_folders(root: Path) -> Iterator[Item]:
     """``root/<person>/...``: the person is the top-level folder name."""
     errors: list[Item] = []
+    seen: set = set()
     try:
         top = sorted(os.scandir(root), key=lambda e: e.name)
     except OSError as exc:
@@ -113,17 +123,10 @@ def iter_folders(root: Path) -> Iterator[Item]:
             yield Item(source=str(path.resolve()), person=None, error=ImageError(
                 path, "no_person", "file sits directly in the source folder; put photos in a folder per person"))
             continue
-        for f in _scan(path, lambda p, exc: errors.append(_dir_error(p, exc))):
+        for f in _scan(path, lambda p, exc: errors.append(_dir_error(p, exc)), seen):
             yield Item(source=str(f.resolve()), person=entry.name, path=f, suffix=f.suffix)
         yield from errors
         errors.clear()
-
-
-def _first(record: dict, names: Iterable[str]):
-    for n in names:
-        if n in record and record[n] not in (None, ""):
-            return record[n]
-    return None
 
 
 def iter_jsonl(jsonl: Path) -> Iterator[Item]:
@@ -146,21 +149,90 @@ def iter_jsonl(jsonl: Path) -> Iterator[Item]:
             except ValueError as exc:
                 yield Item(source=where, person=None, error=ImageError(where, "malformed_jsonl", str(exc)))
                 continue
-            image_file = rec.get("image_file")
-            if not image_file:
-                yield Item(source=where, person=None, error=ImageError(where, "missing_field", "no 'image_file' field"))
-                continue
-            path = Path(image_file)
-            path = path if path.is_absolute() else base / path
-            person = _first(rec, PERSON_FIELDS) or path.parent.name
-            meta = {k: rec[k] for k in ("bbox", "landmarks") if k in rec}
-            if rec.get("insightface_feature_file"):
-                feat = Path(rec["insightface_feature_file"])
-                meta["insightface_feature_file"] = str(feat if feat.is_absolute() else base / feat)
-            meta["jsonl"] = where
-            caption = rec.get("additional_feature") or _first(rec, CAPTION_FIELDS)
-            yield Item(source=str(path.resolve()), person=str(person), path=path, caption=caption,
-                       meta=meta, suffix=path.suffix)
+            try:
+                yield _jsonl_item(rec, base, where)
+            except FieldError as exc:
+                yield Item(source=where, person=None, error=ImageError(where, exc.code, str(exc)))
+
+
+class FieldError(ValueError):
+    """One field of one input record is unusable; ``code`` is ``missing_field`` or ``bad_field``."""
+
+    def __init__(self, code: str, message: str):
+        self.code = code
+        super().__init__(message)
+
+
+def _type(value) -> str:
+    return "null" if value is None else {dict: "object", list: "array", bool: "boolean"}.get(type(value), type(value).__name__)
+
+
+def _text_field(rec: dict, name: str, required: bool = False, path: bool = False) -> str | None:
+    """A string field, or None when absent; anything else names the field and what it held."""
+    value = rec.get(name)
+    if value is None or value == "":
+        if required:
+            raise FieldError("missing_field", f"no {name!r} field")
+        return None
+    if not isinstance(value, str):
+        raise FieldError("bad_field", f"field {name!r} must be a string, got {_type(value)}")
+    if path and "\x00" in value:
+        raise FieldError("bad_field", f"field {name!r} contains a NUL byte")
+    return value
+
+
+def _points_field(rec: dict, name: str, length: int | None = None) -> list | None:
+    """A list of numbers or of [x, y] pairs (bbox, landmarks)."""
+    value = rec.get(name)
+    if value is None:
+        return None
+    ok = isinstance(value, list) and (length is None or len(value) == length) and all(
+        (isinstance(v, (int, float)) and not isinstance(v, bool)) or
+        (isinstance(v, list) and len(v) == 2 and all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in v))
+        for v in value)
+    if not ok:
+        raise FieldError("bad_field", f"field {name!r} must be a list of numbers or [x, y] pairs, got {_type(value)}"
+                         + (f" of {len(value)}" if isinstance(value, list) else ""))
+    return value
+
+
+def _jsonl_item(rec: dict, base: Path, where: str) -> Item:
+    """Validate every field of one JSONL record before anything is read or stored."""
+    image_file = _text_field(rec, "image_file", required=True, path=True)
+    feature = _text_field(rec, "insightface_feature_file", path=True)
+    caption = _text_field(rec, "additional_feature")
+    if caption is None:
+        for name in CAPTION_FIELDS:
+            caption = _text_field(rec, name) if name in rec else None
+            if caption is not None:
+                break
+    person = next((rec[n] for n in PERSON_FIELDS if rec.get(n) not in (None, "")), None)
+    if person is not None and (isinstance(person, bool) or not isinstance(person, (str, int))):
+        raise FieldError("bad_field", f"person field must be a string or a number, got {_type(person)}")
+    if isinstance(person, str) and "\x00" in person:
+        raise FieldError("bad_field", "person field contains a NUL byte")
+    meta = {}
+    for name, length in (("bbox", 4), ("landmarks", None)):
+        value = _points_field(rec, name, length)
+        if value is not None:
+            meta[name] = value
+    path = Path(image_file)
+    path = path if path.is_absolute() else base / path
+    if feature:
+        feat = Path(feature)
+        meta["insightface_feature_file"] = str(feat if feat.is_absolute() else base / feat)
+    meta["jsonl"] = where
+    return Item(source=str(path.resolve()), person=str(person) if person is not None else path.parent.name, path=path,
+                caption=caption, meta=meta, suffix=path.suffix)
+
+
+def _table_rows(table: Path, df, fcol, pcol, ccol) -> Iterator[Item]:
+    for i, row in enumerate(df.to_dict("records")):
+        where = f"{table}#row={i}"
+        try:
+            yield _table_item(table, row, where, fcol, pcol, ccol)
+        except FieldError as exc:
+            yield Item(source=where, person=None, error=ImageError(where, exc.code, str(exc)))
 
 
 def iter_table(table: Path, file_column: str | None = None, person_column: str | None = None,
@@ -185,32 +257,39 @@ def iter_table(table: Path, file_column: str | None = None, person_column: str |
         yield Item(source=str(table), person=None, error=ImageError(
             table, "missing_column", f"no file column: expected one of {FILE_FIELDS} or --file-column (columns: {cols})"))
         return
-    for i, row in enumerate(df.to_dict("records")):
-        cell = row[fcol]
-        where = f"{table}#row={i}"
-        caption = row.get(ccol) if ccol else None
-        caption = caption if isinstance(caption, str) and caption else None
-        person = row.get(pcol) if pcol else None
-        person = None if person is None or (isinstance(person, float) and person != person) else str(person)
-        if isinstance(cell, dict) and cell.get("bytes") is not None:
-            name = cell.get("path") or ""
-            yield Item(source=where, person=person, data=bytes(cell["bytes"]), caption=caption,
-                       meta={"table": where, "path": name}, suffix=Path(name).suffix or ".jpg")
-            continue
-        if isinstance(cell, dict):
-            cell = cell.get("path")
-        if not isinstance(cell, str) or not cell:
-            yield Item(source=where, person=None, error=ImageError(where, "missing_field", f"empty {fcol!r}"))
-            continue
-        path = Path(cell)
-        path = path if path.is_absolute() else table.parent / path
-        if person is None and path.parent != table.parent:
-            person = path.parent.name
-        if person is None:
-            yield Item(source=where, person=None, error=ImageError(where, "no_person", f"no person for {cell!r}: add a person column"))
-            continue
-        yield Item(source=str(path.resolve()), person=person, path=path, caption=caption,
-                   meta={"table": where}, suffix=path.suffix)
+    yield from _table_rows(table, df, fcol, pcol, ccol)
+
+
+def _table_item(table: Path, row: dict, where: str, fcol, pcol, ccol) -> Item:
+    cell = row[fcol]
+    caption = row.get(ccol) if ccol else None
+    caption = caption if isinstance(caption, str) and caption else None
+    person = row.get(pcol) if pcol else None
+    person = None if person is None or (isinstance(person, float) and person != person) else str(person)
+    if person is not None and "\x00" in person:
+        raise FieldError("bad_field", f"column {pcol!r} contains a NUL byte")
+    if isinstance(cell, dict) and cell.get("bytes") is not None:
+        name = cell.get("path") or ""
+        if not isinstance(name, str) or "\x00" in name:
+            raise FieldError("bad_field", f"column {fcol!r}: the image's path must be a string without NUL bytes")
+        return Item(source=where, person=person, data=bytes(cell["bytes"]), caption=caption,
+                    meta={"table": where, "path": name}, suffix=Path(name).suffix or "")
+    if isinstance(cell, dict):
+        cell = cell.get("path")
+    if cell is None or cell == "" or (isinstance(cell, float) and cell != cell):
+        raise FieldError("missing_field", f"empty {fcol!r}")
+    if not isinstance(cell, str):
+        raise FieldError("bad_field", f"column {fcol!r} must hold a file name, got {_type(cell)}")
+    if "\x00" in cell:
+        raise FieldError("bad_field", f"column {fcol!r} contains a NUL byte")
+    path = Path(cell)
+    path = path if path.is_absolute() else table.parent / path
+    if person is None and path.parent != table.parent:
+        person = path.parent.name
+    if person is None:
+        raise FieldError("no_person", f"no person for {cell!r}: add a person column")
+    return Item(source=str(path.resolve()), person=person, path=path, caption=caption,
+                meta={"table": where}, suffix=path.suffix)
 
 
 def iter_source(source: Path, **table_columns) -> Iterator[Item]:
@@ -242,6 +321,7 @@ class _Prepared:
     height: int = 0
     mode: str = ""
     rotated: bool = False
+    format: str | None = None
     error: ImageError | None = None
 
 
@@ -255,7 +335,7 @@ def _prepare(item: Item) -> _Prepared:
     except ImageError as exc:
         return _Prepared(item, error=exc)
     return _Prepared(item, sha=sha256_bytes(data), data=data, width=img.width, height=img.height,
-                     mode=img.original_mode, rotated=img.exif_rotated)
+                     mode=img.original_mode, rotated=img.exif_rotated, format=img.format)
 
 
 def ingest(ws: Workspace, source: str | Path, *, workers: int | None = None, progress: Progress | None = None,
@@ -283,42 +363,75 @@ def _already(store, item: Item, report: IngestReport) -> bool:
     return False
 
 
+def _reject(store, report: IngestReport, source: str, error: ImageError) -> None:
+    store.mark_source(source, "rejected", None, error.code, error.detail)
+    report.rejected += 1
+    report.reasons[error.code] += 1
+    report.problems.append(str(error))
+    log.warning("skipped %s", error)
+
+
 def _commit(ws: Workspace, p: _Prepared, report: IngestReport, tags) -> None:
+    """Store one prepared input. A failure here is this input's problem, never the batch's."""
+    item = p.item
+    try:
+        _store(ws, p, report, tags)
+    except Exception as exc:  # a value SQLite or the file system refuses: record it and go on
+        detail = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}"
+        _reject(ws.store, report, item.source if "\x00" not in item.source else repr(item.source),
+                ImageError(item.source, "ingest_failed", detail))
+
+
+def _store(ws: Workspace, p: _Prepared, report: IngestReport, tags) -> None:
     store, item = ws.store, p.item
     if p.error is None and not item.person:
         p.error = ImageError(item.source, "no_person", "no person for this image")
     if p.error is not None:
-        store.mark_source(item.source, "rejected", None, p.error.code, p.error.detail)
-        report.rejected += 1
-        report.reasons[p.error.code] += 1
-        report.problems.append(str(p.error))
-        log.warning("skipped %s", p.error)
+        _reject(store, report, item.source, p.error)
         return
-    existing = store.image_id_by_sha(p.sha)
-    if existing is not None:
-        store.mark_source(item.source, "duplicate", existing, "duplicate", "same content as an image already ingested")
-        report.duplicates += 1
-        report.reasons["duplicate"] += 1
-        return
-    suffix = item.suffix.lower() if item.suffix.lower() in IMAGE_SUFFIXES else _suffix_for(p.data)
-    rel = ws.put_media(p.sha, suffix, p.data)
+    suffix = _suffix(item.suffix, p.format)
+    # the row and its media file succeed or fail together: a file written for a row that is then
+    # refused is removed, unless another row (another process) uses it
     with store.transaction():
-        image_id = store.add_image(
-            source=item.source, sha256=p.sha, person=item.person, media_path=rel, width=p.width, height=p.height,
-            original_mode=p.mode, exif_rotated=p.rotated, import_caption=item.caption, import_meta=item.meta,
-        )
-        if item.caption:  # an imported caption is version 1, reviewable like a model's
-            store.add_caption(image_id, item.caption, status="imported", origin="import", author="import",
-                              flags=check_caption(item.caption))
-            tag_image(ws, image_id, item.caption, tags)
+        previous = store.source_outcome(item.source)
+        if previous is not None and previous["outcome"] in ("ingested", "duplicate"):
+            report.already += 1  # another ingest of the same source got here first
+            return
+        existing = store.image_id_by_sha(p.sha)
+        if existing is not None:
+            if store.image_source(existing) == item.source:  # the same file reached twice (e.g. two links)
+                report.already += 1
+                return
+            store.mark_source(item.source, "duplicate", existing, "duplicate", "same content as an image already ingested")
+            report.duplicates += 1
+            return
+        rel = ws.media_rel(p.sha, suffix)
+        created = not ws.media_path(rel).exists()
+        try:
+            ws.put_media(p.sha, suffix, p.data)
+            image_id = store.add_image(
+                source=item.source, sha256=p.sha, person=item.person, media_path=rel, width=p.width, height=p.height,
+                original_mode=p.mode, exif_rotated=p.rotated, import_caption=item.caption, import_meta=item.meta,
+            )
+            if item.caption:  # an imported caption is version 1, reviewable like a model's
+                store.add_caption(image_id, item.caption, status="imported", origin="import", author="import",
+                                  flags=check_caption(item.caption))
+                tag_image(ws, image_id, item.caption, tags)
+        except BaseException:
+            if created:
+                ws.media_path(rel).unlink(missing_ok=True)
+            raise
     report.added += 1
 
 
-def _suffix_for(data: bytes) -> str:
-    if data[:3] == b"\xff\xd8\xff":
-        return ".jpg"
-    if data[:8] == b"\x89PNG\r\n\x1a\n":
-        return ".png"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return ".webp"
-    return ".img"
+#: PIL format -> the extension a stored original keeps
+FORMAT_SUFFIX = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp", "TIFF": ".tif",
+                 "MPO": ".jpg", "DIB": ".bmp"}
+
+
+def _suffix(given: str, fmt: str | None) -> str:
+    """The input's own extension when it is an image one, else the decoded format's."""
+    given = (given or "").lower()
+    if given in IMAGE_SUFFIXES:
+        return given
+    return FORMAT_SUFFIX.get(fmt or "", f".{fmt.lower()}" if fmt else ".img")

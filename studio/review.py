@@ -1,18 +1,29 @@
-"""Caption review: approve, reject, edit, regenerate; every action is a new version with who and when."""
+"""Caption review: approve, reject, edit, regenerate; every action is a new version with who and when.
+
+Each action names the version the reviewer saw. The store checks, in the same transaction as
+the write, that it is still the current one, so two reviewers (or a review racing a regenerate)
+never approve text nobody saw or put older text back over an edit.
+"""
 from __future__ import annotations
 
 from .attributes import tag_image
 from .captions import check_caption
+from .store import StaleCaptionError
 from .workspace import Workspace
 
 REVIEW_STATUSES = ("imported", "generated", "edited", "approved", "rejected")
 
+__all__ = ["REVIEW_STATUSES", "StaleCaptionError", "approve", "reject", "edit", "bulk_approve_unflagged"]
 
-def _current(ws: Workspace, image_id: int) -> dict:
-    cur = ws.store.current_caption(image_id)
-    if cur is None:
+
+def _seen(ws: Workspace, image_id: int, version: int) -> dict:
+    """The version the reviewer acted on (versions never change once written)."""
+    for h in ws.store.caption_history(image_id):
+        if h["version"] == int(version):
+            return h
+    if ws.store.current_caption(image_id) is None:
         raise ValueError(f"image {image_id} has no caption to review")
-    return cur
+    raise ValueError(f"image {image_id} has no caption version {version}")
 
 
 def _require_author(author: str | None) -> str:
@@ -21,36 +32,41 @@ def _require_author(author: str | None) -> str:
     return author
 
 
-def approve(ws: Workspace, image_id: int, author: str) -> dict:
-    cur = _current(ws, image_id)
-    ws.store.add_caption(image_id, cur["text"], status="approved", origin="human", author=_require_author(author),
-                         flags=cur["flags"])
+def approve(ws: Workspace, image_id: int, version: int, author: str) -> dict:
+    """Approve the text of ``version``, which must still be the current caption."""
+    seen = _seen(ws, image_id, version)
+    ws.store.add_caption(image_id, seen["text"], status="approved", origin="human", author=_require_author(author),
+                         flags=seen["flags"], expected_version=version)
     return ws.store.current_caption(image_id)
 
 
-def reject(ws: Workspace, image_id: int, author: str) -> dict:
-    cur = _current(ws, image_id)
+def reject(ws: Workspace, image_id: int, version: int, author: str) -> dict:
+    seen = _seen(ws, image_id, version)
     with ws.store.transaction():
-        ws.store.add_caption(image_id, cur["text"], status="rejected", origin="human", author=_require_author(author),
-                             flags=cur["flags"])
+        ws.store.add_caption(image_id, seen["text"], status="rejected", origin="human", author=_require_author(author),
+                             flags=seen["flags"], expected_version=version)
         tag_image(ws, image_id, None)
     return ws.store.current_caption(image_id)
 
 
-def edit(ws: Workspace, image_id: int, text: str, author: str) -> dict:
+def edit(ws: Workspace, image_id: int, version: int, text: str, author: str) -> dict:
+    """Replace the caption the reviewer saw (``version``) with their text."""
     text = (text or "").strip()
     if not text:
         raise ValueError("an edited caption cannot be empty; reject the caption instead")
-    _current(ws, image_id)
+    _seen(ws, image_id, version)
     with ws.store.transaction():
         ws.store.add_caption(image_id, text, status="edited", origin="human", author=_require_author(author),
-                             flags=check_caption(text))
+                             flags=check_caption(text), expected_version=version)
         tag_image(ws, image_id, text)
     return ws.store.current_caption(image_id)
 
 
 def bulk_approve_unflagged(ws: Workspace, author: str, statuses: tuple[str, ...] = ("generated", "imported", "edited")) -> int:
-    """Approve every current caption with no flag whose status is one of ``statuses``; returns how many."""
+    """Approve every current caption with no flag whose status is one of ``statuses``; returns how many.
+
+    Reads and writes happen in one write transaction, so every approved text is the current one.
+    """
     _require_author(author)
     n = 0
     with ws.store.transaction():
@@ -60,6 +76,7 @@ def bulk_approve_unflagged(ws: Workspace, author: str, statuses: tuple[str, ...]
                 if not rows:
                     break
                 for r in rows:
-                    ws.store.add_caption(r["image_id"], r["text"], status="approved", origin="human", author=author)
+                    ws.store.add_caption(r["image_id"], r["text"], status="approved", origin="human", author=author,
+                                         expected_version=r["version"])
                     n += 1
     return n

@@ -39,7 +39,8 @@ def image_list(ws: Workspace) -> list[dict]:
             "exif_rotated": r["exif_rotated"], "status": status, "reasons": r["reasons"] or [],
             "face_count": r["face_count"], "face_ratio": None if r["largest_face_ratio"] is None else round(r["largest_face_ratio"], 4),
             "pose": r["pose"], "yaw": r["yaw"], "pitch": r["pitch"],
-            "identity_sim": r["identity_sim"], "outlier": r["outlier"],
+            "identity_sim": r["identity_sim"], "outlier": r["outlier"], "subject_face": r["subject_face"],
+            "verdict_stale": r["verdict_stale"], "face_pack": r["pack"],
             "analysis_error": r["analysis_error"], "caption": r["caption"], "caption_status": r["caption_status"],
         })
     return out
@@ -64,7 +65,16 @@ def dataset_stats(ws: Workspace) -> dict:
         "ingest_problems_by_reason": dict(sorted(problems.items(), key=lambda kv: (-kv[1], kv[0]))),
         "pose_after_curation": store.pose_counts(passed_only=True),
         "rules": store.get_setting("curation_rules"),
+        "stale_verdicts": store.stale_verdicts(),
     }
+
+
+def stale_message(n: int) -> str:
+    """What to say when verdicts were computed from older analyses than the images have now."""
+    if not n:
+        return ""
+    return (f"{n} curation verdict{'s are' if n != 1 else ' is'} stale: the face analysis changed after curation "
+            "(curate ran while analyze was writing). Run `python -m studio curate` to update them.")
 
 
 def format_table1(stats: dict) -> str:

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -164,7 +164,27 @@ _MIGRATIONS: dict[int, str] = {
     );
     CREATE INDEX generations_batch ON generations(batch)
     """,
+    # v5: the current caption is a pointer (a model rerun adds a version without displacing a
+    # human-reviewed one); the subject face of each verdict (closest to the person's centroid);
+    # which analysis a verdict saw, so verdicts made while `analyze` was writing show as stale.
+    5: """
+    ALTER TABLE browse ADD COLUMN caption_version INTEGER;
+    UPDATE browse SET caption_version = (SELECT MAX(version) FROM captions c WHERE c.image_id = browse.image_id);
+    ALTER TABLE analyses ADD COLUMN rev INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX analyses_rev ON analyses(rev);
+    ALTER TABLE curation ADD COLUMN subject_face INTEGER;
+    ALTER TABLE curation ADD COLUMN subject_by TEXT;
+    ALTER TABLE curation ADD COLUMN analysis_rev INTEGER;
+    UPDATE curation SET analysis_rev = CASE WHEN reasons LIKE '%not_analyzed%' THEN NULL ELSE 0 END
+    """,
 }
+
+#: caption statuses a person gave; a model rerun never displaces these
+HUMAN_REVIEWED = ("approved", "edited")
+
+
+class StaleCaptionError(ValueError):
+    """A review action on a caption version that is no longer the current one."""
 
 
 def _now() -> str:
@@ -266,6 +286,10 @@ class Store:
         row = self.conn.execute("SELECT id FROM images WHERE sha256 = ?", (sha256,)).fetchone()
         return int(row[0]) if row else None
 
+    def image_source(self, image_id: int) -> str | None:
+        row = self.conn.execute("SELECT source FROM images WHERE id = ?", (image_id,)).fetchone()
+        return row[0] if row else None
+
     def _person_id(self, conn: sqlite3.Connection, name: str) -> int:
         conn.execute("INSERT INTO persons(name) VALUES (?) ON CONFLICT(name) DO NOTHING", (name,))
         return int(conn.execute("SELECT id FROM persons WHERE name = ?", (name,)).fetchone()[0])
@@ -360,11 +384,11 @@ class Store:
                     ),
                 )
             conn.execute(
-                """INSERT INTO analyses(image_id, pack, face_count, largest_face_ratio, error, analyzed_at)
-                   VALUES (?, ?, ?, ?, ?, ?)
+                """INSERT INTO analyses(image_id, pack, face_count, largest_face_ratio, error, analyzed_at, rev)
+                   VALUES (?, ?, ?, ?, ?, ?, (SELECT COALESCE(MAX(rev), 0) + 1 FROM analyses))
                    ON CONFLICT(image_id) DO UPDATE SET pack = excluded.pack, face_count = excluded.face_count,
                        largest_face_ratio = excluded.largest_face_ratio, error = excluded.error,
-                       analyzed_at = excluded.analyzed_at""",
+                       analyzed_at = excluded.analyzed_at, rev = excluded.rev""",
                 (image_id, pack, None if faces is None else len(faces), largest_face_ratio, error, _now()),
             )
             self._refresh_browse(conn, [image_id])
@@ -375,23 +399,36 @@ class Store:
         ).fetchall()
         return [_face_row(r) for r in rows]
 
+    def subject_face(self, image_id: int) -> FaceRow | None:
+        """The face the photo is about: the curation's choice, else the largest."""
+        row = self.conn.execute(
+            """SELECT f.* FROM faces f LEFT JOIN curation c ON c.image_id = f.image_id
+               WHERE f.image_id = ? AND f.face_index = COALESCE(c.subject_face, 0)""", (image_id,)).fetchone()
+        return _face_row(row) if row else None
+
     # -- curation ------------------------------------------------------------------------
     def curation_inputs(self) -> list[dict]:
-        """What curation needs per image: size, analysis and the main face's embedding."""
-        rows = self.conn.execute(
-            """SELECT i.id AS image_id, p.name AS person, i.width, i.height,
-                      a.image_id IS NOT NULL AS analyzed, a.face_count, a.largest_face_ratio, a.error,
-                      f.embedding AS main_embedding
-               FROM images i JOIN persons p ON p.id = i.person_id
-               LEFT JOIN analyses a ON a.image_id = i.id
-               LEFT JOIN faces f ON f.image_id = i.id AND f.face_index = 0
-               ORDER BY i.id"""
-        ).fetchall()
+        """What curation needs per image: size, analysis (and which revision of it) and every face.
+
+        ``faces`` holds (face index, embedding or None, area ratio), largest first. Read in one
+        transaction so that the verdicts match the analyses they were computed from.
+        """
+        with self.transaction() as conn:
+            rows = conn.execute(
+                """SELECT i.id AS image_id, p.name AS person, i.width, i.height,
+                          a.image_id IS NOT NULL AS analyzed, a.face_count, a.largest_face_ratio, a.error, a.rev
+                   FROM images i JOIN persons p ON p.id = i.person_id
+                   LEFT JOIN analyses a ON a.image_id = i.id
+                   ORDER BY i.id"""
+            ).fetchall()
+            faces: dict[int, list] = {}
+            for f in conn.execute("SELECT image_id, face_index, embedding, area_ratio FROM faces ORDER BY image_id, face_index"):
+                emb = None if f[2] is None else np.frombuffer(f[2], dtype=np.float32)
+                faces.setdefault(int(f[0]), []).append((int(f[1]), emb, float(f[3])))
         out = []
         for r in rows:
             d = dict(r)
-            blob = d.pop("main_embedding")
-            d["main_embedding"] = None if blob is None else np.frombuffer(blob, dtype=np.float32)
+            d["faces"] = faces.get(d["image_id"], [])
             out.append(d)
         return out
 
@@ -401,11 +438,12 @@ class Store:
         with self.transaction() as conn:
             conn.execute("DELETE FROM curation")
             conn.executemany(
-                """INSERT INTO curation(image_id, passed, reasons, reasons_mask, identity_sim, outlier, curated_at)
-                   VALUES (?, ?, ?, ?, ?, ?, ?)""",
+                """INSERT INTO curation(image_id, passed, reasons, reasons_mask, identity_sim, outlier, curated_at,
+                                        subject_face, subject_by, analysis_rev)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                 [
                     (r["image_id"], int(r["passed"]), json.dumps(r["reasons"]), r["reasons_mask"], r["identity_sim"],
-                     int(r["outlier"]), now)
+                     int(r["outlier"]), now, r.get("subject_face"), r.get("subject_by"), r.get("analysis_rev"))
                     for r in results
                 ],
             )
@@ -436,14 +474,14 @@ class Store:
                 SELECT i.id, i.person_id, p.name,
                        CASE WHEN c.passed IS NULL THEN 0 WHEN c.passed THEN 1 ELSE 2 END,
                        COALESCE(c.reasons_mask, 0), f.pose, i.width, i.height, MIN(i.width, i.height),
-                       a.face_count, a.largest_face_ratio,
+                       a.face_count, COALESCE(f.area_ratio, a.largest_face_ratio),
                        CASE WHEN c.identity_sim IS NULL THEN NULL ELSE c.outlier END, c.identity_sim,
                        i.import_caption, CASE WHEN i.import_caption IS NULL THEN 'none' ELSE 'imported' END
                 FROM images i
                 JOIN persons p ON p.id = i.person_id
                 LEFT JOIN analyses a ON a.image_id = i.id
-                LEFT JOIN faces f ON f.image_id = i.id AND f.face_index = 0
                 LEFT JOIN curation c ON c.image_id = i.id
+                LEFT JOIN faces f ON f.image_id = i.id AND f.face_index = COALESCE(c.subject_face, 0)
                 {where}
                 ON CONFLICT(image_id) DO UPDATE SET
                     person_id = excluded.person_id, person_name = excluded.person_name, status = excluded.status, reasons_mask = excluded.reasons_mask,
@@ -595,9 +633,26 @@ class Store:
     def add_caption(self, image_id: int, text: str, *, status: str, origin: str, author: str, flags: Sequence[str] = (),
                     model: str | None = None, prompt_version: str | None = None, params: dict | None = None,
                     cache_key: str | None = None, prompt_tokens: int | None = None,
-                    completion_tokens: int | None = None, cost_usd: float | None = None) -> int:
-        """Append a caption version and make it current (browse row + full-text index), atomically."""
+                    completion_tokens: int | None = None, cost_usd: float | None = None,
+                    expected_version: int | None = None, overwrite_reviewed: bool = False) -> tuple[int, bool]:
+        """Append a caption version; returns (version, whether it became the current caption).
+
+        A model caption does not displace a human-reviewed one (approved or edited) unless
+        ``overwrite_reviewed``; it is kept as a version to compare. ``expected_version`` is the
+        version the person acting saw: if another one is current now, nothing is written and
+        :class:`StaleCaptionError` says who changed it. Check and write are one transaction.
+        """
         with self.transaction() as conn:
+            cur = conn.execute(
+                """SELECT c.version, c.status, c.author FROM browse b
+                   JOIN captions c ON c.image_id = b.image_id AND c.version = b.caption_version
+                   WHERE b.image_id = ?""", (image_id,)).fetchone()
+            if expected_version is not None and (cur is None or int(cur[0]) != int(expected_version)):
+                now = f"version {cur[0]} ({cur[1]} by {cur[2]})" if cur else "no caption"
+                raise StaleCaptionError(
+                    f"the caption of image {image_id} changed since you opened it: you saw version {expected_version}, "
+                    f"the current one is {now}. Reload it and act again.")
+            make_current = overwrite_reviewed or origin != "model" or cur is None or cur[1] not in HUMAN_REVIEWED
             version = conn.execute("SELECT COALESCE(MAX(version), 0) + 1 FROM captions WHERE image_id = ?",
                                    (image_id,)).fetchone()[0]
             conn.execute(
@@ -608,25 +663,29 @@ class Store:
                  json.dumps(params, sort_keys=True) if params is not None else None, cache_key, prompt_tokens,
                  completion_tokens, cost_usd, json.dumps(list(flags)), author, _now()),
             )
-            conn.execute("UPDATE browse SET caption = ?, caption_status = ? WHERE image_id = ?", (text, status, image_id))
+            if not make_current:
+                return int(version), False
+            conn.execute("UPDATE browse SET caption = ?, caption_status = ?, caption_version = ? WHERE image_id = ?",
+                         (text, status, version, image_id))
             conn.execute("DELETE FROM caption_fts WHERE rowid = ?", (image_id,))
             if text:
                 conn.execute("INSERT INTO caption_fts(rowid, caption) VALUES (?, ?)", (image_id, text))
-            return int(version)
+            return int(version), True
 
     def caption_history(self, image_id: int) -> list[dict]:
         rows = self.conn.execute("SELECT * FROM captions WHERE image_id = ? ORDER BY version", (image_id,)).fetchall()
         return [_caption_row(r) for r in rows]
 
     def current_caption(self, image_id: int) -> dict | None:
-        row = self.conn.execute("SELECT * FROM captions WHERE image_id = ? ORDER BY version DESC LIMIT 1",
-                                (image_id,)).fetchone()
+        row = self.conn.execute(
+            """SELECT c.* FROM captions c JOIN browse b ON b.image_id = c.image_id AND c.version = b.caption_version
+               WHERE c.image_id = ?""", (image_id,)).fetchone()
         return _caption_row(row) if row else None
 
     def caption_queue(self, *, status: str | None = None, flag: str | None = None, person: str | None = None,
                       limit: int = 50, offset: int = 0) -> tuple[list[dict], int]:
         """Current captions (newest version per image) filtered for review, oldest image first."""
-        where, args = ["c.version = (SELECT MAX(version) FROM captions WHERE image_id = c.image_id)"], []
+        where, args = ["c.version = b.caption_version"], []
         if status:
             where.append("c.status = ?")
             args.append(status)
@@ -659,6 +718,16 @@ class Store:
                       COALESCE(SUM(cost_usd), 0) FROM captions WHERE origin = 'model'""").fetchone()
         return {"model_captions": int(row[0]), "prompt_tokens": int(row[1]), "completion_tokens": int(row[2]),
                 "cost_usd": round(float(row[3]), 6)}
+
+    def current_caption_flags(self) -> dict[int, tuple[str, list[str]]]:
+        """image id -> (status, flags) of its current caption."""
+        return {int(r[0]): (r[1], json.loads(r[2])) for r in self.conn.execute(
+            """SELECT c.image_id, c.status, c.flags FROM captions c
+               JOIN browse b ON b.image_id = c.image_id AND c.version = b.caption_version""")}
+
+    def caption_status_counts(self) -> list[tuple[str, int]]:
+        return [(r[0], int(r[1])) for r in self.conn.execute(
+            "SELECT caption_status, COUNT(*) FROM browse GROUP BY caption_status")]
 
     def current_captions(self) -> list[tuple[int, str, str]]:
         """(image id, text, status) of every image's current caption."""
@@ -703,12 +772,14 @@ class Store:
             f"""SELECT i.id, i.sha256, p.name AS person, i.media_path, i.source, i.width, i.height,
                       i.original_mode, i.exif_rotated, i.import_caption, i.import_meta,
                       a.face_count, a.largest_face_ratio, a.error AS analysis_error, a.pack,
-                      f.pose, f.yaw, f.pitch,
-                      c.passed, c.reasons, c.identity_sim, c.outlier, b.caption, b.caption_status
+                      f.pose, f.yaw, f.pitch, f.area_ratio AS subject_ratio,
+                      c.passed, c.reasons, c.identity_sim, c.outlier, c.subject_face, c.subject_by,
+                      (c.image_id IS NOT NULL AND c.analysis_rev IS NOT a.rev) AS verdict_stale,
+                      b.caption, b.caption_status, b.caption_version
                FROM images i LEFT JOIN browse b ON b.image_id = i.id JOIN persons p ON p.id = i.person_id
                LEFT JOIN analyses a ON a.image_id = i.id
-               LEFT JOIN faces f ON f.image_id = i.id AND f.face_index = 0
                LEFT JOIN curation c ON c.image_id = i.id
+               LEFT JOIN faces f ON f.image_id = i.id AND f.face_index = COALESCE(c.subject_face, 0)
                {clause}
                ORDER BY p.name, i.id""",
             args,
@@ -721,8 +792,15 @@ class Store:
             d["exif_rotated"] = bool(d["exif_rotated"])
             d["outlier"] = None if d["outlier"] is None else bool(d["outlier"])
             d["passed"] = None if d["passed"] is None else bool(d["passed"])
+            d["verdict_stale"] = bool(d["verdict_stale"])
             out.append(d)
         return out
+
+    def stale_verdicts(self) -> int:
+        """Verdicts computed from another analysis than the image has now (curate ran while analyze wrote)."""
+        return int(self.conn.execute(
+            """SELECT COUNT(*) FROM curation c LEFT JOIN analyses a ON a.image_id = c.image_id
+               WHERE c.analysis_rev IS NOT a.rev""").fetchone()[0])
 
     def counts(self) -> dict[str, int]:
         c = self.conn

@@ -41,9 +41,14 @@ class Workspace:
     def media_path(self, relative: str) -> Path:
         return self.root / relative
 
+    @staticmethod
+    def media_rel(sha256: str, suffix: str) -> str:
+        """Where the original with this hash is stored, relative to the workspace."""
+        return (Path("media") / sha256[:2] / f"{sha256}{suffix.lower()}").as_posix()
+
     def put_media(self, sha256: str, suffix: str, data: bytes) -> str:
         """Store original bytes under their hash (atomic rename); returns the workspace-relative path."""
-        rel = Path("media") / sha256[:2] / f"{sha256}{suffix.lower()}"
+        rel = Path(self.media_rel(sha256, suffix))
         dest = self.root / rel
         if not dest.exists():
             dest.parent.mkdir(parents=True, exist_ok=True)

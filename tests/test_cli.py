@@ -22,8 +22,9 @@ def test_full_chain(tmp_path, curation_source):
     ws = str(tmp_path / "ws")
     ing = json.loads(studio("ingest", str(curation_source), "--workspace", ws, "--json").stdout)
     assert ing["added"] == 9 and ing["rejected"] == 0
-    ana = json.loads(studio("analyze", "--workspace", ws, "--json").stdout)
-    assert ana["analyzed"] == 9 and ana["pack"].startswith("bundled:")
+    ana = json.loads(studio("analyze", "--workspace", ws, "--json", "--no-curate").stdout)
+    assert ana["analyzed"] == 9 and ana["pack"].startswith("bundled:") and "curation" not in ana
+    assert studio("problems", "--workspace", ws).stdout.strip() == "No ingest problems: every input was ingested."
     cur = json.loads(studio("curate", "--workspace", ws, "--json").stdout)
     assert cur["passed"] == 4 and cur["identity_outliers"] == 1
     stats = json.loads(studio("stats", "--workspace", ws, "--json").stdout)
@@ -39,8 +40,12 @@ def test_full_chain(tmp_path, curation_source):
     assert cur2["passed"] == 5 and cur2["rules"]["min_face_ratio"] == 0.02
     text = studio("stats", "--workspace", ws).stdout
     assert "| Images | 9 | 5 |" in text
-    exp = json.loads(studio("export", "--workspace", ws, "--out", str(tmp_path / "exp"), "--json").stdout)
-    assert exp["exported"] == 5
+    refused = studio("export", "--workspace", ws, "--out", str(tmp_path / "exp"), check=False)
+    assert refused.returncode == 2 and "not antelopev2" in refused.stderr and not (tmp_path / "exp").exists()
+    done = studio("export", "--workspace", ws, "--out", str(tmp_path / "exp"), "--json", "--allow-other-pack")
+    exp = json.loads(done.stdout)
+    assert exp["exported"] == 5 and exp["without_caption"] == 5
+    assert "warning: 5 exported image(s) have no approved caption" in done.stderr
 
 
 def test_bad_arguments_are_clear(tmp_path):

@@ -14,29 +14,31 @@ from studio.workspace import Workspace
 
 def test_export_kept_images(curated_ws, tmp_path):
     out = tmp_path / "export"
-    result = export_training_set(curated_ws, out)
+    result = export_training_set(curated_ws, out, allow_other_pack=True)
     kept = [r for r in image_list(curated_ws) if r["status"] == "pass"]
     assert result["exported"] == len(kept) == 4
     lines = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
     assert {line["person"] for line in lines} == {r["person"] for r in kept}
     by_sha = {r["sha256"][:16]: r for r in kept}
     for line in lines:
-        assert set(line) == {"image_file", "additional_feature", "bbox", "landmarks", "insightface_feature_file", "person"}
+        assert set(line) == {"image_file", "additional_feature", "bbox", "landmarks", "insightface_feature_file", "person",
+                             "face_pack", "face_index"}
         img = Image.open(out / line["image_file"])
         row = by_sha[line["image_file"].split("/")[-1].split(".")[0]]
+        assert line["face_pack"].startswith("bundled:") and line["face_index"] == row["subject_face"]
         assert img.size == (row["width"], row["height"])
         emb = np.load(out / line["insightface_feature_file"])
         assert emb.shape == (512,) and emb.dtype == np.float32
-        stored = curated_ws.store.faces(row["id"])[0]
+        stored = curated_ws.store.faces(row["id"])[row["subject_face"]]
         np.testing.assert_array_equal(emb, stored.embedding)  # raw, not normalised, as InstantID reads it
         assert line["landmarks"] == stored.kps and len(line["bbox"]) == 4
     # exporting again rewrites the same content
-    assert export_training_set(curated_ws, out) == result
+    assert export_training_set(curated_ws, out, allow_other_pack=True) == result
 
 
 def test_export_round_trips_through_ingest(curated_ws, tmp_path):
     out = tmp_path / "export"
-    export_training_set(curated_ws, out)
+    export_training_set(curated_ws, out, allow_other_pack=True)
     ws2 = Workspace.open(tmp_path / "ws2")
     report = ingest(ws2, out / "train.jsonl")
     assert report.added == 4 and report.rejected == 0
@@ -58,7 +60,7 @@ def test_exif_rotated_photo_exported_upright(tmp_path, photos, pack):
     ingest(ws, tmp_path / "src")
     analyze(ws, pack=pack)
     curate(ws)
-    export_training_set(ws, tmp_path / "out")
+    export_training_set(ws, tmp_path / "out", allow_other_pack=True)
     line = json.loads((tmp_path / "out" / "train.jsonl").read_text())
     assert line["image_file"].endswith(".png")
     exported = Image.open(tmp_path / "out" / line["image_file"])

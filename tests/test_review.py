@@ -55,8 +55,8 @@ def test_imported_captions_are_version_one_and_flagged(ws):
 
 def test_review_actions_keep_every_version(ws):
     i = ids(ws)["obama2.jpg"]
-    review.edit(ws, i, "A man speaking with his mouth open, wearing a dark suit.", "rita")
-    review.approve(ws, i, "sam")
+    review.edit(ws, i, 1, "A man speaking with his mouth open, wearing a dark suit.", "rita")
+    review.approve(ws, i, 2, "sam")
     hist = ws.store.caption_history(i)
     assert [(h["version"], h["status"], h["author"], h["origin"]) for h in hist] == [
         (1, "imported", "import", "import"), (2, "edited", "rita", "human"), (3, "approved", "sam", "human")]
@@ -66,12 +66,12 @@ def test_review_actions_keep_every_version(ws):
     # browse sees the current caption and its status
     page = browse(ws, BrowseFilter(caption_text="speaking", caption_status="approved"))
     assert [r["image_id"] for r in page.items] == [i]
-    review.reject(ws, i, "sam")
+    review.reject(ws, i, 3, "sam")
     assert ws.store.current_caption(i)["status"] == "rejected" and ws.store.tags_of(i) == []
     with pytest.raises(ValueError, match="cannot be empty"):
-        review.edit(ws, i, "  ", "rita")
+        review.edit(ws, i, 4, "  ", "rita")
     with pytest.raises(ValueError, match="reviewer's name"):
-        review.approve(ws, i, "")
+        review.approve(ws, i, 4, "")
 
 
 def test_bulk_approve_only_unflagged(ws):
@@ -101,14 +101,18 @@ def test_captions_api_end_to_end(served_captions):
         queue = admin.predict(status="generated", api_name="/caption_queue")
         assert queue["total"] == 3 and all(c["author"] == "ada" for c in queue["captions"])
         target = queue["captions"][0]["image_id"]
-        edited = admin.predict(image_id=target, action="edit", text="A woman wearing sunglasses.",
+        edited = admin.predict(image_id=target, action="edit", version=2, text="A woman wearing sunglasses.",
                                api_name="/caption_action")
         assert (edited["version"], edited["status"], edited["author"]) == (3, "edited", "ada")
         regen = admin.predict(image_id=target, action="regenerate", api_key="sk-ui-session-key-123456",
                               base_url=server.url, api_name="/caption_action")
         assert regen["status"] == "generated" and regen["version"] == 4 and len(server.requests) == 4
         with pytest.raises(AppError, match="unknown action"):
-            admin.predict(image_id=target, action="delete", api_name="/caption_action")
+            admin.predict(image_id=target, action="delete", version=4, api_name="/caption_action")
+        with pytest.raises(AppError, match="you saw version 3, the current one is version 4"):
+            admin.predict(image_id=target, action="approve", version=3, api_name="/caption_action")
+        with pytest.raises(AppError, match="image id must be a whole number, got 'abc'"):
+            admin.predict(image_id="abc", api_name="/caption_history")
     history = admin.predict(image_id=target, api_name="/caption_history")
     assert [h["status"] for h in history] == ["imported", "generated", "edited", "generated"]
     assert admin.predict(api_name="/caption_bulk_approve") == 3

@@ -12,6 +12,8 @@ import gradio as gr
 from ..auth import AccessPolicy
 from ..instantid import ModelCache
 from ..workspace import Workspace
+from .guard import Grants
+from .media import MediaServer
 
 
 @dataclass(frozen=True)
@@ -21,6 +23,12 @@ class StudioContext:
     note: str = ""
     face_pack: str = "auto"
     models: ModelCache = field(default_factory=ModelCache)  # generation models, loaded on first use
+    grants: Grants = field(default_factory=Grants)  # files a non-admin may fetch
+    media: MediaServer | None = None  # thumbnails and single files for the pages
+
+    def __post_init__(self) -> None:
+        if self.media is None:
+            object.__setattr__(self, "media", MediaServer(self.ws))
 
 
 def username(ctx: StudioContext, request: gr.Request | None) -> str | None:
@@ -44,4 +52,5 @@ def require_admin(ctx: StudioContext, request: gr.Request | None) -> None:
     r = role(ctx, request)
     if r != "admin":
         who = username(ctx, request) or "not signed in"
-        raise gr.Error(f"Access denied: this needs the admin role ({who} is {r or 'without a role'}).")
+        raise gr.Error(f"Access denied: this needs the admin role ({who} is {r or 'without a role'}).",
+                       print_exception=False)

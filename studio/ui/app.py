@@ -33,7 +33,7 @@ def build_app(ctx: StudioContext) -> gr.Blocks:
         generate.wire(ctx, g)
 
         persons, poses, tags = b.filters[0], b.filters[3], b.filters[4]
-        admin_outputs = [persons, poses, tags, b.summary, b.gallery, b.ids, b.page, g.weights, g.models]
+        admin_outputs = [persons, poses, tags, b.summary, b.gallery, b.ids, b.page, g.weights, g.models, c.readiness]
 
         def on_load(request: gr.Request):
             user, r = username(ctx, request), role(ctx, request)
@@ -46,7 +46,7 @@ def build_app(ctx: StudioContext) -> gr.Blocks:
             if is_admin:
                 status, names = generate.weights_status(ctx)
                 data = [*browse.choices_update(ctx), *browse.first_page(ctx), status,
-                        gr.CheckboxGroup(choices=names, value=names[:1])]
+                        gr.CheckboxGroup(choices=names, value=names[:1]), captions.readiness(ctx)]
             else:
                 data = [gr.update()] * len(admin_outputs)
             return [header, gr.Markdown(visible=is_admin and bool(ctx.note)), *shown, annotate.message(user), *data]

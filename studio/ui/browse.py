@@ -8,8 +8,9 @@ import gradio as gr
 from ..browse import (CAPTION_STATUSES, OUTLIER_CHOICES, SORTS, STATUSES, BrowseError, BrowseFilter, BrowsePage, browse,
                       filter_choices, image_detail)
 from ..curate import REASONS
+from ..stats import stale_message
 from .access import StudioContext, require_admin
-from .media import gallery_image
+from .feedback import api_errors, keep_on_mistake
 
 PAGE_SIZES = [24, 48, 96]
 
@@ -28,8 +29,10 @@ class BrowseTab:
     next: gr.Button
     detail_image: gr.Image
     detail_problem: gr.Markdown
+    detail_text: gr.Markdown
     detail_meta: gr.JSON
     detail_same: gr.Gallery
+    same_ids: gr.State
 
 
 def build() -> BrowseTab:
@@ -49,39 +52,34 @@ def build() -> BrowseTab:
             caption_text = gr.Textbox(label="Caption contains", placeholder="smiling glasses")
             caption_status = gr.Dropdown(["any", *CAPTION_STATUSES], value="any", label="Caption status")
             sort = gr.Dropdown(list(SORTS), value="id", label="Sort by")
-            descending = gr.Checkbox(label="Descending", value=False)
+            descending = gr.Checkbox(label="Descending", value=False, min_width=150, elem_id="descending")
         with gr.Row():
             apply = gr.Button("Apply filters", variant="primary")
             prev = gr.Button("◀ Previous")
-            page = gr.Number(label="Page", value=1, precision=0, minimum=1)
+            page = gr.Number(label="Page", value=1, precision=0, minimum=1, elem_id="page")
             page_size = gr.Dropdown(PAGE_SIZES, value=48, label="Per page")
             nxt = gr.Button("Next ▶")
-        summary = gr.Markdown()
-        gallery = gr.Gallery(label="Photos", columns=8, height="auto", allow_preview=False, elem_id="browse-gallery")
+        summary = gr.Markdown(elem_id="browse-summary")
+        # thumbnails are whole photos and shown whole: cropping would cut the faces off
+        gallery = gr.Gallery(label="Photos", columns=8, height="auto", allow_preview=False, object_fit="contain",
+                             elem_id="browse-gallery")
         ids = gr.State([])
         with gr.Row():
             with gr.Column(scale=2):
-                detail_image = gr.Image(label="Detail: faces and keypoints", interactive=False, elem_id="detail-image")
+                detail_image = gr.Image(label="Detail: faces and keypoints (subject face in green)", interactive=False,
+                                        elem_id="detail-image")
                 detail_problem = gr.Markdown()
             with gr.Column(scale=1):
-                detail_meta = gr.JSON(label="Metadata", elem_id="detail-meta")
-        detail_same = gr.Gallery(label="Other photos of this person", columns=8, height="auto", allow_preview=False)
+                detail_text = gr.Markdown(elem_id="detail-text")
+                with gr.Accordion("All fields (JSON)", open=False):
+                    detail_meta = gr.JSON(label="Metadata", elem_id="detail-meta")
+        detail_same = gr.Gallery(label="Other photos of this person (click to open)", columns=8, height="auto",
+                                 allow_preview=False, object_fit="contain", elem_id="same-person")
+        same_ids = gr.State([])
     filters = [persons, status, reason, pose, tags, min_side, max_side, min_ratio, max_ratio, outlier,
                caption_text, caption_status, sort, descending]
     return BrowseTab(tab, filters, page, page_size, summary, gallery, ids, apply, prev, nxt,
-                     detail_image, detail_problem, detail_meta, detail_same)
-
-
-def _none_if_any(v):
-    return None if v in (None, "", "any") else v
-
-
-def _int(v):
-    return None if v is None else int(v)
-
-
-def _float(v):
-    return None if v is None else float(v)
+                     detail_image, detail_problem, detail_text, detail_meta, detail_same, same_ids)
 
 
 def _filter(persons, status, reason, pose, tags, min_side, max_side, min_ratio, max_ratio, outlier, caption_text,
@@ -95,7 +93,7 @@ def _filter(persons, status, reason, pose, tags, min_side, max_side, min_ratio, 
             return None
         try:
             return cast(v.strip() if isinstance(v, str) else v)
-        except ValueError:
+        except (TypeError, ValueError):
             raise BrowseError(f"{name}: {v!r} is not a number") from None
 
     return BrowseFilter(
@@ -108,23 +106,22 @@ def _filter(persons, status, reason, pose, tags, min_side, max_side, min_ratio, 
     )
 
 
-def _checked_filter(*values) -> BrowseFilter:
+def _page_number(value) -> int:
+    if value is None or value == "":
+        return 1
     try:
-        return _filter(*values)
-    except BrowseError as exc:
-        raise gr.Error(str(exc)) from None
+        return max(1, int(value))
+    except (TypeError, ValueError, OverflowError):
+        raise BrowseError(f"page must be a whole number, got {value!r}") from None
 
 
 def _page(ctx: StudioContext, f: BrowseFilter, page, page_size) -> BrowsePage:
-    try:
-        return browse(ctx.ws, f, page=int(page or 1), page_size=int(page_size or 48))
-    except (BrowseError, ValueError) as exc:
-        raise gr.Error(str(exc)) from None
+    return browse(ctx.ws, f, page=_page_number(page), page_size=int(page_size or 48))
 
 
 def _gallery(ctx: StudioContext, result: BrowsePage):
     items = [
-        (gallery_image(ctx.ws, r["media_path"], r["media_missing"]),
+        (ctx.media.thumbnail(r["media_path"], r["media_missing"]),
          f"#{r['image_id']} {r['person']} · {r['status']}" + (f" · {', '.join(r['reasons'])}" if r["reasons"] else "")
          + (" · media file missing" if r["media_missing"] else ""))
         for r in result.items
@@ -132,11 +129,36 @@ def _gallery(ctx: StudioContext, result: BrowsePage):
     return result.summary, items, [r["image_id"] for r in result.items], result.page
 
 
-def _detail(ctx: StudioContext, image_id) -> dict:
-    try:
-        return image_detail(ctx.ws, int(image_id))
-    except (BrowseError, TypeError, ValueError) as exc:
-        raise gr.Error(str(exc)) from None
+def detail_markdown(m: dict) -> str:
+    """The detail's metadata as a person reads it: verdict, reasons, the subject face, every face."""
+    lines = [f"### #{m['id']} · {m['person']} · {m['status']}",
+             f"**Reasons:** {', '.join(m['reasons']) or 'none'}" + (" · *verdict is stale: run curate*" if m["verdict_stale"] else ""),
+             f"**Size:** {m['size']} ({m['original_mode']}{', EXIF-rotated' if m['exif_rotated'] else ''}) · "
+             f"**face pack:** {m['face_pack'] or 'not analyzed'}"]
+    if m["subject_face"] is not None:
+        sim = "" if m["identity_sim"] is None else f" · identity similarity {m['identity_sim']:.3f}"
+        lines.append(f"**Subject face:** #{m['subject_face']}, {m['subject_chosen_by']}{sim}"
+                     + (" · **identity outlier**" if m["outlier"] else ""))
+    if m["faces"]:
+        lines += ["", "| face | box (x1, y1, x2, y2) | score | share of image | pose |", "|---|---|---|---|---|"]
+        lines += [f"| #{f['index']}{' (subject)' if f['index'] == m['subject_face'] else ''} | "
+                  f"{', '.join(f'{v:.0f}' for v in f['bbox'])} | {f['score']:.2f} | {f['area_ratio']:.1%} | {f['pose'] or '-'} |"
+                  for f in m["faces"]]
+    elif m["analysis_error"]:
+        lines.append(f"**Analysis failed:** {m['analysis_error']}")
+    if m["caption"]:
+        lines += ["", f"**Caption ({m['caption_status']}):** {m['caption']}"]
+    if m["tags"]:
+        lines.append(f"**Tags:** {', '.join(m['tags'])}")
+    lines.append(f"**Source:** `{m['source']}`")
+    return "\n\n".join(lines[:3]) + "\n\n" + "\n".join(lines[3:])
+
+
+def _detail_outputs(ctx: StudioContext, image_id):
+    d = image_detail(ctx.ws, image_id)
+    same = [(ctx.media.thumbnail(o["media_path"]), o["label"]) for o in d["same_person"]]
+    return (d["annotated"], d["problem"] or "", detail_markdown(d["metadata"]), d["metadata"], same,
+            [o["image_id"] for o in d["same_person"]])
 
 
 def choices_update(ctx: StudioContext):
@@ -148,32 +170,40 @@ def choices_update(ctx: StudioContext):
 
 
 def first_page(ctx: StudioContext):
-    return _gallery(ctx, _page(ctx, BrowseFilter(), 1, 48))
+    """The opening page, with a word when verdicts are older than the analyses."""
+    summary, *rest = _gallery(ctx, _page(ctx, BrowseFilter(), 1, 48))
+    stale = stale_message(ctx.ws.store.stale_verdicts())
+    return (summary + (f"\n\n**Warning:** {stale}" if stale else ""), *rest)
 
 
 def wire(ctx: StudioContext, t: BrowseTab) -> None:
     page_outputs = [t.summary, t.gallery, t.ids, t.page]
-    detail_outputs = [t.detail_image, t.detail_problem, t.detail_meta, t.detail_same]
+    detail_outputs = [t.detail_image, t.detail_problem, t.detail_text, t.detail_meta, t.detail_same, t.same_ids]
 
     def show(values, page, page_size, request):
         require_admin(ctx, request)
-        return _gallery(ctx, _page(ctx, _checked_filter(*values), page, page_size))
+        return _gallery(ctx, _page(ctx, _filter(*values), page, page_size))
 
+    @keep_on_mistake(len(page_outputs))
     def on_apply(request: gr.Request, *values):
         return show(values[:-2], 1, values[-1], request)
 
+    @keep_on_mistake(len(page_outputs))
     def on_page(request: gr.Request, *values):
         return show(values[:-2], values[-2], values[-1], request)
 
     def on_step(delta: int):
+        @keep_on_mistake(len(page_outputs))
         def step(request: gr.Request, *values):
-            return show(values[:-2], max(1, int(values[-2] or 1) + delta), values[-1], request)
+            return show(values[:-2], max(1, _page_number(values[-2]) + delta), values[-1], request)
         return step
 
-    def on_select(request: gr.Request, ids: list, evt: gr.SelectData):
-        require_admin(ctx, request)
-        d = _detail(ctx, ids[evt.index])
-        return d["annotated"], d["problem"] or "", d["metadata"], d["same_person"]
+    def on_select():
+        @keep_on_mistake(len(detail_outputs))
+        def select(request: gr.Request, ids: list, evt: gr.SelectData):
+            require_admin(ctx, request)
+            return _detail_outputs(ctx, ids[evt.index])
+        return select
 
     inputs = [*t.filters, t.page, t.page_size]
     private = {"api_visibility": "private"}
@@ -181,29 +211,33 @@ def wire(ctx: StudioContext, t: BrowseTab) -> None:
     t.page.submit(on_page, inputs, page_outputs, **private)
     t.prev.click(on_step(-1), inputs, page_outputs, **private)
     t.next.click(on_step(+1), inputs, page_outputs, **private)
-    t.gallery.select(on_select, [t.ids], detail_outputs, **private)
+    t.gallery.select(on_select(), [t.ids], detail_outputs, **private)
+    t.detail_same.select(on_select(), [t.same_ids], detail_outputs, **private)
 
+    @api_errors
     def browse_api(request: gr.Request, persons: list[str] | None = None, status: str = "all", reason: str = "any",
                    pose: str = "any", tags: list[str] | None = None, min_side: int | None = None,
                    max_side: int | None = None, min_face_ratio: float | None = None,
                    max_face_ratio: float | None = None, outlier: str = "any", caption_text: str = "",
                    caption_status: str = "any", sort: str = "id", descending: bool = False, page: int = 1,
                    page_size: int = 48) -> dict:
-        """One page of images matching the filters, with their metadata."""
+        """One page of images matching the filters, with their metadata (a page past the end gives the last)."""
         require_admin(ctx, request)
-        f = _checked_filter(persons, status, reason, pose, tags, min_side, max_side, min_face_ratio, max_face_ratio,
-                            outlier, caption_text, caption_status, sort, descending)
+        f = _filter(persons, status, reason, pose, tags, min_side, max_side, min_face_ratio, max_face_ratio,
+                    outlier, caption_text, caption_status, sort, descending)
         result = _page(ctx, f, page, page_size)
         keep = ("image_id", "person", "status", "reasons", "pose", "width", "height", "face_count", "face_ratio",
                 "outlier", "identity_sim", "caption", "caption_status", "media_path", "media_missing")
         return {"total": result.total, "page": result.page, "pages": result.pages,
                 "items": [{k: r[k] for k in keep} for r in result.items]}
 
+    @api_errors
     def detail_api(request: gr.Request, image_id: int) -> dict:
         """All metadata of one image, a problem message if its photo cannot be shown, and the person's other photos."""
         require_admin(ctx, request)
-        d = _detail(ctx, image_id)
-        return {"metadata": d["metadata"], "problem": d["problem"], "same_person": [p for p, _ in d["same_person"]]}
+        d = image_detail(ctx.ws, image_id)
+        return {"metadata": d["metadata"], "problem": d["problem"],
+                "same_person": [o["image_id"] for o in d["same_person"]]}
 
     gr.api(browse_api, api_name="browse")
     gr.api(detail_api, api_name="detail")

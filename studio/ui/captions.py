@@ -13,8 +13,9 @@ import pandas as pd
 
 from .. import review
 from ..captions import FLAGS, CaptionSettings, caption_workspace, regenerate
+from ..validate import parse_id, plural
 from .access import StudioContext, require_admin, username
-from .media import gallery_image
+from .feedback import api_errors, keep_on_mistake
 
 ACTIONS = ("approve", "reject", "edit", "regenerate")
 
@@ -27,6 +28,8 @@ class CaptionsTab:
     model: gr.Textbox
     concurrency: gr.Slider
     kept_only: gr.Checkbox
+    overwrite: gr.Checkbox
+    readiness: gr.Markdown
     run: gr.Button
     run_summary: gr.Markdown
     status: gr.Dropdown
@@ -38,6 +41,7 @@ class CaptionsTab:
     queue: gr.Gallery
     ids: gr.State
     current: gr.Number
+    version: gr.Number
     photo: gr.Image
     caption: gr.Textbox
     flags: gr.Markdown
@@ -59,6 +63,8 @@ def build() -> CaptionsTab:
                 model = gr.Textbox(label="Model", value="gpt-4o")
                 concurrency = gr.Slider(1, 64, value=8, step=1, label="Requests in flight")
                 kept_only = gr.Checkbox(label="Only images that passed curation", value=True)
+                overwrite = gr.Checkbox(label="Replace captions a person approved or edited", value=False)
+            readiness = gr.Markdown(elem_id="caption-readiness")
             run = gr.Button("Caption", variant="primary")
             run_summary = gr.Markdown()
         with gr.Row():
@@ -71,6 +77,7 @@ def build() -> CaptionsTab:
         queue = gr.Gallery(label="Queue", columns=8, height="auto", allow_preview=False, elem_id="caption-queue")
         ids = gr.State([])
         current = gr.Number(visible=False, precision=0)
+        version = gr.Number(visible=False, precision=0)  # the version on screen: actions on an older one are refused
         with gr.Row():
             photo = gr.Image(label="Photo", interactive=False)
             with gr.Column():
@@ -82,29 +89,41 @@ def build() -> CaptionsTab:
                     save = gr.Button("Save edit")
                     regen = gr.Button("Regenerate")
         history = gr.Dataframe(label="Versions", interactive=False)
-    return CaptionsTab(tab, api_key, base_url, model, concurrency, kept_only, run, run_summary, status, flag, person,
-                       load, bulk, queue_summary, queue, ids, current, photo, caption, flags, history, approve, reject,
-                       save, regen)
+    return CaptionsTab(tab, api_key, base_url, model, concurrency, kept_only, overwrite, readiness, run, run_summary,
+                       status, flag, person, load, bulk, queue_summary, queue, ids, current, version, photo, caption,
+                       flags, history, approve, reject, save, regen)
 
 
 def _settings(base_url: str, model: str, concurrency) -> CaptionSettings:
-    try:
-        return CaptionSettings(base_url=(base_url or "").strip() or None, model=(model or "").strip() or "gpt-4o",
-                               concurrency=int(concurrency or 8))
-    except ValueError as exc:
-        raise gr.Error(str(exc)) from None
+    return CaptionSettings(base_url=(base_url or "").strip() or None, model=(model or "").strip() or "gpt-4o",
+                           concurrency=int(concurrency or 8))
 
 
 def _key(typed: str | None) -> str | None:
     return (typed or "").strip() or os.environ.get("OPENAI_API_KEY")
 
 
-def run_captioning(ctx: StudioContext, api_key, base_url, model, concurrency, kept_only, author, progress=None) -> dict:
-    try:
-        report = caption_workspace(ctx.ws, _settings(base_url, model, concurrency), _key(api_key),
-                                   kept_only=bool(kept_only), author=author, progress=progress)
-    except ValueError as exc:
-        raise gr.Error(str(exc)) from None
+def readiness(ctx: StudioContext) -> str:
+    """What stands between the user and a caption run, said before they click."""
+    parts = []
+    if not os.environ.get("OPENAI_API_KEY"):
+        parts.append("No API key is set on the server (`OPENAI_API_KEY`): enter one above; it is used for "
+                     "your requests only and never stored.")
+    statuses = dict((s, n) for s, n in ctx.ws.store.caption_status_counts())
+    captioned = sum(n for s, n in statuses.items() if s != "none")
+    if not captioned:
+        parts.append("Nothing is captioned yet: **Caption** asks the model for every selected image.")
+    else:
+        parts.append(f"{plural(captioned, 'image')} captioned (" + ", ".join(f"{s} {n}" for s, n in sorted(statuses.items())
+                                                                       if s != "none") + ").")
+    return " ".join(parts)
+
+
+def run_captioning(ctx: StudioContext, api_key, base_url, model, concurrency, kept_only, author, progress=None,
+                   overwrite_reviewed: bool = False) -> dict:
+    report = caption_workspace(ctx.ws, _settings(base_url, model, concurrency), _key(api_key),
+                               kept_only=bool(kept_only), author=author, progress=progress,
+                               overwrite_reviewed=bool(overwrite_reviewed))
     return report.as_dict()
 
 
@@ -112,6 +131,9 @@ def summary_text(r: dict) -> str:
     text = (f"Captioned **{r['captioned']}**, already done {r['skipped']}, failed {r['failed']} in {r['seconds']} s · "
             f"tokens {r['prompt_tokens']:,} in / {r['completion_tokens']:,} out · estimated cost "
             f"${r['cost_usd']:.4f} (${r['cost_per_caption_usd']:.5f} per caption)")
+    if r["kept_reviewed"]:
+        text += (f" · {plural(r['kept_reviewed'], 'image')} kept the caption a person approved or edited "
+                 "(the new one is stored as a version)")
     if r["flagged"]:
         text += " · flagged: " + ", ".join(f"{k} {v}" for k, v in r["flagged"].items())
     if r["errors"]:
@@ -129,35 +151,42 @@ def queue_data(ctx: StudioContext, status, flag, person, limit: int = 96) -> tup
     return ctx.ws.store.caption_queue(**_queue_filters(status, flag, person), limit=limit)
 
 
-def detail(ctx: StudioContext, image_id: int):
-    cur = ctx.ws.store.current_caption(int(image_id))
+def detail(ctx: StudioContext, image_id):
+    """(version, photo, text, flags line, versions table) of an image's current caption."""
+    image_id = parse_id(image_id)
+    cur = ctx.ws.store.current_caption(image_id)
     if cur is None:
-        raise gr.Error(f"image {image_id} has no caption")
-    row = ctx.ws.store.image_table(image_ids=[int(image_id)])[0]
-    path = ctx.ws.media_path(row["media_path"])
+        raise ValueError(f"image {image_id} has no caption")
+    row = ctx.ws.store.image_table(image_ids=[image_id])[0]
     hist = pd.DataFrame([(h["version"], h["status"], h["author"], h["created_at"], ", ".join(h["flags"]), h["text"])
                          for h in ctx.ws.store.caption_history(int(image_id))],
                         columns=["version", "status", "by", "when", "flags", "text"])
     flags = ("**Flags:** " + ", ".join(cur["flags"])) if cur["flags"] else "No flags."
-    return (str(path) if path.is_file() else None), cur["text"], f"{flags} Status: **{cur['status']}**.", hist
+    newer = [h for h in ctx.ws.store.caption_history(image_id) if h["version"] > cur["version"]]
+    note = (f" A newer model caption (version {newer[-1]['version']}) is kept beside this reviewed one; see Versions."
+            if newer else "")
+    return (cur["version"], ctx.media.file(row["media_path"]), cur["text"],
+            f"{flags} Status: **{cur['status']}** (version {cur['version']}).{note}", hist)
 
 
-def act(ctx: StudioContext, image_id, action: str, text: str, author: str, api_key=None, base_url=None, model=None,
-        concurrency=None) -> dict:
-    if image_id is None:
-        raise gr.Error("pick a caption from the queue first")
-    try:
-        if action == "approve":
-            return review.approve(ctx.ws, int(image_id), author)
-        if action == "reject":
-            return review.reject(ctx.ws, int(image_id), author)
-        if action == "edit":
-            return review.edit(ctx.ws, int(image_id), text, author)
-        if action == "regenerate":
-            return regenerate(ctx.ws, int(image_id), _settings(base_url, model, concurrency), _key(api_key), author)
-    except ValueError as exc:
-        raise gr.Error(str(exc)) from None
-    raise gr.Error(f"unknown action {action!r}; one of {ACTIONS}")
+def act(ctx: StudioContext, image_id, version, action: str, text: str, author: str, api_key=None, base_url=None,
+        model=None, concurrency=None) -> dict:
+    """One review action on the caption version the reviewer saw."""
+    if image_id is None or image_id == "":
+        raise ValueError("pick a caption from the queue first")
+    image_id = parse_id(image_id)
+    if action == "regenerate":
+        return regenerate(ctx.ws, image_id, _settings(base_url, model, concurrency), _key(api_key), author)
+    if action not in ACTIONS:
+        raise ValueError(f"unknown action {action!r}; one of {ACTIONS}")
+    if version is None or version == "":
+        raise ValueError("say which caption version you reviewed (the version shown with it)")
+    version = parse_id(version, "version")
+    if action == "approve":
+        return review.approve(ctx.ws, image_id, version, author)
+    if action == "reject":
+        return review.reject(ctx.ws, image_id, version, author)
+    return review.edit(ctx.ws, image_id, version, text, author)
 
 
 def wire(ctx: StudioContext, t: CaptionsTab) -> None:
@@ -166,58 +195,73 @@ def wire(ctx: StudioContext, t: CaptionsTab) -> None:
     def who(request) -> str:
         return username(ctx, request) or "local admin"
 
-    def on_run(request: gr.Request, api_key, base_url, model, concurrency, kept_only, progress=gr.Progress()):
+    @keep_on_mistake(2)
+    def on_run(request: gr.Request, api_key, base_url, model, concurrency, kept_only, overwrite, progress=gr.Progress()):
         require_admin(ctx, request)
         r = run_captioning(ctx, api_key, base_url, model, concurrency, kept_only, who(request),
-                           progress=lambda it, **kw: progress.tqdm(it, **kw))
-        return summary_text(r)
+                           progress=lambda it, **kw: progress.tqdm(it, **kw), overwrite_reviewed=overwrite)
+        return summary_text(r), readiness(ctx)
 
-    t.run.click(on_run, [t.api_key, t.base_url, t.model, t.concurrency, t.kept_only], [t.run_summary], **private)
+    t.run.click(on_run, [t.api_key, t.base_url, t.model, t.concurrency, t.kept_only, t.overwrite],
+                [t.run_summary, t.readiness], **private)
 
-    def on_load(request: gr.Request, status, flag, person):
-        require_admin(ctx, request)
+    def queue_view(status, flag, person):
         rows, total = queue_data(ctx, status, flag, person)
         # one gallery item per row (a placeholder for a deleted photo), so a click's index finds its image id
-        items = [(gallery_image(ctx.ws, r["media_path"]), f"#{r['image_id']} {r['person']} · {r['status']}"
+        items = [(ctx.media.thumbnail(r["media_path"]), f"#{r['image_id']} {r['person']} · {r['status']}"
                   + (f" · {', '.join(r['flags'])}" if r["flags"] else "")) for r in rows]
-        return f"{total} captions in this queue (showing {len(items)})", items, [r["image_id"] for r in rows]
+        return f"{plural(total, 'caption')} in this queue (showing {len(items)})", items, [r["image_id"] for r in rows]
+
+    @keep_on_mistake(3)
+    def on_load(request: gr.Request, status, flag, person):
+        require_admin(ctx, request)
+        return queue_view(status, flag, person)
 
     queue_io = ([t.status, t.flag, t.person], [t.queue_summary, t.queue, t.ids])
     t.load.click(on_load, *queue_io, **private)
 
+    detail_outputs = [t.current, t.version, t.photo, t.caption, t.flags, t.history]
+
+    @keep_on_mistake(len(detail_outputs))
     def on_select(request: gr.Request, ids: list, evt: gr.SelectData):
         require_admin(ctx, request)
         image_id = ids[evt.index]
         return (image_id, *detail(ctx, image_id))
 
-    detail_outputs = [t.current, t.photo, t.caption, t.flags, t.history]
     t.queue.select(on_select, [t.ids], detail_outputs, **private)
 
     def on_action(action):
-        def handler(request: gr.Request, image_id, text, api_key, base_url, model, concurrency):
+        @keep_on_mistake(len(detail_outputs))
+        def handler(request: gr.Request, image_id, version, text, api_key, base_url, model, concurrency):
             require_admin(ctx, request)
-            act(ctx, image_id, action, text, who(request), api_key, base_url, model, concurrency)
+            act(ctx, image_id, version, action, text, who(request), api_key, base_url, model, concurrency)
             return (image_id, *detail(ctx, image_id))
         return handler
 
-    action_inputs = [t.current, t.caption, t.api_key, t.base_url, t.model, t.concurrency]
+    action_inputs = [t.current, t.version, t.caption, t.api_key, t.base_url, t.model, t.concurrency]
     for button, action in ((t.approve, "approve"), (t.reject, "reject"), (t.save, "edit"), (t.regen, "regenerate")):
         button.click(on_action(action), action_inputs, detail_outputs, **private)
 
+    @keep_on_mistake(3)
     def on_bulk(request: gr.Request, status, flag, person):
         require_admin(ctx, request)
         n = review.bulk_approve_unflagged(ctx.ws, who(request))
-        summary, items, ids = on_load(request, status, flag, person)
-        return f"Approved {n} unflagged captions. " + summary, items, ids
+        summary, items, ids = queue_view(status, flag, person)
+        return f"Approved {plural(n, 'unflagged caption')}. " + summary, items, ids
 
     t.bulk.click(on_bulk, *queue_io, **private)
 
+    @api_errors
     def caption_run_api(request: gr.Request, api_key: str = "", base_url: str = "", model: str = "gpt-4o",
-                        concurrency: int = 8, kept_only: bool = True) -> dict:
-        """Caption the images that have no caption under these settings; returns the run report."""
-        require_admin(ctx, request)
-        return run_captioning(ctx, api_key, base_url, model, concurrency, kept_only, who(request))
+                        concurrency: int = 8, kept_only: bool = True, overwrite_reviewed: bool = False) -> dict:
+        """Caption the images that have no caption under these settings; returns the run report.
 
+        Captions a person approved or edited stay current unless overwrite_reviewed."""
+        require_admin(ctx, request)
+        return run_captioning(ctx, api_key, base_url, model, concurrency, kept_only, who(request),
+                              overwrite_reviewed=overwrite_reviewed)
+
+    @api_errors
     def caption_queue_api(request: gr.Request, status: str = "any", flag: str = "any flag", person: str = "") -> dict:
         """Current captions for review, filtered by status, flag and person."""
         require_admin(ctx, request)
@@ -225,19 +269,24 @@ def wire(ctx: StudioContext, t: CaptionsTab) -> None:
         return {"total": total, "captions": [{k: r[k] for k in ("image_id", "person", "version", "status", "flags",
                                                                  "text", "author", "created_at")} for r in rows]}
 
-    def caption_action_api(request: gr.Request, image_id: int, action: str, text: str = "", api_key: str = "",
-                           base_url: str = "", model: str = "gpt-4o") -> dict:
-        """approve | reject | edit (with text) | regenerate one image's caption; returns the new current version."""
+    @api_errors
+    def caption_action_api(request: gr.Request, image_id: int, action: str, version: int | None = None, text: str = "",
+                           api_key: str = "", base_url: str = "", model: str = "gpt-4o") -> dict:
+        """approve | reject | edit (with text) the caption `version` you reviewed, or regenerate one image's caption.
+
+        A version that is no longer current is refused; returns the new current version."""
         require_admin(ctx, request)
-        cur = act(ctx, image_id, action, text, who(request), api_key, base_url, model, 1)
+        cur = act(ctx, image_id, version, action, text, who(request), api_key, base_url, model, 1)
         return {k: cur[k] for k in ("image_id", "version", "status", "text", "flags", "author", "created_at")}
 
+    @api_errors
     def caption_history_api(request: gr.Request, image_id: int) -> list:
         """Every caption version of one image, oldest first, with who and when."""
         require_admin(ctx, request)
         return [{k: h[k] for k in ("version", "status", "origin", "text", "flags", "author", "created_at", "model")}
-                for h in ctx.ws.store.caption_history(int(image_id))]
+                for h in ctx.ws.store.caption_history(parse_id(image_id))]
 
+    @api_errors
     def bulk_approve_api(request: gr.Request) -> int:
         """Approve every unflagged current caption; returns how many."""
         require_admin(ctx, request)

@@ -7,11 +7,13 @@ from dataclasses import dataclass
 import gradio as gr
 
 from ..faces import FaceAnalyzer, MissingModelError, resolve_pack
-from ..generate import (DEFAULT_SWEEP, NoFaceError, face_from_photo, face_from_workspace, generate, parse_sweep,
+from ..generate import (DEFAULT_SWEEP, face_from_photo, face_from_workspace, generate, parse_sweep,
                         registered_models, save_reference)
 from ..instantid import GenerationSettings, MissingWeightsError, missing_weights
 from ..zerogpu import gpu_function
+from ..validate import parse_id
 from .access import StudioContext, require_admin, username
+from .feedback import api_errors, keep_on_mistake
 
 
 @dataclass
@@ -86,7 +88,7 @@ def _run(ctx: StudioContext, models, face, settings, lambdas, author):
 
 def run_generation(ctx: StudioContext, reference, image_id, prompt, ip_scale, model_names, sweep, sweep_values,
                    negative, strength, steps, guidance, seed, width, height, face_only, author: str):
-    """Validate, find the face, generate; returns (note, gallery items). Errors are gr.Error messages."""
+    """Validate, find the face, generate; returns (note, [(sample path, label)]). Mistakes raise ValueError."""
     try:
         if not (prompt or "").strip():
             raise ValueError("write a prompt")
@@ -109,30 +111,33 @@ def run_generation(ctx: StudioContext, reference, image_id, prompt, ip_scale, mo
         if reference is not None:
             face = face_from_photo(reference, FaceAnalyzer(resolve_pack(ctx.face_pack)), save_reference(ctx.ws, reference))
         elif (image_id or "").strip():
-            face = face_from_workspace(ctx.ws, int(image_id))
+            face = face_from_workspace(ctx.ws, parse_id(image_id))
         else:
             raise ValueError("upload a reference photo or give a workspace image id")
         samples = _run(ctx, specs, face, settings, lambdas, author)
-    except (ValueError, NoFaceError, MissingWeightsError, MissingModelError) as exc:
-        raise gr.Error(str(exc)) from None
+    except (MissingWeightsError, MissingModelError) as exc:
+        raise ValueError(str(exc)) from None
     note = face.note
     if face.pack != "antelopev2":
         note += (" The released InstantID / CrossFaceID weights were trained on antelopev2 embeddings; with another "
                  "face pack their identity fidelity is not meaningful.")
-    return note, [(str(s.path), f"{s.model} · λ={s.ip_scale:g}") for s in samples]
+    return note, [(s.path, f"{s.model} · λ={s.ip_scale:g}") for s in samples]
 
 
 def wire(ctx: StudioContext, t: GenerateTab) -> None:
     inputs = [t.reference, t.image_id, t.prompt, t.ip_scale, t.models, t.sweep, t.sweep_values, t.negative,
               t.strength, t.steps, t.guidance, t.seed, t.width, t.height, t.face_only]
 
+    @keep_on_mistake(2)
     def on_run(request: gr.Request, *values, progress=gr.Progress()):
         require_admin(ctx, request)
         progress(0, desc="loading models and generating")
-        return run_generation(ctx, *values, author=username(ctx, request) or "local admin")
+        note, items = run_generation(ctx, *values, author=username(ctx, request) or "local admin")
+        return note, [(ctx.media.file(str(p.relative_to(ctx.ws.root))), label) for p, label in items]
 
     t.run.click(on_run, inputs, [t.note, t.gallery], api_visibility="private")
 
+    @api_errors
     def generate_api(request: gr.Request, prompt: str, models: list[str], image_id: int | None = None,
                      ip_scale: float = 0.8, sweep: str = "", negative_prompt: str = "", identitynet_scale: float = 0.8,
                      steps: int = 30, guidance: float = 5.0, seed: int = 0, width: int = 1024, height: int = 1024,
@@ -144,6 +149,7 @@ def wire(ctx: StudioContext, t: GenerateTab) -> None:
                                      seed, width, height, face_region_only, author=username(ctx, request) or "api")
         return {"note": note, "samples": [{"output": os.path.relpath(p, ctx.ws.root), "label": label} for p, label in items]}
 
+    @api_errors
     def models_api(request: gr.Request) -> dict:
         """Registered models and what weights each is missing on this machine."""
         require_admin(ctx, request)

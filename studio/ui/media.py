@@ -1,15 +1,56 @@
-"""Photos in galleries: a workspace file, or a placeholder when it was deleted behind the studio's back."""
+"""Photos for the pages: single files handed to Gradio one by one, never a workspace folder.
+
+Gradio may only serve what it was given, so the workspace is not in its allowed paths: a page
+gets a thumbnail or a link to one file, made in a private serving folder outside the workspace,
+and the file guard (:mod:`.guard`) decides by role who may fetch it.
+"""
 from __future__ import annotations
 
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
 from ..config import ASSETS_DIR
+from ..images import ImageError
+from ..thumbnails import make_thumbnail
 from ..workspace import Workspace
 
 MISSING = ASSETS_DIR / "ui" / "missing.png"
 
 
-def gallery_image(ws: Workspace, media_path: str, missing: bool | None = None) -> str:
-    """Path to show for a workspace photo; ``missing`` when the caller already checked the file."""
-    path = ws.media_path(media_path)
-    if missing is None:
-        missing = not path.is_file()
-    return str(MISSING if missing else path)
+class MediaServer:
+    """Thumbnails and single-file links of one workspace, in a folder of their own."""
+
+    def __init__(self, ws: Workspace, root: str | Path | None = None):
+        self.ws = ws
+        self.dir = Path(root) if root else Path(tempfile.mkdtemp(prefix="crossfaceid-serve-"))
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def _name(self, rel: str, kind: str, suffix: str) -> Path:
+        return self.dir / kind / (hashlib.sha256(f"{self.ws.root}:{rel}".encode()).hexdigest()[:32] + suffix)
+
+    def thumbnail(self, media_path: str, missing: bool | None = None) -> str:
+        """A whole-photo thumbnail of a workspace image, or the placeholder when its file is gone."""
+        src = self.ws.media_path(media_path)
+        if missing or (missing is None and not src.is_file()):
+            return str(MISSING)
+        try:
+            return str(make_thumbnail(src, self._name(media_path, "thumbs", ".jpg")))
+        except ImageError:
+            return str(MISSING)
+
+    def file(self, rel: str) -> str | None:
+        """One workspace file (a photo, a generated sample) linked for serving; None if it is gone."""
+        src = self.ws.media_path(rel)
+        if not src.is_file():
+            return None
+        dest = self._name(rel, "files", src.suffix.lower())
+        if not dest.exists():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(src, dest)
+            except OSError:
+                shutil.copyfile(src, dest)
+        return str(dest)

@@ -1,14 +1,15 @@
 """Statistics tab: Table 1 before/after curation and the distributions as native gradio plots."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import gradio as gr
 import pandas as pd
 
-from ..stats import TABLE1_ROWS, distribution_frames
+from ..stats import TABLE1_ROWS, distribution_frames, stale_message
 from .access import StudioContext, require_admin
-
+from .feedback import api_errors
 
 
 @dataclass
@@ -47,19 +48,29 @@ def table1_frame(stats: dict) -> pd.DataFrame:
                         columns=["", "before curation", "after curation"])
 
 
-def _bars(df: pd.DataFrame, y: str) -> gr.BarPlot:
-    """A bar plot update whose y axis starts at 0 and fits the data (vega mis-scales a single bar otherwise)."""
+def count_axis_top(top: float) -> int:
+    """Top of a count axis: at least 10, so that the axis ticks fall on whole numbers."""
+    return max(10, math.ceil(top * 1.1))
+
+
+def _bars(df: pd.DataFrame, y: str, visible: bool = True) -> gr.BarPlot:
+    """A count bar plot: y from 0 (vega mis-scales a single bar otherwise), whole-number ticks."""
     top = float(df[y].max()) if len(df) else 1.0
-    return gr.BarPlot(value=df, y_lim=[0, top * 1.1])
+    return gr.BarPlot(value=df, y_lim=[0, count_axis_top(top)], y_axis_format="d", visible=visible)
 
 
 def statistics_values(ctx: StudioContext):
     frames = distribution_frames(ctx.ws)
-    note = "" if len(frames["attributes"]) else "No attribute tags yet: they come from captions."
+    has_tags = bool(len(frames["attributes"]))
+    note = "" if has_tags else ("**Facial attributes:** no attribute tags yet. Tags come from captions: caption the "
+                                "kept images in the Captions tab (or `python -m studio caption`), or re-tag with "
+                                "`python -m studio tag`.")
+    stale = stale_message(frames["stats"]["stale_verdicts"])
+    note = (f"**Warning:** {stale}\n\n" if stale else "") + note
     hist = frames["images_per_person"]
     return (table1_frame(frames["stats"]), _bars(frames["reasons"], "images"),
             _bars(hist[hist.stage == "before curation"], "persons"), _bars(hist[hist.stage == "after curation"], "persons"),
-            _bars(frames["pose"], "images"), _bars(frames["attributes"], "images"), note)
+            _bars(frames["pose"], "images"), _bars(frames["attributes"], "images", visible=has_tags), note)
 
 
 def wire(ctx: StudioContext, t: StatisticsTab) -> None:
@@ -72,6 +83,7 @@ def wire(ctx: StudioContext, t: StatisticsTab) -> None:
     t.refresh.click(on_refresh, None, outputs, api_visibility="private")
     t.tab.select(on_refresh, None, outputs, api_visibility="private")  # computed when looked at, not at page load
 
+    @api_errors
     def statistics_api(request: gr.Request) -> dict:
         """Table 1 before/after curation, rejection and ingest-problem counts, pose counts."""
         require_admin(ctx, request)
