@@ -112,7 +112,7 @@ def decode(data: bytes, path: str | Path, max_pixels: int = MAX_PIXELS, draft_si
             w, h = img.size
             if w * h > max_pixels:
                 raise ImageError(
-                    path, "decompression_bomb", f"{w}x{h} = {w * h:,} pixels exceeds the {max_pixels:,} limit"
+                    path, "decompression_bomb", f"{w}x{h} = {w * h:,} pixels exceeds the studio's limit of {max_pixels:,} pixels"
                 )
             if draft_side and fmt == "JPEG":
                 img.draft("RGB", (draft_side, draft_side))

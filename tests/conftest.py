@@ -120,7 +120,7 @@ def launch_app(workspace: Path, *args: str, env: dict | None = None):
     import time
 
     port = free_port()
-    env = {**os.environ, "STUDIO_FACE_PACK": "bundled", "GRADIO_TEMP_DIR": str(Path(workspace) / ".gradio_tmp"),
+    env = {**os.environ, "STUDIO_FACE_PACK": "bundled", "GRADIO_TEMP_DIR": str(Path(workspace).parent / f"{Path(workspace).name}_gradio_tmp"),
            **(env or {})}
     proc = subprocess.Popen([sys.executable, "app.py", "--workspace", str(workspace), "--port", str(port), *args],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

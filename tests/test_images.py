@@ -91,6 +91,11 @@ def test_decompression_bomb():
     with pytest.raises(ImageError) as err:
         decode(data, "bomb.png")
     assert err.value.code == "decompression_bomb"
+    # the message quotes the studio's limit, not PIL's internal one
+    assert f"exceeds the studio's limit of {MAX_PIXELS:,} pixels" in str(err.value)
+    huge = _encode(Image.new("1", (3 * side, 3 * side)), "PNG")  # past PIL's own hard limit too
+    with pytest.raises(ImageError, match=f"limit of {MAX_PIXELS:,} pixels"):
+        decode(huge, "bigger.png")
 
 
 def test_missing_file(tmp_path):

@@ -196,3 +196,110 @@ def test_unknown_source_type(tmp_path):
     (tmp_path / "x.txt").write_text("hi")
     with pytest.raises(ValueError, match="x.txt"):
         ingest(Workspace.open(tmp_path / "ws"), tmp_path / "x.txt")
+
+
+def test_jsonl_bad_fields_are_that_lines_problem(tmp_path, photos):
+    """Wrong types and NUL bytes in one line: a reason for that line, the valid lines all ingested."""
+    root = tmp_path / "jsonl"
+    for i, name in enumerate(("obama", "obama2", "biden", "astronaut")):
+        shutil.copy(photos[name], _dir(root / "images" / name) / f"{i}{photos[name].suffix}")
+    good = [{"image_file": f"images/{n}/{i}{photos[n].suffix}", "additional_feature": f"caption {i}"}
+            for i, n in enumerate(("obama", "obama2", "biden", "astronaut"))]
+    bad = [
+        {"image_file": 7}, {"image_file": ["a.jpg"]}, {"image_file": {"path": "a.jpg"}}, {"image_file": True},
+        {"image_file": "images/obama/0.jpg\x00.png"},
+        {"image_file": good[1]["image_file"], "additional_feature": {"text": "a dict"}},
+        {"image_file": good[2]["image_file"], "insightface_feature_file": 3},
+        {"image_file": good[3]["image_file"], "bbox": "1,2,3,4"},
+        {"image_file": good[3]["image_file"], "person": ["x"]},
+    ]
+    lines = [good[0], *bad[:5], good[1], *bad[5:], good[2], good[3]]
+    (root / "train.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    ws = Workspace.open(tmp_path / "ws")
+    report = ingest(ws, root / "train.jsonl")
+    assert report.added == 4 and report.rejected == len(bad)
+    assert report.as_dict()["rejected_by_reason"] == {"bad_field": len(bad)}
+    details = sorted(p["detail"] for p in ws.store.ingest_problems())
+    assert "field 'image_file' must be a string, got int" in details
+    assert "field 'image_file' must be a string, got array" in details
+    assert "field 'image_file' must be a string, got object" in details
+    assert "field 'image_file' must be a string, got boolean" in details
+    assert "field 'image_file' contains a NUL byte" in details
+    assert "field 'additional_feature' must be a string, got object" in details
+    assert "field 'insightface_feature_file' must be a string, got int" in details
+    # every problem names its line
+    assert all(":" in p["source"] and p["source"].startswith(str(root)) for p in ws.store.ingest_problems())
+    # no orphan media: exactly one file per stored image
+    media = [p for p in (ws.root / "media").rglob("*") if p.is_file()]
+    assert len(media) == ws.store.counts()["images"] == 4
+    assert ingest(ws, root / "train.jsonl").added == 0  # the rerun neither crashes nor adds
+
+
+def test_a_row_the_database_refuses_leaves_no_file(tmp_path, photos, monkeypatch):
+    """A failure while storing one photo (here: the database refusing the row) removes its media file."""
+    src = tmp_path / "src"
+    for name in ("obama", "biden"):
+        shutil.copy(photos[name], _dir(src / name) / photos[name].name)
+    ws = Workspace.open(tmp_path / "ws")
+    real = ws.store.add_image
+
+    def refuse_biden(**kw):
+        if kw["person"] == "biden":
+            raise __import__("sqlite3").IntegrityError("refused for the test")
+        return real(**kw)
+
+    monkeypatch.setattr(ws.store, "add_image", refuse_biden)
+    report = ingest(ws, src)
+    assert report.added == 1 and report.as_dict()["rejected_by_reason"] == {"ingest_failed": 1}
+    assert len([p for p in (ws.root / "media").rglob("*") if p.is_file()]) == 1
+
+
+def test_two_ingests_of_one_source_at_once(tmp_path, photos):
+    """Two processes ingesting the same folder: no crash, each photo once, no 'duplicate of itself'."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    src = tmp_path / "src"
+    for name in ("obama", "obama2", "obama3", "biden", "astronaut"):
+        shutil.copy(photos[name], _dir(src / name) / photos[name].name)
+    ws_dir = tmp_path / "ws"
+    Workspace.open(ws_dir)
+    cmd = [sys.executable, "-m", "studio", "ingest", str(src), "--workspace", str(ws_dir), "--json", "--workers", "1"]
+    procs = [subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1] for o in outs]
+    reports = [json.loads(o[0]) for o in outs]
+    assert sum(r["added"] for r in reports) == 5 and all(r["duplicates"] == 0 for r in reports)
+    ws = Workspace.open(ws_dir)
+    assert ws.store.counts()["images"] == 5 and ws.store.ingest_problems() == []
+
+
+def test_links_to_one_file_and_directory_loops(tmp_path, photos):
+    src = tmp_path / "src"
+    shutil.copy(photos["obama"], _dir(src / "obama") / "obama.jpg")
+    os.symlink(src / "obama" / "obama.jpg", src / "obama" / "link_a.jpg")
+    os.symlink(src / "obama" / "obama.jpg", src / "obama" / "link_b.jpg")
+    shutil.copy(photos["biden"], _dir(src / "biden" / "deep") / "biden.jpg")
+    os.symlink(src / "biden", src / "biden" / "deep" / "up")  # a loop back to the person folder
+    ws = Workspace.open(tmp_path / "ws")
+    report = ingest(ws, src)
+    assert report.added == 2 and report.duplicates == 0 and report.rejected == 0
+    assert ws.store.ingest_problems() == []  # a link to the same file is not a duplicate of itself
+    assert sum(report.reasons.values()) == report.rejected
+
+
+@pytest.mark.parametrize("fmt, suffix", [("GIF", ".gif"), ("BMP", ".bmp"), ("TIFF", ".tif")])
+def test_other_formats_keep_a_proper_extension(tmp_path, photos, fmt, suffix):
+    src = tmp_path / "src"
+    img = Image.open(photos["obama"]).convert("RGB")
+    _save(img, _dir(src / "obama") / f"photo{suffix}", format=fmt)
+    _save(img, src / "obama" / "no_extension", format=fmt)
+    ws = Workspace.open(tmp_path / "ws")
+    ingest(ws, src)
+    paths = sorted(r["media_path"] for r in ws.store.image_table())
+    assert len(paths) == 1 and paths[0].endswith(suffix)  # the second is the same content
+    from studio.ingest import _suffix
+
+    assert _suffix("", fmt) == suffix and _suffix(".weird", fmt) == suffix
