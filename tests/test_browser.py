@@ -53,8 +53,7 @@ def test_admin_filters_by_person_and_opens_detail(browser, served, tmp_path):
     captions = page.locator("#browse-gallery .caption-label").all_inner_texts()
     assert len(captions) == 5 and all(" obama " in f" {c} " for c in captions), captions
     page.locator("#browse-gallery button.thumbnail-item").first.click()
-    meta = page.locator("#detail-meta")
-    meta.get_by_text('"obama"').first.wait_for(timeout=30_000)
+    page.locator("#detail-text").get_by_text("obama").first.wait_for(timeout=30_000)
     page.locator("#detail-image img").wait_for(timeout=30_000)
     shot = artifacts_dir(tmp_path) / "browse_detail.png"
     page.screenshot(path=str(shot), full_page=True)
@@ -131,3 +130,74 @@ def test_reviewer_edits_a_flagged_caption(browser, captioned_app, tmp_path):
     hist = ws.store.caption_history(obama)
     assert [(h["status"], h["author"]) for h in hist] == [("imported", "import"), ("edited", "ada")]
     assert hist[-1]["text"] == "A grey-haired man in a dark suit smiles."
+
+
+def _gallery_srcs(page, selector="#browse-gallery") -> list[str]:
+    return page.locator(f"{selector} button.thumbnail-item img").evaluate_all("els => els.map(e => e.src)")
+
+
+def test_photos_reach_the_admin_and_nobody_else(browser, served):
+    page = login(browser, served, "ada")
+    page.get_by_text("9 images match").wait_for(timeout=30_000)
+    page.wait_for_function("document.querySelectorAll('#browse-gallery button.thumbnail-item img').length >= 9",
+                           timeout=30_000)
+    src = _gallery_srcs(page)[0]
+    assert "/gradio_api/file=" in src
+    ok = page.request.get(src)
+    assert ok.status == 200 and ok.headers["content-type"].startswith("image/")
+    annotator = login(browser, served, "ann")
+    assert annotator.request.get(src).status == 403
+    anonymous = browser.new_context().request.get(src)
+    assert anonymous.status in (401, 403)
+
+
+def test_thumbnails_are_whole_photos_and_a_mistake_keeps_the_gallery(browser, served, tmp_path):
+    page = login(browser, served, "ada")
+    page.get_by_text("9 images match").wait_for(timeout=30_000)
+    page.wait_for_function("document.querySelectorAll('#browse-gallery button.thumbnail-item img').length >= 9",
+                           timeout=30_000)
+    fits = page.locator("#browse-gallery button.thumbnail-item img").evaluate_all(
+        "els => els.map(e => [getComputedStyle(e).objectFit, e.naturalWidth, e.naturalHeight])")
+    assert {f[0] for f in fits} == {"contain"}
+    assert any(w < h for _, w, h in fits)  # portrait photos stay portrait: nothing was cropped square
+    before = _gallery_srcs(page)
+    page.locator("#min-side textarea, #min-side input").first.fill("abc")
+    page.get_by_role("button", name="Apply filters").click()
+    page.get_by_text("shortest side minimum: 'abc' is not a number").first.wait_for(timeout=30_000)
+    page.wait_for_timeout(500)
+    assert _gallery_srcs(page) == before  # the photos stay on screen
+    assert page.locator("#browse-gallery .error, #browse-summary .error").count() == 0
+    page.locator("#min-side textarea, #min-side input").first.fill("")
+    page.locator("#page input").first.fill("50")  # past the end: the last page
+    page.locator("#page input").first.press("Enter")
+    page.get_by_text("page 1 of 1").wait_for(timeout=30_000)
+    page.screenshot(path=str(artifacts_dir(tmp_path) / "browse_thumbnails.png"), full_page=True)
+
+
+def test_detail_is_readable_and_other_photos_open(browser, served):
+    page = login(browser, served, "ada")
+    page.get_by_text("9 images match").wait_for(timeout=30_000)
+    page.locator("#browse-gallery button.thumbnail-item").filter(has_text="obama").first.click()
+    text = page.locator("#detail-text")
+    text.get_by_text("Reasons:").wait_for(timeout=30_000)
+    first = text.inner_text()
+    page.wait_for_function("document.querySelectorAll('#same-person button.thumbnail-item').length > 0", timeout=30_000)
+    page.locator("#same-person button.thumbnail-item").first.click()
+    page.wait_for_function(f"!document.querySelector('#detail-text').innerText.startsWith({first.splitlines()[0]!r})",
+                           timeout=30_000)
+    assert page.locator("#detail-text").inner_text().splitlines()[0] != first.splitlines()[0]
+
+
+def test_approve_with_nothing_selected_is_a_warning(browser, captioned_app):
+    url, _ = captioned_app
+    page = login(browser, url, "ada")
+    page.get_by_role("tab", name="Captions").click()
+    page.get_by_text("No API key is set on the server").wait_for(timeout=30_000)
+    page.get_by_label("Status", exact=True).click()
+    page.get_by_role("option", name="any").click()
+    page.get_by_role("button", name="Load queue").click()
+    page.get_by_text("2 captions in this queue").wait_for(timeout=30_000)
+    page.get_by_role("button", name="Approve", exact=True).click()
+    page.get_by_text("pick a caption from the queue first").first.wait_for(timeout=30_000)
+    page.wait_for_timeout(500)
+    assert page.locator("#caption-queue button.thumbnail-item").count() == 2  # the queue stays

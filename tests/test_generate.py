@@ -95,6 +95,12 @@ def served_generate(tmp_path_factory, curation_source, pack, users_file, tiny_sp
 
     ws = Workspace.open(tmp_path_factory.mktemp("ws_generate"))
     ingest(ws, curation_source)
+    blank = tmp_path_factory.mktemp("blank_src")
+    (blank / "landscape").mkdir()
+    from PIL import Image
+
+    Image.new("RGB", (640, 640), (90, 140, 200)).save(blank / "landscape" / "sky.png")  # a photo without a face
+    ingest(ws, blank)
     analyze(ws, pack=pack)
     curate(ws)
     register_model(ws, tiny_spec)
@@ -118,11 +124,11 @@ def test_generate_tab_api(served_generate):
     assert all((ws.root / s["output"]).is_file() for s in result["samples"])
     with pytest.raises(AppError, match="missing weights"):
         admin.predict(prompt="x", models=["InstantID"], image_id=obama, steps=2, width=64, height=64, api_name="/generate")
-    no_face = next(r["id"] for r in ws.store.image_table() if r["face_count"] == 0) if any(
-        r["face_count"] == 0 for r in ws.store.image_table()) else None
-    if no_face is not None:
-        with pytest.raises(AppError, match="no analysed face"):
-            admin.predict(prompt="x", models=["tiny"], image_id=no_face, api_name="/generate")
+    no_face = next(r["id"] for r in ws.store.image_table() if r["face_count"] == 0)
+    with pytest.raises(AppError, match=f"image {no_face} has no analysed face"):
+        admin.predict(prompt="x", models=["tiny"], image_id=no_face, api_name="/generate")
+    with pytest.raises(AppError, match="image id must be between 1 and"):
+        admin.predict(prompt="x", models=["tiny"], image_id=2**70, api_name="/generate")
     with pytest.raises(AppError, match="λ"):
         admin.predict(prompt="x", models=["tiny"], image_id=obama, ip_scale=3.0, api_name="/generate")
     annotator = Client(url, auth=("ann", USERS["ann"][1]), verbose=False)

@@ -42,6 +42,15 @@ def test_bad_filter_is_a_message_not_a_trace(served):
         c.predict(persons=["nobody"], api_name="/browse")
     with pytest.raises(AppError, match="no image with id 424242"):
         c.predict(image_id=424242, api_name="/detail")
+    with pytest.raises(AppError, match="image id must be between 1 and 9223372036854775807"):
+        c.predict(image_id=2**70, api_name="/detail")
+
+
+def test_paging_past_the_end_shows_the_last_page(served):
+    c = client(served, "ada")
+    last = c.predict(page=999, page_size=4, api_name="/browse")
+    assert (last["page"], last["pages"], len(last["items"])) == (3, 3, 1)
+    assert c.predict(page=-2, page_size=4, api_name="/browse")["page"] == 1
 
 
 @pytest.mark.parametrize("endpoint, kwargs", [("/browse", {}), ("/detail", {"image_id": 1}), ("/statistics", {})])
@@ -55,9 +64,11 @@ def test_annotator_cannot_reach_admin_data(served, endpoint, kwargs):
 def test_wrong_password_and_anonymous_are_refused(served):
     from gradio_client import Client
 
-    with pytest.raises(Exception):
+    from gradio_client.exceptions import AuthenticationError
+
+    with pytest.raises(ValueError, match="Could not login"):
         Client(served, auth=("ada", "wrong-password"), verbose=False)
-    with pytest.raises(Exception):
+    with pytest.raises(AuthenticationError, match="credentials were not provided"):
         Client(served, verbose=False).predict(api_name="/statistics")
 
 

@@ -1,0 +1,92 @@
+"""What the pages say and show, checked on the functions the tabs call (the browser tests drive the same)."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from PIL import Image
+
+from studio.auth import AccessPolicy
+from studio.browse import BrowseFilter, BrowsePage, browse
+from studio.ingest import ingest
+from studio.ui.access import StudioContext
+from studio.workspace import Workspace
+
+
+@pytest.fixture()
+def ctx(tmp_path, photos):
+    src = tmp_path / "src"
+    for name in ("biden", "obama"):  # biden.jpg is a tall portrait (970 x 2204)
+        (src / name).mkdir(parents=True)
+        shutil.copy(photos[name], src / name / photos[name].name)
+    ws = Workspace.open(tmp_path / "ws")
+    ingest(ws, src)
+    return StudioContext(ws, AccessPolicy("none"))
+
+
+def test_thumbnails_show_the_whole_photo_outside_the_workspace(ctx):
+    row = next(r for r in ctx.ws.store.image_table() if r["person"] == "biden")
+    thumb = ctx.media.thumbnail(row["media_path"])
+    img = Image.open(thumb)
+    assert max(img.size) == 320 and abs(img.width / img.height - row["width"] / row["height"]) < 0.01  # not cropped
+    assert not thumb.startswith(str(ctx.ws.root))  # pages never get a workspace path
+    served = ctx.media.file(row["media_path"])
+    assert not served.startswith(str(ctx.ws.root)) and open(served, "rb").read() == ctx.ws.media_path(row["media_path"]).read_bytes()
+
+
+def test_summary_counts_read_naturally():
+    assert BrowsePage([], 1, 1, 1).summary == "1 image matches · page 1 of 1"
+    assert BrowsePage([], 2, 1, 1).summary == "2 images match · page 1 of 1"
+
+
+def test_browse_page_past_the_end_is_the_last_page(ctx):
+    page = browse(ctx.ws, BrowseFilter(), page=7, page_size=1)
+    assert (page.page, page.pages, len(page.items)) == (2, 2, 1)
+
+
+def test_captions_tab_says_what_is_missing_before_a_click(ctx, monkeypatch):
+    from studio.ui.captions import readiness
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    text = readiness(ctx)
+    assert "No API key is set on the server" in text and "Nothing is captioned yet" in text
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-set")
+    ctx.ws.store.add_caption(1, "A man.", status="generated", origin="model", author="m")
+    text = readiness(ctx)
+    assert "API key" not in text and "1 image captioned (generated 1)" in text
+
+
+def test_connection_error_names_the_url_it_tried(ctx):
+    from studio.captions import CaptionSettings, caption_workspace
+
+    from conftest import free_port
+
+    url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
+    report = caption_workspace(ctx.ws, CaptionSettings(base_url=url, max_retries=0, timeout=2), "sk-x", kept_only=False)
+    assert report.failed == 2 and all(f"could not connect to {url}" in e for e in report.errors)
+
+
+def test_empty_attribute_plot_is_hidden_and_explained(ctx):
+    from studio.ui.statistics import count_axis_top, statistics_values
+
+    values = statistics_values(ctx)
+    attributes, note = values[5], values[6]
+    assert attributes.visible is False and "no attribute tags yet" in note and "Captions tab" in note
+    assert count_axis_top(2) == 10 and count_axis_top(95) == 105  # small counts get whole-number ticks
+
+
+def test_mistakes_in_ui_events_keep_the_screen(ctx):
+    import gradio as gr
+
+    from studio.ui.feedback import keep_on_mistake
+
+    @keep_on_mistake(3)
+    def handler(page):
+        if page == "bad":
+            raise ValueError("page must be a whole number")
+        return 1, 2, 3
+
+    assert handler("ok") == (1, 2, 3)
+    with pytest.warns(UserWarning, match="page must be a whole number"):
+        kept = handler("bad")
+    assert kept == tuple(gr.skip() for _ in range(3))
