@@ -40,6 +40,11 @@ def test_full_chain(tmp_path, curation_source):
     assert cur2["passed"] == 5 and cur2["rules"]["min_face_ratio"] == 0.02
     text = studio("stats", "--workspace", ws).stdout
     assert "| Images | 9 | 5 |" in text
+    # a re-analysis brings the verdicts up to date itself (no stale verdicts, same rules)
+    redo = json.loads(studio("analyze", "--workspace", ws, "--json", "--redo").stdout)
+    assert redo["analyzed"] == 9 and redo["curation"]["passed"] == 5
+    after = studio("stats", "--workspace", ws, "--json")
+    assert json.loads(after.stdout)["stale_verdicts"] == 0 and "stale" not in after.stderr
     refused = studio("export", "--workspace", ws, "--out", str(tmp_path / "exp"), check=False)
     assert refused.returncode == 2 and "not antelopev2" in refused.stderr and not (tmp_path / "exp").exists()
     done = studio("export", "--workspace", ws, "--out", str(tmp_path / "exp"), "--json", "--allow-other-pack")

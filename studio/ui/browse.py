@@ -51,9 +51,9 @@ def build() -> BrowseTab:
             max_ratio = gr.Textbox(label="Face ratio ≤ (0-1)", placeholder="any", elem_id="max-ratio")
             caption_text = gr.Textbox(label="Caption contains", placeholder="smiling glasses")
             caption_status = gr.Dropdown(["any", *CAPTION_STATUSES], value="any", label="Caption status")
+        with gr.Row():
             sort = gr.Dropdown(list(SORTS), value="id", label="Sort by")
             descending = gr.Checkbox(label="Descending", value=False, min_width=150, elem_id="descending")
-        with gr.Row():
             apply = gr.Button("Apply filters", variant="primary")
             prev = gr.Button("◀ Previous")
             page = gr.Number(label="Page", value=1, precision=0, minimum=1, elem_id="page")
@@ -65,11 +65,11 @@ def build() -> BrowseTab:
                              elem_id="browse-gallery")
         ids = gr.State([])
         with gr.Row():
-            with gr.Column(scale=2):
+            with gr.Column(scale=3):
                 detail_image = gr.Image(label="Detail: faces and keypoints (subject face in green)", interactive=False,
-                                        elem_id="detail-image")
+                                        height=640, elem_id="detail-image")
                 detail_problem = gr.Markdown()
-            with gr.Column(scale=1):
+            with gr.Column(scale=2):
                 detail_text = gr.Markdown(elem_id="detail-text")
                 with gr.Accordion("All fields (JSON)", open=False):
                     detail_meta = gr.JSON(label="Metadata", elem_id="detail-meta")
@@ -140,9 +140,10 @@ def detail_markdown(m: dict) -> str:
         lines.append(f"**Subject face:** #{m['subject_face']}, {m['subject_chosen_by']}{sim}"
                      + (" · **identity outlier**" if m["outlier"] else ""))
     if m["faces"]:
-        lines += ["", "| face | box (x1, y1, x2, y2) | score | share of image | pose |", "|---|---|---|---|---|"]
-        lines += [f"| #{f['index']}{' (subject)' if f['index'] == m['subject_face'] else ''} | "
-                  f"{', '.join(f'{v:.0f}' for v in f['bbox'])} | {f['score']:.2f} | {f['area_ratio']:.1%} | {f['pose'] or '-'} |"
+        lines += ["", "**Faces:**"]
+        lines += [f"- #{f['index']}{' **(subject)**' if f['index'] == m['subject_face'] else ''}: "
+                  f"{f['area_ratio']:.1%} of the image, {f['pose'] or 'pose unknown'}, detection score {f['score']:.2f}, "
+                  f"box {', '.join(f'{v:.0f}' for v in f['bbox'])}"
                   for f in m["faces"]]
     elif m["analysis_error"]:
         lines.append(f"**Analysis failed:** {m['analysis_error']}")
