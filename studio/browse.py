@@ -9,16 +9,16 @@ import math
 import re
 from dataclasses import dataclass, field
 
-from .curate import REASONS
+from .codes import CAPTION_VERSION_STATUSES, REASONS, CaptionStatus, CurationStatus
 from .draw import draw_faces
 from .images import ImageError, load_rgb
 from .validate import parse_id, plural
 from .workspace import Workspace
 
-STATUSES = {"all": None, "pending": 0, "pass": 1, "fail": 2}
-STATUS_NAMES = {0: "pending", 1: "pass", 2: "fail"}
+STATUSES = {"all": None, **{s.label: int(s) for s in CurationStatus}}
+STATUS_NAMES = {int(s): s.label for s in CurationStatus}
 OUTLIER_CHOICES = ("any", "yes", "no")
-CAPTION_STATUSES = ("none", "imported", "generated", "edited", "approved", "rejected")
+CAPTION_STATUSES = (CaptionStatus.NONE.value, *CAPTION_VERSION_STATUSES)
 SORTS = ("id", "person", "face_ratio", "resolution", "identity_sim", "face_count")
 MAX_PAGE_SIZE = 200
 

@@ -15,7 +15,6 @@ import hashlib
 import io
 import json
 import logging
-import re
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 
 from PIL import Image
 
+from .caption_checks import FLAGS, check_caption  # noqa: F401  (FLAGS re-exported for the UI)
 from .images import ImageError, load_rgb
 from .parallel import bounded_map
 from .workspace import Workspace
@@ -38,7 +38,6 @@ PROMPT_PARTS = (
 PROMPT = " ".join(PROMPT_PARTS)
 PROMPT_VERSION = "crossfaceid-2025-v1"
 
-FLAGS = ("empty", "refusal", "structured", "too_long")
 
 
 @dataclass(frozen=True)
@@ -119,36 +118,6 @@ def build_messages(data_url: str) -> list[dict]:
         {"type": "text", "text": PROMPT},
         {"type": "image_url", "image_url": {"url": data_url}},
     ]}]
-
-
-# -- checks ------------------------------------------------------------------------------------
-
-_STRUCTURE = [
-    re.compile(r"^\s*\d+[.)]\s+\S", re.M),  # numbered list
-    re.compile(r"^\s*[-*•]\s+\S", re.M),  # bulleted list
-    re.compile(r"^\s*\|.*\|\s*$", re.M),  # markdown table row
-    re.compile(r"\*\*[^*\n]+\*\*"),  # bold heading
-    re.compile(r"^\s*#{1,6}\s+\S", re.M),  # markdown heading
-]
-_REFUSAL = re.compile(
-    r"\b(I'?m sorry|I am sorry|I can(?:'|no)t (?:help|assist|identify|provide|describe)|I'?m (?:not able|unable) to"
-    r"|I am (?:not able|unable) to|as an AI)\b", re.I)
-_SENTENCE_END = re.compile(r"[.!?]+(?=\s|$)")
-
-
-def check_caption(text: str) -> list[str]:
-    """Flags for what the paper's prompt exists to prevent: lists, tables, long answers, refusals."""
-    t = (text or "").strip()
-    if not t:
-        return ["empty"]
-    flags = []
-    if _REFUSAL.search(t):
-        flags.append("refusal")
-    if any(p.search(t) for p in _STRUCTURE):
-        flags.append("structured")
-    if len(_SENTENCE_END.findall(t)) > 4:
-        flags.append("too_long")
-    return flags
 
 
 # -- the run -----------------------------------------------------------------------------------

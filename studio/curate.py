@@ -13,19 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .codes import REASONS, reasons_mask  # noqa: F401  (REASONS re-exported for the UI and CLI)
 from .config import CurationRules
 from .workspace import Workspace
-
-REASONS = (
-    "not_analyzed", "analysis_failed", "no_face", "too_few_faces", "too_many_faces",
-    "low_resolution", "small_face", "identity_outlier",
-)
-
-
-def reasons_mask(reasons: list[str]) -> int:
-    """Reasons as bits (position in REASONS), so browsing can filter on any of them with one index-free test."""
-    return sum(1 << REASONS.index(r) for r in set(reasons))
-
 
 def rule_reasons(row: dict, rules: CurationRules, subject_ratio: float | None = None) -> list[str]:
     """Reasons one image fails the paper's rules (empty list: it passes).

@@ -7,11 +7,12 @@ never approve text nobody saw or put older text back over an edit.
 from __future__ import annotations
 
 from .attributes import tag_image
-from .captions import check_caption
+from .caption_checks import check_caption
+from .codes import CAPTION_VERSION_STATUSES
 from .store import StaleCaptionError
 from .workspace import Workspace
 
-REVIEW_STATUSES = ("imported", "generated", "edited", "approved", "rejected")
+REVIEW_STATUSES = CAPTION_VERSION_STATUSES
 
 __all__ = ["REVIEW_STATUSES", "StaleCaptionError", "approve", "reject", "edit", "bulk_approve_unflagged"]
 

@@ -51,7 +51,7 @@ def dataset_stats(ws: Workspace) -> dict:
 
     Aggregated in SQL over the browse index, so it stays fast at a million images.
     """
-    from .curate import REASONS
+    from .codes import REASONS
 
     store = ws.store
     status = store.status_counts()

@@ -7,7 +7,7 @@ import gradio as gr
 
 from ..browse import (CAPTION_STATUSES, OUTLIER_CHOICES, SORTS, STATUSES, BrowseError, BrowseFilter, BrowsePage, browse,
                       filter_choices, image_detail)
-from ..curate import REASONS
+from ..codes import REASONS
 from ..stats import stale_message
 from .access import StudioContext, require_admin
 from .feedback import api_errors, keep_on_mistake

@@ -1,0 +1,25 @@
+"""The workspace database: the only package that speaks SQL, one module per aggregate.
+
+``Store`` combines them: images, analyses and verdicts (:mod:`.images`), the browse index
+(:mod:`.browse`), caption versions (:mod:`.captions`), generated samples (:mod:`.generations`)
+and runs (:mod:`.runs`), over the connection and transaction handling of :mod:`.base` and the
+schema versions of :mod:`.migrations`.
+"""
+from __future__ import annotations
+
+from ..codes import HUMAN_REVIEWED
+from .base import StoreBase, StoreBusyError
+from .browse import BrowseMixin
+from .captions import CaptionsMixin, StaleCaptionError
+from .generations import GenerationsMixin
+from .images import FaceRow, ImagesMixin
+from .migrations import SCHEMA_VERSION
+from .runs import FINISHED, RUN_STATUSES, RunsMixin
+
+
+class Store(ImagesMixin, BrowseMixin, CaptionsMixin, GenerationsMixin, RunsMixin, StoreBase):
+    """A workspace database (see the modules of this package for each part)."""
+
+
+__all__ = ["Store", "StoreBusyError", "StaleCaptionError", "FaceRow", "SCHEMA_VERSION", "HUMAN_REVIEWED",
+           "RUN_STATUSES", "FINISHED"]

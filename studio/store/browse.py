@@ -1,0 +1,174 @@
+"""The browse index: one denormalised row per image, filters, sorts, pages and aggregates."""
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Sequence
+
+from ..codes import CurationStatus
+from .base import marks
+
+
+PENDING, PASS, FAIL = (int(s) for s in CurationStatus)
+
+
+class BrowseMixin:
+    # -- browsing ------------------------------------------------------------------------
+    @staticmethod
+    def _refresh_browse(conn: sqlite3.Connection, image_ids: Sequence[int] | None = None) -> None:
+        """Rebuild browse rows from the normalised tables (all, or just ``image_ids``).
+
+        Caption columns are set when a row is first made and then belong to the caption stage.
+        """
+        where, args = "WHERE 1", ()
+        if image_ids is not None:
+            where = f"WHERE i.id IN ({marks(image_ids)})"
+            args = tuple(image_ids)
+        conn.execute(
+            f"""INSERT INTO browse(image_id, person_id, person_name, status, reasons_mask, pose, width, height, min_side,
+                                   face_count, face_ratio, outlier, identity_sim, caption, caption_status)
+                SELECT i.id, i.person_id, p.name,
+                       CASE WHEN c.passed IS NULL THEN {PENDING} WHEN c.passed THEN {PASS} ELSE {FAIL} END,
+                       COALESCE(c.reasons_mask, 0), f.pose, i.width, i.height, MIN(i.width, i.height),
+                       a.face_count, COALESCE(f.area_ratio, a.largest_face_ratio),
+                       CASE WHEN c.identity_sim IS NULL THEN NULL ELSE c.outlier END, c.identity_sim,
+                       i.import_caption, CASE WHEN i.import_caption IS NULL THEN 'none' ELSE 'imported' END
+                FROM images i
+                JOIN persons p ON p.id = i.person_id
+                LEFT JOIN analyses a ON a.image_id = i.id
+                LEFT JOIN curation c ON c.image_id = i.id
+                LEFT JOIN faces f ON f.image_id = i.id AND f.face_index = COALESCE(c.subject_face, 0)
+                {where}
+                ON CONFLICT(image_id) DO UPDATE SET
+                    person_id = excluded.person_id, person_name = excluded.person_name, status = excluded.status, reasons_mask = excluded.reasons_mask,
+                    pose = excluded.pose, width = excluded.width, height = excluded.height,
+                    min_side = excluded.min_side, face_count = excluded.face_count, face_ratio = excluded.face_ratio,
+                    outlier = excluded.outlier, identity_sim = excluded.identity_sim""",
+            args,
+        )
+
+    def persons(self) -> list[tuple[str, int]]:
+        """Every person with their number of images, by name."""
+        rows = self.conn.execute(
+            "SELECT p.name, COUNT(b.image_id) FROM persons p JOIN browse b ON b.person_id = p.id GROUP BY p.id ORDER BY p.name"
+        ).fetchall()
+        return [(r[0], int(r[1])) for r in rows]
+
+    def person_ids(self, names: Sequence[str]) -> dict[str, int]:
+        if not names:
+            return {}
+        rows = self.conn.execute(
+            f"SELECT name, id FROM persons WHERE name IN ({marks(names)})", tuple(names)
+        ).fetchall()
+        return {r[0]: int(r[1]) for r in rows}
+
+    def tag_counts(self, passed_only: bool = False) -> list[tuple[str, int]]:
+        sql = "SELECT t.tag, COUNT(*) FROM image_tags t"
+        if passed_only:
+            sql += f" JOIN browse b ON b.image_id = t.image_id WHERE b.status = {PASS}"
+        rows = self.conn.execute(sql + " GROUP BY t.tag ORDER BY COUNT(*) DESC, t.tag").fetchall()
+        return [(r[0], int(r[1])) for r in rows]
+
+    def set_tags(self, image_id: int, tags: Iterable[str]) -> None:
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM image_tags WHERE image_id = ?", (image_id,))
+            conn.executemany("INSERT INTO image_tags(image_id, tag) VALUES (?, ?)", [(image_id, t) for t in sorted(set(tags))])
+
+    def tags_of(self, image_id: int) -> list[str]:
+        return [r[0] for r in self.conn.execute("SELECT tag FROM image_tags WHERE image_id = ? ORDER BY tag", (image_id,))]
+
+    def images_per_person(self, passed_only: bool = False) -> list[int]:
+        """Image count of every person (with at least one image, or one kept image)."""
+        where = f"WHERE status = {PASS}" if passed_only else ""
+        return [int(r[0]) for r in self.conn.execute(f"SELECT COUNT(*) FROM browse {where} GROUP BY person_id")]
+
+    def status_counts(self) -> dict[int, int]:
+        return {int(r[0]): int(r[1]) for r in self.conn.execute("SELECT status, COUNT(*) FROM browse GROUP BY status")}
+
+    def reason_bit_counts(self, bits: int) -> list[int]:
+        """How many images have each of the first ``bits`` reason bits set (one scan)."""
+        if bits == 0:
+            return []
+        sums = ", ".join(f"SUM((reasons_mask >> {i}) & 1)" for i in range(bits))
+        row = self.conn.execute(f"SELECT {sums} FROM browse").fetchone()
+        return [int(v or 0) for v in row]
+
+    def pose_counts(self, passed_only: bool = True) -> dict[str, int]:
+        where = f"WHERE status = {PASS}" if passed_only else ""
+        return {(r[0] or "unknown"): int(r[1])
+                for r in self.conn.execute(f"SELECT pose, COUNT(*) FROM browse {where} GROUP BY pose")}
+
+    def problem_counts(self) -> dict[str, int]:
+        return {r[0]: int(r[1]) for r in self.conn.execute(
+            "SELECT code, COUNT(*) FROM sources WHERE outcome != 'ingested' GROUP BY code")}
+
+    def poses(self) -> list[str]:
+        return [r[0] for r in self.conn.execute("SELECT DISTINCT pose FROM browse WHERE pose IS NOT NULL ORDER BY pose")]
+
+    _SORTS = {
+        "id": "b.image_id", "person": "b.person_name", "face_ratio": "b.face_ratio", "resolution": "b.min_side",
+        "identity_sim": "b.identity_sim", "face_count": "b.face_count",
+    }
+
+    def browse_page(
+        self,
+        *,
+        person_ids: Sequence[int] | None = None,
+        status: int | None = None,
+        reasons_mask: int = 0,
+        pose: str | None = None,
+        tags: Sequence[str] = (),
+        min_side: tuple[int | None, int | None] = (None, None),
+        face_ratio: tuple[float | None, float | None] = (None, None),
+        outlier: bool | None = None,
+        caption_match: str | None = None,
+        caption_status: str | None = None,
+        sort: str = "id",
+        descending: bool = False,
+        limit: int = 48,
+        offset: int = 0,
+    ) -> tuple[list[dict], int]:
+        """One page of images matching every given filter, and how many match in all."""
+        where, args = [], []
+        if person_ids is not None:
+            where.append(f"b.person_id IN ({marks(person_ids)})" if person_ids else "0")
+            args += list(person_ids)
+        for col, value in (("b.status", status), ("b.pose", pose or None), ("b.caption_status", caption_status or None)):
+            if value is not None:
+                where.append(f"{col} = ?")
+                args.append(value)
+        if reasons_mask:
+            where.append("(b.reasons_mask & ?) != 0")
+            args.append(reasons_mask)
+        for tag in tags:  # driven from the tag index: one id list per tag
+            where.append("b.image_id IN (SELECT image_id FROM image_tags WHERE tag = ?)")
+            args.append(tag)
+        for col, (lo, hi) in (("b.min_side", min_side), ("b.face_ratio", face_ratio)):
+            if lo is not None:
+                where.append(f"{col} >= ?")
+                args.append(lo)
+            if hi is not None:
+                where.append(f"{col} <= ?")
+                args.append(hi)
+        if outlier is not None:
+            where.append("b.outlier = ?" if outlier else "COALESCE(b.outlier, 0) = 0")
+            if outlier:
+                args.append(1)
+        if caption_match:
+            where.append("b.image_id IN (SELECT rowid FROM caption_fts WHERE caption_fts MATCH ?)")
+            args.append(caption_match)
+        clause = ("WHERE " + " AND ".join(where)) if where else ""
+        direction = " DESC" if descending else ""
+        order = f"{self._SORTS[sort]}{direction}, b.image_id{direction}"
+        total = self.conn.execute(f"SELECT COUNT(*) FROM browse b {clause}", args).fetchone()[0]
+        # ids first (index-only), then the full rows of just this page
+        ids = [r[0] for r in self.conn.execute(
+            f"SELECT b.image_id FROM browse b {clause} ORDER BY {order} LIMIT ? OFFSET ?", args + [limit, offset])]
+        if not ids:
+            return [], int(total)
+        rows = self.conn.execute(
+            f"""SELECT b.*, b.person_name AS person, i.media_path FROM browse b JOIN images i ON i.id = b.image_id
+                WHERE b.image_id IN ({marks(ids)})""",
+            ids,
+        ).fetchall()
+        by_id = {r["image_id"]: dict(r) for r in rows}
+        return [by_id[i] for i in ids], int(total)

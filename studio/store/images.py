@@ -1,0 +1,278 @@
+"""Images, their sources, face analyses and curation verdicts."""
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .base import marks, now
+
+
+@dataclass(frozen=True)
+class FaceRow:
+    """One detected face as stored; faces of an image are ordered largest first."""
+
+    face_index: int
+    bbox: tuple[float, float, float, float]
+    score: float
+    kps: list[list[float]]
+    embedding: np.ndarray | None
+    area_ratio: float
+    yaw: float | None
+    pitch: float | None
+    pose: str | None
+
+
+class ImagesMixin:
+    # -- ingest --------------------------------------------------------------------------
+    def source_outcome(self, source: str) -> sqlite3.Row | None:
+        return self.conn.execute("SELECT * FROM sources WHERE source = ?", (source,)).fetchone()
+
+    def image_id_by_sha(self, sha256: str) -> int | None:
+        row = self.conn.execute("SELECT id FROM images WHERE sha256 = ?", (sha256,)).fetchone()
+        return int(row[0]) if row else None
+
+    def image_source(self, image_id: int) -> str | None:
+        row = self.conn.execute("SELECT source FROM images WHERE id = ?", (image_id,)).fetchone()
+        return row[0] if row else None
+
+    def _person_id(self, conn: sqlite3.Connection, name: str) -> int:
+        conn.execute("INSERT INTO persons(name) VALUES (?) ON CONFLICT(name) DO NOTHING", (name,))
+        return int(conn.execute("SELECT id FROM persons WHERE name = ?", (name,)).fetchone()[0])
+
+    def add_image(
+        self,
+        *,
+        source: str,
+        sha256: str,
+        person: str,
+        media_path: str,
+        width: int,
+        height: int,
+        original_mode: str,
+        exif_rotated: bool,
+        import_caption: str | None = None,
+        import_meta: dict | None = None,
+    ) -> int:
+        """Insert a new image and mark its source ingested, in one transaction."""
+        with self.transaction() as conn:
+            pid = self._person_id(conn, person)
+            cur = conn.execute(
+                """INSERT INTO images(sha256, person_id, media_path, source, width, height, original_mode,
+                                      exif_rotated, import_caption, import_meta, added_at)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                (
+                    sha256, pid, media_path, source, width, height, original_mode, int(exif_rotated),
+                    import_caption, json.dumps(import_meta) if import_meta else None, now(),
+                ),
+            )
+            image_id = int(cur.lastrowid)
+            self._set_source(conn, source, "ingested", image_id, None, None)
+            self._refresh_browse(conn, [image_id])
+            if import_caption:
+                conn.execute("INSERT INTO caption_fts(rowid, caption) VALUES (?, ?)", (image_id, import_caption))
+            return image_id
+
+    def mark_source(self, source: str, outcome: str, image_id: int | None, code: str | None, detail: str | None) -> None:
+        with self.transaction() as conn:
+            self._set_source(conn, source, outcome, image_id, code, detail)
+
+    @staticmethod
+    def _set_source(conn, source, outcome, image_id, code, detail) -> None:
+        conn.execute(
+            """INSERT INTO sources(source, outcome, image_id, code, detail, seen_at) VALUES (?, ?, ?, ?, ?, ?)
+               ON CONFLICT(source) DO UPDATE SET outcome = excluded.outcome, image_id = excluded.image_id,
+                   code = excluded.code, detail = excluded.detail, seen_at = excluded.seen_at""",
+            (source, outcome, image_id, code, detail, now()),
+        )
+
+    def ingest_problems(self) -> list[dict]:
+        """Rejected and duplicate inputs with their reasons, for the CLI and the UI."""
+        rows = self.conn.execute(
+            """SELECT s.source, s.outcome, s.code, s.detail, i.source AS duplicate_of
+               FROM sources s LEFT JOIN images i ON i.id = s.image_id
+               WHERE s.outcome != 'ingested' ORDER BY s.source"""
+        ).fetchall()
+        return [dict(r) for r in rows]
+
+    # -- analysis ------------------------------------------------------------------------
+    def images_to_analyze(self, pack: str, redo: bool = False) -> list[tuple[int, str]]:
+        """Images without an analysis by ``pack`` (all of them with ``redo``)."""
+        if redo:
+            sql = "SELECT id, media_path FROM images ORDER BY id"
+            args: tuple = ()
+        else:
+            sql = """SELECT i.id, i.media_path FROM images i LEFT JOIN analyses a ON a.image_id = i.id
+                     WHERE a.image_id IS NULL OR a.pack != ? ORDER BY i.id"""
+            args = (pack,)
+        return [(int(r[0]), str(r[1])) for r in self.conn.execute(sql, args)]
+
+    def save_analysis(
+        self,
+        image_id: int,
+        pack: str,
+        faces: Sequence[dict] | None,
+        largest_face_ratio: float | None,
+        error: str | None = None,
+    ) -> None:
+        """Replace an image's faces and analysis row atomically."""
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM faces WHERE image_id = ?", (image_id,))
+            for i, f in enumerate(faces or ()):
+                emb = f.get("embedding")
+                conn.execute(
+                    """INSERT INTO faces(image_id, face_index, x1, y1, x2, y2, score, kps, embedding, area_ratio,
+                                         yaw, pitch, pose) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                    (
+                        image_id, i, *map(float, f["bbox"]), float(f["score"]), json.dumps(f["kps"]),
+                        None if emb is None else np.asarray(emb, dtype=np.float32).tobytes(),
+                        float(f["area_ratio"]), f.get("yaw"), f.get("pitch"), f.get("pose"),
+                    ),
+                )
+            conn.execute(
+                """INSERT INTO analyses(image_id, pack, face_count, largest_face_ratio, error, analyzed_at, rev)
+                   VALUES (?, ?, ?, ?, ?, ?, (SELECT COALESCE(MAX(rev), 0) + 1 FROM analyses))
+                   ON CONFLICT(image_id) DO UPDATE SET pack = excluded.pack, face_count = excluded.face_count,
+                       largest_face_ratio = excluded.largest_face_ratio, error = excluded.error,
+                       analyzed_at = excluded.analyzed_at, rev = excluded.rev""",
+                (image_id, pack, None if faces is None else len(faces), largest_face_ratio, error, now()),
+            )
+            self._refresh_browse(conn, [image_id])
+
+    def faces(self, image_id: int) -> list[FaceRow]:
+        rows = self.conn.execute(
+            "SELECT * FROM faces WHERE image_id = ? ORDER BY face_index", (image_id,)
+        ).fetchall()
+        return [_face_row(r) for r in rows]
+
+    def subject_face(self, image_id: int) -> FaceRow | None:
+        """The face the photo is about: the curation's choice, else the largest."""
+        row = self.conn.execute(
+            """SELECT f.* FROM faces f LEFT JOIN curation c ON c.image_id = f.image_id
+               WHERE f.image_id = ? AND f.face_index = COALESCE(c.subject_face, 0)""", (image_id,)).fetchone()
+        return _face_row(row) if row else None
+
+    # -- curation ------------------------------------------------------------------------
+    def curation_inputs(self) -> list[dict]:
+        """What curation needs per image: size, analysis (and which revision of it) and every face.
+
+        ``faces`` holds (face index, embedding or None, area ratio), largest first. Read in one
+        transaction so that the verdicts match the analyses they were computed from.
+        """
+        with self.transaction() as conn:
+            rows = conn.execute(
+                """SELECT i.id AS image_id, p.name AS person, i.width, i.height,
+                          a.image_id IS NOT NULL AS analyzed, a.face_count, a.largest_face_ratio, a.error, a.rev
+                   FROM images i JOIN persons p ON p.id = i.person_id
+                   LEFT JOIN analyses a ON a.image_id = i.id
+                   ORDER BY i.id"""
+            ).fetchall()
+            faces: dict[int, list] = {}
+            for f in conn.execute("SELECT image_id, face_index, embedding, area_ratio FROM faces ORDER BY image_id, face_index"):
+                emb = None if f[2] is None else np.frombuffer(f[2], dtype=np.float32)
+                faces.setdefault(int(f[0]), []).append((int(f[1]), emb, float(f[3])))
+        out = []
+        for r in rows:
+            d = dict(r)
+            d["faces"] = faces.get(d["image_id"], [])
+            out.append(d)
+        return out
+
+    def save_curation(self, results: Iterable[dict], rules: dict) -> None:
+        """Replace every curation verdict in one transaction, with the rules that produced them."""
+        stamp = now()
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM curation")
+            conn.executemany(
+                """INSERT INTO curation(image_id, passed, reasons, reasons_mask, identity_sim, outlier, curated_at,
+                                        subject_face, subject_by, analysis_rev)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                [
+                    (r["image_id"], int(r["passed"]), json.dumps(r["reasons"]), r["reasons_mask"], r["identity_sim"],
+                     int(r["outlier"]), stamp, r.get("subject_face"), r.get("subject_by"), r.get("analysis_rev"))
+                    for r in results
+                ],
+            )
+            self._refresh_browse(conn)
+            conn.execute(
+                "INSERT INTO settings(key, value) VALUES ('curation_rules', ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (json.dumps(rules),),
+            )
+            # planner statistics, so filtered + sorted pages pick the covering indexes
+            conn.execute("ANALYZE browse")
+            conn.execute("ANALYZE image_tags")
+
+    # -- reading -------------------------------------------------------------------------
+    def image_table(self, image_ids: Sequence[int] | None = None, person: str | None = None) -> list[dict]:
+        """Images with their person, analysis and verdict: the source of stats, list, detail and export."""
+        where, args = [], []
+        if image_ids is not None:
+            where.append(f"i.id IN ({marks(image_ids)})")
+            args += list(image_ids)
+        if person is not None:
+            where.append("p.name = ?")
+            args.append(person)
+        clause = ("WHERE " + " AND ".join(where)) if where else ""
+        rows = self.conn.execute(
+            f"""SELECT i.id, i.sha256, p.name AS person, i.media_path, i.source, i.width, i.height,
+                      i.original_mode, i.exif_rotated, i.import_caption, i.import_meta,
+                      a.face_count, a.largest_face_ratio, a.error AS analysis_error, a.pack,
+                      f.pose, f.yaw, f.pitch, f.area_ratio AS subject_ratio,
+                      c.passed, c.reasons, c.identity_sim, c.outlier, c.subject_face, c.subject_by,
+                      (c.image_id IS NOT NULL AND c.analysis_rev IS NOT a.rev) AS verdict_stale,
+                      b.caption, b.caption_status, b.caption_version
+               FROM images i LEFT JOIN browse b ON b.image_id = i.id JOIN persons p ON p.id = i.person_id
+               LEFT JOIN analyses a ON a.image_id = i.id
+               LEFT JOIN curation c ON c.image_id = i.id
+               LEFT JOIN faces f ON f.image_id = i.id AND f.face_index = COALESCE(c.subject_face, 0)
+               {clause}
+               ORDER BY p.name, i.id""",
+            args,
+        ).fetchall()
+        out = []
+        for r in rows:
+            d = dict(r)
+            d["reasons"] = json.loads(d["reasons"]) if d["reasons"] is not None else None
+            d["import_meta"] = json.loads(d["import_meta"]) if d["import_meta"] else None
+            d["exif_rotated"] = bool(d["exif_rotated"])
+            d["outlier"] = None if d["outlier"] is None else bool(d["outlier"])
+            d["passed"] = None if d["passed"] is None else bool(d["passed"])
+            d["verdict_stale"] = bool(d["verdict_stale"])
+            out.append(d)
+        return out
+
+    def stale_verdicts(self) -> int:
+        """Verdicts computed from another analysis than the image has now (curate ran while analyze wrote)."""
+        return int(self.conn.execute(
+            """SELECT COUNT(*) FROM curation c LEFT JOIN analyses a ON a.image_id = c.image_id
+               WHERE c.analysis_rev IS NOT a.rev""").fetchone()[0])
+
+    def counts(self) -> dict[str, int]:
+        c = self.conn
+        return {
+            "persons": c.execute("SELECT COUNT(DISTINCT person_id) FROM images").fetchone()[0],
+            "images": c.execute("SELECT COUNT(*) FROM images").fetchone()[0],
+            "analyzed": c.execute("SELECT COUNT(*) FROM analyses").fetchone()[0],
+            "curated": c.execute("SELECT COUNT(*) FROM curation").fetchone()[0],
+            "rejected_inputs": c.execute("SELECT COUNT(*) FROM sources WHERE outcome = 'rejected'").fetchone()[0],
+            "duplicate_inputs": c.execute("SELECT COUNT(*) FROM sources WHERE outcome = 'duplicate'").fetchone()[0],
+        }
+
+
+
+def _face_row(r: sqlite3.Row) -> FaceRow:
+    return FaceRow(
+        face_index=int(r["face_index"]),
+        bbox=(r["x1"], r["y1"], r["x2"], r["y2"]),
+        score=float(r["score"]),
+        kps=json.loads(r["kps"]),
+        embedding=None if r["embedding"] is None else np.frombuffer(r["embedding"], dtype=np.float32),
+        area_ratio=float(r["area_ratio"]),
+        yaw=r["yaw"],
+        pitch=r["pitch"],
+        pose=r["pose"],
+    )

@@ -1,0 +1,291 @@
+"""Schema versions, oldest first; a workspace is migrated forward on open, in one transaction.
+
+SQL steps are below; steps that must compute (backfills) are Python functions run after the SQL
+of their version. Each version is tested by opening a database written by the studio release
+that had it (tests/data/old_workspaces).
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable
+
+from ..codes import REASONS, reasons_mask
+
+SCHEMA_VERSION = 6
+
+MIGRATIONS: dict[int, str] = {
+    1: """
+    CREATE TABLE persons (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE
+    );
+    CREATE TABLE images (
+        id INTEGER PRIMARY KEY,
+        sha256 TEXT NOT NULL UNIQUE,
+        person_id INTEGER NOT NULL REFERENCES persons(id),
+        media_path TEXT NOT NULL,
+        source TEXT NOT NULL,
+        width INTEGER NOT NULL,
+        height INTEGER NOT NULL,
+        original_mode TEXT NOT NULL,
+        exif_rotated INTEGER NOT NULL DEFAULT 0,
+        import_caption TEXT,
+        import_meta TEXT,
+        added_at TEXT NOT NULL
+    );
+    CREATE INDEX images_person ON images(person_id);
+    -- Every input ever seen, keyed by where it came from: re-ingesting a source is a no-op.
+    CREATE TABLE sources (
+        source TEXT PRIMARY KEY,
+        outcome TEXT NOT NULL CHECK (outcome IN ('ingested', 'duplicate', 'rejected')),
+        image_id INTEGER REFERENCES images(id) ON DELETE SET NULL,
+        code TEXT,
+        detail TEXT,
+        seen_at TEXT NOT NULL
+    );
+    CREATE INDEX sources_outcome ON sources(outcome);
+    CREATE TABLE analyses (
+        image_id INTEGER PRIMARY KEY REFERENCES images(id) ON DELETE CASCADE,
+        pack TEXT NOT NULL,
+        face_count INTEGER,
+        largest_face_ratio REAL,
+        error TEXT,
+        analyzed_at TEXT NOT NULL
+    );
+    CREATE TABLE faces (
+        image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+        face_index INTEGER NOT NULL,
+        x1 REAL NOT NULL, y1 REAL NOT NULL, x2 REAL NOT NULL, y2 REAL NOT NULL,
+        score REAL NOT NULL,
+        kps TEXT NOT NULL,
+        embedding BLOB,
+        area_ratio REAL NOT NULL,
+        yaw REAL, pitch REAL, pose TEXT,
+        PRIMARY KEY (image_id, face_index)
+    );
+    CREATE TABLE curation (
+        image_id INTEGER PRIMARY KEY REFERENCES images(id) ON DELETE CASCADE,
+        passed INTEGER NOT NULL,
+        reasons TEXT NOT NULL,
+        identity_sim REAL,
+        outlier INTEGER NOT NULL DEFAULT 0,
+        curated_at TEXT NOT NULL
+    );
+    CREATE INDEX curation_passed ON curation(passed);
+    CREATE TABLE settings (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    """,
+    # v2: a denormalised row per image for browsing (filters + paging stay fast at 1M images),
+    # attribute tags, and full-text search over captions.
+    2: """
+    ALTER TABLE curation ADD COLUMN reasons_mask INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE browse (
+        image_id INTEGER PRIMARY KEY REFERENCES images(id) ON DELETE CASCADE,
+        person_id INTEGER NOT NULL,
+        person_name TEXT NOT NULL,
+        status INTEGER NOT NULL DEFAULT 0,
+        reasons_mask INTEGER NOT NULL DEFAULT 0,
+        pose TEXT,
+        width INTEGER NOT NULL,
+        height INTEGER NOT NULL,
+        min_side INTEGER NOT NULL,
+        face_count INTEGER,
+        face_ratio REAL,
+        outlier INTEGER,
+        identity_sim REAL,
+        caption TEXT,
+        caption_status TEXT NOT NULL DEFAULT 'none'
+    );
+    -- person filter; then one covering index per sort key holding every filter column, so a
+    -- sorted, filtered page is an index-only scan even deep into a million rows
+    CREATE INDEX browse_person ON browse(person_id, image_id);
+    CREATE INDEX browse_by_name ON browse(person_name, image_id, status, reasons_mask, pose, min_side, face_ratio, outlier, caption_status);
+    CREATE INDEX browse_by_ratio ON browse(face_ratio, image_id, status, reasons_mask, pose, min_side, person_id, outlier, caption_status);
+    CREATE INDEX browse_by_side ON browse(min_side, image_id, status, reasons_mask, pose, face_ratio, person_id, outlier, caption_status);
+    CREATE INDEX browse_by_sim ON browse(identity_sim, image_id, status, reasons_mask, pose, min_side, face_ratio, person_id, outlier, caption_status);
+    CREATE INDEX browse_by_faces ON browse(face_count, image_id, status, reasons_mask, pose, min_side, face_ratio, person_id, outlier, caption_status);
+    CREATE INDEX browse_filters ON browse(status, reasons_mask, pose, min_side, face_ratio, person_id, outlier, caption_status);
+    CREATE TABLE image_tags (
+        image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+        tag TEXT NOT NULL,
+        PRIMARY KEY (image_id, tag)
+    );
+    CREATE INDEX image_tags_tag ON image_tags(tag, image_id);
+    CREATE VIRTUAL TABLE caption_fts USING fts5(caption, tokenize = 'unicode61');
+    INSERT INTO caption_fts(rowid, caption) SELECT id, import_caption FROM images WHERE import_caption IS NOT NULL
+    """,
+    # v3: caption versions. Every change (model caption, edit, approval, rejection) is a new row
+    # with who and when; the newest row is the image's current caption.
+    3: """
+    CREATE TABLE captions (
+        id INTEGER PRIMARY KEY,
+        image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+        version INTEGER NOT NULL,
+        text TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('imported', 'generated', 'edited', 'approved', 'rejected')),
+        origin TEXT NOT NULL CHECK (origin IN ('import', 'model', 'human')),
+        model TEXT,
+        prompt_version TEXT,
+        params TEXT,
+        cache_key TEXT,
+        prompt_tokens INTEGER,
+        completion_tokens INTEGER,
+        cost_usd REAL,
+        flags TEXT NOT NULL DEFAULT '[]',
+        author TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        CONSTRAINT one_row_per_version UNIQUE (image_id, version)
+    );
+    CREATE INDEX captions_cache_key ON captions(cache_key);
+    CREATE INDEX browse_caption_status ON browse(caption_status, image_id)
+    """,
+    # v4: generated samples with every setting that made them
+    4: """
+    CREATE TABLE generations (
+        id INTEGER PRIMARY KEY,
+        batch TEXT NOT NULL,
+        model TEXT NOT NULL,
+        model_spec TEXT NOT NULL,
+        settings TEXT NOT NULL,
+        reference TEXT NOT NULL,
+        face TEXT NOT NULL,
+        output_path TEXT NOT NULL,
+        author TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    CREATE INDEX generations_batch ON generations(batch)
+    """,
+    # v5: the current caption is a pointer (a model rerun adds a version without displacing a
+    # human-reviewed one); the subject face of each verdict (closest to the person's centroid);
+    # which analysis a verdict saw, so verdicts made while `analyze` was writing show as stale.
+    5: """
+    ALTER TABLE browse ADD COLUMN caption_version INTEGER;
+    UPDATE browse SET caption_version = (SELECT MAX(version) FROM captions c WHERE c.image_id = browse.image_id);
+    ALTER TABLE analyses ADD COLUMN rev INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX analyses_rev ON analyses(rev);
+    ALTER TABLE curation ADD COLUMN subject_face INTEGER;
+    ALTER TABLE curation ADD COLUMN subject_by TEXT;
+    ALTER TABLE curation ADD COLUMN analysis_rev INTEGER;
+    UPDATE curation SET analysis_rev = CASE WHEN reasons LIKE '%not_analyzed%' THEN NULL ELSE 0 END
+    """,
+    # v6: runs (every long stage, with progress, log and outcome) and provenance: each result row
+    # points at the run that made it
+    6: """
+    CREATE TABLE runs (
+        id INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('queued', 'running', 'done', 'failed', 'cancelled')),
+        settings TEXT NOT NULL DEFAULT '{}',
+        inputs TEXT NOT NULL DEFAULT '{}',
+        argv TEXT,
+        author TEXT NOT NULL,
+        pid INTEGER,
+        done INTEGER NOT NULL DEFAULT 0,
+        total INTEGER,
+        created_at TEXT NOT NULL,
+        started_at TEXT,
+        ended_at TEXT,
+        heartbeat REAL,
+        exit_code INTEGER,
+        log_path TEXT,
+        result TEXT,
+        error TEXT,
+        cancel_requested INTEGER NOT NULL DEFAULT 0,
+        resumes INTEGER REFERENCES runs(id)
+    );
+    CREATE INDEX runs_by_kind ON runs(kind, id);
+    CREATE INDEX runs_by_status ON runs(status, id);
+    ALTER TABLE images ADD COLUMN run_id INTEGER;
+    ALTER TABLE analyses ADD COLUMN run_id INTEGER;
+    ALTER TABLE curation ADD COLUMN run_id INTEGER;
+    ALTER TABLE captions ADD COLUMN run_id INTEGER;
+    ALTER TABLE generations ADD COLUMN run_id INTEGER;
+    CREATE TABLE exports (
+        id INTEGER PRIMARY KEY,
+        out_dir TEXT NOT NULL,
+        settings TEXT NOT NULL,
+        result TEXT NOT NULL,
+        run_id INTEGER,
+        author TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    )
+    """,
+}
+
+
+#: the browse index as it is now (v2 columns and indexes, v3 caption index, v5 caption pointer)
+BROWSE_TABLE = """
+CREATE TABLE browse (
+    image_id INTEGER PRIMARY KEY REFERENCES images(id) ON DELETE CASCADE,
+    person_id INTEGER NOT NULL,
+    person_name TEXT NOT NULL,
+    status INTEGER NOT NULL DEFAULT 0,
+    reasons_mask INTEGER NOT NULL DEFAULT 0,
+    pose TEXT,
+    width INTEGER NOT NULL,
+    height INTEGER NOT NULL,
+    min_side INTEGER NOT NULL,
+    face_count INTEGER,
+    face_ratio REAL,
+    outlier INTEGER,
+    identity_sim REAL,
+    caption TEXT,
+    caption_status TEXT NOT NULL DEFAULT 'none',
+    caption_version INTEGER
+);
+CREATE INDEX browse_person ON browse(person_id, image_id);
+CREATE INDEX browse_by_name ON browse(person_name, image_id, status, reasons_mask, pose, min_side, face_ratio, outlier, caption_status);
+CREATE INDEX browse_by_ratio ON browse(face_ratio, image_id, status, reasons_mask, pose, min_side, person_id, outlier, caption_status);
+CREATE INDEX browse_by_side ON browse(min_side, image_id, status, reasons_mask, pose, face_ratio, person_id, outlier, caption_status);
+CREATE INDEX browse_by_sim ON browse(identity_sim, image_id, status, reasons_mask, pose, min_side, face_ratio, person_id, outlier, caption_status);
+CREATE INDEX browse_by_faces ON browse(face_count, image_id, status, reasons_mask, pose, min_side, face_ratio, person_id, outlier, caption_status);
+CREATE INDEX browse_filters ON browse(status, reasons_mask, pose, min_side, face_ratio, person_id, outlier, caption_status);
+CREATE INDEX browse_caption_status ON browse(caption_status, image_id)
+"""
+
+
+def run_backfills(conn: sqlite3.Connection, from_version: int, refresh_browse: Callable) -> None:
+    """Fill what older versions left empty, so an upgraded workspace equals a fresh ingest of its photos.
+
+    * v1 verdicts have no ``reasons_mask`` (reason filters and statistics would find nothing);
+    * captions imported before v3 are not caption rows (no review queue, nothing to approve);
+    * browse rows of any older version are rebuilt from the tables they summarise.
+    """
+    from ..caption_checks import check_caption
+
+    for image_id, reasons in conn.execute("SELECT image_id, reasons FROM curation").fetchall():
+        try:
+            mask = reasons_mask(r for r in json.loads(reasons) if r in REASONS)
+        except (TypeError, ValueError):
+            continue
+        conn.execute("UPDATE curation SET reasons_mask = ? WHERE image_id = ?", (mask, image_id))
+    imported = conn.execute(
+        """SELECT i.id, i.import_caption, i.added_at FROM images i
+           WHERE i.import_caption IS NOT NULL AND i.import_caption != ''
+             AND NOT EXISTS (SELECT 1 FROM captions c WHERE c.image_id = i.id)""").fetchall()
+    conn.executemany(
+        """INSERT INTO captions(image_id, version, text, status, origin, flags, author, created_at)
+           VALUES (?, 1, ?, 'imported', 'import', ?, 'import', ?)""",
+        [(i, text, json.dumps(check_caption(text)), added) for i, text, added in imported])
+    # the browse index is derived data: rebuild it in today's shape (early v2 releases had fewer columns)
+    conn.execute("DROP TABLE IF EXISTS browse")
+    for statement in split_sql(BROWSE_TABLE):
+        conn.execute(statement)
+    refresh_browse(conn)
+    conn.execute(
+        """UPDATE browse SET caption_version = (SELECT MAX(version) FROM captions c WHERE c.image_id = browse.image_id)
+           WHERE caption_version IS NULL""")
+    conn.execute(
+        """UPDATE browse SET
+               caption = (SELECT text FROM captions c WHERE c.image_id = browse.image_id AND c.version = browse.caption_version),
+               caption_status = (SELECT status FROM captions c WHERE c.image_id = browse.image_id AND c.version = browse.caption_version)
+           WHERE caption_version IS NOT NULL""")
+
+
+def split_sql(script: str) -> list[str]:
+    """Split a migration into statements (executescript would commit our open transaction)."""
+    code = "\n".join(line for line in script.splitlines() if not line.strip().startswith("--"))
+    return [s.strip() for s in code.split(";") if s.strip()]

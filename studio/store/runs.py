@@ -1,0 +1,88 @@
+"""Runs: one row per long stage execution, with its progress, log, outcome and who started it."""
+from __future__ import annotations
+
+import json
+import time
+
+from .base import now
+
+RUN_STATUSES = ("queued", "running", "done", "failed", "cancelled")
+FINISHED = ("done", "failed", "cancelled")
+
+
+class RunsMixin:
+    def create_run(self, *, kind: str, settings: dict, inputs: dict, author: str, argv: list[str] | None = None,
+                   log_path: str | None = None, status: str = "queued", resumes: int | None = None) -> int:
+        with self.transaction() as conn:
+            cur = conn.execute(
+                """INSERT INTO runs(kind, status, settings, inputs, argv, author, created_at, log_path, resumes)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                (kind, status, json.dumps(settings, default=str), json.dumps(inputs, default=str),
+                 json.dumps(argv) if argv is not None else None, author, now(), log_path, resumes))
+            return int(cur.lastrowid)
+
+    def set_run_log(self, run_id: int, log_path: str) -> None:
+        with self.transaction() as conn:
+            conn.execute("UPDATE runs SET log_path = ? WHERE id = ?", (log_path, run_id))
+
+    def start_run(self, run_id: int, pid: int) -> None:
+        with self.transaction() as conn:
+            conn.execute("UPDATE runs SET status = 'running', pid = ?, started_at = ?, heartbeat = ? WHERE id = ?",
+                         (pid, now(), time.time(), run_id))
+
+    def run_progress(self, run_id: int, done: int, total: int | None) -> bool:
+        """Record progress; returns whether someone asked the run to stop."""
+        with self.transaction() as conn:
+            conn.execute("UPDATE runs SET done = ?, total = ?, heartbeat = ? WHERE id = ?",
+                         (done, total, time.time(), run_id))
+            row = conn.execute("SELECT cancel_requested FROM runs WHERE id = ?", (run_id,)).fetchone()
+        return bool(row and row[0])
+
+    def finish_run(self, run_id: int, status: str, *, exit_code: int | None = None, result: dict | None = None,
+                   error: str | None = None) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                """UPDATE runs SET status = ?, exit_code = ?, result = COALESCE(?, result), error = ?, ended_at = ?,
+                                   heartbeat = ? WHERE id = ? AND status NOT IN ('done', 'failed', 'cancelled')""",
+                (status, exit_code, json.dumps(result, default=str) if result is not None else None, error, now(),
+                 time.time(), run_id))
+
+    def request_cancel(self, run_id: int) -> bool:
+        """Ask a run to stop at its next item; False when it has already finished."""
+        with self.transaction() as conn:
+            cur = conn.execute("UPDATE runs SET cancel_requested = 1 WHERE id = ? AND status IN ('queued', 'running')",
+                               (run_id,))
+            return cur.rowcount == 1
+
+    def run(self, run_id: int) -> dict | None:
+        row = self.conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+        return _run_row(row) if row else None
+
+    def runs(self, *, kind: str | None = None, status: str | None = None, limit: int = 100) -> list[dict]:
+        where, args = [], []
+        for col, value in (("kind", kind), ("status", status)):
+            if value:
+                where.append(f"{col} = ?")
+                args.append(value)
+        clause = ("WHERE " + " AND ".join(where)) if where else ""
+        rows = self.conn.execute(f"SELECT * FROM runs {clause} ORDER BY id DESC LIMIT ?", args + [limit]).fetchall()
+        return [_run_row(r) for r in rows]
+
+    def active_runs(self) -> list[dict]:
+        return [_run_row(r) for r in self.conn.execute(
+            "SELECT * FROM runs WHERE status IN ('queued', 'running') ORDER BY id")]
+
+    def record_export(self, *, out_dir: str, settings: dict, result: dict, run_id: int | None, author: str) -> int:
+        with self.transaction() as conn:
+            cur = conn.execute(
+                "INSERT INTO exports(out_dir, settings, result, run_id, author, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (out_dir, json.dumps(settings), json.dumps(result), run_id, author, now()))
+            return int(cur.lastrowid)
+
+
+def _run_row(r) -> dict:
+    d = dict(r)
+    for k in ("settings", "inputs", "result", "argv"):
+        d[k] = json.loads(d[k]) if d[k] else ({} if k in ("settings", "inputs") else None)
+    d["cancel_requested"] = bool(d["cancel_requested"])
+    return d
