@@ -72,8 +72,10 @@ def tag_workspace(ws: Workspace) -> dict[str, int]:
     """Re-tag every image from its current caption (rejected captions give no tags)."""
     compiled = compile_vocabulary(vocabulary(ws))
     counts: dict[str, int] = {}
-    with ws.store.transaction():
-        for image_id, text, status in ws.store.current_captions():
-            for t in tag_image(ws, image_id, None if status == "rejected" else text, compiled):
-                counts[t] = counts.get(t, 0) + 1
+    rows = ws.store.current_captions()
+    for start in range(0, len(rows), 500):  # short transactions: reviewers never wait long behind a re-tag
+        with ws.store.transaction():
+            for image_id, text, status in rows[start:start + 500]:
+                for t in tag_image(ws, image_id, None if status == "rejected" else text, compiled):
+                    counts[t] = counts.get(t, 0) + 1
     return dict(sorted(counts.items(), key=lambda kv: -kv[1]))

@@ -63,21 +63,23 @@ def edit(ws: Workspace, image_id: int, version: int, text: str, author: str) -> 
     return ws.store.current_caption(image_id)
 
 
-def bulk_approve_unflagged(ws: Workspace, author: str, statuses: tuple[str, ...] = ("generated", "imported", "edited")) -> int:
+def bulk_approve_unflagged(ws: Workspace, author: str, statuses: tuple[str, ...] = ("generated", "imported", "edited"),
+                           batch: int = 200) -> int:
     """Approve every current caption with no flag whose status is one of ``statuses``; returns how many.
 
-    Reads and writes happen in one write transaction, so every approved text is the current one.
+    Each batch is read and written in one short transaction, so every approved text is the
+    current one and other reviewers never wait long.
     """
     _require_author(author)
     n = 0
-    with ws.store.transaction():
-        for status in statuses:
-            while True:
-                rows, _ = ws.store.caption_queue(status=status, flag="none", limit=500)
-                if not rows:
-                    break
+    for status in statuses:
+        while True:
+            with ws.store.transaction():
+                rows, _ = ws.store.caption_queue(status=status, flag="none", limit=batch)
                 for r in rows:
                     ws.store.add_caption(r["image_id"], r["text"], status="approved", origin="human", author=author,
                                          expected_version=r["version"])
-                    n += 1
+            n += len(rows)
+            if len(rows) < batch:
+                break
     return n

@@ -70,21 +70,57 @@ class StoreBase:
         if conn.in_transaction:
             yield conn
             return
-        started = time.perf_counter()
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) and "busy" not in str(exc):
-                raise
-            raise StoreBusyError(f"{self.path}: another writer held the workspace for "
-                                 f"{time.perf_counter() - started:.0f} s; try again") from None
-        self.last_wait_s = time.perf_counter() - started
+        self._begin_immediate(conn)
         try:
             yield conn
         except BaseException:
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
+
+    def _begin_immediate(self, conn: sqlite3.Connection) -> None:
+        """Take the write lock, polling every millisecond or so.
+
+        SQLite's own busy handler sleeps up to 100 ms between tries, so a writer that commits
+        in back-to-back batches can starve it; short polls catch the gap between two batches.
+        """
+        started = time.perf_counter()
+        delay = 0.0005
+        conn.execute("PRAGMA busy_timeout = 0")
+        try:
+            while True:
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                    return
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) and "busy" not in str(exc):
+                        raise
+                    waited = time.perf_counter() - started
+                    if waited > BUSY_TIMEOUT_S:
+                        raise StoreBusyError(f"{self.path}: another writer held the workspace for {waited:.0f} s; "
+                                             "try again") from None
+                    time.sleep(delay)
+                    delay = min(delay * 1.5, 0.004)
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+
+    @staticmethod
+    def yield_to_writers() -> None:
+        """Between two batches of a long stage: a moment in which waiting writers take the lock."""
+        time.sleep(0.003)
+
+    @contextmanager
+    def snapshot(self) -> Iterator[sqlite3.Connection]:
+        """A read transaction: a consistent view that never blocks writers (WAL)."""
+        conn = self.conn
+        if conn.in_transaction:
+            yield conn
+            return
+        conn.execute("BEGIN DEFERRED")
+        try:
+            yield conn
+        finally:
+            conn.execute("COMMIT")
 
     def _migrate(self) -> None:
         with self.transaction() as conn:

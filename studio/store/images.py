@@ -10,6 +10,9 @@ import numpy as np
 
 from .base import marks, now
 
+#: rows per write transaction in long stages
+WRITE_BATCH = 1000
+
 
 @dataclass(frozen=True)
 class FaceRow:
@@ -160,9 +163,9 @@ class ImagesMixin:
         """What curation needs per image: size, analysis (and which revision of it) and every face.
 
         ``faces`` holds (face index, embedding or None, area ratio), largest first. Read in one
-        transaction so that the verdicts match the analyses they were computed from.
+        snapshot so that the verdicts match the analyses they were computed from (writers go on).
         """
-        with self.transaction() as conn:
+        with self.snapshot() as conn:
             rows = conn.execute(
                 """SELECT i.id AS image_id, p.name AS person, i.width, i.height,
                           a.image_id IS NOT NULL AS analyzed, a.face_count, a.largest_face_ratio, a.error, a.rev
@@ -181,28 +184,41 @@ class ImagesMixin:
             out.append(d)
         return out
 
-    def save_curation(self, results: Iterable[dict], rules: dict) -> None:
-        """Replace every curation verdict in one transaction, with the rules that produced them."""
+    def save_curation(self, results: Iterable[dict], rules: dict, *, run_id: int | None = None,
+                      batch: int = WRITE_BATCH) -> None:
+        """Store every verdict (and the rules that produced them) in short batches.
+
+        Each batch is its own transaction, so a review or a score written meanwhile waits for
+        one batch, never for the whole workspace.
+        """
         stamp = now()
+        results = list(results)
+        for start in range(0, len(results), batch):
+            chunk = results[start:start + batch]
+            with self.transaction() as conn:
+                conn.executemany(
+                    """INSERT INTO curation(image_id, passed, reasons, reasons_mask, identity_sim, outlier, curated_at,
+                                            subject_face, subject_by, analysis_rev, run_id)
+                       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                       ON CONFLICT(image_id) DO UPDATE SET passed = excluded.passed, reasons = excluded.reasons,
+                           reasons_mask = excluded.reasons_mask, identity_sim = excluded.identity_sim,
+                           outlier = excluded.outlier, curated_at = excluded.curated_at,
+                           subject_face = excluded.subject_face, subject_by = excluded.subject_by,
+                           analysis_rev = excluded.analysis_rev, run_id = excluded.run_id""",
+                    [(r["image_id"], int(r["passed"]), json.dumps(r["reasons"]), r["reasons_mask"], r["identity_sim"],
+                      int(r["outlier"]), stamp, r.get("subject_face"), r.get("subject_by"), r.get("analysis_rev"), run_id)
+                     for r in chunk])
+                self._refresh_browse(conn, [r["image_id"] for r in chunk])
+            self.yield_to_writers()
         with self.transaction() as conn:
-            conn.execute("DELETE FROM curation")
-            conn.executemany(
-                """INSERT INTO curation(image_id, passed, reasons, reasons_mask, identity_sim, outlier, curated_at,
-                                        subject_face, subject_by, analysis_rev)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-                [
-                    (r["image_id"], int(r["passed"]), json.dumps(r["reasons"]), r["reasons_mask"], r["identity_sim"],
-                     int(r["outlier"]), stamp, r.get("subject_face"), r.get("subject_by"), r.get("analysis_rev"))
-                    for r in results
-                ],
-            )
-            self._refresh_browse(conn)
             conn.execute(
                 "INSERT INTO settings(key, value) VALUES ('curation_rules', ?) "
                 "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                 (json.dumps(rules),),
             )
-            # planner statistics, so filtered + sorted pages pick the covering indexes
+            # planner statistics, so filtered + sorted pages pick the covering indexes; sampled, so
+            # the lock is held for a moment even at a million rows
+            conn.execute("PRAGMA analysis_limit = 2000")
             conn.execute("ANALYZE browse")
             conn.execute("ANALYZE image_tags")
 

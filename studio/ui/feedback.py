@@ -11,8 +11,10 @@ import functools
 import gradio as gr
 
 from ..images import ImageError
+from ..store import StoreBusyError
 
-MISTAKES = (ValueError, ImageError)
+#: what the person can act on: their input, a bad file, a workspace busy for longer than the timeout
+MISTAKES = (ValueError, ImageError, StoreBusyError)
 
 
 def keep_on_mistake(n_outputs: int):
