@@ -36,7 +36,8 @@ class AnalyzeReport:
 
 
 def analyze(ws: Workspace, pack_spec: str = "auto", *, redo: bool = False, workers: int | None = None,
-            progress: Callable[..., Iterable] | None = None, pack: FacePack | None = None) -> AnalyzeReport:
+            progress: Callable[..., Iterable] | None = None, pack: FacePack | None = None,
+            run_id: int | None = None) -> AnalyzeReport:
     """Detect faces, keypoints, embeddings and pose for every image that needs it."""
     pack = pack or resolve_pack(pack_spec)
     store = ws.store
@@ -63,11 +64,11 @@ def analyze(ws: Workspace, pack_spec: str = "auto", *, redo: bool = False, worke
             results = progress(results, total=len(todo), desc="analyze", unit="img")
         for image_id, faces, error in results:
             if error is not None:
-                store.save_analysis(image_id, pack.label, None, None, error=error)
+                store.save_analysis(image_id, pack.label, None, None, error=error, run_id=run_id)
                 report.failed += 1
                 report.errors.append(f"image {image_id}: {error}")
                 continue
             ratio = max((f["area_ratio"] for f in faces), default=0.0)
-            store.save_analysis(image_id, pack.label, faces, ratio)
+            store.save_analysis(image_id, pack.label, faces, ratio, run_id=run_id)
             report.analyzed += 1
     return report

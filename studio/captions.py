@@ -162,7 +162,7 @@ def request_caption(client, settings: CaptionSettings, data_url: str) -> tuple[s
 
 def _store_model_caption(ws: Workspace, image_id: int, key: str, settings: CaptionSettings, text: str,
                          prompt_tokens: int, completion_tokens: int, author: str, vocabulary=None,
-                         overwrite_reviewed: bool = False) -> tuple[list[str], bool]:
+                         overwrite_reviewed: bool = False, run_id: int | None = None) -> tuple[list[str], bool]:
     """Store a model answer as a new version; returns (flags, whether it became current)."""
     from .attributes import tag_image
 
@@ -172,7 +172,7 @@ def _store_model_caption(ws: Workspace, image_id: int, key: str, settings: Capti
             image_id, text, status="generated", origin="model", author=author, flags=flags, model=settings.model,
             prompt_version=PROMPT_VERSION, params=settings.key_params(), cache_key=key, prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens, cost_usd=settings.cost(prompt_tokens, completion_tokens),
-            overwrite_reviewed=overwrite_reviewed)
+            overwrite_reviewed=overwrite_reviewed, run_id=run_id)
         if current:  # tags follow the current caption only
             tag_image(ws, image_id, text, vocabulary)
     return flags, current
@@ -180,7 +180,7 @@ def _store_model_caption(ws: Workspace, image_id: int, key: str, settings: Capti
 
 def caption_workspace(ws: Workspace, settings: CaptionSettings, api_key: str | None, *, kept_only: bool = True,
                       author: str = "captioner", progress: Callable[..., Iterable] | None = None,
-                      client=None, overwrite_reviewed: bool = False) -> CaptionReport:
+                      client=None, overwrite_reviewed: bool = False, run_id: int | None = None) -> CaptionReport:
     """Caption every image of the run that has no caption under these settings yet.
 
     An image whose current caption a person approved or edited keeps it; the new answer is
@@ -222,7 +222,7 @@ def caption_workspace(ws: Workspace, settings: CaptionSettings, api_key: str | N
                 continue
             text, p_tok, c_tok = answer
             flags, current = _store_model_caption(ws, image_id, key, settings, text, p_tok, c_tok, author, compiled,
-                                                  overwrite_reviewed)
+                                                  overwrite_reviewed, run_id)
             report.captioned += 1
             report.kept_reviewed += not current
             report.prompt_tokens += p_tok

@@ -29,13 +29,47 @@ def _workspace(args):
     return Workspace.open(args.workspace)
 
 
+def _author(args) -> str:
+    import getpass
+
+    if args.author:
+        return args.author
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "cli"
+
+
+def _as_run(args, ws, kind: str, body, settings: dict | None = None):
+    """Execute a stage as a recorded run (attached to --run-id when the app started this worker).
+
+    ``body(track, run_id)`` gets a progress wrapper (the run's, plus a tqdm bar for the log) and
+    the run id (for provenance), and returns a dict. Returns (run id, result), None when cancelled.
+    """
+    from .runs import combine, execute
+
+    settings = settings if settings is not None else {k: v for k, v in vars(args).items()
+                                                     if k not in ("func", "workspace", "json", "verbose", "run_id")}
+    return execute(ws, kind, settings, _author(args), lambda handle: body(combine(handle.track, _progress()), handle.run_id),
+                   run_id=args.run_id, inputs={"workspace": str(ws.root)})
+
+
+def _report_run(run_id: int, result, as_json: bool) -> int:
+    if result is None:
+        print(f"run {run_id} cancelled; run the same command again to resume", file=sys.stderr)
+        return 130
+    _print({**result, "run_id": run_id} if isinstance(result, dict) else result, as_json)
+    return 0
+
+
 def cmd_ingest(args) -> int:
     from .ingest import ingest
 
-    report = ingest(_workspace(args), args.source, workers=args.workers, progress=_progress(),
-                    file_column=args.file_column, person_column=args.person_column, caption_column=args.caption_column)
-    _print(report.as_dict(), args.json)
-    return 0
+    ws = _workspace(args)
+    run_id, result = _as_run(args, ws, "ingest", lambda track, run: ingest(
+        ws, args.source, workers=args.workers, progress=track, file_column=args.file_column,
+        person_column=args.person_column, caption_column=args.caption_column, run_id=run).as_dict())
+    return _report_run(run_id, result, args.json)
 
 
 def cmd_analyze(args) -> int:
@@ -44,17 +78,21 @@ def cmd_analyze(args) -> int:
     from .curate import curate
 
     ws = _workspace(args)
-    report = analyze(ws, args.face_pack, redo=args.redo, workers=args.workers, progress=_progress())
-    if report.note:
-        print(f"note: {report.note}", file=sys.stderr)
-    result = report.as_dict()
-    touched = report.analyzed + report.failed
-    if touched and args.curate:  # verdicts depend on the analyses just written: bring them up to date
-        result["curation"] = curate(ws).as_dict()
-    elif touched:
-        print("note: analyses changed; run `python -m studio curate` to update the verdicts", file=sys.stderr)
-    _print(result, args.json)
-    return 0
+
+    def body(track, run):
+        report = analyze(ws, args.face_pack, redo=args.redo, workers=args.workers, progress=track, run_id=run)
+        if report.note:
+            print(f"note: {report.note}", file=sys.stderr)
+        result = report.as_dict()
+        touched = report.analyzed + report.failed
+        if touched and args.curate:  # verdicts depend on the analyses just written: bring them up to date
+            result["curation"] = curate(ws, run_id=run).as_dict()
+        elif touched:
+            print("note: analyses changed; run `python -m studio curate` to update the verdicts", file=sys.stderr)
+        return result
+
+    run_id, result = _as_run(args, ws, "analyze", body)
+    return _report_run(run_id, result, args.json)
 
 
 def cmd_curate(args) -> int:
@@ -66,8 +104,9 @@ def cmd_curate(args) -> int:
         min_face_ratio=args.min_face_ratio, identity_threshold=args.identity_threshold,
         min_person_images=args.min_person_images, reject_outliers=args.reject_outliers,
     )
-    _print(curate(ws, rules).as_dict(), args.json)
-    return 0
+    run_id, result = _as_run(args, ws, "curate", lambda track, run: curate(ws, rules, run_id=run).as_dict(),
+                             settings=rules.to_dict())
+    return _report_run(run_id, result, args.json)
 
 
 def _warn_stale(ws) -> None:
@@ -119,13 +158,13 @@ def cmd_problems(args) -> int:
 def cmd_export(args) -> int:
     from .export import export_training_set
 
-    result = export_training_set(_workspace(args), args.out, include_failed=args.include_failed,
-                                 captions=args.captions, missing_caption=args.missing_caption,
-                                 allow_other_pack=args.allow_other_pack)
-    if result.get("warning"):
+    ws = _workspace(args)
+    run_id, result = _as_run(args, ws, "export", lambda track, run: export_training_set(
+        ws, args.out, include_failed=args.include_failed, captions=args.captions, missing_caption=args.missing_caption,
+        allow_other_pack=args.allow_other_pack, run_id=run, author=_author(args)))
+    if result and result.get("warning"):
         print(f"warning: {result['warning']}", file=sys.stderr)
-    _print(result, args.json)
-    return 0
+    return _report_run(run_id, result, args.json)
 
 
 def cmd_models(args) -> int:
@@ -152,10 +191,14 @@ def cmd_caption(args) -> int:
     from .captions import caption_workspace
 
     ws = _workspace(args)
-    report = caption_workspace(ws, _caption_settings(args), os.environ.get("OPENAI_API_KEY"), kept_only=not args.all,
-                               author=args.author, progress=_progress(), overwrite_reviewed=args.overwrite_reviewed)
-    _print(report.as_dict(), args.json)
-    return 0 if report.failed == 0 else 1
+    settings = _caption_settings(args)
+    run_id, result = _as_run(args, ws, "caption", lambda track, run: caption_workspace(
+        ws, settings, os.environ.get("OPENAI_API_KEY"), kept_only=not args.all, author=_author(args), progress=track,
+        overwrite_reviewed=args.overwrite_reviewed, run_id=run).as_dict(),
+        settings={**settings.key_params(), "base_url": settings.base_url, "concurrency": settings.concurrency,
+                  "all": args.all, "overwrite_reviewed": args.overwrite_reviewed})
+    code = _report_run(run_id, result, args.json)
+    return code if code or result is None else (0 if result["failed"] == 0 else 1)
 
 
 def cmd_tag(args) -> int:
@@ -168,8 +211,8 @@ def cmd_tag(args) -> int:
         except (OSError, ValueError) as exc:
             raise ValueError(f"--vocabulary {args.vocabulary}: {exc}") from None
         set_vocabulary(ws, vocab)
-    _print(tag_workspace(ws), args.json)
-    return 0
+    run_id, result = _as_run(args, ws, "tag", lambda track, run: {"tags": tag_workspace(ws)})
+    return _report_run(run_id, result, args.json)
 
 
 def cmd_review(args) -> int:
@@ -177,7 +220,7 @@ def cmd_review(args) -> int:
 
     ws = _workspace(args)
     if args.approve_unflagged:
-        print(json.dumps({"approved": review.bulk_approve_unflagged(ws, args.author)}))
+        print(json.dumps({"approved": review.bulk_approve_unflagged(ws, _author(args))}))
         return 0
     actions = [a for a in ("approve", "reject", "edit") if getattr(args, a) is not None]
     if actions:
@@ -186,9 +229,9 @@ def cmd_review(args) -> int:
         action = actions[0]
         image_id = getattr(args, action)
         if action == "edit":
-            cur = review.edit(ws, image_id, args.version, args.text or "", args.author)
+            cur = review.edit(ws, image_id, args.version, args.text or "", _author(args))
         else:
-            cur = getattr(review, action)(ws, image_id, args.version, args.author)
+            cur = getattr(review, action)(ws, image_id, args.version, _author(args))
         _print(cur, args.json, f"image {image_id}: version {cur['version']} {cur['status']} by {cur['author']}")
         return 0
     rows, total = ws.store.caption_queue(status=args.status, flag=args.flag, person=args.person, limit=args.limit)
@@ -209,31 +252,53 @@ def cmd_register_model(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from .faces import FaceAnalyzer, resolve_pack
-    from .generate import face_from_photo, face_from_workspace, generate, parse_sweep, registered_models, save_reference
+    from .generate import generate_run
     from .images import load_rgb
     from .instantid import GenerationSettings, ModelCache
 
     ws = _workspace(args)
-    models = registered_models(ws)
-    unknown = [m for m in args.model if m not in models]
-    if unknown:
-        raise ValueError(f"unknown model {unknown}; registered: {sorted(models)}")
     if (args.reference is None) == (args.image_id is None):
         raise ValueError("give exactly one of --reference PHOTO or --image-id N")
-    if args.reference is not None:
-        rgb = load_rgb(args.reference).rgb
-        face = face_from_photo(rgb, FaceAnalyzer(resolve_pack(args.face_pack)), save_reference(ws, rgb))
-    else:
-        face = face_from_workspace(ws, args.image_id)
     settings = GenerationSettings(prompt=args.prompt, negative_prompt=args.negative_prompt, ip_scale=args.ip_scale,
                                   identitynet_scale=args.identitynet_scale, steps=args.steps, guidance=args.guidance,
                                   seed=args.seed, width=args.width, height=args.height,
                                   face_region_only=args.face_region_only)
-    samples = generate(ws, ModelCache(args.device), [models[m] for m in args.model], face, settings,
-                       parse_sweep(args.sweep) if args.sweep else None, author=args.author)
-    print(face.note, file=sys.stderr)
-    _print([{"model": s.model, "lambda": s.ip_scale, "path": str(s.path), "id": s.generation_id} for s in samples], args.json)
+    note, samples, run_id = generate_run(
+        ws, ModelCache(args.device), args.model, settings, face_pack=args.face_pack,
+        rgb=load_rgb(args.reference).rgb if args.reference is not None else None, image_id=args.image_id,
+        sweep=args.sweep, author=_author(args))
+    print(note, file=sys.stderr)
+    _print([{"model": s.model, "lambda": s.ip_scale, "path": str(s.path), "id": s.generation_id, "run_id": run_id}
+            for s in samples], args.json)
+    return 0
+
+
+def cmd_runs(args) -> int:
+    from . import runs
+
+    ws = _workspace(args)
+    runs.reap(ws)
+    if args.action == "list":
+        rows = [runs.describe(r) for r in ws.store.runs(kind=args.kind, status=args.status, limit=args.limit)]
+        _print(rows, args.json, "\n".join(
+            f"{r['id']:>5}  {r['kind']:<8} {r['status']:<9} {r['progress']:<16} {r['author']:<12} {r['started']}"
+            for r in rows) or "No runs yet.")
+        return 0
+    if args.id is None:
+        raise ValueError(f"runs {args.action} needs a run id")
+    r = ws.store.run(args.id)
+    if r is None:
+        raise ValueError(f"no run {args.id}")
+    if args.action == "show":
+        info = {**runs.describe(r), "settings": r["settings"], "inputs": r["inputs"], "log": r["log_path"]}
+        _print(info, args.json, json.dumps(info, indent=2, default=str) + "\n\n" + runs.log_tail(ws, args.id))
+        return 0
+    if args.action == "cancel":
+        ok = runs.cancel(ws, args.id)
+        print(f"run {args.id}: " + ("asked to stop at its next item" if ok else f"already {r['status']}"))
+        return 0 if ok else 1
+    new = runs.rerun(ws, args.id, _author(args))
+    print(f"run {new} started (resumes run {args.id}); follow it with `python -m studio runs show {new}`")
     return 0
 
 
@@ -276,6 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="workspace directory (default: $STUDIO_WORKSPACE or ./workspaces/demo)")
     common.add_argument("--json", action="store_true", help="print machine-readable JSON")
     common.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    common.add_argument("--author", default=None, help="name recorded with what this command writes (default: $USER)")
+    common.add_argument("--run-id", type=int, default=None, help=argparse.SUPPRESS)  # set by the app's worker
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("ingest", parents=[common], help="add photos: person folders, CrossFaceID JSONL, or a CSV/parquet table")
@@ -343,7 +410,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--price-input", type=float, default=None, help="USD per million input tokens for the estimate (default 2.50)")
     p.add_argument("--price-output", type=float, default=None, help="USD per million output tokens (default 10.00)")
     p.add_argument("--all", action="store_true", help="caption every image, not only those that passed curation")
-    p.add_argument("--author", default="captioner", help="name recorded with the captions")
     p.add_argument("--overwrite-reviewed", action="store_true",
                    help="make new captions current even over captions a person approved or edited")
     p.set_defaults(func=cmd_caption)
@@ -364,7 +430,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text", default=None, help="the edited caption (with --edit)")
     p.add_argument("--version", type=int, default=None,
                    help="the caption version you reviewed (as listed); refused if another is current now")
-    p.add_argument("--author", default="reviewer", help="reviewer name recorded with approvals")
     p.set_defaults(func=cmd_review)
 
     p = sub.add_parser("register-model", parents=[common], help="add an InstantID model (hub ids or local paths) for generation")
@@ -391,8 +456,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--face-region-only", action="store_true", help="let the IdentityNet act on the face region only")
     p.add_argument("--face-pack", default=face_pack_spec(), help="face models for the reference photo")
     p.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
-    p.add_argument("--author", default="cli", help="name recorded with the samples")
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("runs", parents=[common], help="long stages: list, show (with log), cancel, rerun (resume)")
+    p.add_argument("action", choices=["list", "show", "cancel", "rerun"], help="what to do")
+    p.add_argument("id", type=int, nargs="?", help="run id (show, cancel, rerun)")
+    p.add_argument("--kind", default=None, help="only runs of this kind (list)")
+    p.add_argument("--status", default=None, choices=["queued", "running", "done", "failed", "cancelled"])
+    p.add_argument("--limit", type=int, default=50, help="rows to list")
+    p.set_defaults(func=cmd_runs)
 
     p = sub.add_parser("users", help="manage the accounts of a users file (passwords stored as scrypt hashes)")
     p.add_argument("action", choices=["add", "list"], help="add (or update) a user, or list users")

@@ -127,7 +127,7 @@ def curation_rules(ws: Workspace, **overrides) -> CurationRules:
     return CurationRules.from_dict(ws.store.get_setting("curation_rules")).replace(**overrides)
 
 
-def curate(ws: Workspace, rules: CurationRules | None = None) -> CurationReport:
+def curate(ws: Workspace, rules: CurationRules | None = None, run_id: int | None = None) -> CurationReport:
     """Judge every image against ``rules`` (default: the workspace's last rules) and store verdicts."""
     rules = rules or curation_rules(ws)
     rows = ws.store.curation_inputs()
@@ -145,6 +145,6 @@ def curate(ws: Workspace, rules: CurationRules | None = None) -> CurationReport:
                         "identity_sim": None if sim is None else round(sim, 4), "outlier": outlier,
                         "subject_face": subject.face_index if subject else None,
                         "subject_by": subject.by if subject else None, "analysis_rev": r["rev"]})
-    ws.store.save_curation(results, rules.to_dict())
+    ws.store.save_curation(results, rules.to_dict(), run_id=run_id)
     return CurationReport(total=len(results), passed=sum(r["passed"] for r in results),
                           outliers=sum(r["outlier"] for r in results), rules=rules.to_dict())

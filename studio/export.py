@@ -67,7 +67,7 @@ def caption_counts(status: str | None, flags: list[str], policy: str) -> bool:
 
 def export_training_set(ws: Workspace, out_dir: str | Path, include_failed: bool = False, *,
                         captions: str = "approved", missing_caption: str = "keep",
-                        allow_other_pack: bool = False) -> dict:
+                        allow_other_pack: bool = False, run_id: int | None = None, author: str = "studio") -> dict:
     """Write ``out_dir/train.jsonl`` + images + embeddings for every kept image; returns counts.
 
     ``captions``: which captions count (:data:`CAPTION_POLICIES`). ``missing_caption``: what to do
@@ -145,6 +145,8 @@ def export_training_set(ws: Workspace, out_dir: str | Path, include_failed: bool
     if without:
         result["warning"] = (f"{len(without)} exported image(s) have no {captions} caption "
                              f"({CAPTION_POLICIES[captions]}): " + ("left out" if skipped else "written with an empty caption"))
-    atomic_write_bytes(out / "export.json", json.dumps({**result, "include_failed": include_failed,
-                                                       "allow_other_pack": allow_other_pack}, indent=2).encode())
+    settings = {"include_failed": include_failed, "captions": captions, "missing_caption": missing_caption,
+                "allow_other_pack": allow_other_pack}
+    atomic_write_bytes(out / "export.json", json.dumps({**result, **settings, "run_id": run_id}, indent=2).encode())
+    ws.store.record_export(out_dir=str(out.resolve()), settings=settings, result=result, run_id=run_id, author=author)
     return result

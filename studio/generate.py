@@ -126,7 +126,8 @@ def parse_sweep(text: str) -> list[float]:
 
 
 def generate(ws: Workspace, cache: ModelCache, models: list[ModelSpec], face: FaceCondition,
-             settings: GenerationSettings, lambdas: list[float] | None = None, author: str = "studio") -> list[Sample]:
+             settings: GenerationSettings, lambdas: list[float] | None = None, author: str = "studio",
+             run_id: int | None = None) -> list[Sample]:
     """Every (model, λ) pair with the same seed; saves each image and its settings."""
     if not models:
         raise ValueError("choose at least one model")
@@ -152,7 +153,7 @@ def generate(ws: Workspace, cache: ModelCache, models: list[ModelSpec], face: Fa
             gid = ws.store.add_generation(batch=batch, model=spec.name, model_spec=spec.to_dict(),
                                           settings=dataclasses.asdict(s), reference=face.reference,
                                           face=face.describe(), output_path=str(path.relative_to(ws.root)),
-                                          author=author)
+                                          author=author, run_id=run_id)
             samples.append(Sample(spec.name, lam, path, gid))
     return samples
 
@@ -171,3 +172,75 @@ def save_reference(ws: Workspace, rgb: np.ndarray) -> str:
 
 def _slug(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)[:40]
+
+
+# -- what the Generate tab and `python -m studio generate` both do ---------------------------------
+
+def resolve_models(ws: Workspace, names: list[str]) -> list[ModelSpec]:
+    """Registered models by name, each with all of its weights on this machine (else ValueError saying what is missing)."""
+    from .instantid import missing_weights
+
+    registry = registered_models(ws)
+    if not names:
+        raise ValueError("choose at least one model")
+    unknown = [n for n in names if n not in registry]
+    if unknown:
+        raise ValueError(f"unknown model {unknown}; registered: {sorted(registry)}")
+    specs = [registry[n] for n in names]
+    for spec in specs:
+        missing = missing_weights(spec)
+        if missing:
+            raise ValueError(f"model '{spec.name}' is missing weights: " + "; ".join(missing))
+    return specs
+
+
+def reference_face(ws: Workspace, face_pack: str, rgb: np.ndarray | None = None,
+                   image_id: int | None = None) -> FaceCondition:
+    """The conditioning face: from an uploaded photo (analysed with ``face_pack``) or a workspace image."""
+    from .faces import FaceAnalyzer, MissingModelError, resolve_pack
+
+    if (rgb is None) == (image_id is None):
+        raise ValueError("give a reference photo or a workspace image id (one of them)")
+    if rgb is not None:
+        try:
+            analyzer = FaceAnalyzer(resolve_pack(face_pack))
+        except MissingModelError as exc:
+            raise ValueError(str(exc)) from None
+        return face_from_photo(rgb, analyzer, save_reference(ws, rgb))
+    return face_from_workspace(ws, image_id)
+
+
+def pack_note(face: FaceCondition) -> str:
+    """Which face was used, and the warning when its pack is not the one the released weights know."""
+    note = face.note
+    if face.pack != "antelopev2":
+        note += (" The released InstantID / CrossFaceID weights were trained on antelopev2 embeddings; with another "
+                 "face pack their identity fidelity is not meaningful.")
+    return note
+
+
+def generate_run(ws: Workspace, cache: ModelCache, model_names: list[str], settings: GenerationSettings, *,
+                 face_pack: str, rgb: np.ndarray | None = None, image_id: int | None = None,
+                 sweep: str | None = None, author: str = "studio",
+                 runner=None) -> tuple[str, list[Sample], int]:
+    """Validate, find the face, generate as a recorded run; returns (note, samples, run id).
+
+    ``runner(fn)`` runs the model calls (the app passes its ZeroGPU wrapper); default: call directly.
+    """
+    from .runs import execute
+
+    settings.validate()
+    specs = resolve_models(ws, model_names)
+    lambdas = parse_sweep(sweep) if sweep else None
+    face = reference_face(ws, face_pack, rgb=rgb, image_id=image_id)
+    samples: list[Sample] = []
+
+    def body(handle) -> dict:
+        def work():
+            return generate(ws, cache, specs, face, settings, lambdas, author=author, run_id=handle.run_id)
+        samples.extend(runner(work) if runner else work())
+        return {"samples": [str(s.path.relative_to(ws.root)) for s in samples], "models": model_names}
+
+    run_id, _ = execute(ws, "generate", {**dataclasses.asdict(settings), "models": model_names, "sweep": lambdas},
+                        author, body, inputs={"reference": face.reference, "face_pack": face.pack})
+    return pack_note(face), samples, run_id

@@ -339,7 +339,7 @@ def _prepare(item: Item) -> _Prepared:
 
 
 def ingest(ws: Workspace, source: str | Path, *, workers: int | None = None, progress: Progress | None = None,
-           **table_columns) -> IngestReport:
+           run_id: int | None = None, **table_columns) -> IngestReport:
     """Ingest ``source`` into ``ws``. Each input is committed on its own, so a killed run resumes."""
     store = ws.store
     report = IngestReport()
@@ -351,7 +351,7 @@ def ingest(ws: Workspace, source: str | Path, *, workers: int | None = None, pro
         if progress is not None:
             results = progress(results, desc="ingest", unit="img")
         for p in results:
-            _commit(ws, p, report, tags)
+            _commit(ws, p, report, tags, run_id)
     return report
 
 
@@ -371,18 +371,18 @@ def _reject(store, report: IngestReport, source: str, error: ImageError) -> None
     log.warning("skipped %s", error)
 
 
-def _commit(ws: Workspace, p: _Prepared, report: IngestReport, tags) -> None:
+def _commit(ws: Workspace, p: _Prepared, report: IngestReport, tags, run_id: int | None = None) -> None:
     """Store one prepared input. A failure here is this input's problem, never the batch's."""
     item = p.item
     try:
-        _store(ws, p, report, tags)
+        _store(ws, p, report, tags, run_id)
     except Exception as exc:  # a value SQLite or the file system refuses: record it and go on
         detail = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}"
         _reject(ws.store, report, item.source if "\x00" not in item.source else repr(item.source),
                 ImageError(item.source, "ingest_failed", detail))
 
 
-def _store(ws: Workspace, p: _Prepared, report: IngestReport, tags) -> None:
+def _store(ws: Workspace, p: _Prepared, report: IngestReport, tags, run_id: int | None = None) -> None:
     store, item = ws.store, p.item
     if p.error is None and not item.person:
         p.error = ImageError(item.source, "no_person", "no person for this image")
@@ -412,10 +412,11 @@ def _store(ws: Workspace, p: _Prepared, report: IngestReport, tags) -> None:
             image_id = store.add_image(
                 source=item.source, sha256=p.sha, person=item.person, media_path=rel, width=p.width, height=p.height,
                 original_mode=p.mode, exif_rotated=p.rotated, import_caption=item.caption, import_meta=item.meta,
+                run_id=run_id,
             )
             if item.caption:  # an imported caption is version 1, reviewable like a model's
                 store.add_caption(image_id, item.caption, status="imported", origin="import", author="import",
-                                  flags=check_caption(item.caption))
+                                  flags=check_caption(item.caption), run_id=run_id)
                 tag_image(ws, image_id, item.caption, tags)
         except BaseException:
             if created:

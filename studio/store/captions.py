@@ -34,7 +34,8 @@ class CaptionsMixin:
                     model: str | None = None, prompt_version: str | None = None, params: dict | None = None,
                     cache_key: str | None = None, prompt_tokens: int | None = None,
                     completion_tokens: int | None = None, cost_usd: float | None = None,
-                    expected_version: int | None = None, overwrite_reviewed: bool = False) -> tuple[int, bool]:
+                    expected_version: int | None = None, overwrite_reviewed: bool = False,
+                    run_id: int | None = None) -> tuple[int, bool]:
         """Append a caption version; returns (version, whether it became the current caption).
 
         A model caption does not displace a human-reviewed one (approved or edited) unless
@@ -57,11 +58,11 @@ class CaptionsMixin:
                                    (image_id,)).fetchone()[0]
             conn.execute(
                 """INSERT INTO captions(image_id, version, text, status, origin, model, prompt_version, params, cache_key,
-                                        prompt_tokens, completion_tokens, cost_usd, flags, author, created_at)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                                        prompt_tokens, completion_tokens, cost_usd, flags, author, created_at, run_id)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                 (image_id, version, text, status, origin, model, prompt_version,
                  json.dumps(params, sort_keys=True) if params is not None else None, cache_key, prompt_tokens,
-                 completion_tokens, cost_usd, json.dumps(list(flags)), author, now()),
+                 completion_tokens, cost_usd, json.dumps(list(flags)), author, now(), run_id),
             )
             if not make_current:
                 return int(version), False

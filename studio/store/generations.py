@@ -9,13 +9,13 @@ from .base import now
 class GenerationsMixin:
     # -- generations ---------------------------------------------------------------------
     def add_generation(self, *, batch: str, model: str, model_spec: dict, settings: dict, reference: str, face: dict,
-                       output_path: str, author: str) -> int:
+                       output_path: str, author: str, run_id: int | None = None) -> int:
         with self.transaction() as conn:
             cur = conn.execute(
                 """INSERT INTO generations(batch, model, model_spec, settings, reference, face, output_path, author,
-                                           created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                                           created_at, run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                 (batch, model, json.dumps(model_spec), json.dumps(settings), reference, json.dumps(face), output_path,
-                 author, now()))
+                 author, now(), run_id))
             return int(cur.lastrowid)
 
     def generations(self, batch: str | None = None) -> list[dict]:

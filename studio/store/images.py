@@ -59,17 +59,18 @@ class ImagesMixin:
         exif_rotated: bool,
         import_caption: str | None = None,
         import_meta: dict | None = None,
+        run_id: int | None = None,
     ) -> int:
         """Insert a new image and mark its source ingested, in one transaction."""
         with self.transaction() as conn:
             pid = self._person_id(conn, person)
             cur = conn.execute(
                 """INSERT INTO images(sha256, person_id, media_path, source, width, height, original_mode,
-                                      exif_rotated, import_caption, import_meta, added_at)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                                      exif_rotated, import_caption, import_meta, added_at, run_id)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                 (
                     sha256, pid, media_path, source, width, height, original_mode, int(exif_rotated),
-                    import_caption, json.dumps(import_meta) if import_meta else None, now(),
+                    import_caption, json.dumps(import_meta) if import_meta else None, now(), run_id,
                 ),
             )
             image_id = int(cur.lastrowid)
@@ -120,6 +121,7 @@ class ImagesMixin:
         faces: Sequence[dict] | None,
         largest_face_ratio: float | None,
         error: str | None = None,
+        run_id: int | None = None,
     ) -> None:
         """Replace an image's faces and analysis row atomically."""
         with self.transaction() as conn:
@@ -136,12 +138,12 @@ class ImagesMixin:
                     ),
                 )
             conn.execute(
-                """INSERT INTO analyses(image_id, pack, face_count, largest_face_ratio, error, analyzed_at, rev)
-                   VALUES (?, ?, ?, ?, ?, ?, (SELECT COALESCE(MAX(rev), 0) + 1 FROM analyses))
+                """INSERT INTO analyses(image_id, pack, face_count, largest_face_ratio, error, analyzed_at, rev, run_id)
+                   VALUES (?, ?, ?, ?, ?, ?, (SELECT COALESCE(MAX(rev), 0) + 1 FROM analyses), ?)
                    ON CONFLICT(image_id) DO UPDATE SET pack = excluded.pack, face_count = excluded.face_count,
                        largest_face_ratio = excluded.largest_face_ratio, error = excluded.error,
-                       analyzed_at = excluded.analyzed_at, rev = excluded.rev""",
-                (image_id, pack, None if faces is None else len(faces), largest_face_ratio, error, now()),
+                       analyzed_at = excluded.analyzed_at, rev = excluded.rev, run_id = excluded.run_id""",
+                (image_id, pack, None if faces is None else len(faces), largest_face_ratio, error, now(), run_id),
             )
             self._refresh_browse(conn, [image_id])
 
@@ -236,7 +238,8 @@ class ImagesMixin:
         rows = self.conn.execute(
             f"""SELECT i.id, i.sha256, p.name AS person, i.media_path, i.source, i.width, i.height,
                       i.original_mode, i.exif_rotated, i.import_caption, i.import_meta,
-                      a.face_count, a.largest_face_ratio, a.error AS analysis_error, a.pack,
+                      a.face_count, a.largest_face_ratio, a.error AS analysis_error, a.pack, a.analyzed_at,
+                      a.run_id AS analysis_run, c.run_id AS curation_run, c.curated_at, i.run_id AS ingest_run,
                       f.pose, f.yaw, f.pitch, f.area_ratio AS subject_ratio,
                       c.passed, c.reasons, c.identity_sim, c.outlier, c.subject_face, c.subject_by,
                       (c.image_id IS NOT NULL AND c.analysis_rev IS NOT a.rev) AS verdict_stale,

@@ -30,6 +30,10 @@ class RunsMixin:
             conn.execute("UPDATE runs SET status = 'running', pid = ?, started_at = ?, heartbeat = ? WHERE id = ?",
                          (pid, now(), time.time(), run_id))
 
+    def beat(self, run_id: int) -> None:
+        with self.transaction() as conn:
+            conn.execute("UPDATE runs SET heartbeat = ? WHERE id = ?", (time.time(), run_id))
+
     def run_progress(self, run_id: int, done: int, total: int | None) -> bool:
         """Record progress; returns whether someone asked the run to stop."""
         with self.transaction() as conn:

@@ -6,10 +6,8 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from ..faces import FaceAnalyzer, MissingModelError, resolve_pack
-from ..generate import (DEFAULT_SWEEP, face_from_photo, face_from_workspace, generate, parse_sweep,
-                        registered_models, save_reference)
-from ..instantid import GenerationSettings, MissingWeightsError, missing_weights
+from ..generate import DEFAULT_SWEEP, generate_run, registered_models
+from ..instantid import GenerationSettings, missing_weights
 from ..zerogpu import gpu_function
 from ..validate import parse_id
 from .access import StudioContext, require_admin, username
@@ -82,45 +80,25 @@ def weights_status(ctx: StudioContext) -> tuple[str, list[str]]:
 
 
 @gpu_function(duration=180)
-def _run(ctx: StudioContext, models, face, settings, lambdas, author):
-    return generate(ctx.ws, ctx.models, models, face, settings, lambdas, author=author)
+def _on_gpu(work):
+    return work()
 
 
 def run_generation(ctx: StudioContext, reference, image_id, prompt, ip_scale, model_names, sweep, sweep_values,
                    negative, strength, steps, guidance, seed, width, height, face_only, author: str):
-    """Validate, find the face, generate; returns (note, [(sample path, label)]). Mistakes raise ValueError."""
-    try:
-        if not (prompt or "").strip():
-            raise ValueError("write a prompt")
-        registry = registered_models(ctx.ws)
-        names = list(model_names or [])
-        unknown = [n for n in names if n not in registry]
-        if unknown:
-            raise ValueError(f"unknown model {unknown}; registered: {sorted(registry)}")
-        specs = [registry[n] for n in names]
-        for spec in specs:
-            missing = missing_weights(spec)
-            if missing:
-                raise MissingWeightsError(f"model '{spec.name}' is missing weights: " + "; ".join(missing))
-        settings = GenerationSettings(
-            prompt=prompt.strip(), negative_prompt=negative or "", ip_scale=float(ip_scale),
-            identitynet_scale=float(strength), steps=int(steps), guidance=float(guidance), seed=int(seed or 0),
-            width=int(width or 1024), height=int(height or 1024), face_region_only=bool(face_only))
-        settings.validate()
-        lambdas = parse_sweep(sweep_values) if sweep else None
-        if reference is not None:
-            face = face_from_photo(reference, FaceAnalyzer(resolve_pack(ctx.face_pack)), save_reference(ctx.ws, reference))
-        elif (image_id or "").strip():
-            face = face_from_workspace(ctx.ws, parse_id(image_id))
-        else:
-            raise ValueError("upload a reference photo or give a workspace image id")
-        samples = _run(ctx, specs, face, settings, lambdas, author)
-    except (MissingWeightsError, MissingModelError) as exc:
-        raise ValueError(str(exc)) from None
-    note = face.note
-    if face.pack != "antelopev2":
-        note += (" The released InstantID / CrossFaceID weights were trained on antelopev2 embeddings; with another "
-                 "face pack their identity fidelity is not meaningful.")
+    """Widget values -> :func:`studio.generate.generate_run`; returns (note, [(sample path, label)])."""
+    if not (prompt or "").strip():
+        raise ValueError("write a prompt")
+    settings = GenerationSettings(
+        prompt=prompt.strip(), negative_prompt=negative or "", ip_scale=float(ip_scale),
+        identitynet_scale=float(strength), steps=int(steps), guidance=float(guidance), seed=int(seed or 0),
+        width=int(width or 1024), height=int(height or 1024), face_region_only=bool(face_only))
+    if reference is None and not str(image_id or "").strip():
+        raise ValueError("upload a reference photo or give a workspace image id")
+    note, samples, _ = generate_run(
+        ctx.ws, ctx.models, list(model_names or []), settings, face_pack=ctx.face_pack, rgb=reference,
+        image_id=None if reference is not None else parse_id(image_id), sweep=sweep_values if sweep else None,
+        author=author, runner=_on_gpu)
     return note, [(s.path, f"{s.model} · λ={s.ip_scale:g}") for s in samples]
 
 

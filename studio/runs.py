@@ -1,0 +1,266 @@
+"""Runs: every long stage executes as a recorded run, in-process (CLI) or in a worker subprocess (app).
+
+A run row holds the kind, settings, inputs, author, status, progress, log and outcome. The CLI
+runs a stage in-process and records it; the app submits the same CLI command (an argument list,
+never a shell) as a worker subprocess in its own session, so closing the browser, or even the
+app, does not stop it. Cancelling sets a flag that the stage sees at its next item; each item is
+committed on its own, so a cancelled or killed run is resumed by running it again. A run whose
+worker died without saying so is marked failed the next time runs are listed or started.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .workspace import Workspace
+
+#: the stages that run as runs, and the CLI command each one is
+KINDS = ("ingest", "analyze", "curate", "caption", "tag", "export")
+HEARTBEAT_S = 5.0
+STALE_AFTER_S = 60.0
+LOG_TAIL_BYTES = 8000
+
+
+class RunCancelled(Exception):
+    """Raised inside a stage at the next item after someone asked the run to stop."""
+
+
+@dataclass
+class RunHandle:
+    """What a stage sees of its run: progress reporting that also carries the stop request."""
+
+    ws: Workspace
+    run_id: int
+    every_s: float = 0.5
+    _last: float = field(default=0.0, init=False)
+
+    def report(self, done: int, total: int | None, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self._last >= self.every_s:
+            self._last = now
+            if self.ws.store.run_progress(self.run_id, done, total):
+                raise RunCancelled(f"run {self.run_id} was cancelled")
+
+    def track(self, items: Iterable, total: int | None = None, **_: object) -> Iterator:
+        """Wrap a stage's item loop (the same signature as tqdm's) to report progress and honour cancel."""
+        if total is None and hasattr(items, "__len__"):
+            total = len(items)  # type: ignore[arg-type]
+        self.report(0, total, force=True)
+        n = 0
+        for item in items:
+            yield item
+            n += 1
+            self.report(n, total)
+        self.report(n, total, force=True)
+
+
+def combine(*trackers: Callable | None) -> Callable:
+    """Chain progress wrappers (e.g. the run's and a tqdm bar for the log)."""
+    active = [t for t in trackers if t is not None]
+
+    def wrap(items: Iterable, **kw) -> Iterable:
+        for t in active:
+            items = t(items, **kw)
+        return items
+    return wrap
+
+
+@contextmanager
+def _heartbeat(ws: Workspace, run_id: int):
+    """A beat every few seconds while the run is alive, even inside one long item."""
+    stop = threading.Event()
+
+    def beat():
+        store = Workspace.open(ws.root).store  # its own connection
+        while not stop.wait(HEARTBEAT_S):
+            store.beat(run_id)
+        store.close()
+
+    t = threading.Thread(target=beat, daemon=True)
+    t.start()
+    try:
+        yield
+    finally:
+        stop.set()
+
+
+def execute(ws: Workspace, kind: str, settings: dict, author: str, body: Callable[[RunHandle], dict], *,
+            run_id: int | None = None, inputs: dict | None = None) -> tuple[int, dict | None]:
+    """Run ``body`` as run ``run_id`` (made here when None); returns (run id, result, None if cancelled).
+
+    Exceptions other than a cancel are recorded on the run and raised again.
+    """
+    reap(ws)
+    if run_id is None:
+        run_id = ws.store.create_run(kind=kind, settings=settings, inputs=inputs or {}, author=author,
+                                     argv=sys.argv[1:])
+    ws.store.start_run(run_id, os.getpid())
+    handle = RunHandle(ws, run_id)
+    try:
+        with _heartbeat(ws, run_id):
+            result = body(handle)
+    except RunCancelled:
+        ws.store.finish_run(run_id, "cancelled", exit_code=130)
+        return run_id, None
+    except KeyboardInterrupt:
+        ws.store.finish_run(run_id, "cancelled", exit_code=130, error="interrupted")
+        raise
+    except BaseException as exc:
+        ws.store.finish_run(run_id, "failed", exit_code=1, error=f"{type(exc).__name__}: {exc}"[:2000])
+        raise
+    ws.store.finish_run(run_id, "done", exit_code=0, result=result)
+    return run_id, result
+
+
+# -- the app's side: submit, watch, cancel ----------------------------------------------------------
+
+_children: dict[int, subprocess.Popen] = {}  # run id -> worker started by this process (reaped on poll)
+
+
+def log_path(ws: Workspace, run_id: int) -> Path:
+    return ws.root / "runs" / f"{run_id}.log"
+
+
+def submit(ws: Workspace, kind: str, args: list[str], author: str, *, settings: dict | None = None,
+           secrets_env: dict[str, str] | None = None, resumes: int | None = None) -> int:
+    """Start ``python -m studio <kind> <args>`` as a worker for a new run; returns the run id.
+
+    ``secrets_env`` (an API key) reaches the worker through its environment only: it is not in
+    the argument list, the run row or the log.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown run kind {kind!r}; one of {KINDS}")
+    reap(ws)
+    run_id = ws.store.create_run(kind=kind, settings=settings or {"args": args}, inputs={"workspace": str(ws.root)},
+                                 author=author, argv=[kind, *args], resumes=resumes)
+    path = log_path(ws, run_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ws.store.set_run_log(run_id, str(path))
+    cmd = [sys.executable, "-m", "studio", kind, *args, "--workspace", str(ws.root), "--run-id", str(run_id),
+           "--author", author]
+    env = {**os.environ, **(secrets_env or {}), "PYTHONUNBUFFERED": "1"}
+    with open(path, "ab") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                cwd=Path(__file__).resolve().parent.parent, start_new_session=True)
+    _children[run_id] = proc
+    return run_id
+
+
+def rerun(ws: Workspace, run_id: int, author: str, secrets_env: dict[str, str] | None = None) -> int:
+    """Start the same command again; finished items are skipped, so this resumes the run."""
+    old = ws.store.run(run_id)
+    if old is None:
+        raise ValueError(f"no run {run_id}")
+    if old["status"] in ("queued", "running"):
+        raise ValueError(f"run {run_id} is still {old['status']}")
+    argv = old["argv"] or []
+    if not argv or argv[0] not in KINDS:
+        raise ValueError(f"run {run_id} was not started from the app and cannot be rerun here")
+    return submit(ws, argv[0], _strip_run_args(argv[1:]), author, settings=old["settings"], secrets_env=secrets_env,
+                  resumes=run_id)
+
+
+def _strip_run_args(args: list[str]) -> list[str]:
+    out, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+            continue
+        if a in ("--workspace", "--run-id", "--author"):
+            skip = True
+            continue
+        out.append(a)
+    return out
+
+
+def cancel(ws: Workspace, run_id: int) -> bool:
+    """Ask a run to stop at its next item; False when it had already finished."""
+    return ws.store.request_cancel(run_id)
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is dead
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            return fh.read().split(") ", 1)[1][:1] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def reap(ws: Workspace) -> list[int]:
+    """Mark runs whose worker died without finishing as failed; returns their ids."""
+    for run_id, proc in list(_children.items()):
+        if proc.poll() is not None:
+            del _children[run_id]
+            ws.store.finish_run(run_id, "failed", exit_code=proc.returncode,
+                                error=f"the worker exited with code {proc.returncode} without finishing the run")
+    dead = []
+    for r in ws.store.active_runs():
+        if r["status"] == "queued" and r["pid"] is None and time.time() - _created_ts(r) < STALE_AFTER_S:
+            continue  # still starting
+        stale = r["heartbeat"] is not None and time.time() - r["heartbeat"] > STALE_AFTER_S
+        if not _alive(r["pid"]) or stale:
+            ws.store.finish_run(r["id"], "failed", error="the worker stopped without finishing (killed or crashed); "
+                                                          "rerun it to resume")
+            dead.append(r["id"])
+    return dead
+
+
+def _created_ts(r: dict) -> float:
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(r["created_at"]).timestamp()
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def log_tail(ws: Workspace, run_id: int, max_bytes: int = LOG_TAIL_BYTES) -> str:
+    """The end of a run's log, progress bars collapsed to their latest state."""
+    r = ws.store.run(run_id)
+    if r is None or not r["log_path"] or not Path(r["log_path"]).is_file():
+        return ""
+    with open(r["log_path"], "rb") as fh:
+        fh.seek(0, os.SEEK_END)
+        size = fh.tell()
+        fh.seek(max(0, size - max_bytes))
+        text = fh.read().decode("utf-8", "replace")
+    lines = [line.rsplit("\r", 1)[-1] for line in text.splitlines()]
+    return "\n".join(lines)
+
+
+def describe(r: dict) -> dict:
+    """A run as the Runs view and `runs show` present it."""
+    total = r["total"]
+    pct = f"{100 * r['done'] / total:.0f}%" if total else ""
+    return {"id": r["id"], "kind": r["kind"], "status": r["status"], "progress": f"{r['done']}/{total or '?'} {pct}".strip(),
+            "author": r["author"], "started": r["started_at"] or r["created_at"], "ended": r["ended_at"],
+            "exit_code": r["exit_code"], "error": r["error"], "result": r["result"], "resumes": r["resumes"],
+            "command": " ".join(["python -m studio", *(r["argv"] or [])])}
+
+
+def stop_worker(ws: Workspace, run_id: int) -> None:
+    """Last resort for a worker that ignores the cancel flag (e.g. stuck in one item)."""
+    r = ws.store.run(run_id)
+    if r and r["pid"] and _alive(r["pid"]):
+        os.killpg(os.getpgid(r["pid"]), signal.SIGTERM)
+
+
+def json_result(r: dict) -> str:
+    return json.dumps(r.get("result"), indent=2, default=str) if r.get("result") is not None else ""
