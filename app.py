@@ -53,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     from studio.ui.guard import FileGuard
     from studio.workspace import DB_NAME
 
+    from studio.runs import reap
+
+    reap(ws)  # runs whose worker died while the app was down are marked failed (rerun resumes them)
     ctx = StudioContext(ws=ws, policy=policy, note=note, face_pack=args.face_pack)
     demo = build_app(ctx)
     auth = (lambda user, password: policy.users.verify(user, password)) if policy.mode == "local" else None

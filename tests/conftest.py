@@ -186,3 +186,17 @@ def tiny_model(tiny_spec):
     from studio.instantid import load_instantid
 
     return load_instantid(tiny_spec, "cpu")
+
+
+def wait_run(client, run_id: int, timeout: float = 120, until=("done", "failed", "cancelled")) -> dict:
+    """Poll /run until the run reaches one of ``until``; returns its last state."""
+    import time
+
+    deadline = time.time() + timeout
+    while True:
+        r = client.predict(run_id=run_id, api_name="/run")
+        if r["status"] in until:
+            return r
+        if time.time() > deadline:
+            raise AssertionError(f"run {run_id} still {r['status']} after {timeout} s:\n{r['log']}")
+        time.sleep(0.3)

@@ -5,7 +5,7 @@ import shutil
 
 import pandas as pd
 import pytest
-from conftest import USERS, running_app
+from conftest import USERS, running_app, wait_run
 from oai_server import LocalOpenAI, Reply
 
 from studio import review
@@ -94,9 +94,13 @@ def test_captions_api_end_to_end(served_captions):
     url, ws = served_captions
     admin = Client(url, auth=("ada", USERS["ada"][1]), verbose=False)
     with LocalOpenAI(lambda n, body: Reply(text="A woman with short brown hair smiles; she wears a hat.")) as server:
-        report = admin.predict(api_key="sk-ui-session-key-123456", base_url=server.url, model="gpt-4o",
+        run_id = admin.predict(api_key="sk-ui-session-key-123456", base_url=server.url, model="gpt-4o",
                                concurrency=4, kept_only=False, api_name="/caption_run")
+        run = wait_run(admin, run_id)
+        assert run["status"] == "done" and run["kind"] == "caption" and run["author"] == "ada", run
+        report = run["result"]
         assert report["captioned"] == 3 and report["failed"] == 0
+        assert "sk-ui-session-key-123456" not in run["command"] + run["log"] + str(run["settings"])
         assert server.auth_headers == ["Bearer sk-ui-session-key-123456"] * 3
         queue = admin.predict(status="generated", api_name="/caption_queue")
         assert queue["total"] == 3 and all(c["author"] == "ada" for c in queue["captions"])

@@ -8,7 +8,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no outside network
 
 import gradio as gr  # noqa: E402
 
-from . import annotate, browse, captions, generate, statistics  # noqa: E402
+from . import annotate, browse, captions, generate, runs, statistics  # noqa: E402
 from .access import StudioContext, role, username  # noqa: E402
 
 
@@ -26,22 +26,24 @@ def build_app(ctx: StudioContext) -> gr.Blocks:
             s = statistics.build()
             c = captions.build()
             g = generate.build()
+            r = runs.build()
             a = annotate.build()
         browse.wire(ctx, b)
         statistics.wire(ctx, s)
         captions.wire(ctx, c)
         generate.wire(ctx, g)
+        runs.wire(ctx, r)
 
         persons, poses, tags = b.filters[0], b.filters[3], b.filters[4]
         admin_outputs = [persons, poses, tags, b.summary, b.gallery, b.ids, b.page, g.weights, g.models, c.readiness]
 
         def on_load(request: gr.Request):
-            user, r = username(ctx, request), role(ctx, request)
-            is_admin = r == "admin"
+            user, role_ = username(ctx, request), role(ctx, request)
+            is_admin = role_ == "admin"
             header = {"admin": f"**{user or 'local user'}** · admin", "annotator": f"**{user}** · annotator",
-                      None: "Sign in to use the studio." if ctx.policy.mode == "hf" else "No access for this account."}[r]
+                      None: "Sign in to use the studio." if ctx.policy.mode == "hf" else "No access for this account."}[role_]
             shown = [gr.Tab(visible=is_admin), gr.Tab(visible=is_admin), gr.Tab(visible=is_admin), gr.Tab(visible=is_admin),
-                     gr.Tab(visible=r is not None),
+                     gr.Tab(visible=is_admin), gr.Tab(visible=role_ is not None),
                      gr.Tabs(selected="browse" if is_admin else "annotate")]
             if is_admin:
                 status, names = generate.weights_status(ctx)
@@ -51,6 +53,6 @@ def build_app(ctx: StudioContext) -> gr.Blocks:
                 data = [gr.update()] * len(admin_outputs)
             return [header, gr.Markdown(visible=is_admin and bool(ctx.note)), *shown, annotate.message(user), *data]
 
-        demo.load(on_load, None, [who, notice, b.tab, s.tab, c.tab, g.tab, a.tab, tabs, a.info, *admin_outputs],
+        demo.load(on_load, None, [who, notice, b.tab, s.tab, c.tab, g.tab, r.tab, a.tab, tabs, a.info, *admin_outputs],
                   api_visibility="private")
     return demo

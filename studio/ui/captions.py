@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import gradio as gr
 import pandas as pd
 
-from .. import review
-from ..captions import FLAGS, CaptionSettings, caption_workspace, regenerate
+from .. import review, runs
+from ..captions import FLAGS, CaptionSettings, regenerate
 from ..validate import parse_id, plural
 from .access import StudioContext, require_admin, username
 from .feedback import api_errors, keep_on_mistake
@@ -32,6 +32,8 @@ class CaptionsTab:
     readiness: gr.Markdown
     run: gr.Button
     run_summary: gr.Markdown
+    run_id: gr.Number
+    timer: gr.Timer
     status: gr.Dropdown
     flag: gr.Dropdown
     person: gr.Textbox
@@ -66,7 +68,9 @@ def build() -> CaptionsTab:
                 overwrite = gr.Checkbox(label="Replace captions a person approved or edited", value=False)
             readiness = gr.Markdown(elem_id="caption-readiness")
             run = gr.Button("Caption", variant="primary")
-            run_summary = gr.Markdown()
+            run_summary = gr.Markdown(elem_id="caption-run-summary")
+            run_id = gr.Number(visible=False, precision=0)  # the caption run this page follows
+            timer = gr.Timer(2.0, active=True)
         with gr.Row():
             status = gr.Dropdown(["any", *review.REVIEW_STATUSES], value="generated", label="Status")
             flag = gr.Dropdown(["any flag", "no flag", *FLAGS], value="any flag", label="Flag")
@@ -90,7 +94,7 @@ def build() -> CaptionsTab:
                     regen = gr.Button("Regenerate")
         history = gr.Dataframe(label="Versions", interactive=False)
     return CaptionsTab(tab, api_key, base_url, model, concurrency, kept_only, overwrite, readiness, run, run_summary,
-                       status, flag, person, load, bulk, queue_summary, queue, ids, current, version, photo, caption,
+                       run_id, timer, status, flag, person, load, bulk, queue_summary, queue, ids, current, version, photo, caption,
                        flags, history, approve, reject, save, regen)
 
 
@@ -119,12 +123,39 @@ def readiness(ctx: StudioContext) -> str:
     return " ".join(parts)
 
 
-def run_captioning(ctx: StudioContext, api_key, base_url, model, concurrency, kept_only, author, progress=None,
-                   overwrite_reviewed: bool = False) -> dict:
-    report = caption_workspace(ctx.ws, _settings(base_url, model, concurrency), _key(api_key),
-                               kept_only=bool(kept_only), author=author, progress=progress,
-                               overwrite_reviewed=bool(overwrite_reviewed))
-    return report.as_dict()
+def start_captioning(ctx: StudioContext, api_key, base_url, model, concurrency, kept_only, author,
+                     overwrite_reviewed: bool = False) -> int:
+    """Submit a caption run (a worker running `python -m studio caption`); returns its id.
+
+    The key reaches the worker through its environment only."""
+    settings = _settings(base_url, model, concurrency)
+    key = _key(api_key)
+    if not key:
+        raise ValueError("no API key: enter one above (used for this run only) or set OPENAI_API_KEY on the server")
+    args = ["--model", settings.model, "--concurrency", str(settings.concurrency)]
+    args += ["--base-url", settings.base_url] if settings.base_url else []
+    args += [] if kept_only else ["--all"]
+    args += ["--overwrite-reviewed"] if overwrite_reviewed else []
+    return runs.submit(ctx.ws, "caption", args, author, secrets_env={"OPENAI_API_KEY": key})
+
+
+def run_status_text(ctx: StudioContext, run_id) -> str:
+    """Progress of a caption run, then its report."""
+    if run_id in (None, ""):
+        return gr.skip()
+    runs.reap(ctx.ws)
+    r = ctx.ws.store.run(int(run_id))
+    if r is None:
+        return ""
+    d = runs.describe(r)
+    if r["status"] == "done" and r["result"]:
+        return f"Run {r['id']} done. " + summary_text(r["result"])
+    text = f"Caption run **{r['id']}**: {r['status']}, {d['progress']} (follow it in the Runs tab too)."
+    if r["error"]:
+        text += f" {r['error']}"
+    if r["status"] == "cancelled":
+        text += " Click Caption again to resume: finished images are not asked again."
+    return text
 
 
 def summary_text(r: dict) -> str:
@@ -196,14 +227,20 @@ def wire(ctx: StudioContext, t: CaptionsTab) -> None:
         return username(ctx, request) or "local admin"
 
     @keep_on_mistake(2)
-    def on_run(request: gr.Request, api_key, base_url, model, concurrency, kept_only, overwrite, progress=gr.Progress()):
+    def on_run(request: gr.Request, api_key, base_url, model, concurrency, kept_only, overwrite):
         require_admin(ctx, request)
-        r = run_captioning(ctx, api_key, base_url, model, concurrency, kept_only, who(request),
-                           progress=lambda it, **kw: progress.tqdm(it, **kw), overwrite_reviewed=overwrite)
-        return summary_text(r), readiness(ctx)
+        run_id = start_captioning(ctx, api_key, base_url, model, concurrency, kept_only, who(request), overwrite)
+        return run_status_text(ctx, run_id), run_id
 
     t.run.click(on_run, [t.api_key, t.base_url, t.model, t.concurrency, t.kept_only, t.overwrite],
-                [t.run_summary, t.readiness], **private)
+                [t.run_summary, t.run_id], **private)
+
+    def on_tick(request: gr.Request, run_id):
+        if run_id in (None, "") or ctx.policy.role_of(username(ctx, request)) != "admin":
+            return gr.skip()
+        return run_status_text(ctx, run_id)
+
+    t.timer.tick(on_tick, [t.run_id], [t.run_summary], show_progress="hidden", **private)
 
     def queue_view(status, flag, person):
         rows, total = queue_data(ctx, status, flag, person)
@@ -253,13 +290,12 @@ def wire(ctx: StudioContext, t: CaptionsTab) -> None:
 
     @api_errors
     def caption_run_api(request: gr.Request, api_key: str = "", base_url: str = "", model: str = "gpt-4o",
-                        concurrency: int = 8, kept_only: bool = True, overwrite_reviewed: bool = False) -> dict:
-        """Caption the images that have no caption under these settings; returns the run report.
+                        concurrency: int = 8, kept_only: bool = True, overwrite_reviewed: bool = False) -> int:
+        """Start a caption run over the images without a caption under these settings; returns the run id (see /run).
 
         Captions a person approved or edited stay current unless overwrite_reviewed."""
         require_admin(ctx, request)
-        return run_captioning(ctx, api_key, base_url, model, concurrency, kept_only, who(request),
-                              overwrite_reviewed=overwrite_reviewed)
+        return start_captioning(ctx, api_key, base_url, model, concurrency, kept_only, who(request), overwrite_reviewed)
 
     @api_errors
     def caption_queue_api(request: gr.Request, status: str = "any", flag: str = "any flag", person: str = "") -> dict:

@@ -1,0 +1,197 @@
+"""Runs tab (admin): start a long stage as a worker, follow its progress and log, cancel it, rerun it.
+
+A run started here is `python -m studio <stage> ...` in its own process: closing the page (or
+the app) does not stop it, and reopening the page shows it again. The list and the open run
+refresh on a timer.
+"""
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+
+import gradio as gr
+import pandas as pd
+
+from .. import runs
+from ..store import RUN_STATUSES
+from ..validate import parse_id
+from .access import StudioContext, require_admin, username
+from .feedback import api_errors, keep_on_mistake
+
+COLUMNS = ["id", "kind", "status", "progress", "author", "started", "ended", "exit_code"]
+
+
+@dataclass
+class RunsTab:
+    tab: gr.Tab
+    kind: gr.Dropdown
+    args: gr.Textbox
+    start: gr.Button
+    kind_filter: gr.Dropdown
+    status_filter: gr.Dropdown
+    table: gr.Dataframe
+    run_id: gr.Number
+    summary: gr.Markdown
+    log: gr.Textbox
+    cancel: gr.Button
+    rerun: gr.Button
+    timer: gr.Timer
+
+
+def build() -> RunsTab:
+    with gr.Tab("Runs", id="runs", visible=False) as tab:
+        with gr.Row():
+            kind = gr.Dropdown(list(runs.KINDS), value="analyze", label="Stage")
+            args = gr.Textbox(label="Arguments (as for `python -m studio <stage>`; the workspace is added)",
+                              placeholder="e.g. --face-pack bundled   ·   ingest: /data/photos   ·   export: --out exports/a",
+                              scale=3, elem_id="run-args")
+            start = gr.Button("Start run", variant="primary")
+        with gr.Row():
+            kind_filter = gr.Dropdown(["any", *runs.KINDS, "generate"], value="any", label="Kind")
+            status_filter = gr.Dropdown(["any", *RUN_STATUSES], value="any", label="Status")
+        table = gr.Dataframe(headers=COLUMNS, label="Runs (newest first; click a row to open it)", interactive=False,
+                             elem_id="runs-table")
+        with gr.Row():
+            run_id = gr.Number(label="Open run", precision=0, elem_id="run-id")
+            cancel = gr.Button("Cancel run", variant="stop")
+            rerun = gr.Button("Rerun (resume)")
+        summary = gr.Markdown(elem_id="run-summary")
+        log = gr.Textbox(label="Log (tail)", lines=14, max_lines=14, autoscroll=True, elem_id="run-log")
+        timer = gr.Timer(2.0, active=True)
+    return RunsTab(tab, kind, args, start, kind_filter, status_filter, table, run_id, summary, log, cancel, rerun, timer)
+
+
+def runs_frame(ctx: StudioContext, kind=None, status=None) -> pd.DataFrame:
+    runs.reap(ctx.ws)
+    rows = [runs.describe(r) for r in ctx.ws.store.runs(kind=None if kind in (None, "any") else kind,
+                                                         status=None if status in (None, "any") else status)]
+    return pd.DataFrame([[r[c] for c in COLUMNS] for r in rows], columns=COLUMNS)
+
+
+def run_view(ctx: StudioContext, run_id) -> tuple[str, str]:
+    """(summary markdown, log tail) of one run."""
+    if run_id in (None, ""):
+        return "Open a run: click a row, or start one.", ""
+    r = ctx.ws.store.run(parse_id(run_id, "run id"))
+    if r is None:
+        return f"No run {run_id}.", ""
+    d = runs.describe(r)
+    lines = [f"### Run {d['id']} · {d['kind']} · **{d['status']}**",
+             f"Progress {d['progress']} · by {d['author']} · started {d['started']}"
+             + (f" · ended {d['ended']} (exit code {d['exit_code']})" if d["ended"] else ""),
+             f"`{d['command']}`"]
+    if d["resumes"]:
+        lines.append(f"Resumes run {d['resumes']}.")
+    if d["error"]:
+        lines.append(f"**Error:** {d['error']}")
+    if d["result"] is not None:
+        lines.append("**Result:** " + ", ".join(f"{k}: {v}" for k, v in d["result"].items()
+                                                if not isinstance(v, (list, dict))))
+    return "\n\n".join(lines), runs.log_tail(ctx.ws, r["id"])
+
+
+def start_run(ctx: StudioContext, kind: str, arg_text: str, author: str, secrets_env: dict | None = None) -> int:
+    try:
+        args = shlex.split(arg_text or "")
+    except ValueError as exc:
+        raise ValueError(f"arguments: {exc}") from None
+    for reserved in ("--workspace", "--run-id"):
+        if reserved in args:
+            raise ValueError(f"{reserved} is set by the studio; leave it out")
+    return runs.submit(ctx.ws, kind, args, author, secrets_env=secrets_env)
+
+
+def wire(ctx: StudioContext, t: RunsTab) -> None:
+    private = {"api_visibility": "private"}
+
+    def who(request) -> str:
+        return username(ctx, request) or "local admin"
+
+    @keep_on_mistake(4)
+    def on_start(request: gr.Request, kind, args, kind_filter, status_filter):
+        require_admin(ctx, request)
+        run_id = start_run(ctx, kind, args, who(request))
+        return (runs_frame(ctx, kind_filter, status_filter), run_id, *run_view(ctx, run_id))
+
+    t.start.click(on_start, [t.kind, t.args, t.kind_filter, t.status_filter],
+                  [t.table, t.run_id, t.summary, t.log], **private)
+
+    @keep_on_mistake(3)
+    def on_refresh(request: gr.Request, kind_filter, status_filter, run_id):
+        if ctx.policy.role_of(username(ctx, request)) != "admin":
+            return gr.skip(), gr.skip(), gr.skip()
+        return (runs_frame(ctx, kind_filter, status_filter), *run_view(ctx, run_id))
+
+    refresh_io = ([t.kind_filter, t.status_filter, t.run_id], [t.table, t.summary, t.log])
+    t.timer.tick(on_refresh, *refresh_io, show_progress="hidden", **private)
+    t.kind_filter.change(on_refresh, *refresh_io, **private)
+    t.status_filter.change(on_refresh, *refresh_io, **private)
+    t.run_id.submit(on_refresh, *refresh_io, **private)
+
+    @keep_on_mistake(3)
+    def on_row(request: gr.Request, frame: pd.DataFrame, evt: gr.SelectData):
+        require_admin(ctx, request)
+        run_id = int(frame.iloc[evt.index[0]]["id"])
+        return (run_id, *run_view(ctx, run_id))
+
+    t.table.select(on_row, [t.table], [t.run_id, t.summary, t.log], **private)
+
+    @keep_on_mistake(2)
+    def on_cancel(request: gr.Request, run_id):
+        require_admin(ctx, request)
+        if not runs.cancel(ctx.ws, parse_id(run_id, "run id")):
+            raise ValueError(f"run {run_id} has already finished")
+        gr.Info(f"Run {run_id} will stop at its next item.")
+        return run_view(ctx, run_id)
+
+    t.cancel.click(on_cancel, [t.run_id], [t.summary, t.log], **private)
+
+    @keep_on_mistake(3)
+    def on_rerun(request: gr.Request, run_id):
+        require_admin(ctx, request)
+        new = runs.rerun(ctx.ws, parse_id(run_id, "run id"), who(request))
+        return (new, *run_view(ctx, new))
+
+    t.rerun.click(on_rerun, [t.run_id], [t.run_id, t.summary, t.log], **private)
+
+    @api_errors
+    def runs_api(request: gr.Request, kind: str = "any", status: str = "any") -> list[dict]:
+        """Runs, newest first, with status and progress."""
+        require_admin(ctx, request)
+        runs.reap(ctx.ws)
+        return [runs.describe(r) for r in ctx.ws.store.runs(kind=None if kind == "any" else kind,
+                                                            status=None if status == "any" else status)]
+
+    @api_errors
+    def run_api(request: gr.Request, run_id: int) -> dict:
+        """One run with its settings and the tail of its log."""
+        require_admin(ctx, request)
+        runs.reap(ctx.ws)
+        r = ctx.ws.store.run(parse_id(run_id, "run id"))
+        if r is None:
+            raise ValueError(f"no run {run_id}")
+        return {**runs.describe(r), "settings": r["settings"], "log": runs.log_tail(ctx.ws, r["id"])}
+
+    @api_errors
+    def run_start_api(request: gr.Request, kind: str, args: str = "") -> int:
+        """Start `python -m studio <kind> <args>` on this workspace as a worker; returns the run id."""
+        require_admin(ctx, request)
+        return start_run(ctx, kind, args, who(request))
+
+    @api_errors
+    def run_cancel_api(request: gr.Request, run_id: int) -> bool:
+        """Ask a run to stop at its next item; false when it had already finished."""
+        require_admin(ctx, request)
+        return runs.cancel(ctx.ws, parse_id(run_id, "run id"))
+
+    @api_errors
+    def run_rerun_api(request: gr.Request, run_id: int) -> int:
+        """Start a finished run again (finished items are skipped: it resumes); returns the new run id."""
+        require_admin(ctx, request)
+        return runs.rerun(ctx.ws, parse_id(run_id, "run id"), who(request))
+
+    gr.api(runs_api, api_name="runs")
+    gr.api(run_api, api_name="run")
+    gr.api(run_start_api, api_name="run_start")
+    gr.api(run_cancel_api, api_name="run_cancel")
+    gr.api(run_rerun_api, api_name="run_rerun")
