@@ -143,6 +143,21 @@ def filter_choices(ws: Workspace) -> dict:
     }
 
 
+def _provenance(ws: Workspace, row: dict) -> dict:
+    """Which run made each part of this image's record: who, when, with which pack / model / settings."""
+    def run(run_id):
+        r = ws.store.run(run_id) if run_id else None
+        return None if r is None else {"run": r["id"], "kind": r["kind"], "by": r["author"], "at": r["started_at"],
+                                       "settings": r["settings"]}
+    cur = ws.store.current_caption(row["id"])
+    caption = None if cur is None else {"version": cur["version"], "status": cur["status"], "by": cur["author"],
+                                        "at": cur["created_at"], "model": cur["model"], "run": run(cur["run_id"])}
+    return {"ingest": run(row["ingest_run"]),
+            "analysis": {"face_pack": row["pack"], "at": row["analyzed_at"], "run": run(row["analysis_run"])},
+            "curation": {"at": row["curated_at"], "run": run(row["curation_run"])},
+            "caption": caption}
+
+
 def image_detail(ws: Workspace, image_id: int) -> dict:
     """Everything about one image: metadata, faces drawn on the photo, the person's other photos.
 
@@ -181,6 +196,7 @@ def image_detail(ws: Workspace, image_id: int) -> dict:
                               "largest": "largest face (too few photos of this person for a centroid)",
                               None: "largest face (not curated yet)"}.get(row["subject_by"], row["subject_by"]),
         "verdict_stale": row["verdict_stale"],
+        "provenance": _provenance(ws, row),
         "caption": row["caption"], "caption_status": row["caption_status"], "tags": ws.store.tags_of(row["id"]),
         "faces": [
             {"index": f.face_index, "bbox": [round(v, 1) for v in f.bbox], "score": round(f.score, 3),

@@ -24,7 +24,7 @@ from PIL import Image
 
 from .caption_checks import FLAGS, check_caption  # noqa: F401  (FLAGS re-exported for the UI)
 from .images import ImageError, load_rgb
-from .parallel import bounded_map
+from .parallel import BoundedMap
 from .workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -210,26 +210,36 @@ def caption_workspace(ws: Workspace, settings: CaptionSettings, api_key: str | N
         except Exception as exc:  # the client has retried already: record and go on with the batch
             return job, None, _redact(describe_error(exc, settings), api_key)
 
+    def keep(result) -> None:
+        (image_id, key, _), answer, error = result
+        if error is not None:
+            report.failed += 1
+            report.errors.append(f"image {image_id}: {error}")
+            log.warning("caption failed for image %s: %s", image_id, error)
+            return
+        text, p_tok, c_tok = answer
+        flags, current = _store_model_caption(ws, image_id, key, settings, text, p_tok, c_tok, author, compiled,
+                                              overwrite_reviewed, run_id)
+        report.captioned += 1
+        report.kept_reviewed += not current
+        report.prompt_tokens += p_tok
+        report.completion_tokens += c_tok
+        report.cost_usd += settings.cost(p_tok, c_tok)
+        for f in flags:
+            report.flagged[f] = report.flagged.get(f, 0) + 1
+
     with ThreadPoolExecutor(settings.concurrency) as pool:
-        results: Iterable = bounded_map(pool, work, todo, ahead=2 * settings.concurrency)  # keep the pool busy
+        mapper = BoundedMap(pool, work, todo, ahead=2 * settings.concurrency)  # keep the pool busy
+        results: Iterable = mapper
         if progress is not None:
             results = progress(results, total=len(todo), desc="caption", unit="img")
-        for (image_id, key, _), answer, error in results:
-            if error is not None:
-                report.failed += 1
-                report.errors.append(f"image {image_id}: {error}")
-                log.warning("caption failed for image %s: %s", image_id, error)
-                continue
-            text, p_tok, c_tok = answer
-            flags, current = _store_model_caption(ws, image_id, key, settings, text, p_tok, c_tok, author, compiled,
-                                                  overwrite_reviewed, run_id)
-            report.captioned += 1
-            report.kept_reviewed += not current
-            report.prompt_tokens += p_tok
-            report.completion_tokens += c_tok
-            report.cost_usd += settings.cost(p_tok, c_tok)
-            for f in flags:
-                report.flagged[f] = report.flagged.get(f, 0) + 1
+        try:
+            for result in results:
+                keep(result)
+        except BaseException:  # stopped (a cancel, Ctrl-C): keep the answers already paid for
+            for result in mapper.settle():
+                keep(result)
+            raise
     report.seconds = round(time.perf_counter() - start, 3)
     return report
 

@@ -8,17 +8,38 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
 
 
+class BoundedMap(Generic[T, R]):
+    """Iterate ``fn(item)`` results in order; :meth:`settle` ends early without losing started work."""
+
+    def __init__(self, pool: Executor, fn: Callable[[T], R], items: Iterable[T], ahead: int):
+        self.pool, self.fn, self.items, self.ahead = pool, fn, iter(items), ahead
+        self.pending: deque = deque()
+
+    def __iter__(self) -> Iterator[R]:
+        for item in self.items:
+            self.pending.append(self.pool.submit(self.fn, item))
+            if len(self.pending) >= self.ahead:
+                yield self.pending.popleft().result()
+        while self.pending:
+            yield self.pending.popleft().result()
+
+    def settle(self) -> list[R]:
+        """Stop: cancel the tasks not started yet and return the results of those already running.
+
+        For work that costs money (a model request), so that an answer already paid for is kept.
+        """
+        for f in self.pending:
+            f.cancel()
+        done = [f.result() for f in self.pending if not f.cancelled()]
+        self.pending.clear()
+        return done
+
+
 def bounded_map(pool: Executor, fn: Callable[[T], R], items: Iterable[T], ahead: int) -> Iterator[R]:
-    pending: deque = deque()
-    for item in items:
-        pending.append(pool.submit(fn, item))
-        if len(pending) >= ahead:
-            yield pending.popleft().result()
-    while pending:
-        yield pending.popleft().result()
+    return iter(BoundedMap(pool, fn, items, ahead))

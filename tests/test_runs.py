@@ -1,0 +1,135 @@
+"""Runs: stages recorded with provenance, workers that survive their caller, cancel, kill, resume."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import pytest
+from conftest import REPO
+from oai_server import LocalOpenAI, Reply, image_key
+
+from studio import runs
+from studio.browse import image_detail
+from studio.ingest import ingest
+from studio.workspace import Workspace
+
+
+def studio(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "STUDIO_FACE_PACK": "bundled"}
+    proc = subprocess.run([sys.executable, "-m", "studio", *args], cwd=REPO, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def test_cli_stages_are_runs_with_provenance(tmp_path, curation_source):
+    ws_dir = str(tmp_path / "ws")
+    studio("ingest", str(curation_source), "--workspace", ws_dir, "--author", "ines")
+    studio("analyze", "--workspace", ws_dir, "--face-pack", "bundled")
+    listed = json.loads(studio("runs", "list", "--workspace", ws_dir, "--json").stdout)
+    assert [(r["kind"], r["status"]) for r in listed] == [("analyze", "done"), ("ingest", "done")]
+    ingest_run = listed[1]
+    assert ingest_run["author"] == "ines" and ingest_run["result"]["added"] == 9
+    assert ingest_run["progress"].startswith("9/")
+    ws = Workspace.open(ws_dir)
+    obama = next(r for r in ws.store.image_table() if r["source"].endswith("/obama.jpg"))
+    prov = image_detail(ws, obama["id"])["metadata"]["provenance"]
+    assert prov["ingest"]["run"] == ingest_run["id"] and prov["ingest"]["by"] == "ines"
+    assert prov["analysis"]["run"]["run"] == listed[0]["id"] and prov["analysis"]["face_pack"].startswith("bundled:")
+    assert prov["curation"]["run"]["kind"] == "analyze"  # analyze re-curated what it touched
+    shown = studio("runs", "show", str(listed[0]["id"]), "--workspace", ws_dir).stdout
+    assert '"status": "done"' in shown and "analyze" in shown
+
+
+@pytest.fixture()
+def photos_ws(tmp_path, photos):
+    src = tmp_path / "src"
+    names = ("obama", "obama2", "obama3", "obama_partial_face", "biden", "astronaut")
+    for name in names:
+        (src / name).mkdir(parents=True)
+        shutil.copy(photos[name], src / name / photos[name].name)
+    ws = Workspace.open(tmp_path / "ws")
+    ingest(ws, src)
+    return ws
+
+
+def wait(ws, run_id, check, timeout=90):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        runs.reap(ws)
+        r = ws.store.run(run_id)
+        if check(r):
+            return r
+        time.sleep(0.2)
+    raise AssertionError(f"run {run_id}: {ws.store.run(run_id)}\n{runs.log_tail(ws, run_id)}")
+
+
+def caption_args(server) -> list[str]:
+    return ["--all", "--base-url", server.url, "--concurrency", "1", "--max-retries", "0"]
+
+
+def test_cancel_stops_at_the_next_item_and_rerun_resumes(photos_ws):
+    ws = photos_ws
+    with LocalOpenAI(lambda n, body: Reply(delay=0.4)) as server:
+        run_id = runs.submit(ws, "caption", caption_args(server), "ada", secrets_env={"OPENAI_API_KEY": "sk-run"})
+        wait(ws, run_id, lambda r: r["done"] >= 2)
+        assert runs.cancel(ws, run_id)
+        cancelled = wait(ws, run_id, lambda r: r["status"] in ("cancelled", "done", "failed"))
+        assert cancelled["status"] == "cancelled" and cancelled["exit_code"] == 130
+        done_before = len(ws.store.current_captions())
+        assert 2 <= done_before < 6
+        assert not runs.cancel(ws, run_id)  # already finished
+        again = runs.rerun(ws, run_id, "ada", secrets_env={"OPENAI_API_KEY": "sk-run"})
+        finished = wait(ws, again, lambda r: r["status"] in ("done", "failed", "cancelled"))
+        assert finished["status"] == "done" and finished["resumes"] == run_id
+        assert finished["result"]["skipped"] == done_before and finished["result"]["captioned"] == 6 - done_before
+        asked = Counter(image_key(b) for b in server.requests)
+    assert len(ws.store.current_captions()) == 6 and max(asked.values()) == 1  # no image asked twice
+    assert "sk-run" not in runs.log_tail(ws, again) and "sk-run" not in json.dumps(ws.store.run(again))
+
+
+def test_killed_worker_is_marked_failed_and_rerun_resumes(photos_ws):
+    ws = photos_ws
+    with LocalOpenAI(lambda n, body: Reply(delay=0.4)) as server:
+        run_id = runs.submit(ws, "caption", caption_args(server), "ada", secrets_env={"OPENAI_API_KEY": "sk-run"})
+        running = wait(ws, run_id, lambda r: r["done"] >= 1)
+        os.killpg(os.getpgid(running["pid"]), signal.SIGKILL)
+        failed = wait(ws, run_id, lambda r: r["status"] != "running")
+        assert failed["status"] == "failed" and "without finishing" in failed["error"]
+        again = runs.rerun(ws, run_id, "ada", secrets_env={"OPENAI_API_KEY": "sk-run"})
+        assert wait(ws, again, lambda r: r["status"] in ("done", "failed"))["status"] == "done"
+    captions = ws.store.current_captions()
+    assert len(captions) == 6 and len({c[0] for c in captions}) == 6
+    # one model caption per image, however the kill fell
+    rows = ws.store.conn.execute("SELECT image_id, COUNT(*) FROM captions WHERE origin = 'model' GROUP BY image_id")
+    assert {n for _, n in rows} == {1}
+
+
+def test_worker_started_from_a_process_outlives_it(photos_ws, tmp_path):
+    """The app's worker is in its own session: the process that started it can go away."""
+    ws = photos_ws
+    code = ("import sys; from studio import runs; from studio.workspace import Workspace; "
+            "print(runs.submit(Workspace.open(sys.argv[1]), 'analyze', ['--face-pack', 'bundled'], 'ada'))")
+    starter = subprocess.run([sys.executable, "-c", code, str(ws.root)], cwd=REPO, capture_output=True, text=True,
+                             env={**os.environ, "STUDIO_FACE_PACK": "bundled"})
+    assert starter.returncode == 0, starter.stderr
+    run_id = int(starter.stdout.strip())
+    done = wait(ws, run_id, lambda r: r["status"] in ("done", "failed"))
+    assert done["status"] == "done" and done["result"]["analyzed"] == 6, runs.log_tail(ws, run_id)
+    assert "analyze" in runs.log_tail(ws, run_id)
+
+
+def test_bad_run_requests_are_clear(photos_ws):
+    ws = photos_ws
+    with pytest.raises(ValueError, match="unknown run kind 'train'"):
+        runs.submit(ws, "train", [], "ada")
+    with pytest.raises(ValueError, match="no run 999"):
+        runs.rerun(ws, 999, "ada")
+    bad = runs.submit(ws, "analyze", ["--no-such-flag"], "ada")
+    failed = wait(ws, bad, lambda r: r["status"] != "queued" and r["status"] != "running")
+    assert failed["status"] == "failed" and "unrecognized arguments" in runs.log_tail(ws, bad)
