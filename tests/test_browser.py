@@ -201,3 +201,91 @@ def test_approve_with_nothing_selected_is_a_warning(browser, captioned_app):
     page.get_by_text("pick a caption from the queue first").first.wait_for(timeout=30_000)
     page.wait_for_timeout(500)
     assert page.locator("#caption-queue button.thumbnail-item").count() == 2  # the queue stays
+
+
+@pytest.fixture()
+def runs_app(tmp_path, photos, users_file):
+    """A workspace with six ingested photos (not analyzed), served with accounts."""
+    from conftest import running_app
+
+    from studio.ingest import ingest
+    from studio.workspace import Workspace
+
+    src = tmp_path / "src"
+    for name in ("obama", "obama2", "obama3", "obama_partial_face", "biden", "astronaut"):
+        (src / name).mkdir(parents=True)
+        shutil.copy(photos[name], src / name / photos[name].name)
+    ws = Workspace.open(tmp_path / "ws")
+    ingest(ws, src)
+    with running_app(ws.root, "--auth", str(users_file)) as url:
+        yield url, ws
+
+
+def _open_run(page, run_id: int) -> None:
+    box = page.locator("#run-id input").first
+    box.fill(str(run_id))
+    box.press("Enter")
+    page.locator("#run-summary").get_by_text(f"Run {run_id} ·").wait_for(timeout=30_000)
+
+
+def test_runs_outlive_the_page_and_cancelled_runs_resume(browser, runs_app, tmp_path):
+    from collections import Counter
+
+    from oai_server import LocalOpenAI, Reply, image_key
+
+    url, ws = runs_app
+    import threading
+    import time
+
+    one_at_a_time = threading.Lock()
+
+    def slow(n, body):  # the endpoint answers one request at a time, 1.5 s each
+        with one_at_a_time:
+            time.sleep(1.5)
+        return Reply()
+
+    with LocalOpenAI(slow) as server:
+        page = login(browser, url, "ada")
+        page.get_by_role("tab", name="Captions").click()
+        page.locator("#api-key input, #api-key textarea").first.fill("sk-browser-key-0001")
+        page.locator("#base-url input, #base-url textarea").first.fill(server.url)
+        page.locator("#caption-concurrency input[type=number]").first.fill("1")
+        page.locator("#caption-concurrency input[type=number]").first.press("Tab")
+        page.locator("#kept-only input").first.uncheck()
+        page.get_by_role("button", name="Caption", exact=True).click()
+        page.locator("#caption-run-summary").get_by_text("Caption run").wait_for(timeout=30_000)
+        argv = next(r for r in ws.store.runs() if r["kind"] == "caption")["argv"]
+        assert argv[argv.index("--concurrency") + 1] == "1" and "sk-browser-key-0001" not in argv
+        page.get_by_role("tab", name="Runs").click()
+        page.locator("#run-args textarea, #run-args input").first.fill("--face-pack bundled")
+        page.get_by_role("button", name="Start run").click()
+        page.locator("#run-summary").get_by_text("analyze").first.wait_for(timeout=30_000)
+        page.close()  # the person closes the browser tab
+
+        page = login(browser, url, "ada")
+        page.get_by_role("tab", name="Runs").click()
+        page.wait_for_function("(() => { const t = document.querySelector('#runs-table').innerText; "
+                               "return t.includes('caption') && t.includes('analyze'); })()", timeout=30_000)
+        caption_run = next(r for r in ws.store.runs() if r["kind"] == "caption")
+        analyze_run = next(r for r in ws.store.runs() if r["kind"] == "analyze")
+        assert caption_run["status"] in ("queued", "running")  # still going after the page closed
+        _open_run(page, caption_run["id"])
+        page.wait_for_function("document.querySelector('#run-log textarea').value.includes('caption')", timeout=30_000)
+        page.get_by_role("button", name="Cancel run").click()
+        page.locator("#run-summary").get_by_text("cancelled").wait_for(timeout=60_000)
+        page.get_by_role("button", name="Rerun (resume)").click()
+        page.locator("#run-summary").get_by_text(f"Resumes run {caption_run['id']}").wait_for(timeout=30_000)
+        # the rerun has no key of its own: the server has none, so it fails clearly; the Captions tab resumes it
+        page.get_by_role("tab", name="Captions").click()
+        page.locator("#api-key input, #api-key textarea").first.fill("sk-browser-key-0001")
+        page.locator("#base-url input, #base-url textarea").first.fill(server.url)
+        page.locator("#caption-concurrency input[type=number]").first.fill("4")
+        page.locator("#caption-concurrency input[type=number]").first.press("Tab")
+        page.locator("#kept-only input").first.uncheck()
+        page.get_by_role("button", name="Caption", exact=True).click()
+        page.locator("#caption-run-summary").get_by_text("done").wait_for(timeout=60_000)
+        page.screenshot(path=str(artifacts_dir(tmp_path) / "runs.png"), full_page=True)
+        asked = Counter(image_key(b) for b in server.requests)
+    assert ws.store.run(analyze_run["id"])["status"] == "done"
+    assert ws.store.run(caption_run["id"])["status"] == "cancelled"
+    assert len(ws.store.current_captions()) == 6 and set(asked.values()) == {1}

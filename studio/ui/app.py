@@ -20,6 +20,7 @@ def build_app(ctx: StudioContext) -> gr.Blocks:
             if ctx.policy.mode == "hf":
                 gr.LoginButton()
         notice = gr.Markdown(visible=bool(ctx.note), value=f"> {ctx.note}" if ctx.note else "")
+        clock = gr.Timer(2.0)  # refreshes run progress; outside the tabs so it ticks on every tab
         # tabs start hidden; the page-load event reveals those of the caller's role
         with gr.Tabs() as tabs:
             b = browse.build()
@@ -30,9 +31,9 @@ def build_app(ctx: StudioContext) -> gr.Blocks:
             a = annotate.build()
         browse.wire(ctx, b)
         statistics.wire(ctx, s)
-        captions.wire(ctx, c)
+        captions.wire(ctx, c, clock)
         generate.wire(ctx, g)
-        runs.wire(ctx, r)
+        runs.wire(ctx, r, clock)
 
         persons, poses, tags = b.filters[0], b.filters[3], b.filters[4]
         admin_outputs = [persons, poses, tags, b.summary, b.gallery, b.ids, b.page, g.weights, g.models, c.readiness]

@@ -33,7 +33,6 @@ class CaptionsTab:
     run: gr.Button
     run_summary: gr.Markdown
     run_id: gr.Number
-    timer: gr.Timer
     status: gr.Dropdown
     flag: gr.Dropdown
     person: gr.Textbox
@@ -61,16 +60,15 @@ def build() -> CaptionsTab:
                 api_key = gr.Textbox(label="API key (this session only; empty: the server's OPENAI_API_KEY)",
                                      type="password", elem_id="api-key")
                 base_url = gr.Textbox(label="Base URL (empty: OpenAI; or any OpenAI-compatible server)",
-                                      placeholder="http://127.0.0.1:8000/v1")
+                                      placeholder="http://127.0.0.1:8000/v1", elem_id="base-url")
                 model = gr.Textbox(label="Model", value="gpt-4o")
-                concurrency = gr.Slider(1, 64, value=8, step=1, label="Requests in flight")
-                kept_only = gr.Checkbox(label="Only images that passed curation", value=True)
+                concurrency = gr.Slider(1, 64, value=8, step=1, label="Requests in flight", elem_id="caption-concurrency")
+                kept_only = gr.Checkbox(label="Only images that passed curation", value=True, elem_id="kept-only")
                 overwrite = gr.Checkbox(label="Replace captions a person approved or edited", value=False)
             readiness = gr.Markdown(elem_id="caption-readiness")
             run = gr.Button("Caption", variant="primary")
             run_summary = gr.Markdown(elem_id="caption-run-summary")
             run_id = gr.Number(visible=False, precision=0)  # the caption run this page follows
-            timer = gr.Timer(2.0, active=True)
         with gr.Row():
             status = gr.Dropdown(["any", *review.REVIEW_STATUSES], value="generated", label="Status")
             flag = gr.Dropdown(["any flag", "no flag", *FLAGS], value="any flag", label="Flag")
@@ -94,7 +92,7 @@ def build() -> CaptionsTab:
                     regen = gr.Button("Regenerate")
         history = gr.Dataframe(label="Versions", interactive=False)
     return CaptionsTab(tab, api_key, base_url, model, concurrency, kept_only, overwrite, readiness, run, run_summary,
-                       run_id, timer, status, flag, person, load, bulk, queue_summary, queue, ids, current, version, photo, caption,
+                       run_id, status, flag, person, load, bulk, queue_summary, queue, ids, current, version, photo, caption,
                        flags, history, approve, reject, save, regen)
 
 
@@ -141,7 +139,7 @@ def start_captioning(ctx: StudioContext, api_key, base_url, model, concurrency, 
 
 def run_status_text(ctx: StudioContext, run_id) -> str:
     """Progress of a caption run, then its report."""
-    if run_id in (None, ""):
+    if run_id in (None, "", 0):
         return gr.skip()
     runs.reap(ctx.ws)
     r = ctx.ws.store.run(int(run_id))
@@ -220,7 +218,8 @@ def act(ctx: StudioContext, image_id, version, action: str, text: str, author: s
     return review.edit(ctx.ws, image_id, version, text, author)
 
 
-def wire(ctx: StudioContext, t: CaptionsTab) -> None:
+def wire(ctx: StudioContext, t: CaptionsTab, timer: gr.Timer) -> None:
+    """``timer``: the page's refresh clock, which updates a caption run's progress."""
     private = {"api_visibility": "private"}
 
     def who(request) -> str:
@@ -236,11 +235,11 @@ def wire(ctx: StudioContext, t: CaptionsTab) -> None:
                 [t.run_summary, t.run_id], **private)
 
     def on_tick(request: gr.Request, run_id):
-        if run_id in (None, "") or ctx.policy.role_of(username(ctx, request)) != "admin":
+        if run_id in (None, "", 0) or ctx.policy.role_of(username(ctx, request)) != "admin":
             return gr.skip()
         return run_status_text(ctx, run_id)
 
-    t.timer.tick(on_tick, [t.run_id], [t.run_summary], show_progress="hidden", **private)
+    timer.tick(on_tick, [t.run_id], [t.run_summary], show_progress="hidden", **private)
 
     def queue_view(status, flag, person):
         rows, total = queue_data(ctx, status, flag, person)

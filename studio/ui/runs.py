@@ -35,7 +35,6 @@ class RunsTab:
     log: gr.Textbox
     cancel: gr.Button
     rerun: gr.Button
-    timer: gr.Timer
 
 
 def build() -> RunsTab:
@@ -52,13 +51,12 @@ def build() -> RunsTab:
         table = gr.Dataframe(headers=COLUMNS, label="Runs (newest first; click a row to open it)", interactive=False,
                              elem_id="runs-table")
         with gr.Row():
-            run_id = gr.Number(label="Open run", precision=0, elem_id="run-id")
+            run_id = gr.Number(label="Open run", value=None, precision=0, elem_id="run-id")
             cancel = gr.Button("Cancel run", variant="stop")
             rerun = gr.Button("Rerun (resume)")
         summary = gr.Markdown(elem_id="run-summary")
         log = gr.Textbox(label="Log (tail)", lines=14, max_lines=14, autoscroll=True, elem_id="run-log")
-        timer = gr.Timer(2.0, active=True)
-    return RunsTab(tab, kind, args, start, kind_filter, status_filter, table, run_id, summary, log, cancel, rerun, timer)
+    return RunsTab(tab, kind, args, start, kind_filter, status_filter, table, run_id, summary, log, cancel, rerun)
 
 
 def runs_frame(ctx: StudioContext, kind=None, status=None) -> pd.DataFrame:
@@ -70,7 +68,7 @@ def runs_frame(ctx: StudioContext, kind=None, status=None) -> pd.DataFrame:
 
 def run_view(ctx: StudioContext, run_id) -> tuple[str, str]:
     """(summary markdown, log tail) of one run."""
-    if run_id in (None, ""):
+    if run_id in (None, "", 0):  # an empty number box reads as 0
         return "Open a run: click a row, or start one.", ""
     r = ctx.ws.store.run(parse_id(run_id, "run id"))
     if r is None:
@@ -101,7 +99,8 @@ def start_run(ctx: StudioContext, kind: str, arg_text: str, author: str, secrets
     return runs.submit(ctx.ws, kind, args, author, secrets_env=secrets_env)
 
 
-def wire(ctx: StudioContext, t: RunsTab) -> None:
+def wire(ctx: StudioContext, t: RunsTab, timer: gr.Timer) -> None:
+    """``timer``: the page's refresh clock (outside the tabs, so it ticks whichever tab is shown)."""
     private = {"api_visibility": "private"}
 
     def who(request) -> str:
@@ -123,7 +122,8 @@ def wire(ctx: StudioContext, t: RunsTab) -> None:
         return (runs_frame(ctx, kind_filter, status_filter), *run_view(ctx, run_id))
 
     refresh_io = ([t.kind_filter, t.status_filter, t.run_id], [t.table, t.summary, t.log])
-    t.timer.tick(on_refresh, *refresh_io, show_progress="hidden", **private)
+    timer.tick(on_refresh, *refresh_io, show_progress="hidden", **private)
+    t.tab.select(on_refresh, *refresh_io, **private)
     t.kind_filter.change(on_refresh, *refresh_io, **private)
     t.status_filter.change(on_refresh, *refresh_io, **private)
     t.run_id.submit(on_refresh, *refresh_io, **private)
