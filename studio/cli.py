@@ -132,6 +132,8 @@ def cmd_stats(args) -> int:
 def cmd_list(args) -> int:
     from .stats import image_list
 
+    from .browse import BrowseFilter, browse
+
     ws = _workspace(args)
     _warn_stale(ws)
     rows = image_list(ws)
@@ -139,12 +141,33 @@ def cmd_list(args) -> int:
         rows = [r for r in rows if r["person"] == args.person]
     if args.status:
         rows = [r for r in rows if r["status"] == args.status]
+    browse_filters = (args.reason, args.pose, args.tag, args.caption_status, args.caption_text, args.outlier)
+    if any(v not in (None, []) for v in browse_filters):  # the Browse tab's filters, same code
+        f = BrowseFilter(reason=args.reason, pose=args.pose, tags=args.tag or [], caption_status=args.caption_status,
+                         caption_text=args.caption_text or "", outlier=args.outlier or "any")
+        keep, page = set(), 1
+        while True:
+            result = browse(ws, f, page=page, page_size=200)
+            keep |= {r["image_id"] for r in result.items}
+            if page >= result.pages:
+                break
+            page += 1
+        rows = [r for r in rows if r["id"] in keep]
     text = "\n".join(
         f"{r['id']:>6}  {r['person']:<20} {r['status']:<7} faces={r['face_count']} ratio={r['face_ratio']} "
         f"pose={r['pose']} outlier={r['outlier']} {','.join(r['reasons'])}{' (stale verdict)' if r['verdict_stale'] else ''}"
         for r in rows
     )
     _print(rows, args.json, text)
+    return 0
+
+
+def cmd_show(args) -> int:
+    from .browse import image_detail
+
+    d = image_detail(_workspace(args), args.image_id)
+    out = {**d["metadata"], "problem": d["problem"], "same_person": [o["image_id"] for o in d["same_person"]]}
+    _print(out, args.json)
     return 0
 
 
@@ -221,6 +244,14 @@ def cmd_review(args) -> int:
     ws = _workspace(args)
     if args.approve_unflagged:
         print(json.dumps({"approved": review.bulk_approve_unflagged(ws, _author(args))}))
+        return 0
+    if args.regenerate is not None:
+        import os
+
+        from .captions import regenerate
+
+        cur = regenerate(ws, args.regenerate, _caption_settings(args), os.environ.get("OPENAI_API_KEY"), _author(args))
+        _print(cur, args.json, f"image {args.regenerate}: version {cur['version']} generated: {cur['text']}")
         return 0
     actions = [a for a in ("approve", "reject", "edit") if getattr(args, a) is not None]
     if actions:
@@ -380,7 +411,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", parents=[common], help="every image with status, reasons, faces, pose, outlier flag")
     p.add_argument("--person", default=None, help="only this person")
     p.add_argument("--status", choices=["pass", "fail", "pending"], default=None, help="only this status")
+    p.add_argument("--reason", default=None, help="only images rejected for this reason")
+    p.add_argument("--pose", default=None, help="only this pose (frontal, side, looking up, looking down)")
+    p.add_argument("--tag", action="append", default=None, help="only images with this attribute tag (repeatable)")
+    p.add_argument("--caption-status", default=None, help="none | imported | generated | edited | approved | rejected")
+    p.add_argument("--caption-text", default=None, help="words the caption contains")
+    p.add_argument("--outlier", choices=["yes", "no"], default=None, help="identity outliers only, or none")
     p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("show", parents=[common], help="one image: faces, verdict, caption, provenance (Browse's detail)")
+    p.add_argument("image_id", type=int, help="image id")
+    p.set_defaults(func=cmd_show)
 
     p = sub.add_parser("problems", parents=[common], help="inputs rejected or skipped at ingest, with reasons")
     p.set_defaults(func=cmd_problems)
@@ -428,6 +469,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reject", type=int, metavar="IMAGE_ID", default=None, help="reject this image's caption")
     p.add_argument("--edit", type=int, metavar="IMAGE_ID", default=None, help="replace this image's caption with --text")
     p.add_argument("--text", default=None, help="the edited caption (with --edit)")
+    p.add_argument("--regenerate", type=int, metavar="IMAGE_ID", default=None,
+                   help="ask the model again for this image (key from OPENAI_API_KEY) and make it current")
+    for flag, kw in (("--model", {}), ("--base-url", {}), ("--concurrency", {"type": int}), ("--timeout", {"type": float}),
+                     ("--max-retries", {"type": int}), ("--price-input", {"type": float}),
+                     ("--price-output", {"type": float})):
+        p.add_argument(flag, default=None, help=argparse.SUPPRESS if flag not in ("--model", "--base-url") else
+                       "for --regenerate: as for `caption`", **kw)
     p.add_argument("--version", type=int, default=None,
                    help="the caption version you reviewed (as listed); refused if another is current now")
     p.set_defaults(func=cmd_review)

@@ -235,16 +235,15 @@ def test_runs_outlive_the_page_and_cancelled_runs_resume(browser, runs_app, tmp_
 
     url, ws = runs_app
     import threading
-    import time
 
-    one_at_a_time = threading.Lock()
+    release = threading.Event()
 
-    def slow(n, body):  # the endpoint answers one request at a time, 1.5 s each
-        with one_at_a_time:
-            time.sleep(1.5)
+    def gated(n, body):  # two answers, then the endpoint holds every request until the test releases it
+        if n > 2:
+            release.wait(90)
         return Reply()
 
-    with LocalOpenAI(slow) as server:
+    with LocalOpenAI(gated) as server:
         page = login(browser, url, "ada")
         page.get_by_role("tab", name="Captions").click()
         page.locator("#api-key input, #api-key textarea").first.fill("sk-browser-key-0001")
@@ -272,6 +271,8 @@ def test_runs_outlive_the_page_and_cancelled_runs_resume(browser, runs_app, tmp_
         _open_run(page, caption_run["id"])
         page.wait_for_function("document.querySelector('#run-log textarea').value.includes('caption')", timeout=30_000)
         page.get_by_role("button", name="Cancel run").click()
+        page.get_by_text("will stop at its next item").first.wait_for(timeout=30_000)
+        release.set()  # the request in flight is answered; the run stops after it
         page.locator("#run-summary").get_by_text("cancelled").wait_for(timeout=60_000)
         page.get_by_role("button", name="Rerun (resume)").click()
         page.locator("#run-summary").get_by_text(f"Resumes run {caption_run['id']}").wait_for(timeout=30_000)

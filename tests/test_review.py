@@ -128,3 +128,26 @@ def test_captions_api_end_to_end(served_captions):
                          ("/caption_action", {"image_id": target, "action": "approve"})):
         with pytest.raises(AppError, match="Access denied"):
             annotator.predict(**kw, api_name=endpoint)
+
+
+def test_review_from_the_command_line(ws):
+    """The CLI offers the review actions of the Captions tab, with the same stale-version check."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    def studio(*args):
+        return subprocess.run([sys.executable, "-m", "studio", *args, "--workspace", str(ws.root)], cwd=REPO,
+                              capture_output=True, text=True)
+
+    i = ids(ws)["obama.jpg"]
+    ok = studio("review", "--approve", str(i), "--version", "1", "--author", "vera", "--json")
+    assert ok.returncode == 0 and json.loads(ok.stdout)["status"] == "approved"
+    stale = studio("review", "--edit", str(i), "--version", "1", "--text", "Old view.")
+    assert stale.returncode == 2 and "you saw version 1, the current one is version 2 (approved by vera)" in stale.stderr
+    listed = json.loads(studio("list", "--caption-status", "approved", "--json").stdout)
+    assert [r["id"] for r in listed] == [i]
+    shown = json.loads(studio("show", str(i), "--json").stdout)
+    assert shown["provenance"]["caption"]["by"] == "vera" and shown["caption_status"] == "approved"
