@@ -9,9 +9,7 @@ worker died without saying so is marked failed the next time runs are listed or 
 """
 from __future__ import annotations
 
-import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -253,14 +251,3 @@ def describe(r: dict) -> dict:
             "author": r["author"], "started": r["started_at"] or r["created_at"], "ended": r["ended_at"],
             "exit_code": r["exit_code"], "error": r["error"], "result": r["result"], "resumes": r["resumes"],
             "command": " ".join(["python -m studio", *(r["argv"] or [])])}
-
-
-def stop_worker(ws: Workspace, run_id: int) -> None:
-    """Last resort for a worker that ignores the cancel flag (e.g. stuck in one item)."""
-    r = ws.store.run(run_id)
-    if r and r["pid"] and _alive(r["pid"]):
-        os.killpg(os.getpgid(r["pid"]), signal.SIGTERM)
-
-
-def json_result(r: dict) -> str:
-    return json.dumps(r.get("result"), indent=2, default=str) if r.get("result") is not None else ""
