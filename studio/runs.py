@@ -23,6 +23,8 @@ from .workspace import Workspace
 
 #: the stages that run as runs, and the CLI command each one is
 KINDS = ("ingest", "analyze", "curate", "caption", "tag", "export")
+#: kinds of which one run at a time per workspace: two would ask for (and pay for) the same items
+EXCLUSIVE = ("caption", "analyze")
 HEARTBEAT_S = 5.0
 STALE_AFTER_S = 60.0
 LOG_TAIL_BYTES = 8000
@@ -99,6 +101,7 @@ def execute(ws: Workspace, kind: str, settings: dict, author: str, body: Callabl
     """
     reap(ws)
     if run_id is None:
+        refuse_if_busy(ws, kind)
         run_id = ws.store.create_run(kind=kind, settings=settings, inputs=inputs or {}, author=author,
                                      argv=sys.argv[1:])
     ws.store.start_run(run_id, os.getpid())
@@ -138,6 +141,7 @@ def submit(ws: Workspace, kind: str, args: list[str], author: str, *, settings: 
     if kind not in KINDS:
         raise ValueError(f"unknown run kind {kind!r}; one of {KINDS}")
     reap(ws)
+    refuse_if_busy(ws, kind)
     run_id = ws.store.create_run(kind=kind, settings=settings or {"args": args}, inputs={"workspace": str(ws.root)},
                                  author=author, argv=[kind, *args], resumes=resumes)
     path = log_path(ws, run_id)
@@ -178,6 +182,17 @@ def _strip_run_args(args: list[str]) -> list[str]:
             continue
         out.append(a)
     return out
+
+
+def refuse_if_busy(ws: Workspace, kind: str) -> None:
+    """A second caption or analyze run on one workspace is refused, naming the one that is going."""
+    if kind not in EXCLUSIVE:
+        return
+    busy = [r for r in ws.store.active_runs() if r["kind"] == kind]
+    if busy:
+        r = busy[0]
+        raise ValueError(f"a {kind} run is already going (run {r['id']}, {r['status']}, started by {r['author']}); "
+                         "wait for it or cancel it first")
 
 
 def cancel(ws: Workspace, run_id: int) -> bool:

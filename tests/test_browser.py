@@ -235,12 +235,21 @@ def test_runs_outlive_the_page_and_cancelled_runs_resume(browser, runs_app, tmp_
 
     url, ws = runs_app
     import threading
+    import time
 
     release = threading.Event()
 
-    def gated(n, body):  # two answers, then the endpoint holds every request until the test releases it
-        if n > 2:
-            release.wait(90)
+    def gated(n, body):
+        """Two answers, then hold each request until the caption run is asked to stop (or the test releases it).
+
+        The hold stays under the client's 60 s timeout, so a slow machine never makes the client
+        send the same image again (a retry would look like a resume that asks twice)."""
+        if n > 2 and not release.is_set():
+            deadline = time.time() + 45
+            while time.time() < deadline and not release.is_set():
+                if any(r["cancel_requested"] for r in ws.store.runs(kind="caption")):
+                    break
+                time.sleep(0.1)
         return Reply()
 
     with LocalOpenAI(gated) as server:
@@ -276,6 +285,7 @@ def test_runs_outlive_the_page_and_cancelled_runs_resume(browser, runs_app, tmp_
         page.locator("#run-summary").get_by_text("cancelled").wait_for(timeout=60_000)
         page.get_by_role("button", name="Rerun (resume)").click()
         page.locator("#run-summary").get_by_text(f"Resumes run {caption_run['id']}").wait_for(timeout=30_000)
+        page.locator("#run-summary").get_by_text("no API key").wait_for(timeout=60_000)
         # the rerun has no key of its own: the server has none, so it fails clearly; the Captions tab resumes it
         page.get_by_role("tab", name="Captions").click()
         page.locator("#api-key input, #api-key textarea").first.fill("sk-browser-key-0001")

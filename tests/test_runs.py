@@ -130,6 +130,12 @@ def test_bad_run_requests_are_clear(photos_ws):
         runs.submit(ws, "train", [], "ada")
     with pytest.raises(ValueError, match="no run 999"):
         runs.rerun(ws, 999, "ada")
+    with LocalOpenAI(lambda n, body: Reply(delay=0.5)) as server:
+        first = runs.submit(ws, "caption", caption_args(server), "ada", secrets_env={"OPENAI_API_KEY": "sk-run"})
+        with pytest.raises(ValueError, match=f"a caption run is already going \\(run {first}"):
+            runs.submit(ws, "caption", caption_args(server), "bob", secrets_env={"OPENAI_API_KEY": "sk-run"})
+        runs.cancel(ws, first)
+        wait(ws, first, lambda r: r["status"] not in ("queued", "running"))
     bad = runs.submit(ws, "analyze", ["--no-such-flag"], "ada")
     failed = wait(ws, bad, lambda r: r["status"] != "queued" and r["status"] != "running")
     assert failed["status"] == "failed" and "unrecognized arguments" in runs.log_tail(ws, bad)
