@@ -228,6 +228,17 @@ def _open_run(page, run_id: int) -> None:
     page.locator("#run-summary").get_by_text(f"Run {run_id} ·").wait_for(timeout=30_000)
 
 
+def _start_captioning(page, base_url: str, concurrency: int) -> None:
+    """Fill the Captions tab's run form (key, endpoint, requests in flight, all images) and click Caption."""
+    page.get_by_role("tab", name="Captions").click()
+    page.locator("#api-key input, #api-key textarea").first.fill("sk-browser-key-0001")
+    page.locator("#base-url input, #base-url textarea").first.fill(base_url)
+    page.locator("#caption-concurrency input[type=number]").first.fill(str(concurrency))
+    page.locator("#caption-concurrency input[type=number]").first.press("Tab")
+    page.locator("#kept-only input").first.uncheck()
+    page.get_by_role("button", name="Caption", exact=True).click()
+
+
 def test_runs_outlive_the_page_and_cancelled_runs_resume(browser, runs_app, tmp_path):
     from collections import Counter
 
@@ -254,13 +265,7 @@ def test_runs_outlive_the_page_and_cancelled_runs_resume(browser, runs_app, tmp_
 
     with LocalOpenAI(gated) as server:
         page = login(browser, url, "ada")
-        page.get_by_role("tab", name="Captions").click()
-        page.locator("#api-key input, #api-key textarea").first.fill("sk-browser-key-0001")
-        page.locator("#base-url input, #base-url textarea").first.fill(server.url)
-        page.locator("#caption-concurrency input[type=number]").first.fill("1")
-        page.locator("#caption-concurrency input[type=number]").first.press("Tab")
-        page.locator("#kept-only input").first.uncheck()
-        page.get_by_role("button", name="Caption", exact=True).click()
+        _start_captioning(page, server.url, concurrency=1)
         page.locator("#caption-run-summary").get_by_text("Caption run").wait_for(timeout=30_000)
         argv = next(r for r in ws.store.runs() if r["kind"] == "caption")["argv"]
         assert argv[argv.index("--concurrency") + 1] == "1" and "sk-browser-key-0001" not in argv
@@ -287,13 +292,7 @@ def test_runs_outlive_the_page_and_cancelled_runs_resume(browser, runs_app, tmp_
         page.locator("#run-summary").get_by_text(f"Resumes run {caption_run['id']}").wait_for(timeout=30_000)
         page.locator("#run-summary").get_by_text("no API key").wait_for(timeout=60_000)
         # the rerun has no key of its own: the server has none, so it fails clearly; the Captions tab resumes it
-        page.get_by_role("tab", name="Captions").click()
-        page.locator("#api-key input, #api-key textarea").first.fill("sk-browser-key-0001")
-        page.locator("#base-url input, #base-url textarea").first.fill(server.url)
-        page.locator("#caption-concurrency input[type=number]").first.fill("4")
-        page.locator("#caption-concurrency input[type=number]").first.press("Tab")
-        page.locator("#kept-only input").first.uncheck()
-        page.get_by_role("button", name="Caption", exact=True).click()
+        _start_captioning(page, server.url, concurrency=4)
         page.locator("#caption-run-summary").get_by_text("done").wait_for(timeout=60_000)
         page.screenshot(path=str(artifacts_dir(tmp_path) / "runs.png"), full_page=True)
         asked = Counter(image_key(b) for b in server.requests)

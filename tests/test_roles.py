@@ -53,12 +53,26 @@ def test_paging_past_the_end_shows_the_last_page(served):
     assert c.predict(page=-2, page_size=4, api_name="/browse")["page"] == 1
 
 
-@pytest.mark.parametrize("endpoint, kwargs", [("/browse", {}), ("/detail", {"image_id": 1}), ("/statistics", {})])
-def test_annotator_cannot_reach_admin_data(served, endpoint, kwargs):
+@pytest.mark.parametrize("endpoint, kwargs", [
+    ("/browse", {}), ("/detail", {"image_id": 1}), ("/statistics", {}),
+    ("/runs", {}), ("/run", {"run_id": 1}), ("/run_start", {"kind": "analyze"}), ("/run_cancel", {"run_id": 1}),
+    ("/run_rerun", {"run_id": 1}),
+])
+def test_annotator_cannot_reach_admin_data(served, curated_ws, endpoint, kwargs):
     from gradio_client.exceptions import AppError
 
+    runs_before = len(curated_ws.store.runs())
     with pytest.raises(AppError, match="Access denied"):
         client(served, "ann").predict(**kwargs, api_name=endpoint)
+    assert len(curated_ws.store.runs()) == runs_before  # nothing was started on the annotator's behalf
+
+
+@pytest.mark.parametrize("endpoint", ["runs", "run", "run_start", "run_cancel", "run_rerun"])
+def test_visitor_without_login_cannot_call_run_endpoints(served, endpoint):
+    import httpx
+
+    r = httpx.post(f"{served}gradio_api/call/{endpoint}", json={"data": [1]}, timeout=30)
+    assert r.status_code in (401, 403), r.text
 
 
 def test_wrong_password_and_anonymous_are_refused(served):
