@@ -65,6 +65,46 @@ def caption_counts(status: str | None, flags: list[str], policy: str) -> bool:
     return True
 
 
+def check_packs(packs: list[str], allow_other_pack: bool) -> None:
+    """Refuse embeddings from a face pack the released weights were not trained on, unless allowed."""
+    other = [p for p in packs if p.split(":")[0] != TRAINING_PACK]
+    if other and not allow_other_pack:
+        raise ExportError(
+            f"the embeddings were made with face pack {', '.join(other)}, not {TRAINING_PACK}. InstantID and "
+            f"CrossFaceID were trained on {TRAINING_PACK} embeddings; another pack's 512-d vectors look valid but "
+            f"do not match them. Re-analyze with `python -m studio analyze --face-pack {TRAINING_PACK}` (get it with "
+            "`python -m studio models --download antelopev2`), or pass --allow-other-pack to export anyway.")
+
+
+def write_image(ws: Workspace, out: Path, r: dict) -> str:
+    """Place image row ``r`` under ``out/images/<person>/`` (linked, or an upright PNG); returns its relative path."""
+    person_dir = _safe(r["person"])
+    stem = r["sha256"][:16]
+    src = ws.media_path(r["media_path"])
+    (out / "images" / person_dir).mkdir(parents=True, exist_ok=True)
+    if r["exif_rotated"] or r["original_mode"] != "RGB":
+        image_rel = f"images/{person_dir}/{stem}.png"
+        if not (out / image_rel).exists():
+            buf = io.BytesIO()
+            Image.fromarray(load_rgb(src).rgb).save(buf, format="PNG")
+            atomic_write_bytes(out / image_rel, buf.getvalue())
+    else:
+        image_rel = f"images/{person_dir}/{stem}{src.suffix}"
+        _link_or_copy(src, out / image_rel)
+    return image_rel
+
+
+def write_embedding(out: Path, r: dict, face) -> str:
+    """Save ``face``'s raw 512-d embedding as ``out/embeddings/<person>/<sha>.npy``; returns its relative path."""
+    person_dir = _safe(r["person"])
+    (out / "embeddings" / person_dir).mkdir(parents=True, exist_ok=True)
+    emb_rel = f"embeddings/{person_dir}/{r['sha256'][:16]}.npy"
+    buf = io.BytesIO()
+    np.save(buf, face.embedding.astype(np.float32))
+    atomic_write_bytes(out / emb_rel, buf.getvalue())
+    return emb_rel
+
+
 def export_training_set(ws: Workspace, out_dir: str | Path, include_failed: bool = False, *,
                         captions: str = "approved", missing_caption: str = "keep",
                         allow_other_pack: bool = False, run_id: int | None = None, author: str = "studio") -> dict:
@@ -81,13 +121,7 @@ def export_training_set(ws: Workspace, out_dir: str | Path, include_failed: bool
     rows = [r for r in ws.store.image_table() if r["passed"] or include_failed]
     current = ws.store.current_caption_flags()
     packs = sorted({r["pack"] for r in rows if r["pack"]})
-    other = [p for p in packs if p.split(":")[0] != TRAINING_PACK]
-    if other and not allow_other_pack:
-        raise ExportError(
-            f"the embeddings were made with face pack {', '.join(other)}, not {TRAINING_PACK}. InstantID and "
-            f"CrossFaceID were trained on {TRAINING_PACK} embeddings; another pack's 512-d vectors look valid but "
-            f"do not match them. Re-analyze with `python -m studio analyze --face-pack {TRAINING_PACK}` (get it with "
-            "`python -m studio models --download antelopev2`), or pass --allow-other-pack to export anyway.")
+    check_packs(packs, allow_other_pack)
     chosen, without = [], []
     for r in rows:
         subject = ws.store.subject_face(r["id"])
@@ -109,24 +143,8 @@ def export_training_set(ws: Workspace, out_dir: str | Path, include_failed: bool
     (out / "embeddings").mkdir(exist_ok=True)
     lines = []
     for r, main, caption in chosen:
-        person_dir = _safe(r["person"])
-        stem = r["sha256"][:16]
-        src = ws.media_path(r["media_path"])
-        (out / "images" / person_dir).mkdir(exist_ok=True)
-        (out / "embeddings" / person_dir).mkdir(exist_ok=True)
-        if r["exif_rotated"] or r["original_mode"] != "RGB":
-            image_rel = f"images/{person_dir}/{stem}.png"
-            if not (out / image_rel).exists():
-                buf = io.BytesIO()
-                Image.fromarray(load_rgb(src).rgb).save(buf, format="PNG")
-                atomic_write_bytes(out / image_rel, buf.getvalue())
-        else:
-            image_rel = f"images/{person_dir}/{stem}{src.suffix}"
-            _link_or_copy(src, out / image_rel)
-        emb_rel = f"embeddings/{person_dir}/{stem}.npy"
-        buf = io.BytesIO()
-        np.save(buf, main.embedding.astype(np.float32))
-        atomic_write_bytes(out / emb_rel, buf.getvalue())
+        image_rel = write_image(ws, out, r)
+        emb_rel = write_embedding(out, r, main)
         lines.append(json.dumps({
             "image_file": image_rel,
             "additional_feature": caption,

@@ -2,7 +2,7 @@
 
 ``Store`` combines them: images, analyses and verdicts (:mod:`.images`), the browse index
 (:mod:`.browse`), caption versions (:mod:`.captions`), generated samples (:mod:`.generations`)
-and runs (:mod:`.runs`), over the connection and transaction handling of :mod:`.base` and the
+runs (:mod:`.runs`) and cross-training splits and pairs (:mod:`.pairs`), over the connection and transaction handling of :mod:`.base` and the
 schema versions of :mod:`.migrations`.
 """
 from __future__ import annotations
@@ -14,12 +14,14 @@ from .captions import CaptionsMixin, StaleCaptionError
 from .generations import GenerationsMixin
 from .images import FaceRow, ImagesMixin
 from .migrations import SCHEMA_VERSION
+from .pairs import SPLITS, PairsMixin
 from .runs import FINISHED, RUN_STATUSES, RunsMixin
 
 
-class Store(ImagesMixin, BrowseMixin, CaptionsMixin, GenerationsMixin, RunsMixin, StoreBase):
+class Store(ImagesMixin, BrowseMixin, CaptionsMixin, GenerationsMixin, RunsMixin, PairsMixin,
+            StoreBase):
     """A workspace database (see the modules of this package for each part)."""
 
 
 __all__ = ["Store", "StoreBusyError", "StaleCaptionError", "FaceRow", "SCHEMA_VERSION", "HUMAN_REVIEWED",
-           "RUN_STATUSES", "FINISHED"]
+           "RUN_STATUSES", "FINISHED", "SPLITS"]

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from ..codes import REASONS, reasons_mask
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 MIGRATIONS: dict[int, str] = {
     1: """
@@ -211,6 +211,34 @@ MIGRATIONS: dict[int, str] = {
         run_id INTEGER,
         author TEXT NOT NULL,
         created_at TEXT NOT NULL
+    )
+    """,
+    # v7: cross-training. Persons (never single images) are split; pairs are (target i, face j)
+    # of one person; perceptual hashes (whole photo, subject face) are cached for near-duplicate checks.
+    7: """
+    CREATE TABLE splits (
+        person_id INTEGER PRIMARY KEY REFERENCES persons(id) ON DELETE CASCADE,
+        split TEXT NOT NULL CHECK (split IN ('train', 'validation', 'test')),
+        seed INTEGER NOT NULL,
+        run_id INTEGER,
+        assigned_at TEXT NOT NULL
+    );
+    CREATE INDEX splits_by_split ON splits(split);
+    CREATE TABLE pairs (
+        id INTEGER PRIMARY KEY,
+        split TEXT NOT NULL,
+        target_id INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+        face_id INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+        strategy TEXT NOT NULL,
+        seed INTEGER NOT NULL,
+        run_id INTEGER,
+        UNIQUE (split, target_id, face_id),
+        CHECK (target_id != face_id)
+    );
+    CREATE TABLE image_hashes (
+        image_id INTEGER PRIMARY KEY REFERENCES images(id) ON DELETE CASCADE,
+        phash TEXT NOT NULL,
+        face_phash TEXT
     )
     """,
 }
