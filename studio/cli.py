@@ -437,6 +437,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="export embeddings of a face pack other than antelopev2 (the released models' pack)")
     p.set_defaults(func=cmd_export)
 
+    from .cli_train import add_commands
+
+    add_commands(sub, common)
+
     p = sub.add_parser("models", parents=[common], help="show the face pack in use, or download antelopev2")
     p.add_argument("--face-pack", default=face_pack_spec(), help="pack to resolve (default: auto)")
     p.add_argument("--download", choices=["antelopev2"], default=None, help="download this pack from the hub")
@@ -533,11 +537,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from .faces import MissingModelError
     from .instantid import MissingWeightsError
+    from .training import TrainingError
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except (MissingModelError, MissingWeightsError, FileNotFoundError, ValueError) as exc:
+    except (MissingModelError, MissingWeightsError, TrainingError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

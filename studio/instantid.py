@@ -111,8 +111,8 @@ def ip_adapter_layout(unet, shape: ResamplerShape = ResamplerShape()) -> dict[st
     key_id = 1
     channels = list(cfg.block_out_channels)
     for name in unet.attn_processors:
-        if name.endswith("attn1.processor"):
-            continue
+        if name.endswith("attn1.processor") or name.startswith("encoder_hid_proj"):
+            continue  # self-attention, or the Resampler's own attention once an adapter is loaded
         if name.startswith("mid_block"):
             hidden = channels[-1]
         elif name.startswith("up_blocks"):
@@ -149,6 +149,93 @@ def check_ip_adapter(state_dict: dict, unet, shape: ResamplerShape | None = None
                 problems.append(f"{part}: {len(items)} {label} ({', '.join(items[:4])}{', ...' if len(items) > 4 else ''})")
     if problems:
         raise CheckpointError("ip-adapter does not fit this UNet: " + "; ".join(problems))
+
+
+# -- converting between the official layout and diffusers' modules ------------------------------
+
+def _proj_key_pairs(depth: int) -> list[tuple[str, tuple[str, ...]]]:
+    """(official image_proj key, diffusers IPAdapterPlusImageProjection key(s)); ``to_kv`` is split in two."""
+    pairs = [(k, (k,)) for k in ("latents", "proj_in.weight", "proj_in.bias", "proj_out.weight", "proj_out.bias",
+                                  "norm_out.weight", "norm_out.bias")]
+    for i in range(depth):
+        for off, on in (("0.norm1", "ln0"), ("0.norm2", "ln1")):
+            pairs += [(f"layers.{i}.{off}.{p}", (f"layers.{i}.{on}.{p}",)) for p in ("weight", "bias")]
+        pairs += [(f"layers.{i}.0.to_q.weight", (f"layers.{i}.attn.to_q.weight",)),
+                  (f"layers.{i}.0.to_kv.weight", (f"layers.{i}.attn.to_k.weight", f"layers.{i}.attn.to_v.weight")),
+                  (f"layers.{i}.0.to_out.weight", (f"layers.{i}.attn.to_out.0.weight",)),
+                  (f"layers.{i}.1.0.weight", (f"layers.{i}.ff.0.weight",)),
+                  (f"layers.{i}.1.0.bias", (f"layers.{i}.ff.0.bias",)),
+                  (f"layers.{i}.1.1.weight", (f"layers.{i}.ff.1.net.0.proj.weight",)),
+                  (f"layers.{i}.1.3.weight", (f"layers.{i}.ff.1.net.2.weight",))]
+    return pairs
+
+
+def _ip_processors(unet) -> list:
+    """The UNet's IP-adapter attention processors in the official numbering order (1, 3, 5, ...)."""
+    return [p for p in unet.attn_processors.values() if hasattr(p, "to_k_ip")]
+
+
+def ip_adapter_state_dict(unet) -> dict:
+    """The Resampler and IP layers of a UNet with a loaded IP-adapter, in the official ``ip-adapter.bin`` layout.
+
+    The inverse of diffusers' conversion, so a fine-tuned adapter is saved in the layout the
+    released models use and :func:`load_instantid` (or InstantID's own code) reads.
+    """
+    import torch
+
+    proj = unet.encoder_hid_proj.image_projection_layers[0]
+    ours = proj.state_dict()
+    depth = len({k.split(".")[1] for k in ours if k.startswith("layers.")})
+    image_proj = {off: (torch.cat([ours[k] for k in on]) if len(on) > 1 else ours[on[0]]).detach().clone()
+                  for off, on in _proj_key_pairs(depth)}
+    ip = {}
+    for n, proc in enumerate(_ip_processors(unet)):
+        ip[f"{2 * n + 1}.to_k_ip.weight"] = proc.to_k_ip[0].weight.detach().clone()
+        ip[f"{2 * n + 1}.to_v_ip.weight"] = proc.to_v_ip[0].weight.detach().clone()
+    return {"image_proj": image_proj, "ip_adapter": ip}
+
+
+def copy_ip_adapter_state_(unet, state: dict) -> None:
+    """Copy an official-layout state into the UNet's loaded IP-adapter modules in place (optimizers keep them)."""
+    import torch
+
+    proj = unet.encoder_hid_proj.image_projection_layers[0]
+    params = proj.state_dict()
+    depth = len({k.split(".")[1] for k in params if k.startswith("layers.")})
+    with torch.no_grad():
+        for off, on in _proj_key_pairs(depth):
+            parts = state["image_proj"][off].chunk(len(on)) if len(on) > 1 else (state["image_proj"][off],)
+            for key, value in zip(on, parts):
+                params[key].copy_(value)
+        for n, proc in enumerate(_ip_processors(unet)):
+            proc.to_k_ip[0].weight.copy_(state["ip_adapter"][f"{2 * n + 1}.to_k_ip.weight"])
+            proc.to_v_ip[0].weight.copy_(state["ip_adapter"][f"{2 * n + 1}.to_v_ip.weight"])
+
+
+def init_ip_adapter_state(unet, shape: ResamplerShape = ResamplerShape(), seed: int = 0) -> dict:
+    """A fresh adapter for a base UNet: a newly initialised Resampler, and ``to_k_ip``/``to_v_ip``
+    copied from each cross-attention's ``to_k``/``to_v`` (how IP-Adapter and InstantID start)."""
+    import torch
+    from diffusers.models.embeddings import IPAdapterPlusImageProjection
+
+    torch.manual_seed(seed)
+    proj = IPAdapterPlusImageProjection(embed_dims=shape.embed_dims, output_dims=unet.config.cross_attention_dim,
+                                        hidden_dims=shape.hidden_dims, depth=shape.depth, dim_head=shape.dim_head,
+                                        heads=shape.hidden_dims // shape.dim_head, num_queries=shape.num_queries,
+                                        ffn_ratio=shape.ff_mult)
+    ours = proj.state_dict()
+    image_proj = {off: torch.cat([ours[k] for k in on]) if len(on) > 1 else ours[on[0]]
+                  for off, on in _proj_key_pairs(shape.depth)}
+    ip, key_id = {}, 1
+    modules = dict(unet.named_modules())
+    for name in unet.attn_processors:
+        if name.endswith("attn1.processor") or name.startswith("encoder_hid_proj"):
+            continue
+        attn = modules[name[: -len(".processor")]]
+        ip[f"{key_id}.to_k_ip.weight"] = attn.to_k.weight.detach().clone().float()
+        ip[f"{key_id}.to_v_ip.weight"] = attn.to_v.weight.detach().clone().float()
+        key_id += 2
+    return {"image_proj": image_proj, "ip_adapter": ip}
 
 
 # -- finding weights -----------------------------------------------------------------------------

@@ -1,0 +1,318 @@
+"""Training runs: a run of kind ``train`` starts ``accelerate launch training/train_instantid.py``.
+
+The studio does not launch processes per GPU or per machine itself: accelerate does (its command
+line, or one of the configs in ``training/configs``). This module builds that command as an
+argument list (never a shell string), watches the script's ``metrics.jsonl`` for progress, turns a
+cancel into the script's ``STOP`` file (it checkpoints and exits), keeps one training run per GPU
+set, and registers the finished weights as a Generate-tab model.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .workspace import Workspace
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = REPO / "training" / "train_instantid.py"
+CONFIGS = REPO / "training" / "configs"
+PRECISIONS = ("no", "fp16", "bf16")
+
+
+class TrainingError(RuntimeError):
+    """A training run that could not start or did not finish; the message says why."""
+
+
+def gpus() -> list[dict]:
+    """The CUDA GPUs this machine has: index, name, memory."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    out = []
+    for i in range(torch.cuda.device_count()):
+        p = torch.cuda.get_device_properties(i)
+        out.append({"index": i, "name": p.name, "memory_gb": p.total_memory / 2 ** 30})
+    return out
+
+
+def accelerate_configs() -> dict[str, Path]:
+    return {p.stem: p for p in sorted(CONFIGS.glob("*.yaml"))}
+
+
+@dataclass
+class TrainConfig:
+    """What a training run is asked to do; stored with the run and shown in its history."""
+
+    name: str
+    model: str = "InstantID"
+    start: str = "model"  # model: its IdentityNet + IP-adapter; base: fresh adapter, IdentityNet from the UNet
+    manifest: str | None = None  # a pair manifest; None: write the workspace's train split manifest first
+    validation_manifest: str | None = None
+    captions: str = "approved"
+    missing_caption: str = "skip"
+    learning_rate: float = 1e-5
+    max_steps: int = 1000
+    batch_size: int = 2
+    gradient_accumulation: int = 1
+    resolution: int = 512
+    precision: str = "bf16"
+    devices: str = "all"  # all | cpu | comma-separated GPU indices
+    accelerate_config: str | None = None
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    validation_every: int = 0
+    seed: int = 0
+    gradient_checkpointing: bool = False
+    use_8bit_adam: bool = False
+    encode_in_loop: bool = False
+    extra: list[str] = field(default_factory=list)  # further script arguments, passed as they are
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "TrainConfig":
+        names = {f for f in cls.__dataclass_fields__}
+        values = {k: v for k, v in vars(args).items() if k in names and v is not None}
+        values["extra"] = [a for a in (args.extra or []) if a != "--"]
+        return cls(**values)
+
+    def validate(self) -> None:
+        problems = []
+        if not re.fullmatch(r"[\w.-]{1,64}", self.name or ""):
+            problems.append(f"name must be 1-64 letters, digits, '.', '-' or '_'; got {self.name!r}")
+        if self.start not in ("model", "base"):
+            problems.append(f"start must be 'model' or 'base', got {self.start!r}")
+        if self.precision not in PRECISIONS:
+            problems.append(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        for label, v, lo in (("max_steps", self.max_steps, 1), ("batch_size", self.batch_size, 1),
+                             ("gradient_accumulation", self.gradient_accumulation, 1),
+                             ("checkpoint_every", self.checkpoint_every, 1), ("keep_checkpoints", self.keep_checkpoints, 1),
+                             ("validation_every", self.validation_every, 0)):
+            if not isinstance(v, int) or v < lo:
+                problems.append(f"{label} must be a whole number >= {lo}, got {v!r}")
+        if not isinstance(self.resolution, int) or self.resolution < 64 or self.resolution % 8:
+            problems.append(f"resolution must be a multiple of 8 >= 64, got {self.resolution!r}")
+        if not 0 < float(self.learning_rate) < 1:
+            problems.append(f"learning_rate must be within (0, 1), got {self.learning_rate!r}")
+        if self.accelerate_config and self.accelerate_config not in accelerate_configs():
+            problems.append(f"accelerate config {self.accelerate_config!r} is not in {CONFIGS} "
+                            f"(have: {', '.join(accelerate_configs())})")
+        if self.devices not in ("all", "cpu") and not re.fullmatch(r"\d+(,\d+)*", self.devices or ""):
+            problems.append(f"devices must be 'all', 'cpu' or GPU indices like 0,1; got {self.devices!r}")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    def device_set(self) -> set[str]:
+        """The GPUs (or 'cpu') the run holds: two runs on one set would fight for memory."""
+        if self.devices == "cpu" or not gpus():
+            return {"cpu"}
+        if self.devices == "all":
+            return {str(g["index"]) for g in gpus()}
+        return set(self.devices.split(","))
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    d = TrainConfig(name="x")
+    p.add_argument("--name", required=True, help="name of the trained model in the Generate tab (and its folder)")
+    p.add_argument("--model", default=d.model, help="starting model, as registered for generation (default InstantID)")
+    p.add_argument("--start", choices=["model", "base"], default=d.start,
+                   help="model: fine-tune its IdentityNet + IP-adapter; base: fresh adapter and IdentityNet from the UNet")
+    p.add_argument("--manifest", help="pair manifest to train on (default: write the workspace's train split)")
+    p.add_argument("--validation-manifest", dest="validation_manifest",
+                   help="manifest for validation images (default: the workspace's validation pairs, if any)")
+    p.add_argument("--captions", choices=["approved", "unflagged", "any"], default=d.captions)
+    p.add_argument("--missing-caption", dest="missing_caption", choices=["skip", "template", "error"],
+                   default=d.missing_caption)
+    p.add_argument("--lr", dest="learning_rate", type=float, default=d.learning_rate)
+    p.add_argument("--steps", dest="max_steps", type=int, default=d.max_steps)
+    p.add_argument("--batch", dest="batch_size", type=int, default=d.batch_size, help="per device")
+    p.add_argument("--accumulate", dest="gradient_accumulation", type=int, default=d.gradient_accumulation)
+    p.add_argument("--resolution", type=int, default=d.resolution)
+    p.add_argument("--precision", choices=PRECISIONS, default=d.precision,
+                   help="mixed precision on GPUs (bf16 default; fp16 as the paper); the CPU runs bf16 or no")
+    p.add_argument("--devices", default=d.devices, help="all (default), cpu, or GPU indices such as 0,1")
+    p.add_argument("--accelerate-config", dest="accelerate_config",
+                   help=f"one of training/configs: {', '.join(accelerate_configs()) or 'none'}")
+    p.add_argument("--checkpoint-every", dest="checkpoint_every", type=int, default=d.checkpoint_every)
+    p.add_argument("--keep-checkpoints", dest="keep_checkpoints", type=int, default=d.keep_checkpoints)
+    p.add_argument("--validation-every", dest="validation_every", type=int, default=d.validation_every)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--gradient-checkpointing", dest="gradient_checkpointing", action="store_true")
+    p.add_argument("--use-8bit-adam", dest="use_8bit_adam", action="store_true")
+    p.add_argument("--encode-in-loop", dest="encode_in_loop", action="store_true",
+                   help="run the VAE and text encoders every step instead of caching latents and embeddings")
+    p.add_argument("extra", nargs=argparse.REMAINDER,
+                   help="after --: further arguments for training/train_instantid.py, passed as they are")
+
+
+def output_dir(ws: Workspace, name: str) -> Path:
+    return ws.root / "training" / name
+
+
+def busy_with(ws: Workspace, devices: set[str], run_id: int | None = None) -> dict | None:
+    """An earlier active training run holding any of ``devices`` (the later of two starts gives way)."""
+    for r in ws.store.active_runs():
+        if r["kind"] != "train" or r["id"] == run_id or (run_id is not None and r["id"] > run_id):
+            continue
+        theirs = set((r["settings"] or {}).get("device_set") or ["cpu"])
+        if theirs & devices:
+            return r
+    return None
+
+
+def refuse_if_gpus_busy(ws: Workspace, cfg: TrainConfig, run_id: int | None = None) -> None:
+    other = busy_with(ws, cfg.device_set(), run_id)
+    if other:
+        held = ", ".join(sorted(set((other["settings"] or {}).get("device_set") or ["cpu"])))
+        raise TrainingError(f"training run {other['id']} (started by {other['author']}) is using {held}; "
+                            "one training run per GPU set at a time: wait for it, stop it, or pick other devices")
+
+
+def launch_command(cfg: TrainConfig, spec, out: Path, manifest: Path, validation: Path | None) -> list[str]:
+    """``python -m accelerate.commands.launch ... train_instantid.py ...`` as an argument list."""
+    devices = cfg.device_set()
+    launch = [sys.executable, "-m", "accelerate.commands.launch"]
+    if cfg.accelerate_config:
+        launch += ["--config_file", str(accelerate_configs()[cfg.accelerate_config])]
+    if devices == {"cpu"}:
+        launch += ["--cpu", "--num_processes", "1", "--num_machines", "1", "--dynamo_backend", "no"]
+        precision = "bf16" if cfg.precision == "bf16" else "no"
+    else:
+        if not cfg.accelerate_config:
+            launch += ["--num_machines", "1", "--dynamo_backend", "no"]
+            launch += ["--multi_gpu"] if len(devices) > 1 else []
+        if not cfg.accelerate_config or cfg.devices != "all":  # a config file's own process count otherwise
+            launch += ["--num_processes", str(len(devices)), "--gpu_ids", ",".join(sorted(devices, key=int))]
+        precision = cfg.precision
+    launch += ["--mixed_precision", precision]
+    from .instantid import _base_dir
+
+    base = _base_dir(spec.base)
+    script = [str(SCRIPT), "--pretrained_model_name_or_path", str(base or spec.base),
+              "--identitynet", "unet" if cfg.start == "base" else spec.identitynet,
+              "--ip_adapter", "init" if cfg.start == "base" else spec.ip_adapter,
+              "--train_data", str(manifest), "--output_dir", str(out), "--seed", str(cfg.seed),
+              "--resolution", str(cfg.resolution), "--train_batch_size", str(cfg.batch_size),
+              "--max_train_steps", str(cfg.max_steps), "--gradient_accumulation_steps", str(cfg.gradient_accumulation),
+              "--learning_rate", repr(float(cfg.learning_rate)), "--checkpointing_steps", str(cfg.checkpoint_every),
+              "--checkpoints_total_limit", str(cfg.keep_checkpoints), "--validation_steps", str(cfg.validation_every),
+              "--resume_from_checkpoint", "latest", "--mixed_precision", precision]
+    if validation:
+        script += ["--validation_data", str(validation)]
+    for flag in ("gradient_checkpointing", "use_8bit_adam", "encode_in_loop"):
+        if getattr(cfg, flag):
+            script.append(f"--{flag}")
+    return launch + script + list(cfg.extra)
+
+
+def read_metrics(out: Path) -> list[dict]:
+    """The script's metrics lines (loss per step, validation images, final status)."""
+    path = out / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line being written
+    return rows
+
+
+def prepare_data(ws: Workspace, cfg: TrainConfig, out: Path, run_id: int | None, author: str) -> tuple[Path, Path | None]:
+    """The manifests to train on: the given ones, or the workspace's pairs written into the run folder."""
+    from .pairs import export_manifest
+
+    if cfg.manifest:
+        manifest = Path(cfg.manifest)
+        if not manifest.is_file():
+            raise TrainingError(f"manifest {manifest} does not exist")
+        return manifest, Path(cfg.validation_manifest) if cfg.validation_manifest else None
+    data = out / "data"
+    export_manifest(ws, data, "train", captions=cfg.captions, missing_caption=cfg.missing_caption,
+                    allow_other_pack=True, run_id=run_id, author=author)
+    validation = None
+    if cfg.validation_manifest:
+        validation = Path(cfg.validation_manifest)
+    elif ws.store.pairs("validation"):
+        validation = data / "validation.jsonl"
+        export_manifest(ws, data, "validation", captions=cfg.captions, missing_caption="template",
+                        allow_other_pack=True, run_id=run_id, author=author)
+    return data / "train.jsonl", validation
+
+
+def train(ws: Workspace, cfg: TrainConfig, handle, author: str, log=print) -> dict:
+    """Run training as run ``handle.run_id``: launch, watch, stop on cancel, register the result."""
+    from .generate import register_model, resolve_models
+    from .instantid import ModelSpec, missing_weights
+    from .runs import RunCancelled
+
+    cfg.validate()
+    refuse_if_gpus_busy(ws, cfg, handle.run_id)
+    spec = resolve_models(ws, [cfg.model])[0]
+    missing = missing_weights(spec)
+    if cfg.start == "base":
+        missing = [m for m in missing if m.startswith("SDXL base")]
+    if missing:
+        raise TrainingError(f"starting model '{cfg.model}' is missing weights:\n- " + "\n- ".join(missing))
+    out = output_dir(ws, cfg.name)
+    if (out / "ip-adapter.bin").is_file():
+        raise TrainingError(f"a model named {cfg.name!r} was already trained ({out}); choose another name")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TrainingError(f"cannot create the output dir {out}: {exc.strerror or exc}") from None
+    (out / "STOP").unlink(missing_ok=True)
+    manifest, validation = prepare_data(ws, cfg, out, handle.run_id, author)
+    cmd = launch_command(cfg, spec, out, manifest, validation)
+    log("launching: " + " ".join(cmd), flush=True)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if cfg.device_set() != {"cpu"}:
+        env.pop("CUDA_VISIBLE_DEVICES", None)  # accelerate's --gpu_ids decides
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                            cwd=REPO, text=True, bufsize=1)
+    tail: collections.deque[str] = collections.deque(maxlen=40)
+
+    def pump():
+        for line in proc.stdout:
+            tail.append(line.rstrip("\n"))
+            log(line, end="", flush=True)
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    cancelled = False
+    try:
+        while proc.poll() is None:
+            time.sleep(1.0)
+            rows = [r for r in read_metrics(out) if "loss" in r]
+            handle.report(rows[-1]["step"] if rows else 0, cfg.max_steps, force=True)
+    except RunCancelled:
+        cancelled = True
+        (out / "STOP").write_text(f"stop requested for run {handle.run_id}\n")
+        log("stop requested: the script saves a checkpoint and exits", flush=True)
+        proc.wait()
+    reader.join(timeout=10)
+    rows = read_metrics(out)
+    if cancelled:
+        raise RunCancelled(f"run {handle.run_id} stopped at step {max([r['step'] for r in rows] or [0])}")
+    if proc.returncode != 0:
+        errors = [line for line in tail if line.startswith("error:") or "Error" in line]
+        raise TrainingError(f"training exited with code {proc.returncode}: "
+                            + (errors[-1] if errors else (tail[-1] if tail else "no output")))
+    losses = [r for r in rows if "loss" in r]
+    new = ModelSpec(cfg.name, base=spec.base, identitynet=str(out), ip_adapter=str(out / "ip-adapter.bin"))
+    register_model(ws, new)
+    return {"model": cfg.name, "output_dir": str(out), "steps": losses[-1]["step"] if losses else 0,
+            "final_loss": losses[-1]["loss"] if losses else None, "card": str(out / "training_card.json"),
+            "manifest": str(manifest)}

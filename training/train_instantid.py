@@ -1,0 +1,544 @@
+#!/usr/bin/env python
+"""Fine-tune InstantID on cross-training pairs (CrossFaceID, §4.2.1), with accelerate.
+
+Trainable: the face Resampler, the IP-adapter's ``to_k_ip``/``to_v_ip`` and the IdentityNet
+(a ControlNet). Frozen: the SDXL UNet, the VAE and both text encoders. The IdentityNet sees the
+face tokens as its cross-attention context; the UNet sees the caption plus the face tokens through
+the IP layers. Loss: MSE on the noise (or velocity). Launch it the way accelerate launches anything:
+
+    accelerate launch --config_file training/configs/single_gpu.yaml training/train_instantid.py \\
+        --pretrained_model_name_or_path stabilityai/stable-diffusion-xl-base-1.0 \\
+        --identitynet InstantX/InstantID --ip_adapter InstantX/InstantID \\
+        --train_data pairs/train.jsonl --output_dir out/crossfaceid
+
+Final weights: ``<output_dir>/ip-adapter.bin`` (the official layout) and
+``<output_dir>/ControlNetModel/``, which ``studio.instantid.load_instantid`` loads, plus a
+training card. Writing a file named ``STOP`` into the output dir (or SIGTERM) makes every process
+save a checkpoint and exit cleanly; ``--resume_from_checkpoint latest`` goes on from there.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # studio/ and training/ as packages
+
+from training.data import FeatureCache, ManifestError, PairDataset, collate, manifest_sha256, read_manifest  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    g = p.add_argument_group("models")
+    g.add_argument("--pretrained_model_name_or_path", required=True, help="SDXL base: a diffusers folder or hub id")
+    g.add_argument("--identitynet", default="unet",
+                   help="a folder holding ControlNetModel/ (or that folder), a hub id, or 'unet' to start from the UNet")
+    g.add_argument("--identitynet_conditioning_channels", default="16,32,96,256",
+                   help="conditioning embedding channels when the IdentityNet starts from the UNet")
+    g.add_argument("--ip_adapter", default="init",
+                   help="an ip-adapter.bin (or a folder/hub id holding one), or 'init' for a fresh adapter")
+    g.add_argument("--resampler_dim", type=int, default=1280, help="Resampler width for --ip_adapter init")
+    g.add_argument("--resampler_queries", type=int, default=16, help="face tokens for --ip_adapter init")
+    g = p.add_argument_group("data")
+    g.add_argument("--train_data", required=True, help="pair manifest (JSONL, `python -m studio manifest`)")
+    g.add_argument("--data_root", default=None, help="paths in the manifest are relative to this (default: its folder)")
+    g.add_argument("--validation_data", default=None, help="manifest whose first lines give the validation images")
+    g.add_argument("--resolution", type=int, default=512)
+    g.add_argument("--dataloader_num_workers", type=int, default=0)
+    g.add_argument("--encode_in_loop", action="store_true",
+                   help="run the VAE and text encoders every step instead of caching latents and embeddings first")
+    g.add_argument("--drop_text", type=float, default=0.05, help="share of samples trained without the caption")
+    g.add_argument("--drop_face", type=float, default=0.05, help="share trained without the face embedding")
+    g.add_argument("--drop_both", type=float, default=0.05, help="share trained without either")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--output_dir", required=True)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--train_batch_size", type=int, default=2, help="per device")
+    g.add_argument("--max_train_steps", type=int, default=1000)
+    g.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    g.add_argument("--gradient_checkpointing", action="store_true")
+    g.add_argument("--learning_rate", type=float, default=1e-5)
+    g.add_argument("--lr_scheduler", default="constant_with_warmup",
+                   help="linear, cosine, cosine_with_restarts, polynomial, constant, constant_with_warmup")
+    g.add_argument("--lr_warmup_steps", type=int, default=0)
+    g.add_argument("--adam_beta1", type=float, default=0.9)
+    g.add_argument("--adam_beta2", type=float, default=0.999)
+    g.add_argument("--adam_weight_decay", type=float, default=0.01)
+    g.add_argument("--adam_epsilon", type=float, default=1e-8)
+    g.add_argument("--max_grad_norm", type=float, default=1.0)
+    g.add_argument("--use_8bit_adam", action="store_true", help="bitsandbytes' AdamW8bit")
+    g.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None,
+                   help="default: what `accelerate launch` / its config says")
+    g = p.add_argument_group("checkpoints, validation, logging")
+    g.add_argument("--checkpointing_steps", type=int, default=500)
+    g.add_argument("--checkpoints_total_limit", type=int, default=3, help="keep this many checkpoints")
+    g.add_argument("--resume_from_checkpoint", default=None, help="a checkpoint folder, or 'latest'")
+    g.add_argument("--validation_steps", type=int, default=0, help="validation images every N steps (0: none)")
+    g.add_argument("--num_validation_images", type=int, default=2)
+    g.add_argument("--validation_inference_steps", type=int, default=30)
+    g.add_argument("--logging_steps", type=int, default=1)
+    g.add_argument("--log_samples", action="store_true",
+                   help="record which manifest lines each process trained on, per step (samples-rank<N>.jsonl)")
+    args = p.parse_args(argv)
+    drops = args.drop_text + args.drop_face + args.drop_both
+    if not 0 <= drops <= 1 or min(args.drop_text, args.drop_face, args.drop_both) < 0:
+        p.error(f"condition drops must be non-negative and sum to at most 1, got {drops}")
+    return args
+
+
+# -- models --------------------------------------------------------------------------------------
+
+class InstantIDTrainer(torch.nn.Module):
+    """The UNet (frozen, with trainable IP layers and Resampler) and the IdentityNet in one module for DDP."""
+
+    def __init__(self, unet, controlnet):
+        super().__init__()
+        self.unet, self.controlnet = unet, controlnet
+
+    def forward(self, noisy, timesteps, prompt_embeds, pooled, time_ids, face_embeds, kps_image):
+        image_embeds = [face_embeds[:, None, None, :]]  # (B, 1, 1, 512), as diffusers' IP-adapter takes them
+        tokens = self.unet.encoder_hid_proj(image_embeds)[0]
+        tokens = tokens.reshape(tokens.shape[0], -1, tokens.shape[-1])
+        cond = {"text_embeds": pooled, "time_ids": time_ids}
+        down, mid = self.controlnet(noisy, timesteps, encoder_hidden_states=tokens, controlnet_cond=kps_image,
+                                    added_cond_kwargs=cond, return_dict=False)
+        return self.unet(noisy, timesteps, encoder_hidden_states=prompt_embeds,
+                         added_cond_kwargs={**cond, "image_embeds": image_embeds},
+                         down_block_additional_residuals=list(down), mid_block_additional_residual=mid,
+                         return_dict=False)[0]
+
+    def trainable(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+
+def load_models(args):
+    """SDXL parts + IdentityNet + IP-adapter, resolved like the studio resolves models (local or hub cache)."""
+    from diffusers import AutoencoderKL, ControlNetModel, DDPMScheduler, UNet2DConditionModel
+    from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection
+
+    from studio.instantid import (CheckpointError, MissingWeightsError, ResamplerShape, _base_dir, _identitynet_dir,
+                                  _ip_adapter_file, check_ip_adapter, init_ip_adapter_state, load_ip_adapter_state)
+
+    base = _base_dir(args.pretrained_model_name_or_path)
+    if base is None or not (base / "model_index.json").is_file():
+        raise MissingWeightsError(f"SDXL base {args.pretrained_model_name_or_path!r} is not on this machine "
+                                  "(a diffusers folder with model_index.json, or a downloaded hub id)")
+    parts = {
+        "tokenizer": AutoTokenizer.from_pretrained(base / "tokenizer"),
+        "tokenizer_2": AutoTokenizer.from_pretrained(base / "tokenizer_2"),
+        "text_encoder": CLIPTextModel.from_pretrained(base / "text_encoder"),
+        "text_encoder_2": CLIPTextModelWithProjection.from_pretrained(base / "text_encoder_2"),
+        "vae": AutoencoderKL.from_pretrained(base / "vae"),
+        "unet": UNet2DConditionModel.from_pretrained(base / "unet"),
+        "noise_scheduler": DDPMScheduler.from_pretrained(base / "scheduler"),
+    }
+    unet = parts["unet"]
+    if args.identitynet == "unet":  # before the IP-adapter changes the UNet
+        channels = tuple(int(c) for c in args.identitynet_conditioning_channels.split(","))
+        controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=channels)
+    else:
+        cn_dir = _identitynet_dir(args.identitynet)
+        if cn_dir is None or not (cn_dir / "config.json").is_file():
+            raise MissingWeightsError(f"IdentityNet {args.identitynet!r} has no ControlNetModel/config.json here; "
+                                      "pass a folder, a downloaded hub id, or 'unet' to start from the UNet")
+        controlnet = ControlNetModel.from_pretrained(cn_dir)
+    if args.ip_adapter == "init":
+        state = init_ip_adapter_state(unet, ResamplerShape(hidden_dims=args.resampler_dim,
+                                                           num_queries=args.resampler_queries), seed=args.seed)
+    else:
+        path = _ip_adapter_file(args.ip_adapter)
+        if path is None or not path.is_file():
+            raise MissingWeightsError(f"IP-adapter {args.ip_adapter!r} has no ip-adapter.bin here; "
+                                      "pass the file, a folder holding it, or 'init' to start a fresh adapter")
+        state = load_ip_adapter_state(path)
+        try:
+            check_ip_adapter(state, unet)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{path}: {exc}. A base model without IP layers starts with --ip_adapter init") from None
+    unet._load_ip_adapter_weights([state])
+    parts["controlnet"] = controlnet
+    return parts
+
+
+def freeze(parts: dict, weight_dtype: torch.dtype, device) -> InstantIDTrainer:
+    """Frozen parts in ``weight_dtype`` (the VAE stays fp32, as InstantID trains); trainable parts in fp32."""
+    unet, controlnet = parts["unet"], parts["controlnet"]
+    for name in ("vae", "text_encoder", "text_encoder_2", "unet"):
+        parts[name].requires_grad_(False)
+    unet.to(device, dtype=weight_dtype)
+    parts["vae"].to(device, dtype=torch.float32)
+    for name in ("text_encoder", "text_encoder_2"):
+        parts[name].to(device, dtype=weight_dtype)
+    trainable = [unet.encoder_hid_proj, controlnet] + [p for p in unet.attn_processors.values() if hasattr(p, "to_k_ip")]
+    for module in trainable:
+        module.to(device, dtype=torch.float32)
+        module.requires_grad_(True)
+    controlnet.train()
+    return InstantIDTrainer(unet, controlnet)
+
+
+def encode_prompts(parts: dict, captions: list[str], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """SDXL's two text encoders: penultimate hidden states concatenated, pooled output of the second."""
+    embeds, pooled = [], None
+    for tok, enc in ((parts["tokenizer"], parts["text_encoder"]), (parts["tokenizer_2"], parts["text_encoder_2"])):
+        ids = tok(captions, padding="max_length", max_length=tok.model_max_length, truncation=True,
+                  return_tensors="pt").input_ids.to(device)
+        out = enc(ids, output_hidden_states=True)
+        embeds.append(out.hidden_states[-2])
+        pooled = out[0]
+    return torch.cat(embeds, dim=-1), pooled
+
+
+def encode_images(vae, pixels: torch.Tensor) -> torch.Tensor:
+    latents = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist.sample()
+    return latents * vae.config.scaling_factor
+
+
+# -- saving --------------------------------------------------------------------------------------
+
+def save_trainable(model: InstantIDTrainer, out: Path) -> None:
+    """``ip-adapter.bin`` in the official layout and ``ControlNetModel/``: what load_instantid reads."""
+    from studio.instantid import ip_adapter_state_dict
+
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save(ip_adapter_state_dict(model.unet), out / "ip-adapter.bin")
+    model.controlnet.save_pretrained(out / "ControlNetModel")
+
+
+def load_trainable(model: InstantIDTrainer, src: Path) -> None:
+    from diffusers import ControlNetModel
+
+    from studio.instantid import copy_ip_adapter_state_
+
+    copy_ip_adapter_state_(model.unet, torch.load(src / "ip-adapter.bin", map_location="cpu", weights_only=True))
+    loaded = ControlNetModel.from_pretrained(src / "ControlNetModel")
+    model.controlnet.load_state_dict(loaded.state_dict())
+
+
+def checkpoints(output_dir: Path) -> list[Path]:
+    found = [p for p in output_dir.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[1].isdigit()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+# -- the loop ------------------------------------------------------------------------------------
+
+def step_generator(seed: int, step: int, micro: int, rank: int) -> torch.Generator:
+    """Noise, timesteps and condition drops of one micro-batch depend only on these: a resumed run repeats them."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + step * 1_009 + micro * 101 + rank) % 2 ** 63)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration, set_seed
+    from diffusers.optimization import get_scheduler
+
+    args = parse_args(argv)
+    output_dir = Path(args.output_dir)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / ".write-test").write_bytes(b"")
+        (output_dir / ".write-test").unlink()
+    except OSError as exc:
+        print(f"error: cannot write to the output dir {output_dir}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    accelerator = Accelerator(gradient_accumulation_steps=args.gradient_accumulation_steps,
+                              mixed_precision=args.mixed_precision,
+                              project_config=ProjectConfiguration(project_dir=str(output_dir)))
+    set_seed(args.seed)
+    try:
+        samples = read_manifest(args.train_data, args.data_root)
+        val_samples = read_manifest(args.validation_data)[: args.num_validation_images] if args.validation_data \
+            else samples[: args.num_validation_images]
+    except ManifestError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+    parts = load_models(args)
+    model = freeze(parts, weight_dtype, accelerator.device)
+    if args.gradient_checkpointing:
+        parts["unet"].enable_gradient_checkpointing()
+        parts["controlnet"].enable_gradient_checkpointing()
+
+    # the trainable parts only go into checkpoints; the frozen SDXL is not copied every N steps
+    def save_hook(models, weights, out_dir):
+        if accelerator.is_main_process:
+            for m in models:
+                save_trainable(accelerator.unwrap_model(m), Path(out_dir) / "trainable")
+        weights.clear()
+
+    def load_hook(models, in_dir):
+        for m in list(models):
+            load_trainable(accelerator.unwrap_model(m), Path(in_dir) / "trainable")
+        models.clear()
+
+    accelerator.register_save_state_pre_hook(save_hook)
+    accelerator.register_load_state_pre_hook(load_hook)
+
+    if args.use_8bit_adam:
+        try:
+            import bitsandbytes as bnb
+        except ImportError:
+            print("error: --use_8bit_adam needs bitsandbytes: pip install bitsandbytes", file=sys.stderr)
+            return 2
+        optimizer_cls = bnb.optim.AdamW8bit
+    else:
+        optimizer_cls = torch.optim.AdamW
+    optimizer = optimizer_cls(model.trainable(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+                              weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)
+
+    cache = None
+    if not args.encode_in_loop:
+        cache = FeatureCache(output_dir / "cache", samples, args.resolution)
+        fill_cache(accelerator, parts, cache, samples, args.resolution)
+    dataset = PairDataset(samples, args.resolution, cache)
+    sampler_gen = torch.Generator()
+    dataloader = torch.utils.data.DataLoader(
+        dataset, batch_size=args.train_batch_size, collate_fn=collate, num_workers=args.dataloader_num_workers,
+        sampler=torch.utils.data.RandomSampler(dataset, generator=sampler_gen), drop_last=False,
+        generator=torch.Generator().manual_seed(args.seed))
+    lr_scheduler = get_scheduler(args.lr_scheduler, optimizer=optimizer,
+                                 num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+                                 num_training_steps=args.max_train_steps * accelerator.num_processes)
+    model, optimizer, dataloader, lr_scheduler = accelerator.prepare(model, optimizer, dataloader, lr_scheduler)
+    empty = encode_empty(parts, cache, accelerator.device, weight_dtype)
+    if cache is not None:  # cached: the encoders leave the GPU (they come back for validation)
+        for name in ("vae", "text_encoder", "text_encoder_2"):
+            parts[name].to("cpu")
+
+    global_step, first_epoch, skip = 0, 0, 0
+    steps_per_epoch = math.ceil(len(dataloader) / args.gradient_accumulation_steps)
+    if args.resume_from_checkpoint:
+        found = checkpoints(output_dir) if args.resume_from_checkpoint == "latest" else [Path(args.resume_from_checkpoint)]
+        if found and found[-1].is_dir():
+            accelerator.print(f"resuming from {found[-1]}")
+            accelerator.load_state(str(found[-1]))
+            global_step = int(found[-1].name.split("-")[1])
+            first_epoch, skip = divmod(global_step, steps_per_epoch)
+        elif args.resume_from_checkpoint != "latest":
+            print(f"error: checkpoint {args.resume_from_checkpoint} does not exist", file=sys.stderr)
+            return 2
+        else:
+            accelerator.print("no checkpoint yet: starting from step 0")
+
+    stop = {"signal": False}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.update(signal=True))
+    metrics = open(output_dir / "metrics.jsonl", "a", encoding="utf-8") if accelerator.is_main_process else None
+    sample_log = open(output_dir / f"samples-rank{accelerator.process_index}.jsonl", "a", encoding="utf-8") \
+        if args.log_samples else None
+    scheduler = parts["noise_scheduler"]
+    unwrapped = accelerator.unwrap_model(model)
+    started, stopped, losses = time.time(), False, []
+    accelerator.print(f"training {len(samples)} pairs on {accelerator.num_processes} process(es), "
+                      f"{args.max_train_steps} steps, batch {args.train_batch_size} x {accelerator.num_processes} "
+                      f"x {args.gradient_accumulation_steps}, {accelerator.mixed_precision} precision")
+    epoch = first_epoch
+    while global_step < args.max_train_steps and not stopped:
+        sampler_gen.manual_seed(args.seed + epoch)  # one fixed order per epoch
+        loader = accelerator.skip_first_batches(dataloader, skip * args.gradient_accumulation_steps) if skip else dataloader
+        skip = 0
+        micro = 0
+        for batch in loader:
+            with accelerator.accumulate(model):
+                try:
+                    loss = training_step(args, accelerator, model, parts, scheduler, batch, empty, weight_dtype,
+                                         step_generator(args.seed, global_step, micro, accelerator.process_index))
+                except torch.OutOfMemoryError:
+                    print(f"error: out of GPU memory at step {global_step + 1} (batch {args.train_batch_size} per "
+                          f"device, resolution {args.resolution}, {accelerator.mixed_precision} precision). Lower "
+                          "--train_batch_size or --resolution, add --gradient_checkpointing or --use_8bit_adam, keep "
+                          "latents cached (no --encode_in_loop), or use the DeepSpeed ZeRO-2 config.",
+                          file=sys.stderr)
+                    return 3
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(unwrapped.trainable(), args.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            micro += 1
+            if sample_log:
+                sample_log.write(json.dumps({"step": global_step + 1, "lines": [samples[i].line for i in batch["index"].tolist()]}) + "\n")
+            if not accelerator.sync_gradients:
+                continue
+            micro = 0
+            global_step += 1
+            losses.append(accelerator.gather(loss.detach()[None]).mean().item())
+            if metrics and (global_step % args.logging_steps == 0 or global_step == args.max_train_steps):
+                elapsed = time.time() - started
+                row = {"step": global_step, "max_steps": args.max_train_steps, "loss": losses[-1],
+                       "lr": lr_scheduler.get_last_lr()[0], "epoch": epoch, "elapsed_s": round(elapsed, 3)}
+                metrics.write(json.dumps(row) + "\n")
+                metrics.flush()
+                print(f"step {global_step}/{args.max_train_steps} loss {losses[-1]:.5f} lr {row['lr']:.3g}", flush=True)
+            if stop["signal"] or (output_dir / "STOP").exists():
+                accelerator.set_trigger()
+            stopped = accelerator.check_trigger()
+            if global_step % args.checkpointing_steps == 0 or stopped:
+                save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
+            if args.validation_steps and global_step % args.validation_steps == 0 and accelerator.is_main_process:
+                paths = validate(args, parts, unwrapped, val_samples, global_step, output_dir, weight_dtype,
+                                 accelerator.device, cache is not None)
+                if metrics:
+                    metrics.write(json.dumps({"step": global_step, "validation": [str(p) for p in paths]}) + "\n")
+                    metrics.flush()
+            if stopped or global_step >= args.max_train_steps:
+                break
+        epoch += 1
+
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if stopped:
+            print(f"stopped at step {global_step}: checkpoint saved; resume with --resume_from_checkpoint latest")
+        else:
+            save_trainable(unwrapped, output_dir)
+            write_card(args, output_dir, global_step, losses, accelerator, len(samples), time.time() - started)
+            print(f"done: {global_step} steps; weights in {output_dir}")
+        if metrics:
+            metrics.write(json.dumps({"step": global_step, "status": "stopped" if stopped else "done"}) + "\n")
+            metrics.close()
+    if sample_log:
+        sample_log.close()
+    accelerator.end_training()
+    return 0
+
+
+def training_step(args, accelerator, model, parts, scheduler, batch, empty, weight_dtype, g) -> torch.Tensor:
+    """One micro-batch: encode (or read the cache), noise, drop conditions, predict, MSE."""
+    device = accelerator.device
+    bsz = batch["face_embed"].shape[0]
+    if "latents" in batch:
+        latents = batch["latents"].to(device, torch.float32)
+        prompt_embeds, pooled = batch["prompt_embeds"].to(device), batch["pooled"].to(device)
+    else:
+        with torch.no_grad():
+            latents = encode_images(parts["vae"], batch["pixel_values"]).float()
+            prompt_embeds, pooled = encode_prompts(parts, batch["caption"], device)
+    noise = torch.randn(latents.shape, generator=g).to(device)
+    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (bsz,), generator=g).to(device)
+    noisy = scheduler.add_noise(latents, noise, timesteps)
+    r = torch.rand(bsz, generator=g).to(device)
+    no_text = (r < args.drop_text) | ((r >= args.drop_text + args.drop_face) & (r < args.drop_text + args.drop_face + args.drop_both))
+    no_face = (r >= args.drop_text) & (r < args.drop_text + args.drop_face + args.drop_both)
+    prompt_embeds = torch.where(no_text[:, None, None], empty[0].to(prompt_embeds.dtype), prompt_embeds)
+    pooled = torch.where(no_text[:, None], empty[1].to(pooled.dtype), pooled)
+    face = torch.where(no_face[:, None], torch.zeros_like(batch["face_embed"]).to(device), batch["face_embed"].to(device))
+    pred = model(noisy.to(weight_dtype), timesteps, prompt_embeds.to(weight_dtype), pooled.to(weight_dtype),
+                 batch["time_ids"].to(device, weight_dtype), face, batch["kps_image"].to(device, weight_dtype))
+    target = scheduler.get_velocity(latents, noise, timesteps) if scheduler.config.prediction_type == "v_prediction" else noise
+    return F.mse_loss(pred.float(), target.float())
+
+
+def fill_cache(accelerator, parts, cache: FeatureCache, samples, resolution: int) -> None:
+    """Encode what the cache lacks; each process takes every N-th sample, then all wait."""
+    todo = cache.missing(range(accelerator.process_index, len(samples), accelerator.num_processes))
+    if todo:
+        accelerator.print(f"caching latents and text embeddings of {len(samples)} samples")
+    plain = PairDataset(samples, resolution)
+    with torch.no_grad():
+        for idx in todo:
+            im, geo = plain.geometry(idx)
+            latents = encode_images(parts["vae"], plain.pixels(im, geo)[None])[0]
+            embeds, pooled = encode_prompts(parts, [samples[idx].caption], accelerator.device)
+            cache.save(idx, {"latents": latents.float(), "prompt_embeds": embeds[0], "pooled": pooled[0]})
+    accelerator.wait_for_everyone()
+
+
+def encode_empty(parts, cache, device, weight_dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """The empty caption's embeddings: what a text-dropped sample is trained with."""
+    with torch.no_grad():
+        embeds, pooled = encode_prompts(parts, [""], device)
+    return embeds[0].to(weight_dtype), pooled[0].to(weight_dtype)
+
+
+def save_checkpoint(accelerator, output_dir: Path, step: int, keep: int) -> None:
+    if accelerator.is_main_process and keep:
+        old = checkpoints(output_dir)
+        for p in old[: max(0, len(old) - keep + 1)]:
+            shutil.rmtree(p, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(output_dir / f"checkpoint-{step}"))
+
+
+def validate(args, parts, model: InstantIDTrainer, samples, step: int, output_dir: Path, weight_dtype, device,
+             offloaded: bool) -> list[Path]:
+    """Images at fixed seeds through the studio's own InstantID pipeline code."""
+    import numpy as np
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLControlNetPipeline
+
+    from studio.instantid import GenerationSettings, InstantID, ModelSpec
+
+    if offloaded:
+        for name in ("vae", "text_encoder", "text_encoder_2"):
+            parts[name].to(device)
+    pipe = StableDiffusionXLControlNetPipeline(
+        vae=parts["vae"], text_encoder=parts["text_encoder"], text_encoder_2=parts["text_encoder_2"],
+        tokenizer=parts["tokenizer"], tokenizer_2=parts["tokenizer_2"], unet=model.unet, controlnet=model.controlnet,
+        scheduler=EulerDiscreteScheduler.from_config(parts["noise_scheduler"].config))
+    pipe.set_progress_bar_config(disable=True)
+    runner = InstantID(pipe, ModelSpec("validation"))
+    dataset = PairDataset(samples, args.resolution)
+    out_dir = output_dir / "validation"
+    out_dir.mkdir(exist_ok=True)
+    paths = []
+    model.controlnet.eval()
+    autocast = torch.autocast(device.type, dtype=weight_dtype) if weight_dtype != torch.float32 else torch.autocast(
+        device.type, enabled=False)
+    with autocast:
+        for k, s in enumerate(samples):
+            item = dataset[k]
+            kps = (item["kps_image"].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+            from PIL import Image
+
+            settings = GenerationSettings(prompt=s.caption or "a photo of a person", ip_scale=1.0, identitynet_scale=1.0,
+                                          steps=args.validation_inference_steps, seed=args.seed + k,
+                                          width=args.resolution, height=args.resolution)
+            image = runner(item["face_embed"].numpy(), Image.fromarray(kps), settings)
+            path = out_dir / f"step-{step:06d}-{k}.png"
+            image.save(path)
+            paths.append(path)
+    model.controlnet.train()
+    if offloaded:
+        for name in ("vae", "text_encoder", "text_encoder_2"):
+            parts[name].to("cpu")
+    return paths
+
+
+def write_card(args, output_dir: Path, steps: int, losses: list[float], accelerator, n_samples: int,
+               seconds: float) -> None:
+    """What was trained on what: arguments, data hash, split, steps, final loss, versions."""
+    import accelerate
+    import diffusers
+
+    sidecar = Path(args.train_data).with_suffix(".manifest.json")
+    manifest_info = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+    tail = losses[-min(len(losses), 10):]
+    card = {
+        "arguments": vars(args), "data_sha256": manifest_sha256(args.train_data), "pairs": n_samples,
+        "split": manifest_info.get("split"), "persons": manifest_info.get("persons"),
+        "steps": steps, "final_loss": losses[-1] if losses else None,
+        "final_loss_mean_last_10": sum(tail) / len(tail) if tail else None,
+        "processes": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision,
+        "seconds": round(seconds, 1), "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__,
+                                                   "accelerate": accelerate.__version__},
+        "weights": {"ip_adapter": "ip-adapter.bin", "identitynet": "ControlNetModel/"},
+    }
+    (output_dir / "training_card.json").write_text(json.dumps(card, indent=2, default=str))
+    rows = "\n".join(f"| {k} | {v} |" for k, v in card.items() if k not in ("arguments", "versions", "weights"))
+    (output_dir / "README.md").write_text(
+        "# InstantID fine-tuned on cross-training pairs\n\n"
+        f"Base: `{args.pretrained_model_name_or_path}`; IdentityNet from `{args.identitynet}`; "
+        f"IP-adapter from `{args.ip_adapter}`.\n\n| | |\n|---|---|\n{rows}\n\n"
+        "Arguments and versions: `training_card.json`.\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
