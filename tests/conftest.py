@@ -200,3 +200,46 @@ def wait_run(client, run_id: int, timeout: float = 120, until=("done", "failed",
         if time.time() > deadline:
             raise AssertionError(f"run {run_id} still {r['status']} after {timeout} s:\n{r['log']}")
         time.sleep(0.3)
+
+
+def make_pair_photos(photos, dest: Path) -> Path:
+    """Persons for cross-training: obama with 3 distinct photos and a re-encoded, slightly cropped copy of
+    one (a planted near-duplicate), biden with a photo and a re-framed crop of it, one astronaut photo."""
+    for p in ("obama", "biden", "eileen_collins"):
+        (dest / p).mkdir(parents=True, exist_ok=True)
+    shutil.copy(photos["obama"], dest / "obama" / "obama.jpg")
+    shutil.copy(photos["obama2"], dest / "obama" / "obama2.jpg")
+    im = Image.open(photos["obama"]).convert("RGB")
+    w, h = im.size
+    im.crop((int(w * .02), int(h * .02), int(w * .98), int(h * .98))).save(dest / "obama" / "obama_copy.jpg", quality=80)
+    Image.open(photos["obama3"]).convert("RGB").crop((300, 0, 1134, 1000)).save(dest / "obama" / "obama3_crop.jpg",
+                                                                                  quality=90)
+    shutil.copy(photos["biden"], dest / "biden" / "biden.jpg")
+    Image.open(photos["biden"]).convert("RGB").crop((100, 0, 870, 1100)).save(dest / "biden" / "biden_crop.jpg",
+                                                                             quality=90)
+    shutil.copy(photos["astronaut"], dest / "eileen_collins" / "astronaut.png")
+    return dest
+
+
+@pytest.fixture(scope="session")
+def pairs_ws_template(tmp_path_factory, photos, pack):
+    """A curated workspace of make_pair_photos (copy it with ``copy_ws`` before changing it)."""
+    from studio.analyze import analyze
+    from studio.curate import curate
+    from studio.ingest import ingest
+    from studio.workspace import Workspace
+
+    src = make_pair_photos(photos, tmp_path_factory.mktemp("pair_src"))
+    ws = Workspace.open(tmp_path_factory.mktemp("ws_pairs"))
+    ingest(ws, src)
+    analyze(ws, pack=pack)
+    curate(ws)
+    ws.store.close()
+    return ws.root
+
+
+def copy_ws(template: Path, dest: Path):
+    from studio.workspace import Workspace
+
+    shutil.copytree(template, dest)
+    return Workspace.open(dest)
