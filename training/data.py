@@ -114,7 +114,7 @@ class PairDataset(torch.utils.data.Dataset):
         kps = s.landmarks * g["scale"] - np.array([g["left"], g["top"]], dtype=np.float32)
         kps_image = np.asarray(draw_kps(self.resolution, self.resolution, kps), dtype=np.float32) / 255.0
         item = {
-            "index": idx,
+            "index": torch.tensor(idx),
             "kps_image": torch.from_numpy(kps_image).permute(2, 0, 1),
             "face_embed": torch.from_numpy(np.load(s.embedding).astype(np.float32).reshape(-1)),
             "caption": s.caption,

@@ -261,7 +261,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
-    parts = load_models(args)
+    from studio.instantid import CheckpointError, MissingWeightsError
+
+    try:
+        parts = load_models(args)
+    except (CheckpointError, MissingWeightsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     model = freeze(parts, weight_dtype, accelerator.device)
     if args.gradient_checkpointing:
         parts["unet"].enable_gradient_checkpointing()

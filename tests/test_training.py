@@ -1,0 +1,257 @@
+"""Cross-training fine-tuning with tiny InstantID weights built from configs, through real `accelerate launch`."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO, copy_ws
+from PIL import Image
+
+from studio.instantid import (ModelSpec, copy_ip_adapter_state_, init_ip_adapter_state, ip_adapter_state_dict,
+                              load_instantid)
+
+SCRIPT = REPO / "training" / "train_instantid.py"
+PINS = {"obama": "train", "eileen_collins": "train", "biden": "validation"}
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture(scope="session")
+def train_ws(pairs_ws_template, tmp_path_factory, tiny_spec):
+    """The pair workspace with obama in train, the tiny model registered, and a train manifest."""
+    from studio.generate import register_model
+    from studio.pairs import assign_splits, export_manifest, make_pairs
+
+    ws = copy_ws(pairs_ws_template, tmp_path_factory.mktemp("train") / "ws")
+    assign_splits(ws, pins=PINS)
+    make_pairs(ws, per_image=2)
+    register_model(ws, tiny_spec)
+    export_manifest(ws, ws.root / "manifest", missing_caption="template", allow_other_pack=True)
+    return ws
+
+
+def script_args(spec: ModelSpec, manifest: Path, out: Path, steps: int, *extra: str) -> list[str]:
+    return ["--pretrained_model_name_or_path", spec.base, "--identitynet", spec.identitynet,
+            "--ip_adapter", spec.ip_adapter, "--train_data", str(manifest), "--output_dir", str(out),
+            "--resolution", "64", "--train_batch_size", "2", "--max_train_steps", str(steps),
+            "--learning_rate", "1e-3", "--checkpointing_steps", "2", "--seed", "7", *extra]
+
+
+def launch(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--num_cpu_threads_per_process", "1", str(SCRIPT), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=ENV, timeout=timeout)
+
+
+def trained(out: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    ip = torch.load(out / "ip-adapter.bin", weights_only=True)
+    flat = {f"{part}.{k}": v for part, d in ip.items() for k, v in d.items()}
+    flat.update({f"controlnet.{k}": v for k, v in load_file(out / "ControlNetModel" / "diffusion_pytorch_model.safetensors").items()})
+    return flat
+
+
+def test_ip_adapter_layout_round_trip(tiny_spec):
+    """Saving converts diffusers' modules back to the official layout exactly; a fresh adapter fits."""
+    from diffusers import UNet2DConditionModel
+
+    from studio.instantid import check_ip_adapter, load_ip_adapter_state
+
+    unet = UNet2DConditionModel.from_pretrained(Path(tiny_spec.base) / "unet")
+    official = load_ip_adapter_state(Path(tiny_spec.ip_adapter))
+    unet._load_ip_adapter_weights([official])
+    back = ip_adapter_state_dict(unet)
+    assert {p: set(d) for p, d in back.items()} == {p: set(d) for p, d in official.items()}
+    assert all(torch.equal(back[p][k], official[p][k]) for p in official for k in official[p])
+    shifted = {p: {k: v + 1 for k, v in d.items()} for p, d in official.items()}
+    copy_ip_adapter_state_(unet, shifted)
+    assert all(torch.equal(ip_adapter_state_dict(unet)[p][k], shifted[p][k]) for p in shifted for k in shifted[p])
+    fresh_unet = UNet2DConditionModel.from_pretrained(Path(tiny_spec.base) / "unet")
+    from studio.instantid import ResamplerShape
+    from tiny_models import TINY_RESAMPLER
+
+    fresh = init_ip_adapter_state(fresh_unet, ResamplerShape(**TINY_RESAMPLER))
+    check_ip_adapter(fresh, fresh_unet)
+    attn = fresh_unet.down_blocks[1].attentions[0].transformer_blocks[0].attn2
+    assert torch.equal(fresh["ip_adapter"]["1.to_k_ip.weight"], attn.to_k.weight)  # initialised from to_k
+
+
+def test_steps_move_only_the_trainable_parts(train_ws, tiny_spec):
+    """The script's own model building and step: UNet, VAE and text encoders stay bit-identical (bf16 too)."""
+    from training.data import PairDataset, collate, read_manifest
+    from training.train_instantid import encode_empty, freeze, load_models, parse_args, step_generator, training_step
+
+    class Acc:  # the two attributes training_step reads from an Accelerator
+        device = torch.device("cpu")
+
+    for dtype in (torch.float32, torch.bfloat16):
+        args = parse_args(script_args(tiny_spec, train_ws.root / "manifest" / "train.jsonl", train_ws.root / "x", 3))
+        parts = load_models(args)
+        model = freeze(parts, dtype, torch.device("cpu"))
+        frozen = {name: {k: v.clone() for k, v in parts[name].state_dict().items()}
+                  for name in ("vae", "text_encoder", "text_encoder_2")}
+        trainable_ids = {id(p) for p in model.trainable()}
+        unet_frozen = {k: v.clone() for k, v in model.unet.named_parameters() if id(v) not in trainable_ids}
+        before = {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
+        assert any(k.startswith("controlnet.") for k in before) and any("to_k_ip" in k for k in before)
+        assert any("encoder_hid_proj" in k for k in before)
+        opt = torch.optim.AdamW(model.trainable(), lr=1e-3)
+        data = PairDataset(read_manifest(args.train_data), 64)
+        batch = collate([data[0], data[1]])
+        empty = encode_empty(parts, None, torch.device("cpu"), dtype)
+        for step in range(3):
+            with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+                loss = training_step(args, Acc, model, parts, parts["noise_scheduler"], batch, empty, dtype,
+                                     step_generator(0, step, 0, 0))
+            assert math.isfinite(loss.item())
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+        for name, state in frozen.items():
+            assert all(torch.equal(v, parts[name].state_dict()[k]) for k, v in state.items()), name
+        assert all(torch.equal(v, dict(model.unet.named_parameters())[k]) for k, v in unet_frozen.items())
+        moved = [k for k, v in model.named_parameters() if v.requires_grad and not torch.equal(v, before[k])]
+        assert any(k.startswith("controlnet.") for k in moved) and any("to_k_ip" in k for k in moved)
+        assert any("encoder_hid_proj" in k for k in moved)
+
+
+def test_keypoint_image_follows_resize_and_crop(train_ws):
+    from training.data import PairDataset, face_crop, read_manifest
+
+    samples = read_manifest(train_ws.root / "manifest" / "train.jsonl")
+    data = PairDataset(samples, 128)
+    for k, s in enumerate(samples):
+        item = data[k]
+        with Image.open(s.image) as im:
+            scale, left, top = face_crop(im.size, s.bbox, 128)
+            assert tuple(item["time_ids"][:4].tolist()) == (im.height, im.width, top, left)
+        kps = s.landmarks * scale - np.array([left, top])
+        assert (kps >= 0).all() and (kps < 128).all()  # the face stays inside the crop
+        corner = item["kps_image"][:, int(round(kps[4][1])), int(round(kps[4][0]))]
+        assert torch.allclose(corner, torch.tensor([1.0, 0.0, 1.0]))  # the last disc (magenta) where that corner went
+        assert item["pixel_values"].shape == (3, 128, 128) and item["face_embed"].shape == (512,)
+
+
+def test_studio_train_run_bf16_loads_and_changes_output(train_ws, tiny_spec, tiny_model):
+    """`python -m studio train` -> accelerate launch (CPU, bf16): a run in history, checkpoints, a new model."""
+    r = subprocess.run([sys.executable, "-m", "studio", "train", "--workspace", str(train_ws.root), "--json",
+                        "--name", "tiny-cross", "--model", "tiny", "--devices", "cpu", "--precision", "bf16",
+                        "--steps", "4", "--batch", "2", "--resolution", "64", "--checkpoint-every", "1",
+                        "--keep-checkpoints", "2", "--missing-caption", "template", "--validation-every", "4",
+                        "--lr", "1e-3", "--", "--validation_inference_steps", "2"],
+                       capture_output=True, text=True, cwd=REPO, env=ENV, timeout=400)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    result = json.loads(r.stdout[r.stdout.rindex("\n{"):])
+    out = Path(result["output_dir"])
+    assert result["steps"] == 4 and math.isfinite(result["final_loss"])
+    assert "--mixed_precision bf16" in r.stdout  # the launch line is in the run's output
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-4"]  # keep the last 2
+    assert (out / "checkpoint-4" / "trainable" / "ip-adapter.bin").is_file()
+    assert not list((out / "checkpoint-4").glob("model*.safetensors"))  # the frozen SDXL is not copied
+    assert len(list((out / "validation").glob("step-000004-*.png"))) == 2
+    card = json.loads((out / "training_card.json").read_text())
+    manifest = Path(result["manifest"])
+    import hashlib
+
+    assert card["data_sha256"] == hashlib.sha256(manifest.read_bytes()).hexdigest()
+    assert card["steps"] == 4 and card["split"] == "train" and card["mixed_precision"] == "bf16"
+    run = train_ws.store.run(result["run_id"])
+    assert run["kind"] == "train" and run["status"] == "done" and run["settings"]["device_set"] == ["cpu"]
+    from studio.generate import registered_models
+
+    spec = registered_models(train_ws)["tiny-cross"]
+    model = load_instantid(spec, "cpu")
+    from studio.instantid import GenerationSettings
+
+    settings = GenerationSettings(prompt="a man", steps=2, width=64, height=64, guidance=1.0)
+    emb = np.random.default_rng(0).standard_normal(512).astype(np.float32)
+    kps = Image.new("RGB", (64, 64))
+    a = np.asarray(model(emb, kps, settings), dtype=np.int16)
+    b = np.asarray(tiny_model(emb, kps, settings), dtype=np.int16)
+    assert np.abs(a - b).max() > 0  # the fine-tuned adapter and IdentityNet change the picture
+    # the same name again is refused, naming the existing model
+    again = subprocess.run([sys.executable, "-m", "studio", "train", "--workspace", str(train_ws.root), "--name",
+                            "tiny-cross", "--model", "tiny", "--devices", "cpu"], capture_output=True, text=True,
+                           cwd=REPO, env=ENV, timeout=120)
+    assert again.returncode == 2 and "already trained" in again.stderr
+
+
+def test_resume_gives_the_same_weights_as_straight(train_ws, tiny_spec, tmp_path):
+    manifest = train_ws.root / "manifest" / "train.jsonl"
+    straight = launch(*script_args(tiny_spec, manifest, tmp_path / "a", 4))
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    first = launch(*script_args(tiny_spec, manifest, tmp_path / "b", 2))
+    assert first.returncode == 0, first.stderr[-3000:]
+    resumed = launch(*script_args(tiny_spec, manifest, tmp_path / "b", 4, "--resume_from_checkpoint", "latest"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stdout + resumed.stderr
+    a, b = trained(tmp_path / "a"), trained(tmp_path / "b")
+    start = trained(Path(tiny_spec.identitynet)) if (Path(tiny_spec.identitynet) / "ip-adapter.bin").is_file() else None
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    if start is not None:
+        assert any(not torch.equal(a[k], start[k]) for k in a if k in start)
+    losses = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in losses if "loss" in r] == [1, 2, 3, 4]
+
+
+def test_two_process_data_parallel_on_cpu(train_ws, tiny_spec, tmp_path):
+    """torchrun --nproc_per_node 2: accelerate's MULTI_CPU over gloo; different samples, one writer."""
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           str(SCRIPT), *script_args(tiny_spec, train_ws.root / "manifest" / "train.jsonl", out, 2, "--log_samples",
+                                     "--train_batch_size", "1")]
+    # ACCELERATE_USE_CPU: what `accelerate launch --cpu` sets; with torchrun's WORLD_SIZE it means MULTI_CPU
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env={**ENV, "ACCELERATE_USE_CPU": "true"},
+                       timeout=400)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert "on 2 process(es)" in r.stdout
+    seen = [[json.loads(x)["lines"] for x in (out / f"samples-rank{k}.jsonl").read_text().splitlines()] for k in (0, 1)]
+    assert len(seen[0]) == len(seen[1]) == 2
+    for step in range(2):
+        assert set(seen[0][step]).isdisjoint(seen[1][step])  # each process trained on other lines
+    metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics if "loss" in m] == [1, 2]  # written once, by the main process
+    assert metrics[-1]["status"] == "done"
+    model = load_instantid(ModelSpec("ddp", base=tiny_spec.base, identitynet=str(out),
+                                     ip_adapter=str(out / "ip-adapter.bin")), "cpu")
+    assert model.pipe.unet.encoder_hid_proj is not None
+
+
+def test_bad_inputs_are_named(train_ws, tiny_spec, tmp_path):
+    manifest = train_ws.root / "manifest" / "train.jsonl"
+    lines = manifest.read_text().splitlines()
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text(lines[0] + "\n" + lines[1].replace(".npy", "-gone.npy") + "\n")
+    r = launch(*script_args(tiny_spec, broken, tmp_path / "o1", 1, "--data_root", str(manifest.parent)))
+    assert r.returncode != 0 and "line 2: insightface_feature_file" in r.stderr and "does not exist" in r.stderr
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    r = launch(*script_args(tiny_spec, empty, tmp_path / "o2", 1))
+    assert r.returncode != 0 and "has no lines" in r.stderr
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    r = launch(*script_args(tiny_spec, manifest, blocker / "out", 1))
+    assert r.returncode != 0 and "cannot write to the output dir" in r.stderr
+    no_ip = tmp_path / "not-instantid.bin"
+    torch.save({"image_proj": {}, "ip_adapter": {}}, no_ip)
+    args = script_args(tiny_spec, manifest, tmp_path / "o3", 1)
+    args[args.index("--ip_adapter") + 1] = str(no_ip)
+    r = launch(*args)
+    assert r.returncode != 0 and "error: " in r.stderr and "not an InstantID Resampler" in r.stderr
+    assert "--ip_adapter init" in r.stderr
+    # through the studio: the failed run is in history, with the cause and its log kept
+    r = subprocess.run([sys.executable, "-m", "studio", "train", "--workspace", str(train_ws.root), "--name", "broken",
+                        "--model", "tiny", "--devices", "cpu", "--manifest", str(broken), "--steps", "1",
+                        "--resolution", "64", "--", "--data_root", str(manifest.parent)],
+                       capture_output=True, text=True, cwd=REPO, env=ENV, timeout=300)
+    assert r.returncode == 2 and "training exited with code" in r.stderr
+    run = train_ws.store.runs(kind="train", status="failed")[0]
+    assert "line 2: insightface_feature_file" in run["error"]
