@@ -307,9 +307,10 @@ def train(ws: Workspace, cfg: TrainConfig, handle, author: str, log=print) -> di
     if cancelled:
         raise RunCancelled(f"run {handle.run_id} stopped at step {max([r['step'] for r in rows] or [0])}")
     if proc.returncode != 0:
-        errors = [line for line in tail if line.startswith("error:") or "Error" in line]
-        raise TrainingError(f"training exited with code {proc.returncode}: "
-                            + (errors[-1] if errors else (tail[-1] if tail else "no output")))
+        ours = [line for line in tail if line.startswith("error:")]  # the script's own message names the cause
+        others = [line for line in tail if "Error" in line and "CalledProcessError" not in line]
+        cause = (ours or others or list(tail)[-1:] or ["no output"])[-1]
+        raise TrainingError(f"training exited with code {proc.returncode}: {cause}")
     losses = [r for r in rows if "loss" in r]
     new = ModelSpec(cfg.name, base=spec.base, identitynet=str(out), ip_adapter=str(out / "ip-adapter.bin"))
     register_model(ws, new)
