@@ -346,6 +346,8 @@ def load_instantid(spec: ModelSpec, device: str | None = None, dtype=None) -> "I
                                                                dtype=dtype)
     state = load_ip_adapter_state(_ip_adapter_file(spec.ip_adapter))
     check_ip_adapter(state, pipe.unet)
+    # our own runs save fp32 weights; the loader keeps a checkpoint's dtype, the pipeline runs in ``dtype``
+    state = {part: {k: v.to(dtype) for k, v in d.items()} for part, d in state.items()}
     pipe.load_ip_adapter(state, subfolder="", weight_name="", image_encoder_folder=None)
     pipe.to(dev)
     pipe.set_progress_bar_config(disable=True)
@@ -447,7 +449,8 @@ class InstantID:
 
         settings.validate()
         cfg = settings.guidance > 1.0
-        embeds = self.embeds(face_embedding, cfg)
+        # in the pipeline's dtype: the stock pipeline hands these to the Resampler as they are (fp16 on a GPU)
+        embeds = self.embeds(face_embedding, cfg).to(self.pipe.unet.device, self.pipe.unet.dtype)
         generator = torch.Generator(device="cpu").manual_seed(int(settings.seed))
         with self._lock, torch.inference_mode():
             self.pipe.set_ip_adapter_scale(float(settings.ip_scale))

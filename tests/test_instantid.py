@@ -145,3 +145,15 @@ def test_settings_are_validated():
     with pytest.raises(ValueError, match="multiple of 8"):
         dataclasses.replace(S, width=65).validate()
     assert ResamplerShape().num_queries == 16
+
+
+def test_reduced_precision_pipeline_generates(tiny_spec):
+    """The dtype a GPU runs (fp16 there; bf16 is what the CPU can run): the face embedding reaches the
+    Resampler in the pipeline's dtype, λ still steers, the face mask still applies."""
+    model = load_instantid(tiny_spec, "cpu", dtype=torch.bfloat16)
+    assert model.pipe.unet.dtype == torch.bfloat16
+    a = pixels(model(EMB, kps_image(), S))
+    b = pixels(model(EMB, kps_image(), dataclasses.replace(S, ip_scale=0.0)))
+    assert np.abs(a - b).mean() > 1.0
+    masked = model(EMB, kps_image(), dataclasses.replace(S, face_region_only=True), mask=torch.ones(64, 64))
+    assert np.asarray(masked).shape == (64, 64, 3)

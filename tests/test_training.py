@@ -176,6 +176,9 @@ def test_studio_train_run_bf16_loads_and_changes_output(train_ws, tiny_spec, tin
     a = np.asarray(model(emb, kps, settings), dtype=np.int16)
     b = np.asarray(tiny_model(emb, kps, settings), dtype=np.int16)
     assert np.abs(a - b).max() > 0  # the fine-tuned adapter and IdentityNet change the picture
+    # saved in fp32, loaded for a reduced-precision pipeline as a GPU loads it (fp16 there; bf16 runs on the CPU)
+    half = np.asarray(load_instantid(spec, "cpu", dtype=torch.bfloat16)(emb, kps, settings))
+    assert half.shape == (64, 64, 3) and half.std() > 0
     # the same name again is refused, naming the existing model
     again = subprocess.run([sys.executable, "-m", "studio", "train", "--workspace", str(train_ws.root), "--name",
                             "tiny-cross", "--model", "tiny", "--devices", "cpu"], capture_output=True, text=True,

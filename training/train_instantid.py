@@ -381,7 +381,8 @@ def main(argv: list[str] | None = None) -> int:
             if metrics and (global_step % args.logging_steps == 0 or global_step == args.max_train_steps):
                 elapsed = time.time() - started
                 row = {"step": global_step, "max_steps": args.max_train_steps, "loss": losses[-1],
-                       "lr": lr_scheduler.get_last_lr()[0], "epoch": epoch, "elapsed_s": round(elapsed, 3)}
+                       "lr": lr_scheduler.get_last_lr()[0], "epoch": epoch, "elapsed_s": round(elapsed, 3),
+                       "peak_memory_gb": round(peak_memory_gb(accelerator.device), 3)}
                 metrics.write(json.dumps(row) + "\n")
                 metrics.flush()
                 print(f"step {global_step}/{args.max_train_steps} loss {losses[-1]:.5f} lr {row['lr']:.3g}", flush=True)
@@ -415,6 +416,15 @@ def main(argv: list[str] | None = None) -> int:
         sample_log.close()
     accelerator.end_training()
     return 0
+
+
+def peak_memory_gb(device) -> float:
+    """Peak GPU memory allocated on this device, or the process's peak resident memory on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 30
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
 
 
 def training_step(args, accelerator, model, parts, scheduler, batch, empty, weight_dtype, g) -> torch.Tensor:
