@@ -147,8 +147,9 @@ def submit(ws: Workspace, kind: str, args: list[str], author: str, *, settings: 
     path = log_path(ws, run_id)
     path.parent.mkdir(parents=True, exist_ok=True)
     ws.store.set_run_log(run_id, str(path))
-    cmd = [sys.executable, "-m", "studio", kind, *args, "--workspace", str(ws.root), "--run-id", str(run_id),
-           "--author", author]
+    # the studio's own options first: a stage's args may end with `-- <passed through>`
+    cmd = [sys.executable, "-m", "studio", kind, "--workspace", str(ws.root), "--run-id", str(run_id),
+           "--author", author, *args]
     env = {**os.environ, **(secrets_env or {}), "PYTHONUNBUFFERED": "1"}
     with open(path, "ab") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,

@@ -28,7 +28,7 @@ CONFIGS = REPO / "training" / "configs"
 PRECISIONS = ("no", "fp16", "bf16")
 
 
-class TrainingError(RuntimeError):
+class TrainingError(ValueError):
     """A training run that could not start or did not finish; the message says why."""
 
 
@@ -86,6 +86,22 @@ class TrainConfig:
         values = {k: v for k, v in vars(args).items() if k in names and v is not None}
         values["extra"] = [a for a in (args.extra or []) if a != "--"]
         return cls(**values)
+
+    def to_cli(self) -> list[str]:
+        """The `python -m studio train` arguments that ask for this (the app's worker runs them)."""
+        d = TrainConfig(name=self.name)
+        flags = {"learning_rate": "--lr", "max_steps": "--steps", "batch_size": "--batch",
+                 "gradient_accumulation": "--accumulate"}
+        out: list[str] = []
+        for key, value in self.to_dict().items():
+            if key == "extra" or value == getattr(d, key) and key != "name":
+                continue
+            flag = flags.get(key, "--" + key.replace("_", "-"))
+            if isinstance(value, bool):
+                out += [flag] if value else []
+            elif value is not None:
+                out += [flag, str(value)]
+        return out + (["--", *self.extra] if self.extra else [])
 
     def validate(self) -> None:
         problems = []

@@ -8,7 +8,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no outside network
 
 import gradio as gr  # noqa: E402
 
-from . import annotate, browse, captions, generate, runs, statistics  # noqa: E402
+from . import annotate, browse, captions, generate, runs, statistics, training  # noqa: E402
 from .access import StudioContext, role, username  # noqa: E402
 
 
@@ -27,12 +27,14 @@ def build_app(ctx: StudioContext) -> gr.Blocks:
             s = statistics.build()
             c = captions.build()
             g = generate.build()
+            tr = training.build()
             r = runs.build()
             a = annotate.build()
         browse.wire(ctx, b)
         statistics.wire(ctx, s)
         captions.wire(ctx, c, clock)
         generate.wire(ctx, g)
+        training.wire(ctx, tr, clock)
         runs.wire(ctx, r, clock)
 
         persons, poses, tags = b.filters[0], b.filters[3], b.filters[4]
@@ -43,8 +45,7 @@ def build_app(ctx: StudioContext) -> gr.Blocks:
             is_admin = role_ == "admin"
             header = {"admin": f"**{user or 'local user'}** · admin", "annotator": f"**{user}** · annotator",
                       None: "Sign in to use the studio." if ctx.policy.mode == "hf" else "No access for this account."}[role_]
-            shown = [gr.Tab(visible=is_admin), gr.Tab(visible=is_admin), gr.Tab(visible=is_admin), gr.Tab(visible=is_admin),
-                     gr.Tab(visible=is_admin), gr.Tab(visible=role_ is not None),
+            shown = [*(gr.Tab(visible=is_admin) for _ in range(6)), gr.Tab(visible=role_ is not None),
                      gr.Tabs(selected="browse" if is_admin else "annotate")]
             if is_admin:
                 status, names = generate.weights_status(ctx)
@@ -54,6 +55,6 @@ def build_app(ctx: StudioContext) -> gr.Blocks:
                 data = [gr.update()] * len(admin_outputs)
             return [header, gr.Markdown(visible=is_admin and bool(ctx.note)), *shown, annotate.message(user), *data]
 
-        demo.load(on_load, None, [who, notice, b.tab, s.tab, c.tab, g.tab, r.tab, a.tab, tabs, a.info, *admin_outputs],
+        demo.load(on_load, None, [who, notice, b.tab, s.tab, c.tab, g.tab, tr.tab, r.tab, a.tab, tabs, a.info, *admin_outputs],
                   api_visibility="private")
     return demo

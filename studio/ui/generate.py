@@ -115,6 +115,15 @@ def wire(ctx: StudioContext, t: GenerateTab) -> None:
 
     t.run.click(on_run, inputs, [t.note, t.gallery], api_visibility="private")
 
+    @keep_on_mistake(2)
+    def on_open(request: gr.Request, chosen):
+        """Models trained since the page loaded are listed when the tab is opened again."""
+        require_admin(ctx, request)
+        status, names = weights_status(ctx)
+        return status, gr.CheckboxGroup(choices=names, value=[n for n in chosen or [] if n in names] or names[:1])
+
+    t.tab.select(on_open, [t.models], [t.weights, t.models], api_visibility="private")
+
     @api_errors
     def generate_api(request: gr.Request, prompt: str, models: list[str], image_id: int | None = None,
                      ip_scale: float = 0.8, sweep: str = "", negative_prompt: str = "", identitynet_scale: float = 0.8,

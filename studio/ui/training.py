@@ -1,0 +1,327 @@
+"""Training tab (admin): person splits, cross-training pairs, and InstantID fine-tuning runs.
+
+Every button starts a run through the runs layer (`python -m studio split|pairs|train ...` in its
+own process), so history, log, cancel and provenance are the Runs tab's too. A training run's
+worker starts `accelerate launch`; this tab follows its metrics (loss plot, validation images),
+and Stop asks it to checkpoint and exit. Finished runs become Generate-tab models.
+"""
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+
+from .. import runs, training
+from ..pairs import STRATEGIES, pair_statistics
+from ..validate import parse_id
+from .access import StudioContext, require_admin, username
+from .feedback import api_errors, keep_on_mistake
+
+HISTORY = ["id", "status", "progress", "model", "author", "started", "ended", "exit_code"]
+
+
+@dataclass
+class TrainingTab:
+    tab: gr.Tab
+    gpus: gr.Markdown
+    shares: gr.Textbox
+    split_seed: gr.Number
+    split_btn: gr.Button
+    strategy: gr.Dropdown
+    per_image: gr.Number
+    pairs_btn: gr.Button
+    data_summary: gr.Markdown
+    form: dict
+    start: gr.Button
+    run_id: gr.Number
+    status: gr.Markdown
+    loss: gr.LinePlot
+    validation: gr.Gallery
+    log: gr.Textbox
+    stop: gr.Button
+    history: gr.Dataframe
+
+
+def build() -> TrainingTab:
+    with gr.Tab("Training", id="training", visible=False) as tab:
+        gpus = gr.Markdown(elem_id="train-gpus")
+        with gr.Accordion("1 · Person splits and cross-training pairs", open=True):
+            with gr.Row():
+                shares = gr.Textbox("0.8,0.1,0.1", label="Shares of persons: train,validation,test")
+                split_seed = gr.Number(0, label="Seed", precision=0)
+                split_btn = gr.Button("Split persons")
+            with gr.Row():
+                strategy = gr.Dropdown(list(STRATEGIES), value="random", label="Pairing",
+                                       info="; ".join(f"{k}: {v}" for k, v in STRATEGIES.items()))
+                per_image = gr.Number(1, label="Faces j per target i", precision=0)
+                pairs_btn = gr.Button("Make pairs (train split)")
+            data_summary = gr.Markdown(elem_id="train-data")
+        with gr.Accordion("2 · Fine-tune InstantID", open=True):
+            d = training.TrainConfig(name="x")
+            with gr.Row():
+                form = {
+                    "name": gr.Textbox(label="Name of the new model", elem_id="train-name"),
+                    "model": gr.Dropdown([], label="Starting model", allow_custom_value=True, elem_id="train-model"),
+                    "start": gr.Radio(["model", "base"], value=d.start, label="Start from",
+                                      info="model: its IdentityNet + adapter · base: fresh adapter"),
+                }
+            with gr.Row():
+                form["learning_rate"] = gr.Number(d.learning_rate, label="Learning rate")
+                form["max_steps"] = gr.Number(d.max_steps, label="Steps", precision=0, elem_id="train-steps")
+                form["batch_size"] = gr.Number(d.batch_size, label="Batch per GPU", precision=0)
+                form["resolution"] = gr.Number(d.resolution, label="Resolution", precision=0, elem_id="train-res")
+            with gr.Row():
+                form["precision"] = gr.Radio(list(training.PRECISIONS), value=d.precision, label="Mixed precision")
+                form["devices"] = gr.Textbox(d.devices, label="Devices (all, cpu, or GPU indices 0,1)",
+                                             elem_id="train-devices")
+                form["accelerate_config"] = gr.Dropdown(["(none)", *training.accelerate_configs()], value="(none)",
+                                                        label="accelerate config")
+            with gr.Row():
+                form["checkpoint_every"] = gr.Number(d.checkpoint_every, label="Checkpoint every", precision=0)
+                form["validation_every"] = gr.Number(d.validation_every, label="Validation images every (0: none)",
+                                                     precision=0, elem_id="train-val")
+                form["missing_caption"] = gr.Radio(["skip", "template", "error"], value=d.missing_caption,
+                                                   label="Target without an approved caption")
+                form["extra"] = gr.Textbox(label="More script arguments", elem_id="train-extra",
+                                           placeholder="e.g. --lr_warmup_steps 100 --drop_face 0.05")
+            start = gr.Button("Start training", variant="primary", elem_id="train-start")
+        with gr.Row():
+            run_id = gr.Number(label="Training run", precision=0, elem_id="train-run")
+            stop = gr.Button("Stop (checkpoint and exit)", variant="stop", elem_id="train-stop")
+        status = gr.Markdown(elem_id="train-status")
+        with gr.Row():
+            loss = gr.LinePlot(x="step", y="loss", title="Training loss", elem_id="train-loss", height=260)
+            validation = gr.Gallery(label="Validation images (latest step)", columns=4, height=260)
+        log = gr.Textbox(label="Log (tail)", lines=10, max_lines=10, autoscroll=True, elem_id="train-log")
+        history = gr.Dataframe(headers=HISTORY, label="Training runs (newest first; click to open)", interactive=False)
+    return TrainingTab(tab, gpus, shares, split_seed, split_btn, strategy, per_image, pairs_btn, data_summary, form,
+                       start, run_id, status, loss, validation, log, stop, history)
+
+
+# -- views -----------------------------------------------------------------------------------------
+
+def gpus_note() -> str:
+    found = training.gpus()
+    if not found:
+        return ("**GPUs:** none found. Training runs on the CPU with `--devices cpu` (tiny models only); "
+                "on a GPU machine the studio lists them here.")
+    return "**GPUs:** " + " · ".join(f"{g['index']}: {g['name']} ({g['memory_gb']:.0f} GB)" for g in found)
+
+
+def data_summary(ctx: StudioContext) -> str:
+    rows = ctx.ws.store.split_counts()
+    table = "\n".join(f"| {r['split']} | {r['persons']} | {r['images']} | {r['kept']} |" for r in rows)
+    out = f"| split | persons | images | kept |\n|---|---|---|---|\n{table}"
+    stats = pair_statistics(ctx.ws, "train")
+    n = sum(stats["pairs_per_person"].values())
+    if n:
+        out += (f"\n\n**Train pairs:** {n} over {stats['persons_paired']} persons · pose changes in "
+                f"{stats['pose_change'].get('changes', 0)} · expression changes in "
+                f"{stats['expression_change'].get('changes', 0)} (unknown without tags: "
+                f"{stats['expression_change'].get('unknown', 0)})")
+    last = ctx.ws.store.runs(kind="pairs", limit=1)
+    if last and last[0]["result"]:
+        res = last[0]["result"]
+        out += (f"\n\nLast pairing (run {last[0]['id']}): {res.get('excluded_near_duplicates', 0)} near-duplicate pairs "
+                f"excluded {res.get('excluded_by', {})}; persons left out: "
+                + (", ".join(f"{p['person']} ({p['reason']})" for p in res.get("left_out_persons", [])) or "none"))
+    return out
+
+
+def history_frame(ctx: StudioContext) -> pd.DataFrame:
+    runs.reap(ctx.ws)
+    rows = []
+    for r in ctx.ws.store.runs(kind="train"):
+        d = runs.describe(r)
+        rows.append([d["id"], d["status"], d["progress"], (r["settings"] or {}).get("name"), d["author"], d["started"],
+                     d["ended"], d["exit_code"]])
+    return pd.DataFrame(rows, columns=HISTORY)
+
+
+def run_output(ctx: StudioContext, r: dict) -> Path:
+    return training.output_dir(ctx.ws, (r["settings"] or {}).get("name", ""))
+
+
+def metrics_view(ctx: StudioContext, run_id) -> tuple[str, pd.DataFrame, list, str]:
+    """(status markdown, loss frame, validation images, log tail) of one training run."""
+    empty = pd.DataFrame({"step": [], "loss": []})
+    if run_id in (None, "", 0):
+        return "Start a training run, or open one from the history.", empty, [], ""
+    r = ctx.ws.store.run(parse_id(run_id, "run id"))
+    if r is None or r["kind"] != "train":
+        return f"No training run {run_id}.", empty, [], ""
+    out = run_output(ctx, r)
+    rows = training.read_metrics(out)
+    losses = [x for x in rows if "loss" in x]
+    frame = pd.DataFrame({"step": [x["step"] for x in losses], "loss": [x["loss"] for x in losses]})
+    images = []
+    shots = [x for x in rows if "validation" in x]
+    if shots:
+        for p in shots[-1]["validation"]:
+            rel = Path(p).resolve().relative_to(ctx.ws.root.resolve()) if Path(p).is_absolute() else Path(p)
+            served = ctx.media.file(str(rel))
+            if served:
+                images.append((served, f"step {shots[-1]['step']}"))
+    d = runs.describe(r)
+    text = [f"### Run {d['id']} · **{d['status']}** · {d['progress']} steps",
+            f"Model **{r['settings'].get('name')}** from {r['settings'].get('model')} · by {d['author']}"]
+    if losses:
+        text.append(f"Last loss {losses[-1]['loss']:.4f} at step {losses[-1]['step']} · peak memory "
+                    f"{losses[-1].get('peak_memory_gb', 0):.2f} GB")
+    if d["error"]:
+        text.append(f"**Error:** {d['error']}")
+    if d["status"] == "done":
+        text.append("Listed as a model in the Generate tab.")
+    elif d["status"] == "cancelled":
+        text.append("Stopped with a checkpoint: Rerun it in the Runs tab to go on from there.")
+    return "\n\n".join(text), frame, images, runs.log_tail(ctx.ws, r["id"])
+
+
+def config_from_form(values: dict) -> training.TrainConfig:
+    cfg = {k: v for k, v in values.items() if k != "extra"}
+    if cfg.get("accelerate_config") in ("(none)", "", None):
+        cfg["accelerate_config"] = None
+    for key in ("max_steps", "batch_size", "resolution", "checkpoint_every", "validation_every"):
+        if cfg.get(key) is not None:
+            cfg[key] = int(cfg[key])
+    try:
+        extra = shlex.split(values.get("extra") or "")
+    except ValueError as exc:
+        raise ValueError(f"more script arguments: {exc}") from None
+    for reserved in ("--output_dir", "--train_data", "--pretrained_model_name_or_path"):
+        if reserved in extra:
+            raise ValueError(f"{reserved} is set by the studio; leave it out")
+    c = training.TrainConfig(**cfg, extra=extra)
+    c.validate()
+    return c
+
+
+def start_training(ctx: StudioContext, cfg: training.TrainConfig, author: str) -> int:
+    """Refuse a second run on the same GPUs or a taken name, then submit the worker."""
+    from ..generate import registered_models
+
+    training.refuse_if_gpus_busy(ctx.ws, cfg)
+    if cfg.name in registered_models(ctx.ws):
+        raise ValueError(f"a model named {cfg.name!r} exists already; choose another name")
+    if cfg.model not in registered_models(ctx.ws):
+        raise ValueError(f"unknown starting model {cfg.model!r}")
+    return runs.submit(ctx.ws, "train", cfg.to_cli(), author,
+                       settings={**cfg.to_dict(), "device_set": sorted(cfg.device_set())})
+
+
+def wire(ctx: StudioContext, t: TrainingTab, timer: gr.Timer) -> None:
+    private = {"api_visibility": "private"}
+    form_keys = list(t.form)
+
+    def who(request) -> str:
+        return username(ctx, request) or "local admin"
+
+    def admin(request) -> bool:
+        return ctx.policy.role_of(username(ctx, request)) == "admin"
+
+    def model_choices():
+        from ..generate import registered_models
+
+        return gr.Dropdown(choices=list(registered_models(ctx.ws)))
+
+    @keep_on_mistake(4)
+    def on_open(request: gr.Request):
+        require_admin(ctx, request)
+        return gpus_note(), data_summary(ctx), model_choices(), history_frame(ctx)
+
+    t.tab.select(on_open, None, [t.gpus, t.data_summary, t.form["model"], t.history], **private)
+
+    @keep_on_mistake(1)
+    def on_split(request: gr.Request, shares, seed):
+        require_admin(ctx, request)
+        run = runs.submit(ctx.ws, "split", ["--shares", str(shares), "--seed", str(int(seed or 0))], who(request))
+        gr.Info(f"Split started as run {run}.")
+        return data_summary(ctx)
+
+    t.split_btn.click(on_split, [t.shares, t.split_seed], [t.data_summary], **private)
+
+    @keep_on_mistake(1)
+    def on_pairs(request: gr.Request, strategy, per_image):
+        require_admin(ctx, request)
+        run = runs.submit(ctx.ws, "pairs", ["--strategy", strategy, "--per-image", str(int(per_image or 1))],
+                          who(request))
+        gr.Info(f"Pairing started as run {run}.")
+        return data_summary(ctx)
+
+    t.pairs_btn.click(on_pairs, [t.strategy, t.per_image], [t.data_summary], **private)
+
+    @keep_on_mistake(6)
+    def on_start(request: gr.Request, *values):
+        require_admin(ctx, request)
+        run_id = start_training(ctx, config_from_form(dict(zip(form_keys, values))), who(request))
+        return (run_id, *metrics_view(ctx, run_id), history_frame(ctx))
+
+    view = [t.status, t.loss, t.validation, t.log]
+    t.start.click(on_start, list(t.form.values()), [t.run_id, *view, t.history], **private)
+
+    @keep_on_mistake(6)
+    def on_refresh(request: gr.Request, run_id):
+        if not admin(request):
+            return tuple(gr.skip() for _ in range(6))
+        return (*metrics_view(ctx, run_id), history_frame(ctx), data_summary(ctx))
+
+    refresh_out = [*view, t.history, t.data_summary]
+    timer.tick(on_refresh, [t.run_id], refresh_out, show_progress="hidden", **private)
+    t.run_id.submit(on_refresh, [t.run_id], refresh_out, **private)
+
+    @keep_on_mistake(5)
+    def on_row(request: gr.Request, frame: pd.DataFrame, evt: gr.SelectData):
+        require_admin(ctx, request)
+        run_id = int(frame.iloc[evt.index[0]]["id"])
+        return (run_id, *metrics_view(ctx, run_id))
+
+    t.history.select(on_row, [t.history], [t.run_id, *view], **private)
+
+    @keep_on_mistake(4)
+    def on_stop(request: gr.Request, run_id):
+        require_admin(ctx, request)
+        if not runs.cancel(ctx.ws, parse_id(run_id, "run id")):
+            raise ValueError(f"run {run_id} has already finished")
+        gr.Info(f"Run {run_id} will save a checkpoint and stop.")
+        return metrics_view(ctx, run_id)
+
+    t.stop.click(on_stop, [t.run_id], view, **private)
+
+    @api_errors
+    def gpus_api(request: gr.Request) -> list[dict]:
+        """The CUDA GPUs training can use (empty without one)."""
+        require_admin(ctx, request)
+        return training.gpus()
+
+    @api_errors
+    def train_start_api(request: gr.Request, config: dict) -> int:
+        """Start a training run from TrainConfig fields (name, model, max_steps, ...); returns the run id."""
+        require_admin(ctx, request)
+        if not isinstance(config, dict):
+            raise ValueError("config must be an object of training settings")
+        unknown = set(config) - set(training.TrainConfig.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown training settings: {sorted(unknown)}")
+        cfg = training.TrainConfig(**config)
+        cfg.validate()
+        return start_training(ctx, cfg, who(request))
+
+    @api_errors
+    def train_status_api(request: gr.Request, run_id: int) -> dict:
+        """A training run: status, loss per step, latest validation images, log tail."""
+        require_admin(ctx, request)
+        runs.reap(ctx.ws)
+        r = ctx.ws.store.run(parse_id(run_id, "run id"))
+        if r is None or r["kind"] != "train":
+            raise ValueError(f"no training run {run_id}")
+        rows = training.read_metrics(run_output(ctx, r))
+        return {**runs.describe(r), "losses": [[x["step"], x["loss"]] for x in rows if "loss" in x],
+                "validation": next((x["validation"] for x in reversed(rows) if "validation" in x), []),
+                "log": runs.log_tail(ctx.ws, r["id"])}
+
+    gr.api(gpus_api, api_name="gpus")
+    gr.api(train_start_api, api_name="train_start")
+    gr.api(train_status_api, api_name="train_status")
