@@ -23,6 +23,9 @@ SORTS = ("id", "person", "face_ratio", "resolution", "identity_sim", "face_count
 MAX_PAGE_SIZE = 200
 
 
+SPLIT_CHOICES = ("train", "validation", "test", "unassigned")
+
+
 class BrowseError(ValueError):
     """A filter value the user has to fix."""
 
@@ -41,6 +44,7 @@ class BrowseFilter:
     outlier: str = "any"
     caption_text: str = ""
     caption_status: str | None = None
+    split: str | None = None  # train | validation | test | unassigned (persons' cross-training split)
     sort: str = "id"
     descending: bool = False
 
@@ -98,6 +102,8 @@ def browse(ws: Workspace, f: BrowseFilter, page: int = 1, page_size: int = 48) -
         raise BrowseError(f"outlier must be one of {OUTLIER_CHOICES}, got {f.outlier!r}")
     if f.caption_status and f.caption_status not in CAPTION_STATUSES:
         raise BrowseError(f"caption status must be one of {CAPTION_STATUSES}, got {f.caption_status!r}")
+    if f.split and f.split not in SPLIT_CHOICES:
+        raise BrowseError(f"split must be one of {SPLIT_CHOICES}, got {f.split!r}")
     if f.sort not in SORTS:
         raise BrowseError(f"sort must be one of {SORTS}, got {f.sort!r}")
     side = _range(f.min_side, f.max_side, "resolution (shortest side, px)", 0, None)
@@ -115,7 +121,7 @@ def browse(ws: Workspace, f: BrowseFilter, page: int = 1, page_size: int = 48) -
         pose=f.pose or None, tags=list(f.tags or ()), min_side=side, face_ratio=ratio,
         outlier={"any": None, "yes": True, "no": False}[f.outlier],
         caption_match=_fts_query(f.caption_text or ""), caption_status=f.caption_status or None,
-        sort=f.sort, descending=f.descending, limit=page_size, offset=(page - 1) * page_size,
+        split=f.split or None, sort=f.sort, descending=f.descending, limit=page_size, offset=(page - 1) * page_size,
     )
     rows, total = store.browse_page(**query)
     pages = max(1, math.ceil(total / page_size))
@@ -186,7 +192,8 @@ def image_detail(ws: Workspace, image_id: int) -> dict:
         for o in ws.store.image_table(person=row["person"]) if o["id"] != row["id"]
     ]
     metadata = {
-        "id": row["id"], "person": row["person"], "source": row["source"], "sha256": row["sha256"],
+        "id": row["id"], "person": row["person"], "split": ws.store.splits().get(row["person"], "unassigned"),
+        "source": row["source"], "sha256": row["sha256"],
         "size": f"{row['width']}x{row['height']}", "original_mode": row["original_mode"], "exif_rotated": row["exif_rotated"],
         "status": "pending" if row["passed"] is None else ("pass" if row["passed"] else "fail"),
         "reasons": row["reasons"] or [], "identity_sim": row["identity_sim"], "outlier": row["outlier"],

@@ -60,6 +60,9 @@ def dataset_stats(ws: Workspace) -> dict:
     return {
         "table1": {"before_curation": table1(store.images_per_person()),
                    "after_curation": table1(store.images_per_person(passed_only=True))},
+        # Table 1 of each person split (kept images), once persons are split for cross-training
+        "table1_by_split": {s: table1(store.images_per_person(passed_only=True, split=s))
+                            for s in ("train", "validation", "test") if s in set(store.splits().values())},
         "status": {name: status[code] for code, name in ((1, "pass"), (2, "fail"), (0, "pending")) if status.get(code)},
         "rejections_by_reason": dict(sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))),
         "ingest_problems_by_reason": dict(sorted(problems.items(), key=lambda kv: (-kv[1], kv[0]))),

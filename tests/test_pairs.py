@@ -161,3 +161,23 @@ def test_cli_split_pairs_manifest_are_runs(ws, tmp_path):
     kinds = [x["kind"] for x in ws.store.runs()]
     assert kinds[:3] == ["manifest", "pairs", "split"] and all(x["status"] == "done" for x in ws.store.runs()[:3])
     assert {p["run_id"] for p in ws.store.pairs("train")} == {ws.store.runs(kind="pairs")[0]["id"]}
+
+
+def test_split_shows_in_browse_and_statistics(ws):
+    from studio.browse import BrowseError, BrowseFilter, browse, image_detail
+    from studio.stats import dataset_stats
+
+    assert "table1_by_split" in dataset_stats(ws) and dataset_stats(ws)["table1_by_split"] == {}
+    assert browse(ws, BrowseFilter(split="unassigned")).total == len(ws.store.image_table())
+    assign_splits(ws, pins=PINS)
+    persons = {r["id"]: r["person"] for r in ws.store.image_table()}
+    test_page = browse(ws, BrowseFilter(split="test"))
+    assert test_page.total == 2 and {persons[r["image_id"]] for r in test_page.items} == {"biden"}
+    assert {persons[r["image_id"]] for r in browse(ws, BrowseFilter(split="train")).items} == {"obama", "eileen_collins"}
+    assert image_detail(ws, test_page.items[0]["image_id"])["metadata"]["split"] == "test"
+    with pytest.raises(BrowseError, match="split must be one of"):
+        browse(ws, BrowseFilter(split="holdout"))
+    t = dataset_stats(ws)["table1_by_split"]
+    assert set(t) == {"train", "test"} and t["train"]["persons"] == 2 and t["train"]["images"] == 5
+    assert t["test"] == {"persons": 1, "images": 2, "avg_per_person": 2.0, "median_per_person": 2.0,
+                         "max_per_person": 2, "min_per_person": 2}

@@ -59,6 +59,18 @@ def test_start_follow_stop_and_finish(train_app):
     assert list(out.glob("checkpoint-*")), "Stop saves a checkpoint before exiting"
     assert not (out / "ip-adapter.bin").exists()  # not finished: not a model
     assert "ui-long" not in c.predict(api_name="/models")
+    # Rerun (the Runs tab's button) goes on from the checkpoint the stop saved
+    last_step = max(step for step, _ in c.predict(run_id=long, api_name="/train_status")["losses"])
+    again = c.predict(run_id=long, api_name="/run_rerun")
+    s = wait_losses(c, again, 0)
+    deadline = time.time() + 180
+    while "resuming from" not in s["log"] or max(step for step, _ in s["losses"]) <= last_step:
+        assert time.time() < deadline and s["status"] in ("queued", "running"), s
+        time.sleep(1)
+        s = c.predict(run_id=again, api_name="/train_status")
+    assert f"checkpoint-{last_step}" in s["log"]
+    assert c.predict(run_id=again, api_name="/run_cancel") is True
+    assert wait_run(c, again, timeout=180)["status"] == "cancelled"
     done = c.predict(config={**TINY, "name": "ui-short", "max_steps": 3, "validation_every": 3,
                              "extra": ["--validation_inference_steps", "2", "--num_validation_images", "1"]},
                      api_name="/train_start")

@@ -76,10 +76,14 @@ class BrowseMixin:
     def tags_of(self, image_id: int) -> list[str]:
         return [r[0] for r in self.conn.execute("SELECT tag FROM image_tags WHERE image_id = ? ORDER BY tag", (image_id,))]
 
-    def images_per_person(self, passed_only: bool = False) -> list[int]:
-        """Image count of every person (with at least one image, or one kept image)."""
-        where = f"WHERE status = {PASS}" if passed_only else ""
-        return [int(r[0]) for r in self.conn.execute(f"SELECT COUNT(*) FROM browse {where} GROUP BY person_id")]
+    def images_per_person(self, passed_only: bool = False, split: str | None = None) -> list[int]:
+        """Image count of every person (with at least one image, or one kept image), optionally of one split."""
+        where, args = [f"status = {PASS}"] if passed_only else [], []
+        if split:
+            where.append("person_id IN (SELECT person_id FROM splits WHERE split = ?)")
+            args.append(split)
+        clause = ("WHERE " + " AND ".join(where)) if where else ""
+        return [int(r[0]) for r in self.conn.execute(f"SELECT COUNT(*) FROM browse {clause} GROUP BY person_id", args)]
 
     def status_counts(self) -> dict[int, int]:
         return {int(r[0]): int(r[1]) for r in self.conn.execute("SELECT status, COUNT(*) FROM browse GROUP BY status")}
@@ -122,6 +126,7 @@ class BrowseMixin:
         outlier: bool | None = None,
         caption_match: str | None = None,
         caption_status: str | None = None,
+        split: str | None = None,
         sort: str = "id",
         descending: bool = False,
         limit: int = 48,
@@ -156,6 +161,11 @@ class BrowseMixin:
         if caption_match:
             where.append("b.image_id IN (SELECT rowid FROM caption_fts WHERE caption_fts MATCH ?)")
             args.append(caption_match)
+        if split == "unassigned":
+            where.append("b.person_id NOT IN (SELECT person_id FROM splits)")
+        elif split:
+            where.append("b.person_id IN (SELECT person_id FROM splits WHERE split = ?)")
+            args.append(split)
         clause = ("WHERE " + " AND ".join(where)) if where else ""
         direction = " DESC" if descending else ""
         order = f"{self._SORTS[sort]}{direction}, b.image_id{direction}"

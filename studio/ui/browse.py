@@ -5,8 +5,8 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from ..browse import (CAPTION_STATUSES, OUTLIER_CHOICES, SORTS, STATUSES, BrowseError, BrowseFilter, BrowsePage, browse,
-                      filter_choices, image_detail)
+from ..browse import (CAPTION_STATUSES, OUTLIER_CHOICES, SORTS, SPLIT_CHOICES, STATUSES, BrowseError, BrowseFilter,
+                      BrowsePage, browse, filter_choices, image_detail)
 from ..codes import REASONS
 from ..stats import stale_message
 from .access import StudioContext, require_admin
@@ -51,6 +51,7 @@ def build() -> BrowseTab:
             max_ratio = gr.Textbox(label="Face ratio ≤ (0-1)", placeholder="any", elem_id="max-ratio")
             caption_text = gr.Textbox(label="Caption contains", placeholder="smiling glasses")
             caption_status = gr.Dropdown(["any", *CAPTION_STATUSES], value="any", label="Caption status")
+            split = gr.Dropdown(["any", *SPLIT_CHOICES], value="any", label="Split (of the person)")
         with gr.Row():
             sort = gr.Dropdown(list(SORTS), value="id", label="Sort by")
             descending = gr.Checkbox(label="Descending", value=False, min_width=150, elem_id="descending")
@@ -77,13 +78,13 @@ def build() -> BrowseTab:
                                  allow_preview=False, object_fit="contain", elem_id="same-person")
         same_ids = gr.State([])
     filters = [persons, status, reason, pose, tags, min_side, max_side, min_ratio, max_ratio, outlier,
-               caption_text, caption_status, sort, descending]
+               caption_text, caption_status, sort, descending, split]
     return BrowseTab(tab, filters, page, page_size, summary, gallery, ids, apply, prev, nxt,
                      detail_image, detail_problem, detail_text, detail_meta, detail_same, same_ids)
 
 
 def _filter(persons, status, reason, pose, tags, min_side, max_side, min_ratio, max_ratio, outlier, caption_text,
-            caption_status, sort, descending) -> BrowseFilter:
+            caption_status, sort, descending, split="any") -> BrowseFilter:
     """Widget values (None for empty numbers, "any" for no choice) -> a BrowseFilter."""
     def opt(v):
         return None if v in (None, "", "any") else v
@@ -102,7 +103,7 @@ def _filter(persons, status, reason, pose, tags, min_side, max_side, min_ratio, 
         max_side=num(max_side, int, "shortest side maximum"), min_face_ratio=num(min_ratio, float, "face ratio minimum"),
         max_face_ratio=num(max_ratio, float, "face ratio maximum"), outlier=outlier or "any",
         caption_text=caption_text or "", caption_status=opt(caption_status), sort=sort or "id",
-        descending=bool(descending),
+        descending=bool(descending), split=opt(split),
     )
 
 
@@ -221,11 +222,11 @@ def wire(ctx: StudioContext, t: BrowseTab) -> None:
                    max_side: int | None = None, min_face_ratio: float | None = None,
                    max_face_ratio: float | None = None, outlier: str = "any", caption_text: str = "",
                    caption_status: str = "any", sort: str = "id", descending: bool = False, page: int = 1,
-                   page_size: int = 48) -> dict:
+                   page_size: int = 48, split: str = "any") -> dict:
         """One page of images matching the filters, with their metadata (a page past the end gives the last)."""
         require_admin(ctx, request)
         f = _filter(persons, status, reason, pose, tags, min_side, max_side, min_face_ratio, max_face_ratio,
-                    outlier, caption_text, caption_status, sort, descending)
+                    outlier, caption_text, caption_status, sort, descending, split)
         result = _page(ctx, f, page, page_size)
         keep = ("image_id", "person", "status", "reasons", "pose", "width", "height", "face_count", "face_ratio",
                 "outlier", "identity_sim", "caption", "caption_status", "media_path", "media_missing")

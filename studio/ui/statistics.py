@@ -43,9 +43,11 @@ def build() -> StatisticsTab:
 
 
 def table1_frame(stats: dict) -> pd.DataFrame:
-    t = stats["table1"]
-    return pd.DataFrame([(label, t["before_curation"][k], t["after_curation"][k]) for k, label in TABLE1_ROWS],
-                        columns=["", "before curation", "after curation"])
+    """Before/after curation, then one column per person split (kept images) once persons are split."""
+    t, by_split = stats["table1"], stats.get("table1_by_split", {})
+    return pd.DataFrame([(label, t["before_curation"][k], t["after_curation"][k], *(v[k] for v in by_split.values()))
+                         for k, label in TABLE1_ROWS],
+                        columns=["", "before curation", "after curation", *(f"{s} split" for s in by_split)])
 
 
 def count_axis_top(top: float) -> int:
