@@ -74,7 +74,8 @@ def build() -> TrainingTab:
                 form["batch_size"] = gr.Number(d.batch_size, label="Batch per GPU", precision=0)
                 form["resolution"] = gr.Number(d.resolution, label="Resolution", precision=0, elem_id="train-res")
             with gr.Row():
-                form["precision"] = gr.Radio(list(training.PRECISIONS), value=d.precision, label="Mixed precision")
+                form["precision"] = gr.Radio(list(training.PRECISIONS), value=d.precision, label="Mixed precision",
+                                             elem_id="train-precision")
                 form["devices"] = gr.Textbox(d.devices, label="Devices (all, cpu, or GPU indices 0,1)",
                                              elem_id="train-devices")
                 form["accelerate_config"] = gr.Dropdown(["(none)", *training.accelerate_configs()], value="(none)",
@@ -84,7 +85,7 @@ def build() -> TrainingTab:
                 form["validation_every"] = gr.Number(d.validation_every, label="Validation images every (0: none)",
                                                      precision=0, elem_id="train-val")
                 form["missing_caption"] = gr.Radio(["skip", "template", "error"], value=d.missing_caption,
-                                                   label="Target without an approved caption")
+                                                   label="Target without an approved caption", elem_id="train-missing")
                 form["extra"] = gr.Textbox(label="More script arguments", elem_id="train-extra",
                                            placeholder="e.g. --lr_warmup_steps 100 --drop_face 0.05")
             start = gr.Button("Start training", variant="primary", elem_id="train-start")
