@@ -158,6 +158,7 @@ def main() -> None:
     parser.add_argument("--manifest", type=Path, help="pairs to train on (default: built from assets/demo)")
     parser.add_argument("--tiny-dir", type=Path, help="a built tiny InstantID (default: build one)")
     parser.add_argument("--full-size", action="store_true", help="random weights at SDXL 1.0's size (GPU)")
+    parser.add_argument("--full-size-dir", type=Path, help="where to keep those weights between runs")
     parser.add_argument("--precision", default=None, choices=["no", "fp16", "bf16"])
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--skip", default="", help="comma list of parts to skip: loop,cache,data")
@@ -175,7 +176,7 @@ def main() -> None:
 
         tiny = build_tiny_instantid(tmp / "tiny")
     if args.full_size:
-        base, identitynet, ip_adapter = full_size_parts(tmp, tiny / "base"), "unet", "init"
+        base, identitynet, ip_adapter = full_size_parts(args.full_size_dir or tmp, tiny / "base"), "unet", "init"
     else:
         base, identitynet, ip_adapter = tiny / "base", tiny, tiny / "ip-adapter.bin"
     extra = ["--gradient_checkpointing"] if args.gradient_checkpointing else []
@@ -213,7 +214,7 @@ def main() -> None:
     from training.train_instantid import main as train_main
 
     ours, minimal = [], []
-    for k in range(args.rounds):
+    for k in range(0 if "loop" in skip else args.rounds):
         out = tmp / f"ours-{k}"
         argv = script_argv(base, identitynet, ip_adapter, manifest, out, args.steps, args.resolution, args.batch, *extra)
         if k % 2:  # alternate which goes first: the second of a pair runs on a warmer process
@@ -224,6 +225,8 @@ def main() -> None:
         if not k % 2:
             minimal.append(minimal_loop(argv, args.steps, args.warmup))
         print(f"round {k + 1}: ours {ours[-1] * 1000:.1f} ms/step, minimal loop {minimal[-1] * 1000:.1f} ms/step")
+    if not ours:
+        return
     o, m = statistics.median(ours), statistics.median(minimal)
     print(f"training step: ours {o * 1000:.1f} ms vs minimal accelerate loop {m * 1000:.1f} ms (median of {args.rounds})")
     shutil.rmtree(tmp, ignore_errors=True)

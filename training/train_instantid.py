@@ -230,6 +230,9 @@ def checkpoints(output_dir: Path) -> list[Path]:
 
 # -- the loop ------------------------------------------------------------------------------------
 
+STOP_CHECK_STEPS = 5  # how often several processes agree on a stop request
+
+
 def step_generator(seed: int, step: int, micro: int, rank: int) -> torch.Generator:
     """Noise, timesteps and condition drops of one micro-batch depend only on these: a resumed run repeats them."""
     return torch.Generator().manual_seed((seed * 1_000_003 + step * 1_009 + micro * 101 + rank) % 2 ** 63)
@@ -346,6 +349,18 @@ def main(argv: list[str] | None = None) -> int:
     accelerator.print(f"training {len(samples)} pairs on {accelerator.num_processes} process(es), "
                       f"{args.max_train_steps} steps, batch {args.train_batch_size} x {accelerator.num_processes} "
                       f"x {args.gradient_accumulation_steps}, {accelerator.mixed_precision} precision")
+    pending = None
+
+    def log_step(step: int, loss_t: torch.Tensor, ep: int) -> None:
+        losses.append(loss_t.item())
+        if metrics and (step % args.logging_steps == 0 or step == args.max_train_steps):
+            row = {"step": step, "max_steps": args.max_train_steps, "loss": losses[-1],
+                   "lr": lr_scheduler.get_last_lr()[0], "epoch": ep, "elapsed_s": round(time.time() - started, 3),
+                   "peak_memory_gb": round(peak_memory_gb(accelerator.device), 3)}
+            metrics.write(json.dumps(row) + "\n")
+            metrics.flush()
+            print(f"step {step}/{args.max_train_steps} loss {losses[-1]:.5f} lr {row['lr']:.3g}", flush=True)
+
     epoch = first_epoch
     while global_step < args.max_train_steps and not stopped:
         sampler_gen.manual_seed(args.seed + epoch)  # one fixed order per epoch
@@ -377,18 +392,21 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             micro = 0
             global_step += 1
-            losses.append(accelerator.gather(loss.detach()[None]).mean().item())
-            if metrics and (global_step % args.logging_steps == 0 or global_step == args.max_train_steps):
-                elapsed = time.time() - started
-                row = {"step": global_step, "max_steps": args.max_train_steps, "loss": losses[-1],
-                       "lr": lr_scheduler.get_last_lr()[0], "epoch": epoch, "elapsed_s": round(elapsed, 3),
-                       "peak_memory_gb": round(peak_memory_gb(accelerator.device), 3)}
-                metrics.write(json.dumps(row) + "\n")
-                metrics.flush()
-                print(f"step {global_step}/{args.max_train_steps} loss {losses[-1]:.5f} lr {row['lr']:.3g}", flush=True)
+            # a step's loss is read one step later: reading it now would make the GPU wait for the host
+            if pending is not None:
+                log_step(*pending)
+            pending = (global_step, accelerator.gather(loss.detach()[None]).mean(), epoch)
             if stop["signal"] or (output_dir / "STOP").exists():
                 accelerator.set_trigger()
-            stopped = accelerator.check_trigger()
+            # with one process the flag is local; several agree every few steps (the check is a collective)
+            if accelerator.num_processes == 1:
+                stopped = stop["signal"] or (output_dir / "STOP").exists()
+            elif global_step % STOP_CHECK_STEPS == 0 or global_step >= args.max_train_steps:
+                stopped = accelerator.check_trigger()
+            if stopped or global_step >= args.max_train_steps or global_step % args.checkpointing_steps == 0 \
+                    or (args.validation_steps and global_step % args.validation_steps == 0):
+                log_step(*pending)  # before a checkpoint, validation or the end, the log is complete
+                pending = None
             if global_step % args.checkpointing_steps == 0 or stopped:
                 save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
             if args.validation_steps and global_step % args.validation_steps == 0 and accelerator.is_main_process:
