@@ -126,8 +126,8 @@ def test_worker_started_from_a_process_outlives_it(photos_ws, tmp_path):
 
 def test_bad_run_requests_are_clear(photos_ws):
     ws = photos_ws
-    with pytest.raises(ValueError, match="unknown run kind 'train'"):
-        runs.submit(ws, "train", [], "ada")
+    with pytest.raises(ValueError, match="unknown run kind 'deploy'"):
+        runs.submit(ws, "deploy", [], "ada")
     with pytest.raises(ValueError, match="no run 999"):
         runs.rerun(ws, 999, "ada")
     with LocalOpenAI(lambda n, body: Reply(delay=0.5)) as server:

@@ -90,3 +90,21 @@ def test_mistakes_in_ui_events_keep_the_screen(ctx):
     with pytest.warns(UserWarning, match="page must be a whole number"):
         kept = handler("bad")
     assert kept == tuple(gr.skip() for _ in range(3))
+
+
+def test_training_form_becomes_a_checked_config():
+    from studio.ui.training import config_from_form
+
+    form = dict(name="cf-1", model="tiny", start="model", learning_rate=1e-5, max_steps=10.0, batch_size=2.0,
+                resolution=64.0, precision="no", devices="cpu", accelerate_config="(none)", checkpoint_every=5.0,
+                validation_every=0.0, missing_caption="skip", manifest="  ", extra="--drop_face 0.1")
+    c = config_from_form(form)
+    assert c.manifest is None and c.accelerate_config is None and c.max_steps == 10 and isinstance(c.max_steps, int)
+    assert c.extra == ["--drop_face", "0.1"] and c.device_set() == {"cpu"}
+    assert c.to_cli()[:2] == ["--name", "cf-1"] and c.to_cli()[-3:] == ["--", "--drop_face", "0.1"]
+    for change, message in ((dict(extra="--output_dir /etc"), "set by the studio"), (dict(name="a b"), "name must be"),
+                            (dict(devices="0;rm"), "devices must be"), (dict(max_steps=0.0), "max_steps must be"),
+                            (dict(resolution=100.0), "multiple of 8"), (dict(extra="'unclosed"), "more script arguments"),
+                            (dict(accelerate_config="nope"), "accelerate config 'nope'")):
+        with pytest.raises(ValueError, match=message):
+            config_from_form({**form, **change})

@@ -51,7 +51,7 @@ def build() -> BrowseTab:
             max_ratio = gr.Textbox(label="Face ratio ≤ (0-1)", placeholder="any", elem_id="max-ratio")
             caption_text = gr.Textbox(label="Caption contains", placeholder="smiling glasses")
             caption_status = gr.Dropdown(["any", *CAPTION_STATUSES], value="any", label="Caption status")
-            split = gr.Dropdown(["any", *SPLIT_CHOICES], value="any", label="Split (of the person)")
+            split = gr.Dropdown(["any", *SPLIT_CHOICES], value="any", label="Split", info="the person's cross-training split")
         with gr.Row():
             sort = gr.Dropdown(list(SORTS), value="id", label="Sort by")
             descending = gr.Checkbox(label="Descending", value=False, min_width=150, elem_id="descending")

@@ -86,6 +86,8 @@ def build() -> TrainingTab:
                                                      precision=0, elem_id="train-val")
                 form["missing_caption"] = gr.Radio(["skip", "template", "error"], value=d.missing_caption,
                                                    label="Target without an approved caption", elem_id="train-missing")
+                form["manifest"] = gr.Textbox(label="Pair manifest (optional)", elem_id="train-manifest",
+                                              placeholder="empty: the workspace's train pairs")
                 form["extra"] = gr.Textbox(label="More script arguments", elem_id="train-extra",
                                            placeholder="e.g. --lr_warmup_steps 100 --drop_face 0.05")
             start = gr.Button("Start training", variant="primary", elem_id="train-start")
@@ -183,6 +185,7 @@ def metrics_view(ctx: StudioContext, run_id) -> tuple[str, pd.DataFrame, list, s
 
 def config_from_form(values: dict) -> training.TrainConfig:
     cfg = {k: v for k, v in values.items() if k != "extra"}
+    cfg["manifest"] = (cfg.get("manifest") or "").strip() or None
     if cfg.get("accelerate_config") in ("(none)", "", None):
         cfg["accelerate_config"] = None
     for key in ("max_steps", "batch_size", "resolution", "checkpoint_every", "validation_every"):
