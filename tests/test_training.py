@@ -258,3 +258,14 @@ def test_bad_inputs_are_named(train_ws, tiny_spec, tmp_path):
     assert r.returncode == 2 and "training exited with code" in r.stderr
     run = train_ws.store.runs(kind="train", status="failed")[0]
     assert "line 2: insightface_feature_file" in run["error"]
+
+
+def test_8bit_adam_without_bitsandbytes_says_how(train_ws, tiny_spec, tmp_path, capsys):
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is not None:
+        pytest.skip("bitsandbytes is installed here")
+    from training.train_instantid import main
+
+    code = main(script_args(tiny_spec, train_ws.root / "manifest" / "train.jsonl", tmp_path / "o", 1, "--use_8bit_adam"))
+    assert code == 2 and "pip install bitsandbytes" in capsys.readouterr().err
