@@ -232,18 +232,31 @@ def launch_command(cfg: TrainConfig, spec, out: Path, manifest: Path, validation
     return launch + script + list(cfg.extra)
 
 
+_metrics_cache: dict[Path, tuple[int, list[dict]]] = {}  # file -> (bytes parsed, rows): pages poll it every 2 s
+
+
 def read_metrics(out: Path) -> list[dict]:
-    """The script's metrics lines (loss per step, validation images, final status)."""
+    """The script's metrics lines (loss per step, validation images, final status); only new bytes are parsed."""
     path = out / "metrics.jsonl"
     if not path.is_file():
+        _metrics_cache.pop(path, None)
         return []
-    rows = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+    done, rows = _metrics_cache.get(path, (0, []))
+    size = path.stat().st_size
+    if size < done:  # rewritten
+        done, rows = 0, []
+    with open(path, "rb") as fh:
+        fh.seek(done)
+        chunk = fh.read(size - done)
+    complete = chunk[: chunk.rfind(b"\n") + 1]  # a line being written waits for the next read
+    rows = list(rows)
+    for line in complete.decode("utf-8", "replace").splitlines():
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError:
-            continue  # a line being written
-    return rows
+            continue  # not ours: skip it rather than lose the plot
+    _metrics_cache[path] = (done + len(complete), rows)
+    return list(rows)
 
 
 def prepare_data(ws: Workspace, cfg: TrainConfig, out: Path, run_id: int | None, author: str) -> tuple[Path, Path | None]:

@@ -269,3 +269,16 @@ def test_8bit_adam_without_bitsandbytes_says_how(train_ws, tiny_spec, tmp_path, 
 
     code = main(script_args(tiny_spec, train_ws.root / "manifest" / "train.jsonl", tmp_path / "o", 1, "--use_8bit_adam"))
     assert code == 2 and "pip install bitsandbytes" in capsys.readouterr().err
+
+
+def test_metrics_are_read_incrementally(tmp_path):
+    from studio.training import read_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "loss": 0.5}\n{"step": 2, "lo')  # the second line is being written
+    assert read_metrics(tmp_path) == [{"step": 1, "loss": 0.5}]
+    with open(path, "a") as fh:
+        fh.write('ss": 0.4}\nnot json\n{"step": 3, "loss": 0.3}\n')
+    assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2, 3]
+    path.write_text('{"step": 1, "loss": 0.9}\n')  # a new run rewrote it
+    assert read_metrics(tmp_path) == [{"step": 1, "loss": 0.9}]

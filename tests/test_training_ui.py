@@ -115,6 +115,9 @@ def test_browser_starts_a_run_sees_the_loss_and_stops_it(train_app, tmp_path):
         page = login(browser, url, "ada")
         page.get_by_role("tab", name="Training").click()
         page.locator("#train-gpus").get_by_text("none found").wait_for(timeout=30_000)
+        page.get_by_role("button", name="Make pairs").click()  # a pairs run; its summary arrives when it ends
+        page.locator("#train-data").get_by_text("Last pairing (run").wait_for(timeout=120_000)
+        page.locator("#train-data").get_by_text("eileen_collins (one_usable_image)").wait_for(timeout=10_000)
         page.locator("#train-name input, #train-name textarea").first.fill("ui-browser")
         page.locator("#train-model input").first.click()
         page.get_by_role("option", name="tiny", exact=True).click()

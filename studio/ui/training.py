@@ -32,6 +32,7 @@ class TrainingTab:
     split_btn: gr.Button
     strategy: gr.Dropdown
     per_image: gr.Number
+    pair_split: gr.Dropdown
     pairs_btn: gr.Button
     data_summary: gr.Markdown
     form: dict
@@ -57,7 +58,8 @@ def build() -> TrainingTab:
                 strategy = gr.Dropdown(list(STRATEGIES), value="random", label="Pairing",
                                        info="; ".join(f"{k}: {v}" for k, v in STRATEGIES.items()))
                 per_image = gr.Number(1, label="Faces j per target i", precision=0)
-                pairs_btn = gr.Button("Make pairs (train split)")
+                pair_split = gr.Dropdown(["train", "validation"], value="train", label="Pairs for split")
+                pairs_btn = gr.Button("Make pairs")
             data_summary = gr.Markdown(elem_id="train-data")
         with gr.Accordion("2 · Fine-tune InstantID", open=True):
             d = training.TrainConfig(name="x")
@@ -100,7 +102,8 @@ def build() -> TrainingTab:
             validation = gr.Gallery(label="Validation images (latest step)", columns=4, height=260)
         log = gr.Textbox(label="Log (tail)", lines=10, max_lines=10, autoscroll=True, elem_id="train-log")
         history = gr.Dataframe(headers=HISTORY, label="Training runs (newest first; click to open)", interactive=False)
-    return TrainingTab(tab, gpus, shares, split_seed, split_btn, strategy, per_image, pairs_btn, data_summary, form,
+    return TrainingTab(tab, gpus, shares, split_seed, split_btn, strategy, per_image, pair_split, pairs_btn, data_summary,
+                       form,
                        start, run_id, status, loss, validation, log, stop, history)
 
 
@@ -248,14 +251,14 @@ def wire(ctx: StudioContext, t: TrainingTab, timer: gr.Timer) -> None:
     t.split_btn.click(on_split, [t.shares, t.split_seed], [t.data_summary], **private)
 
     @keep_on_mistake(1)
-    def on_pairs(request: gr.Request, strategy, per_image):
+    def on_pairs(request: gr.Request, strategy, per_image, split):
         require_admin(ctx, request)
-        run = runs.submit(ctx.ws, "pairs", ["--strategy", strategy, "--per-image", str(int(per_image or 1))],
-                          who(request))
+        run = runs.submit(ctx.ws, "pairs", ["--strategy", strategy, "--per-image", str(int(per_image or 1)),
+                                            "--split", split], who(request))
         gr.Info(f"Pairing started as run {run}.")
         return data_summary(ctx)
 
-    t.pairs_btn.click(on_pairs, [t.strategy, t.per_image], [t.data_summary], **private)
+    t.pairs_btn.click(on_pairs, [t.strategy, t.per_image, t.pair_split], [t.data_summary], **private)
 
     @keep_on_mistake(6)
     def on_start(request: gr.Request, *values):
@@ -266,11 +269,21 @@ def wire(ctx: StudioContext, t: TrainingTab, timer: gr.Timer) -> None:
     view = [t.status, t.loss, t.validation, t.log]
     t.start.click(on_start, list(t.form.values()), [t.run_id, *view, t.history], **private)
 
+    seen: dict[str, tuple] = {}  # page session -> the split/pairs runs its summary shows
+
+    def summary_if_changed(session: str):
+        """The split/pair summary only when a split or pairs run changed: pair statistics are not free."""
+        key = tuple((r["id"], r["status"]) for kind in ("split", "pairs") for r in ctx.ws.store.runs(kind=kind, limit=1))
+        if seen.get(session) == key:
+            return gr.skip()
+        seen[session] = key
+        return data_summary(ctx)
+
     @keep_on_mistake(6)
     def on_refresh(request: gr.Request, run_id):
         if not admin(request):
             return tuple(gr.skip() for _ in range(6))
-        return (*metrics_view(ctx, run_id), history_frame(ctx), data_summary(ctx))
+        return (*metrics_view(ctx, run_id), history_frame(ctx), summary_if_changed(request.session_hash or ""))
 
     refresh_out = [*view, t.history, t.data_summary]
     timer.tick(on_refresh, [t.run_id], refresh_out, show_progress="hidden", **private)
