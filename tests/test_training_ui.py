@@ -81,6 +81,10 @@ def test_start_follow_stop_and_finish(train_app):
     assert c.predict(api_name="/models")["ui-short"] == []  # listed, nothing missing: the Generate tab offers it
     with pytest.raises(Exception, match="exists already"):
         c.predict(config={**TINY, "name": "ui-short", "max_steps": 2}, api_name="/train_start")
+    before = len(ws.store.runs(kind="train"))
+    with pytest.raises(Exception, match="starting model 'InstantID' is missing weights"):  # no hub here
+        c.predict(config={**TINY, "model": "InstantID", "name": "real", "max_steps": 2}, api_name="/train_start")
+    assert len(ws.store.runs(kind="train")) == before  # refused before any run was made
     with pytest.raises(Exception, match="unknown training settings"):
         c.predict(config={"name": "x", "rm -rf": 1}, api_name="/train_start")
     with pytest.raises(Exception, match="max_steps must be"):

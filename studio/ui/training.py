@@ -215,6 +215,13 @@ def start_training(ctx: StudioContext, cfg: training.TrainConfig, author: str) -
         raise ValueError(f"a model named {cfg.name!r} exists already; choose another name")
     if cfg.model not in registered_models(ctx.ws):
         raise ValueError(f"unknown starting model {cfg.model!r}")
+    from ..instantid import missing_weights
+
+    missing = missing_weights(registered_models(ctx.ws)[cfg.model])
+    if cfg.start == "base":  # a fresh adapter and IdentityNet need only the SDXL base
+        missing = [m for m in missing if m.startswith("SDXL base")]
+    if missing:
+        raise ValueError(f"starting model '{cfg.model}' is missing weights on this machine:\n- " + "\n- ".join(missing))
     return runs.submit(ctx.ws, "train", cfg.to_cli(), author,
                        settings={**cfg.to_dict(), "device_set": sorted(cfg.device_set())})
 
