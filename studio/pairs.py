@@ -13,7 +13,6 @@ of copying the input face. Three rules follow from that:
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import random
 from collections import Counter, defaultdict
@@ -181,16 +180,21 @@ def make_pairs(ws: Workspace, split: str = "train", strategy: str = "random", pe
         why = ("no person is split yet: run `python -m studio split` first" if not assigned
                else f"the {split} split has no kept image")
         raise PairingError(f"nothing to pair: {why}")
-    todo = [r for r in rows if not r["phash"]]
-    fresh, unreadable = {}, []
+    unreadable = [{"image_id": r["id"], "person": r["person"], "reason": "unreadable",
+                   "detail": f"{r['media_path']}: the photo's file is missing"}
+                  for r in rows if not ws.media_path(r["media_path"]).is_file()]
+    todo = [r for r in rows if not r["phash"] and r["id"] not in {u["image_id"] for u in unreadable}]
+    fresh = {}
     for r in (track(todo, desc="perceptual hashes") if track else todo):
         box = (r["x1"], r["y1"], r["x2"], r["y2"]) if r["x1"] is not None else None
         try:
             fresh[r["id"]] = phashes(ws.media_path(r["media_path"]), box)
         except (ImageError, OSError) as exc:
-            unreadable.append({"image_id": r["id"], "error": str(exc)})
+            unreadable.append({"image_id": r["id"], "person": r["person"], "reason": "unreadable", "detail": str(exc)})
     if fresh:
         ws.store.save_phashes(fresh)
+    skip = {u["image_id"] for u in unreadable}  # a photo that cannot be read is never half of a pair
+    rows = [r for r in rows if r["id"] not in skip]
     tags = ws.store.tags_by_image(r["id"] for r in rows) if strategy == "contrast" else {}
     people: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
@@ -203,7 +207,7 @@ def make_pairs(ws: Workspace, split: str = "train", strategy: str = "random", pe
                                     "face_phash": r["face_phash"] or fresh.get(r["id"], (None, None))[1],
                                     "expr": tags.get(r["id"], set()) & EXPRESSION_TAGS})
     pairs: list[tuple[int, int]] = []
-    left_out_persons, left_out_images = [], []
+    left_out_persons, left_out_images = [], list(unreadable)
     excluded = Counter()
     for person, images in sorted(people.items()):
         if len(images) < 2:
@@ -240,8 +244,7 @@ def make_pairs(ws: Workspace, split: str = "train", strategy: str = "random", pe
     return {"split": split, "strategy": strategy, "seed": seed, "per_image": per_image, "pairs": len(pairs),
             "excluded_near_duplicates": sum(excluded.values()), "excluded_by": dict(excluded),
             "max_hash_distance": max_hash_distance, "max_face_cos": max_face_cos,
-            "left_out_persons": left_out_persons, "left_out_images": left_out_images,
-            "unreadable": unreadable, **stats}
+            "left_out_persons": left_out_persons, "left_out_images": left_out_images, **stats}
 
 
 def pair_statistics(ws: Workspace, split: str = "train") -> dict:
@@ -297,13 +300,14 @@ def export_manifest(ws: Workspace, out_dir: str | Path, split: str = "train", *,
         probe.unlink()
     except OSError as exc:
         raise ExportError(f"cannot write the manifest to {out}: {exc.strerror or exc}") from None
-    lines, skipped, templated = [], 0, 0
+    lines, skipped, templated, unwritable = [], 0, 0, []
     subjects = {i: ws.store.subject_face(i) for i in ids}
     for p in pairs:
         target, face = table[p["target_id"]], table[p["face_id"]]
         t_face, f_face = subjects[p["target_id"]], subjects[p["face_id"]]
         if t_face is None or f_face is None or f_face.embedding is None:
-            skipped += 1
+            unwritable.append({"target_id": p["target_id"], "face_id": p["face_id"],
+                               "error": "no subject face or embedding (analyze and curate again)"})
             continue
         caption, source = target["caption"] or "", "caption"
         if p["target_id"] in without:
@@ -311,14 +315,19 @@ def export_manifest(ws: Workspace, out_dir: str | Path, split: str = "train", *,
                 skipped += 1
                 continue
             caption, source = template, "template"
-            templated += 1
+        try:
+            image_file, face_file = write_image(ws, out, target), write_image(ws, out, face)
+        except (ImageError, OSError) as exc:  # that pair only; the line is never written half
+            unwritable.append({"target_id": p["target_id"], "face_id": p["face_id"], "error": str(exc)})
+            continue
+        templated += source == "template"
         lines.append(json.dumps({
-            "image_file": write_image(ws, out, target),
+            "image_file": image_file,
             "additional_feature": caption,
             "bbox": [round(v, 2) for v in t_face.bbox],
             "landmarks": t_face.kps,
             "insightface_feature_file": write_embedding(out, face, f_face),
-            "face_image_file": write_image(ws, out, face),
+            "face_image_file": face_file,
             "person": target["person"], "target_id": p["target_id"], "face_id": p["face_id"],
             "caption_source": source, "face_pack": face["pack"],
         }, ensure_ascii=False))
@@ -326,17 +335,24 @@ def export_manifest(ws: Workspace, out_dir: str | Path, split: str = "train", *,
     jsonl = out / f"{split}.jsonl"
     atomic_write_bytes(jsonl, data)
     result = {"split": split, "lines": len(lines), "pairs": len(pairs), "skipped_without_caption": skipped,
+              "skipped_unreadable": unwritable,
               "template_captions": templated, "template": template if templated else None, "captions": captions,
               "jsonl": str(jsonl), "data_sha256": hashlib.sha256(data).hexdigest(),
               "persons": len({p["person"] for p in pairs})}
+    warnings = []
     if without:
-        result["warning"] = (f"{len(without)} target image(s) have no {captions} caption: "
-                             + (f"{skipped} pair(s) left out" if missing_caption == "skip"
-                                else f"{templated} line(s) use the template {template!r}"))
+        warnings.append(f"{len(without)} target image(s) have no {captions} caption: "
+                        + (f"{skipped} pair(s) left out" if missing_caption == "skip"
+                           else f"{templated} line(s) use the template {template!r}"))
+    if unwritable:
+        warnings.append(f"{len(unwritable)} pair(s) left out because a photo could not be read or has no face: "
+                        f"{unwritable[:3]}")
+    if warnings:
+        result["warning"] = "; ".join(warnings)
     settings = {"split": split, "captions": captions, "missing_caption": missing_caption, "template": template,
                 "allow_other_pack": allow_other_pack}
-    buf = io.BytesIO(json.dumps({**result, **settings, "run_id": run_id}, indent=2).encode())
-    atomic_write_bytes(out / f"{split}.manifest.json", buf.getvalue())
+    atomic_write_bytes(out / f"{split}.manifest.json",
+                       json.dumps({**result, **settings, "run_id": run_id}, indent=2).encode())
     ws.store.record_export(out_dir=str(out.resolve()), settings={"kind": "pairs", **settings}, result=result,
                            run_id=run_id, author=author)
     return result

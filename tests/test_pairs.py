@@ -181,3 +181,29 @@ def test_split_shows_in_browse_and_statistics(ws):
     assert set(t) == {"train", "test"} and t["train"]["persons"] == 2 and t["train"]["images"] == 5
     assert t["test"] == {"persons": 1, "images": 2, "avg_per_person": 2.0, "median_per_person": 2.0,
                          "max_per_person": 2, "min_per_person": 2}
+
+
+def test_a_photo_gone_from_disk_is_that_pair_s_problem(ws, tmp_path):
+    """Pairing leaves out a photo it cannot read; a manifest skips a pair whose photo went missing since."""
+    assign_splits(ws, pins=PINS)
+    by_name = {v: k for k, v in names(ws).items()}
+    table = {r["id"]: r for r in ws.store.image_table()}
+    gone = ws.media_path(table[by_name["obama2.jpg"]]["media_path"])
+    kept = gone.read_bytes()
+    gone.unlink()
+    result = make_pairs(ws, per_image=2)
+    assert {"image_id": by_name["obama2.jpg"], "reason": "unreadable"}.items() <= result["left_out_images"][0].items()
+    assert all(by_name["obama2.jpg"] not in (p["target_id"], p["face_id"]) for p in ws.store.pairs("train"))
+    assert result["pairs"] == 4  # obama and its copy each get only obama3_crop; obama3_crop gets both
+    gone.write_bytes(kept)
+    make_pairs(ws, per_image=2)
+    assert result["pairs"] < len(ws.store.pairs("train")) == 8
+    # the photo disappears after pairing: the manifest skips its pairs, names them, writes the rest whole
+    gone.unlink()
+    out = export_manifest(ws, tmp_path / "m", missing_caption="template", allow_other_pack=True)
+    lines = [json.loads(x) for x in (tmp_path / "m" / "train.jsonl").read_text().splitlines()]
+    assert out["lines"] == len(lines) == 8 - len(out["skipped_unreadable"]) and 0 < len(out["skipped_unreadable"]) < 8
+    assert all(by_name["obama2.jpg"] in (s["target_id"], s["face_id"]) for s in out["skipped_unreadable"])
+    assert all((tmp_path / "m" / x["image_file"]).is_file() and (tmp_path / "m" / x["face_image_file"]).is_file()
+               for x in lines)
+    assert "could not be read" in out["warning"]

@@ -282,3 +282,21 @@ def test_metrics_are_read_incrementally(tmp_path):
     assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2, 3]
     path.write_text('{"step": 1, "loss": 0.9}\n')  # a new run rewrote it
     assert read_metrics(tmp_path) == [{"step": 1, "loss": 0.9}]
+
+
+def test_manifest_lines_with_bad_values_are_named_by_line(train_ws, tmp_path):
+    """Every bad line is listed (wrong type, NUL byte, missing field), so one read fixes them all."""
+    from training.data import ManifestError, read_manifest
+
+    manifest = train_ws.root / "manifest" / "train.jsonl"
+    good = json.loads(manifest.read_text().splitlines()[0])
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("\n".join(json.dumps(x) for x in (
+        good, {**good, "bbox": "abc"}, {**good, "image_file": "images/a\u0000b.jpg"},
+        {k: v for k, v in good.items() if k != "landmarks"}, {**good, "additional_feature": {"text": 1}})) + "\n")
+    with pytest.raises(ManifestError) as err:
+        read_manifest(bad, manifest.parent)
+    message = str(err.value)
+    for expected in ("line 2: ValueError", "line 3: image_file", "line 4: KeyError: 'landmarks'", "line 5: ValueError"):
+        assert expected in message, message
+    assert "line 1" not in message

@@ -144,3 +144,15 @@ def test_browser_starts_a_run_sees_the_loss_and_stops_it(train_app, tmp_path):
     run = ws.store.runs(kind="train")[0]
     assert run["settings"]["name"] == "ui-browser" and run["status"] == "cancelled"
     assert run["settings"]["resolution"] == 64 and run["settings"]["devices"] == "cpu"
+
+
+@pytest.mark.parametrize("endpoint, data", [("gpus", []), ("train_status", [1]),
+                                            ("train_start", [{**TINY, "name": "visitor", "max_steps": 1}])])
+def test_visitor_without_login_cannot_call_training_endpoints(train_app, endpoint, data):
+    import httpx
+
+    ws, url = train_app
+    before = len(ws.store.runs())
+    r = httpx.post(f"{url}gradio_api/call/{endpoint}", json={"data": data}, timeout=30)
+    assert r.status_code in (401, 403), r.text
+    assert len(ws.store.runs()) == before
