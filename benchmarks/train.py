@@ -116,7 +116,7 @@ def minimal_loop(argv: list[str], steps: int, warmup: int) -> float:
     opt = torch.optim.AdamW(model.trainable(), lr=args.learning_rate, weight_decay=0.01)
     loader = torch.utils.data.DataLoader(data, batch_size=args.train_batch_size, shuffle=True, collate_fn=collate)
     model, opt, loader = acc.prepare(model, opt, loader)
-    empty = encode_empty(parts, cache, acc.device, dtype)
+    empty = encode_empty(parts, acc.device, dtype)
     sched = parts["noise_scheduler"]
     done, t0 = 0, None
     while done < steps:

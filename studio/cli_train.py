@@ -56,7 +56,7 @@ def cmd_train(args) -> int:
 
     ws = _workspace(args)
     cfg = TrainConfig.from_args(args)
-    cfg.validate()
+    cfg.validate()  # before the run is recorded: its settings name the devices
     settings = {**cfg.to_dict(), "device_set": sorted(cfg.device_set())}
     run_id, result = execute(ws, "train", settings, _author(args),
                              lambda handle: train(ws, cfg, handle, _author(args)), run_id=args.run_id,

@@ -24,7 +24,7 @@ import numpy as np
 from .export import CAPTION_POLICIES, ExportError, caption_counts, check_packs, write_embedding, write_image
 from .images import ImageError, load_rgb
 from .store import SPLITS
-from .workspace import Workspace, atomic_write_bytes
+from .workspace import Workspace, atomic_write_bytes, writable_dir
 
 STRATEGIES = {
     "random": "any other photo of the person (the paper's)",
@@ -183,7 +183,8 @@ def make_pairs(ws: Workspace, split: str = "train", strategy: str = "random", pe
     unreadable = [{"image_id": r["id"], "person": r["person"], "reason": "unreadable",
                    "detail": f"{r['media_path']}: the photo's file is missing"}
                   for r in rows if not ws.media_path(r["media_path"]).is_file()]
-    todo = [r for r in rows if not r["phash"] and r["id"] not in {u["image_id"] for u in unreadable}]
+    missing = {u["image_id"] for u in unreadable}
+    todo = [r for r in rows if not r["phash"] and r["id"] not in missing]
     fresh = {}
     for r in (track(todo, desc="perceptual hashes") if track else todo):
         box = (r["x1"], r["y1"], r["x2"], r["y2"]) if r["x1"] is not None else None
@@ -294,10 +295,7 @@ def export_manifest(ws: Workspace, out_dir: str | Path, split: str = "train", *,
                           f"first ids: {without[:10]}. Review them, or choose --missing-caption skip|template.")
     out = Path(out_dir)
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
+        writable_dir(out)
     except OSError as exc:
         raise ExportError(f"cannot write the manifest to {out}: {exc.strerror or exc}") from None
     lines, skipped, templated, unwritable = [], 0, 0, []

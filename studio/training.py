@@ -20,7 +20,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .workspace import Workspace
+from .workspace import Workspace, writable_dir
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "training" / "train_instantid.py"
@@ -281,27 +281,46 @@ def prepare_data(ws: Workspace, cfg: TrainConfig, out: Path, run_id: int | None,
     return data / "train.jsonl", validation
 
 
-def train(ws: Workspace, cfg: TrainConfig, handle, author: str, log=print) -> dict:
-    """Run training as run ``handle.run_id``: launch, watch, stop on cancel, register the result."""
-    from .generate import register_model, resolve_models
-    from .instantid import ModelSpec, missing_weights
-    from .runs import RunCancelled
+def check_start(ws: Workspace, cfg: TrainConfig, run_id: int | None = None):
+    """Everything that refuses a training run before it starts; returns the starting model's spec.
+
+    The app calls it before submitting the worker (a warning on the page), the worker again (the
+    CLI, or a race): valid settings, free devices, a known starting model with its weights here,
+    and a name no model has.
+    """
+    from .generate import registered_models
+    from .instantid import missing_weights
 
     cfg.validate()
-    refuse_if_gpus_busy(ws, cfg, handle.run_id)
-    spec = resolve_models(ws, [cfg.model])[0]
-    missing = missing_weights(spec)
-    if cfg.start == "base":
+    refuse_if_gpus_busy(ws, cfg, run_id)
+    models = registered_models(ws)
+    if cfg.model not in models:
+        raise TrainingError(f"unknown starting model {cfg.model!r}; registered: {sorted(models)}")
+    missing = missing_weights(models[cfg.model])
+    if cfg.start == "base":  # a fresh adapter and IdentityNet need only the SDXL base
         missing = [m for m in missing if m.startswith("SDXL base")]
     if missing:
-        raise TrainingError(f"starting model '{cfg.model}' is missing weights:\n- " + "\n- ".join(missing))
+        raise TrainingError(f"starting model '{cfg.model}' is missing weights on this machine:\n- " + "\n- ".join(missing))
     out = output_dir(ws, cfg.name)
     if (out / "ip-adapter.bin").is_file():
-        raise TrainingError(f"a model named {cfg.name!r} was already trained ({out}); choose another name")
+        raise TrainingError(f"a model named {cfg.name!r} exists already (already trained in {out}); choose another name")
+    if cfg.name in models:
+        raise TrainingError(f"a model named {cfg.name!r} exists already; choose another name")
+    return models[cfg.model]
+
+
+def train(ws: Workspace, cfg: TrainConfig, handle, author: str, log=print) -> dict:
+    """Run training as run ``handle.run_id``: launch, watch, stop on cancel, register the result."""
+    from .generate import register_model
+    from .instantid import ModelSpec
+    from .runs import RunCancelled
+
+    spec = check_start(ws, cfg, handle.run_id)
+    out = output_dir(ws, cfg.name)
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        writable_dir(out)
     except OSError as exc:
-        raise TrainingError(f"cannot create the output dir {out}: {exc.strerror or exc}") from None
+        raise TrainingError(f"cannot write to the output dir {out}: {exc.strerror or exc}") from None
     (out / "STOP").unlink(missing_ok=True)
     manifest, validation = prepare_data(ws, cfg, out, handle.run_id, author)
     cmd = launch_command(cfg, spec, out, manifest, validation)

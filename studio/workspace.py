@@ -56,6 +56,16 @@ class Workspace:
         return rel.as_posix()
 
 
+def writable_dir(path: str | Path) -> Path:
+    """Create ``path`` and prove a file can be written there, before hours of work aim at it (OSError if not)."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    fd, probe = tempfile.mkstemp(dir=path, prefix=".write-test.")
+    os.close(fd)
+    os.unlink(probe)
+    return path
+
+
 def atomic_write_bytes(dest: Path, data: bytes) -> None:
     """Write via a temp file in the same folder and rename: readers never see half a file."""
     dest = Path(dest)

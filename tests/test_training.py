@@ -105,7 +105,7 @@ def test_steps_move_only_the_trainable_parts(train_ws, tiny_spec):
         opt = torch.optim.AdamW(model.trainable(), lr=1e-3)
         data = PairDataset(read_manifest(args.train_data), 64)
         batch = collate([data[0], data[1]])
-        empty = encode_empty(parts, None, torch.device("cpu"), dtype)
+        empty = encode_empty(parts, torch.device("cpu"), dtype)
         for step in range(3):
             with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
                 loss = training_step(args, Acc, model, parts, parts["noise_scheduler"], batch, empty, dtype,

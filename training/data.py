@@ -145,12 +145,15 @@ class FeatureCache:
     def __init__(self, root: Path, samples: list[Sample], resolution: int):
         self.root, self.samples, self.resolution = Path(root), samples, resolution
         self.root.mkdir(parents=True, exist_ok=True)
+        self._keys = [self._digest(s) for s in samples]  # once: every step loads by key
 
-    def key(self, idx: int) -> Path:
-        s = self.samples[idx]
+    def _digest(self, s: Sample) -> Path:
         digest = hashlib.sha1(f"{s.image.resolve()}|{s.image.stat().st_size}|{s.caption}|{s.bbox}|{self.resolution}"
                               .encode()).hexdigest()
         return self.root / f"{digest}.pt"
+
+    def key(self, idx: int) -> Path:
+        return self._keys[idx]
 
     def missing(self, indices) -> list[int]:
         return [i for i in indices if not self.key(i).is_file()]

@@ -245,10 +245,10 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parse_args(argv)
     output_dir = Path(args.output_dir)
+    from studio.workspace import writable_dir
+
     try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / ".write-test").write_bytes(b"")
-        (output_dir / ".write-test").unlink()
+        writable_dir(output_dir)
     except OSError as exc:
         print(f"error: cannot write to the output dir {output_dir}: {exc.strerror or exc}", file=sys.stderr)
         return 2
@@ -317,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
                                  num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
                                  num_training_steps=args.max_train_steps * accelerator.num_processes)
     model, optimizer, dataloader, lr_scheduler = accelerator.prepare(model, optimizer, dataloader, lr_scheduler)
-    empty = encode_empty(parts, cache, accelerator.device, weight_dtype)
+    empty = encode_empty(parts, accelerator.device, weight_dtype)
     if cache is not None:  # cached: the encoders leave the GPU (they come back for validation)
         for name in ("vae", "text_encoder", "text_encoder_2"):
             parts[name].to("cpu")
@@ -486,7 +486,7 @@ def fill_cache(accelerator, parts, cache: FeatureCache, samples, resolution: int
     accelerator.wait_for_everyone()
 
 
-def encode_empty(parts, cache, device, weight_dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_empty(parts, device, weight_dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """The empty caption's embeddings: what a text-dropped sample is trained with."""
     with torch.no_grad():
         embeds, pooled = encode_prompts(parts, [""], device)
@@ -507,6 +507,7 @@ def validate(args, parts, model: InstantIDTrainer, samples, step: int, output_di
     """Images at fixed seeds through the studio's own InstantID pipeline code."""
     import numpy as np
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLControlNetPipeline
+    from PIL import Image
 
     from studio.instantid import GenerationSettings, InstantID, ModelSpec
 
@@ -530,8 +531,6 @@ def validate(args, parts, model: InstantIDTrainer, samples, step: int, output_di
         for k, s in enumerate(samples):
             item = dataset[k]
             kps = (item["kps_image"].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
-            from PIL import Image
-
             settings = GenerationSettings(prompt=s.caption or "a photo of a person", ip_scale=1.0, identitynet_scale=1.0,
                                           steps=args.validation_inference_steps, seed=args.seed + k,
                                           width=args.resolution, height=args.resolution)

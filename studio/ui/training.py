@@ -207,21 +207,8 @@ def config_from_form(values: dict) -> training.TrainConfig:
 
 
 def start_training(ctx: StudioContext, cfg: training.TrainConfig, author: str) -> int:
-    """Refuse a second run on the same GPUs or a taken name, then submit the worker."""
-    from ..generate import registered_models
-
-    training.refuse_if_gpus_busy(ctx.ws, cfg)
-    if cfg.name in registered_models(ctx.ws):
-        raise ValueError(f"a model named {cfg.name!r} exists already; choose another name")
-    if cfg.model not in registered_models(ctx.ws):
-        raise ValueError(f"unknown starting model {cfg.model!r}")
-    from ..instantid import missing_weights
-
-    missing = missing_weights(registered_models(ctx.ws)[cfg.model])
-    if cfg.start == "base":  # a fresh adapter and IdentityNet need only the SDXL base
-        missing = [m for m in missing if m.startswith("SDXL base")]
-    if missing:
-        raise ValueError(f"starting model '{cfg.model}' is missing weights on this machine:\n- " + "\n- ".join(missing))
+    """Refuse what the worker would refuse (busy devices, a taken name, missing weights), then submit it."""
+    training.check_start(ctx.ws, cfg)
     return runs.submit(ctx.ws, "train", cfg.to_cli(), author,
                        settings={**cfg.to_dict(), "device_set": sorted(cfg.device_set())})
 
@@ -329,9 +316,7 @@ def wire(ctx: StudioContext, t: TrainingTab, timer: gr.Timer) -> None:
         unknown = set(config) - set(training.TrainConfig.__dataclass_fields__)
         if unknown:
             raise ValueError(f"unknown training settings: {sorted(unknown)}")
-        cfg = training.TrainConfig(**config)
-        cfg.validate()
-        return start_training(ctx, cfg, who(request))
+        return start_training(ctx, training.TrainConfig(**config), who(request))
 
     @api_errors
     def train_status_api(request: gr.Request, run_id: int) -> dict:
