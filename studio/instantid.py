@@ -170,6 +170,16 @@ def _proj_key_pairs(depth: int) -> list[tuple[str, tuple[str, ...]]]:
     return pairs
 
 
+def _official_image_proj(proj) -> dict:
+    """A diffusers IPAdapterPlusImageProjection's weights under the official ``image_proj`` keys (copies)."""
+    import torch
+
+    ours = proj.state_dict()
+    depth = len({k.split(".")[1] for k in ours if k.startswith("layers.")})
+    return {off: (torch.cat([ours[k] for k in on]) if len(on) > 1 else ours[on[0]]).detach().clone()
+            for off, on in _proj_key_pairs(depth)}
+
+
 def _ip_processors(unet) -> list:
     """The UNet's IP-adapter attention processors in the official numbering order (1, 3, 5, ...)."""
     return [p for p in unet.attn_processors.values() if hasattr(p, "to_k_ip")]
@@ -181,13 +191,7 @@ def ip_adapter_state_dict(unet) -> dict:
     The inverse of diffusers' conversion, so a fine-tuned adapter is saved in the layout the
     released models use and :func:`load_instantid` (or InstantID's own code) reads.
     """
-    import torch
-
-    proj = unet.encoder_hid_proj.image_projection_layers[0]
-    ours = proj.state_dict()
-    depth = len({k.split(".")[1] for k in ours if k.startswith("layers.")})
-    image_proj = {off: (torch.cat([ours[k] for k in on]) if len(on) > 1 else ours[on[0]]).detach().clone()
-                  for off, on in _proj_key_pairs(depth)}
+    image_proj = _official_image_proj(unet.encoder_hid_proj.image_projection_layers[0])
     ip = {}
     for n, proc in enumerate(_ip_processors(unet)):
         ip[f"{2 * n + 1}.to_k_ip.weight"] = proc.to_k_ip[0].weight.detach().clone()
@@ -223,9 +227,7 @@ def init_ip_adapter_state(unet, shape: ResamplerShape = ResamplerShape(), seed: 
                                         hidden_dims=shape.hidden_dims, depth=shape.depth, dim_head=shape.dim_head,
                                         heads=shape.hidden_dims // shape.dim_head, num_queries=shape.num_queries,
                                         ffn_ratio=shape.ff_mult)
-    ours = proj.state_dict()
-    image_proj = {off: torch.cat([ours[k] for k in on]) if len(on) > 1 else ours[on[0]]
-                  for off, on in _proj_key_pairs(shape.depth)}
+    image_proj = _official_image_proj(proj)
     ip, key_id = {}, 1
     modules = dict(unet.named_modules())
     for name in unet.attn_processors:
