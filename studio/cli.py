@@ -437,9 +437,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="export embeddings of a face pack other than antelopev2 (the released models' pack)")
     p.set_defaults(func=cmd_export)
 
+    from .cli_eval import add_commands as add_eval_commands
     from .cli_train import add_commands
 
     add_commands(sub, common)
+    add_eval_commands(sub, common)
 
     p = sub.add_parser("models", parents=[common], help="show the face pack in use, or download antelopev2")
     p.add_argument("--face-pack", default=face_pack_spec(), help="pack to resolve (default: auto)")

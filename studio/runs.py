@@ -22,7 +22,8 @@ from pathlib import Path
 from .workspace import Workspace
 
 #: the stages that run as runs, and the CLI command each one is
-KINDS = ("ingest", "analyze", "curate", "caption", "tag", "export", "split", "pairs", "manifest", "train")
+KINDS = ("ingest", "analyze", "curate", "caption", "tag", "export", "split", "pairs", "manifest", "train",
+         "testset", "evaluate")
 #: kinds of which one run at a time per workspace: two would ask for (and pay for) the same items
 EXCLUSIVE = ("caption", "analyze")
 HEARTBEAT_S = 5.0

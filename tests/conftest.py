@@ -182,6 +182,14 @@ def tiny_spec(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory) -> Path:
+    """A tiny open_clip model in a folder laid out like a hub repo (config + weights)."""
+    from tiny_models import build_tiny_clip
+
+    return build_tiny_clip(tmp_path_factory.mktemp("tiny_clip"))
+
+
+@pytest.fixture(scope="session")
 def tiny_model(tiny_spec):
     from studio.instantid import load_instantid
 

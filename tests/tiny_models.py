@@ -99,3 +99,32 @@ def build_tiny_instantid(root: Path, seed: int = 0) -> Path:
     controlnet.save_pretrained(root / "ControlNetModel")
     torch.save(random_ip_adapter(parts["unet"], seed), root / "ip-adapter.bin")
     return root
+
+
+TINY_CLIP_CONFIG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "head_width": 32, "patch_size": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+}
+
+
+def build_tiny_clip(root: Path, seed: int = 0) -> Path:
+    """A tiny open_clip model saved the way hub repos hold one (open_clip_config.json + weights file),
+    so the studio loads it with the same ``ClipSpec(model=<folder>)`` path as a downloaded ViT-L/14."""
+    import json
+
+    import torch
+    from open_clip.model import CLIP
+    from safetensors.torch import save_file
+
+    root = Path(root)
+    if (root / "open_clip_model.safetensors").exists():
+        return root
+    root.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    model = CLIP(**TINY_CLIP_CONFIG)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(root / "open_clip_model.safetensors"))
+    (root / "open_clip_config.json").write_text(json.dumps({
+        "model_cfg": TINY_CLIP_CONFIG,
+        "preprocess_cfg": {"mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711]}}))
+    return root

@@ -2,7 +2,8 @@
 
 ``Store`` combines them: images, analyses and verdicts (:mod:`.images`), the browse index
 (:mod:`.browse`), caption versions (:mod:`.captions`), generated samples (:mod:`.generations`)
-runs (:mod:`.runs`) and cross-training splits and pairs (:mod:`.pairs`), over the connection and transaction handling of :mod:`.base` and the
+runs (:mod:`.runs`), cross-training splits and pairs (:mod:`.pairs`) and evaluation test sets, samples
+and scores (:mod:`.evaluations`), over the connection and transaction handling of :mod:`.base` and the
 schema versions of :mod:`.migrations`.
 """
 from __future__ import annotations
@@ -11,6 +12,7 @@ from ..codes import HUMAN_REVIEWED
 from .base import StoreBase, StoreBusyError
 from .browse import BrowseMixin
 from .captions import CaptionsMixin, StaleCaptionError
+from .evaluations import EvaluationsMixin
 from .generations import GenerationsMixin
 from .images import FaceRow, ImagesMixin
 from .migrations import SCHEMA_VERSION
@@ -18,7 +20,7 @@ from .pairs import SPLITS, PairsMixin
 from .runs import FINISHED, RUN_STATUSES, RunsMixin
 
 
-class Store(ImagesMixin, BrowseMixin, CaptionsMixin, GenerationsMixin, RunsMixin, PairsMixin,
+class Store(ImagesMixin, BrowseMixin, CaptionsMixin, GenerationsMixin, RunsMixin, PairsMixin, EvaluationsMixin,
             StoreBase):
     """A workspace database (see the modules of this package for each part)."""
 

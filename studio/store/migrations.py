@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from ..codes import REASONS, reasons_mask
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 MIGRATIONS: dict[int, str] = {
     1: """
@@ -239,6 +239,69 @@ MIGRATIONS: dict[int, str] = {
         image_id INTEGER PRIMARY KEY REFERENCES images(id) ON DELETE CASCADE,
         phash TEXT NOT NULL,
         face_phash TEXT
+    )
+    """,
+    8: """
+    -- Evaluation test sets: an input face (its analysis kept with the item), a prompt, optionally the
+    -- attribute asked for and a real photo of the same person showing it.
+    CREATE TABLE testsets (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        kind TEXT NOT NULL CHECK (kind IN ('customization', 'fidelity')),
+        source TEXT NOT NULL,
+        settings TEXT NOT NULL,
+        pack TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        run_id INTEGER
+    );
+    CREATE TABLE testset_items (
+        id INTEGER PRIMARY KEY,
+        testset_id INTEGER NOT NULL REFERENCES testsets(id) ON DELETE CASCADE,
+        idx INTEGER NOT NULL,
+        person TEXT,
+        input_image_id INTEGER,
+        input_path TEXT NOT NULL,
+        face TEXT NOT NULL,
+        embedding BLOB NOT NULL,
+        prompt TEXT NOT NULL,
+        attribute TEXT,
+        target_image_id INTEGER,
+        target_path TEXT,
+        UNIQUE (testset_id, idx)
+    );
+    -- One generated sample per distinct setting (key = hash of model, item, λ, seed, settings):
+    -- a rerun, or another evaluation asking for the same sample, reuses it.
+    CREATE TABLE eval_samples (
+        key TEXT PRIMARY KEY,
+        item_id INTEGER NOT NULL REFERENCES testset_items(id) ON DELETE CASCADE,
+        model TEXT NOT NULL,
+        ip_scale REAL NOT NULL,
+        seed INTEGER NOT NULL,
+        settings TEXT NOT NULL,
+        generation_id INTEGER REFERENCES generations(id) ON DELETE SET NULL,
+        output_path TEXT NOT NULL,
+        run_id INTEGER,
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE eval_scores (
+        sample_key TEXT NOT NULL REFERENCES eval_samples(key) ON DELETE CASCADE,
+        scorer TEXT NOT NULL,
+        clip_t REAL,
+        clip_i REAL,
+        face_sim REAL,
+        faces INTEGER NOT NULL,
+        attribute TEXT,
+        attr_score REAL,
+        attr_correct INTEGER,
+        yaw REAL, pitch REAL, pose TEXT,
+        run_id INTEGER,
+        scored_at TEXT NOT NULL,
+        PRIMARY KEY (sample_key, scorer)
+    );
+    CREATE TABLE eval_run_samples (
+        run_id INTEGER NOT NULL,
+        sample_key TEXT NOT NULL REFERENCES eval_samples(key) ON DELETE CASCADE,
+        PRIMARY KEY (run_id, sample_key)
     )
     """,
 }

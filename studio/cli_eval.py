@@ -1,0 +1,133 @@
+"""The evaluation commands of ``python -m studio``: testset, evaluate, report."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def cmd_testset(args) -> int:
+    from .cli import _as_run, _print, _report_run, _workspace
+    from .testsets import build_testset, import_testset, item_rows, summary
+
+    ws = _workspace(args)
+    if args.action == "list":
+        rows = [summary(ws, t["name"]) for t in ws.store.testsets()]
+        _print(rows, args.json, "\n".join(f"{r['name']:<24} {r['kind']:<14} {r['items']:>5} items  {r['persons']:>4} persons"
+                                          f"  pack {r['pack']}  from {r['source']}" for r in rows) or "No test sets yet.")
+        return 0
+    if args.action in ("show", "delete"):
+        if not args.name:
+            raise ValueError(f"testset {args.action} needs --name")
+        if args.action == "delete":
+            if not ws.store.delete_testset(args.name):
+                raise ValueError(f"no test set named {args.name!r}")
+            print(f"deleted test set {args.name!r}", file=sys.stderr)
+            return 0
+        data = {**summary(ws, args.name), "rows": item_rows(ws, args.name)}
+        _print(data, args.json, "\n".join(f"{r['idx']:>4}  {r['person'] or '':<16} {r['attribute'] or '':<13} {r['prompt']}"
+                                          for r in data["rows"]))
+        return 0
+    if not args.name or not args.kind:
+        raise ValueError(f"testset {args.action} needs --name and --kind")
+    if args.action == "import":
+        if not args.file:
+            raise ValueError("testset import needs --file (CSV or JSONL)")
+        run_id, result = _as_run(args, ws, "testset", lambda track, run: import_testset(
+            ws, args.file, args.name, args.kind, face_pack=args.face_pack, replace=args.replace, run_id=run, track=track))
+        for p in (result or {}).get("left_out", []):
+            print(f"left out: {p}", file=sys.stderr)
+    else:
+        run_id, result = _as_run(args, ws, "testset", lambda track, run: build_testset(
+            ws, args.name, args.kind, split=args.split, persons=args.person, ask=args.ask, prompt=args.prompt,
+            per_person=args.per_person, seed=args.seed, replace=args.replace, run_id=run))
+    return _report_run(run_id, result, args.json)
+
+
+def eval_config(args):
+    from .evaluate import EvalConfig
+    from .generate import parse_sweep
+
+    return EvalConfig(testsets=args.testset or [], models=args.model or [], lambdas=parse_sweep(args.lambdas),
+                      baseline=args.baseline, steps=args.steps, guidance=args.guidance,
+                      identitynet_scale=args.identitynet_scale, width=args.width, height=args.height, seed=args.seed,
+                      negative_prompt=args.negative_prompt, clip_model=args.clip_model,
+                      clip_pretrained=args.clip_pretrained or None, n_boot=args.n_boot, device=args.device)
+
+
+def cmd_evaluate(args) -> int:
+    from .cli import _author, _progress, _report_run, _workspace
+    from .evaluate import evaluate, table_markdown
+    from .runs import combine, execute
+
+    ws = _workspace(args)
+    cfg = eval_config(args)
+    cfg.validate()
+    run_id, result = execute(ws, "evaluate", cfg.to_dict(), _author(args), lambda handle: evaluate(
+        ws, cfg, handle.run_id, author=_author(args), track=combine(handle.track, _progress())),
+        run_id=args.run_id, inputs={"workspace": str(ws.root)})
+    if result and not args.json:
+        print(table_markdown(result["table"], result["baseline"]))
+        print(f"{result['generated']} samples generated, {result['reused']} reused; {result['scored']} scored, "
+              f"{result['scores_reused']} scores reused; files: {', '.join(result['files'].values())}", file=sys.stderr)
+        return 0
+    return _report_run(run_id, result, args.json)
+
+
+def cmd_report(args) -> int:
+    from .cli import _workspace
+    from .report import write_report
+
+    out = write_report(_workspace(args), args.out, args.run)
+    print(out.read_text(encoding="utf-8") if not args.quiet else out)
+    print(f"written to {out}", file=sys.stderr)
+    return 0
+
+
+def add_commands(sub, common: argparse.ArgumentParser) -> None:
+    from .metrics import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED, SCORED_ATTRIBUTES
+    from .testsets import KINDS, NEUTRAL_PROMPT
+
+    p = sub.add_parser("testset", parents=[common], help="evaluation test sets: build from a split, import, list, show")
+    p.add_argument("action", choices=["build", "import", "list", "show", "delete"])
+    p.add_argument("--name")
+    p.add_argument("--kind", choices=list(KINDS),
+                   help="customization: a prompt asking for an attribute (+ a real photo showing it); fidelity: a "
+                        "neutral prompt")
+    p.add_argument("--split", default="test", help="build from this split's persons (default test)")
+    p.add_argument("--person", action="append", help="build from these persons instead of a split (repeatable)")
+    p.add_argument("--ask", default="", help=f"comma-separated attributes to ask of every input face; scored: "
+                                             f"{', '.join(SCORED_ATTRIBUTES)}")
+    p.add_argument("--prompt", default=NEUTRAL_PROMPT, help=f"prompt (fidelity) or its start (default {NEUTRAL_PROMPT!r})")
+    p.add_argument("--per-person", type=int, default=0, help="at most this many items per person (0: all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--file", type=Path, help="import: CSV or JSONL with input, prompt[, attribute, target, person]")
+    p.add_argument("--face-pack", default="auto", help="import: face pack for the photos (default auto)")
+    p.add_argument("--replace", action="store_true", help="replace a test set of the same name")
+    p.set_defaults(func=cmd_testset)
+
+    p = sub.add_parser("evaluate", parents=[common], help="generate and score models x test sets x λ (Table 2)")
+    p.add_argument("--testset", action="append", help="test set name (repeatable)")
+    p.add_argument("--model", action="append", help="registered model name (repeatable)")
+    p.add_argument("--lambdas", default="0.8", help="comma-separated λ values (default 0.8)")
+    p.add_argument("--baseline", default=None, help="model the others are compared with (default: the first)")
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--guidance", type=float, default=5.0)
+    p.add_argument("--identitynet-scale", type=float, default=0.8)
+    p.add_argument("--width", type=int, default=1024)
+    p.add_argument("--height", type=int, default=1024)
+    p.add_argument("--seed", type=int, default=0, help="item i is generated with seed + i, for every model and λ")
+    p.add_argument("--negative-prompt", default="")
+    p.add_argument("--clip-model", default=DEFAULT_CLIP_MODEL,
+                   help="open_clip model name, hf-hub:REPO, or a folder with open_clip_config.json and weights")
+    p.add_argument("--clip-pretrained", default=DEFAULT_CLIP_PRETRAINED,
+                   help="pretrained tag or weights file for a built-in model name (default openai)")
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")
+    p.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("report", parents=[common], help="the paper's Tables 1-3 for this workspace, as Markdown")
+    p.add_argument("--out", type=Path, default=None, help="file to write (default <workspace>/exports/report.md)")
+    p.add_argument("--run", type=int, default=None, help="evaluation run for Table 2 (default: the latest finished)")
+    p.add_argument("--quiet", action="store_true", help="print only the path")
+    p.set_defaults(func=cmd_report)

@@ -1,0 +1,351 @@
+"""Evaluation runs (paper §5.2, Table 2): models x test sets x λ -> samples -> metrics -> tables.
+
+Every sample is generated with a recorded seed (the run's seed + the item's index, the same for
+every model and λ, so models are compared on identical noise) and keyed by a hash of everything
+that made it; a later run asking for the same sample reuses the file, and scores are reused per
+scorer (CLIP model + face pack). A killed run therefore resumes without regenerating anything.
+
+The table gives, per test set, model and λ: mean and 95% bootstrap interval of CLIP-T, CLIP-I and
+Face Sim, the images without a face (Face Sim missing, counted), attribute-following accuracy,
+and the paired difference to a baseline model on the same items with its own bootstrap interval.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import io
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .instantid import GenerationSettings
+from .metrics import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED
+from .workspace import Workspace, atomic_write_bytes
+
+METRICS = ("clip_t", "clip_i", "face_sim", "attr_acc")
+LABELS = {"clip_t": "CLIP-T", "clip_i": "CLIP-I", "face_sim": "Face Sim", "attr_acc": "Attribute acc."}
+
+
+@dataclass
+class EvalConfig:
+    """What an evaluation run compares, and how its samples are generated and scored."""
+
+    testsets: list[str]
+    models: list[str]
+    lambdas: list[float] = field(default_factory=lambda: [0.8])
+    baseline: str | None = None  # default: the first model
+    steps: int = 30
+    guidance: float = 5.0
+    identitynet_scale: float = 0.8
+    width: int = 1024
+    height: int = 1024
+    seed: int = 0
+    negative_prompt: str = ""
+    clip_model: str = DEFAULT_CLIP_MODEL
+    clip_pretrained: str | None = DEFAULT_CLIP_PRETRAINED
+    n_boot: int = 1000
+    device: str | None = None
+
+    def validate(self) -> None:
+        if not self.testsets:
+            raise ValueError("choose at least one test set")
+        if not self.models:
+            raise ValueError("choose at least one model")
+        if len(set(self.models)) != len(self.models):
+            raise ValueError(f"a model is listed twice: {self.models}")
+        if not self.lambdas or len(self.lambdas) > 9:
+            raise ValueError("give 1 to 9 λ values")
+        if self.baseline and self.baseline not in self.models:
+            raise ValueError(f"baseline {self.baseline!r} is not one of the models {self.models}")
+        if not 0 <= self.n_boot <= 100000:
+            raise ValueError("bootstrap resamples must be within [0, 100000]")
+        for lam in self.lambdas:
+            self.settings("x", lam, 0).validate()
+
+    def settings(self, prompt: str, lam: float, idx: int) -> GenerationSettings:
+        return GenerationSettings(prompt=prompt, negative_prompt=self.negative_prompt, ip_scale=float(lam),
+                                  identitynet_scale=self.identitynet_scale, steps=self.steps, guidance=self.guidance,
+                                  seed=int(self.seed) + int(idx), width=self.width, height=self.height)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_cli(self) -> list[str]:
+        """The `python -m studio evaluate` arguments of this configuration (what the app submits)."""
+        args = [a for t in self.testsets for a in ("--testset", t)] + [a for m in self.models for a in ("--model", m)]
+        args += ["--lambdas", ",".join(str(v) for v in self.lambdas), "--steps", str(self.steps),
+                 "--guidance", str(self.guidance), "--identitynet-scale", str(self.identitynet_scale),
+                 "--width", str(self.width), "--height", str(self.height), "--seed", str(self.seed),
+                 "--negative-prompt", self.negative_prompt, "--clip-model", self.clip_model,
+                 "--n-boot", str(self.n_boot)]
+        if self.clip_pretrained:
+            args += ["--clip-pretrained", self.clip_pretrained]
+        if self.baseline:
+            args += ["--baseline", self.baseline]
+        if self.device:
+            args += ["--device", self.device]
+        return args
+
+
+def sample_key(spec: dict, item: dict, settings: GenerationSettings) -> str:
+    """Everything that decides a sample's pixels: model parts, item (face + prompt), settings."""
+    payload = json.dumps({"model": spec, "item": item["id"], "face": hashlib.sha256(item["embedding"].tobytes()).hexdigest(),
+                          "kps": item["face"]["kps"], "settings": dataclasses.asdict(settings)}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+def evaluate(ws: Workspace, cfg: EvalConfig, run_id: int, *, author: str = "studio", track: Callable | None = None,
+             cache=None, clip=None) -> dict:
+    """Generate what is missing, score what is unscored, and write the tables of run ``run_id``."""
+    from .faces import FaceAnalyzer, MissingModelError, resolve_pack
+    from .generate import resolve_models
+    from .metrics import ClipSpec, Scorer, load_clip
+
+    cfg.validate()
+    specs = resolve_models(ws, cfg.models)
+    sets = []
+    for name in cfg.testsets:
+        t = ws.store.testset(name)
+        if t is None:
+            raise ValueError(f"no test set named {name!r}; existing: {[x['name'] for x in ws.store.testsets()]}")
+        sets.append((t, ws.store.testset_items(t["id"])))
+    packs = sorted({t["pack"] for t, _ in sets})
+    if len(packs) > 1:
+        raise ValueError(f"the test sets' faces come from different face packs {packs}: Face Sim needs one")
+    try:
+        pack = resolve_pack(packs[0])
+    except MissingModelError as exc:
+        raise ValueError(f"the test sets' face pack {packs[0]!r} is needed for Face Sim: {exc}") from None
+    track = track or (lambda items, **_: items)
+
+    plan = []
+    for t, items in sets:
+        for spec in specs:
+            for lam in cfg.lambdas:
+                for item in items:
+                    s = cfg.settings(item["prompt"], lam, item["idx"])
+                    plan.append((sample_key(spec.to_dict(), item, s), t, item, spec, s))
+    keys = [p[0] for p in plan]
+    existing = ws.store.eval_samples(keys)
+    reused = [k for k in keys if k in existing and (ws.root / existing[k]["output_path"]).is_file()]
+    ws.store.link_eval_samples(run_id, reused)
+    todo = [p for p in plan if p[0] not in set(reused)]
+    if todo:
+        generate_samples(ws, todo, cfg, run_id, author, track, cache)
+
+    clip = clip or load_clip(ClipSpec(cfg.clip_model, cfg.clip_pretrained), cfg.device)
+    scorer = Scorer(clip, FaceAnalyzer(pack))
+    done = ws.store.eval_scores(keys, scorer.name)
+    samples = ws.store.eval_samples(keys)
+    inputs = [score_input(ws, samples[k], item) for k, t, item, spec, s in plan if k not in done]
+    for batch in scorer.score(inputs, track):
+        ws.store.save_eval_scores(scorer.name, batch, run_id)
+
+    rows = ws.store.eval_run_rows(run_id, scorer.name)
+    baseline = cfg.baseline or cfg.models[0]
+    table = summarize(rows, baseline, n_boot=cfg.n_boot, seed=cfg.seed)
+    curve = tradeoff(table)
+    files = write_outputs(ws, run_id, cfg, scorer.name, rows, table, curve)
+    return {"samples": len(plan), "generated": len(todo), "reused": len(reused), "scored": len(inputs),
+            "scores_reused": len(plan) - len(inputs), "scorer": scorer.name, "face_pack": pack.name,
+            "baseline": baseline, "missing_faces": missing_faces(rows), "table": table, "tradeoff": curve,
+            "files": files}
+
+
+def generate_samples(ws: Workspace, todo: list, cfg: EvalConfig, run_id: int, author: str, track, cache=None) -> None:
+    """Generate and record each missing sample (one commit per sample: a killed run keeps what it made)."""
+    from .generate import FaceCondition, control_inputs
+    from .instantid import ModelCache
+
+    cache = cache or ModelCache(cfg.device)
+    todo = sorted(todo, key=lambda p: p[3].name)  # one model loaded at a time
+    for key, t, item, spec, s in track(todo, desc="generating"):
+        model = cache.get(spec)
+        f = item["face"]
+        face = FaceCondition(item["embedding"], np.asarray(f["kps"], np.float64), tuple(f["bbox"]), tuple(f["size"]),
+                             1, f"testset:{t['name']}#{item['idx']}", t["pack"])
+        kps_image, mask = control_inputs(face, s.width, s.height)
+        image = model(face.embedding, kps_image, s, mask=mask)
+        buf = io.BytesIO()
+        image.save(buf, format="PNG")
+        rel = Path("generated") / "eval" / key[:2] / f"{key}.png"
+        (ws.root / rel).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(ws.root / rel, buf.getvalue())
+        gid = ws.store.add_generation(batch=f"eval-{run_id}", model=spec.name, model_spec=spec.to_dict(),
+                                      settings=dataclasses.asdict(s), reference=face.reference, face=face.describe(),
+                                      output_path=rel.as_posix(), author=author, run_id=run_id)
+        ws.store.add_eval_sample(key=key, item_id=item["id"], model=spec.name, ip_scale=s.ip_scale, seed=s.seed,
+                                 settings=dataclasses.asdict(s), generation_id=gid, output_path=rel.as_posix(),
+                                 run_id=run_id)
+
+
+def score_input(ws: Workspace, sample: dict, item: dict):
+    """CLIP-I compares with the item's real photo showing the attribute when it has one, else its input photo."""
+    from .metrics import ScoreInput
+
+    ref = item["target_path"] or item["input_path"]
+    return ScoreInput(sample["key"], ws.root / sample["output_path"], item["prompt"], ws.root / ref, item["embedding"],
+                      item["attribute"])
+
+
+# -- statistics -----------------------------------------------------------------------------------
+
+def bootstrap_ci(values, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean (``n_boot`` resamples with replacement, seeded)."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0:
+        return (math.nan, math.nan)
+    if v.size == 1 or n_boot == 0:
+        return (float(v.mean()), float(v.mean()))
+    rng = np.random.default_rng(seed)
+    means = v[rng.integers(0, v.size, size=(n_boot, v.size))].mean(axis=1)
+    alpha = (1 - level) / 2
+    return float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
+
+
+def _values(rows: list[dict], metric: str) -> dict[int, float]:
+    """item id -> value; attribute accuracy counts a sample without a face as not following."""
+    out = {}
+    for r in rows:
+        if metric == "attr_acc":
+            if r.get("asked"):
+                out[r["item_id"]] = 1.0 if r.get("attr_correct") else 0.0
+        elif r.get(metric) is not None:
+            out[r["item_id"]] = float(r[metric])
+    return out
+
+
+def summarize(rows: list[dict], baseline: str | None, n_boot: int = 1000, seed: int = 0) -> list[dict]:
+    """One row per (test set, model, λ): mean, 95% interval, count per metric; paired Δ to the baseline."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["testset"], r["model"], float(r["ip_scale"])), []).append(r)
+    out = []
+    for (ts, model, lam), g in sorted(groups.items()):
+        row = {"testset": ts, "kind": g[0]["kind"], "model": model, "lambda": lam, "n": len(g),
+               "unscored": sum(1 for r in g if r.get("faces") is None),
+               "missing_faces": sum(1 for r in g if r.get("faces") == 0)}
+        base = groups.get((ts, baseline, lam)) if baseline and model != baseline else None
+        for m in METRICS:
+            vals = _values(g, m)
+            row[f"{m}_n"] = len(vals)
+            row[m] = float(np.mean(list(vals.values()))) if vals else None
+            row[f"{m}_lo"], row[f"{m}_hi"] = bootstrap_ci(list(vals.values()), n_boot, seed) if vals else (None, None)
+            if base is not None:
+                b = _values(base, m)
+                diffs = [vals[i] - b[i] for i in sorted(vals) if i in b]  # paired on the same items
+                row[f"d_{m}"] = float(np.mean(diffs)) if diffs else None
+                row[f"d_{m}_lo"], row[f"d_{m}_hi"] = bootstrap_ci(diffs, n_boot, seed) if diffs else (None, None)
+                row[f"d_{m}_n"] = len(diffs)
+        out.append(row)
+    return out
+
+
+def tradeoff(table: list[dict]) -> list[dict]:
+    """The λ trade-off curve: attribute accuracy (x) against Face Sim (y), per model, over the sets asking for attributes."""
+    points: dict[tuple, dict] = {}
+    for r in table:
+        if not r["attr_acc_n"]:
+            continue
+        p = points.setdefault((r["model"], r["lambda"]), {"acc": [], "sim": []})
+        p["acc"].append((r["attr_acc"], r["attr_acc_n"]))
+        if r["face_sim"] is not None:
+            p["sim"].append((r["face_sim"], r["face_sim_n"]))
+    curve = []
+    for (model, lam), p in sorted(points.items()):
+        acc = sum(v * n for v, n in p["acc"]) / sum(n for _, n in p["acc"])
+        sim = sum(v * n for v, n in p["sim"]) / sum(n for _, n in p["sim"]) if p["sim"] else None
+        curve.append({"model": model, "lambda": lam, "attribute_accuracy": acc, "face_sim": sim})
+    return curve
+
+
+def missing_faces(rows: list[dict]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for r in rows:
+        if r.get("faces") == 0:
+            out[r["model"]] = out.get(r["model"], 0) + 1
+    return out
+
+
+# -- outputs --------------------------------------------------------------------------------------
+
+def _fmt(v, digits: int = 3, signed: bool = False) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    return f"{v:+.{digits}f}" if signed else f"{v:.{digits}f}"
+
+
+def cell(row: dict, m: str) -> str:
+    if row.get(m) is None:
+        return "–"
+    text = f"{_fmt(row[m])} [{_fmt(row[m + '_lo'])}, {_fmt(row[m + '_hi'])}]"
+    if row.get(f"d_{m}") is not None:
+        text += f" (Δ {_fmt(row['d_' + m], signed=True)} [{_fmt(row['d_' + m + '_lo'], signed=True)}, " \
+                f"{_fmt(row['d_' + m + '_hi'], signed=True)}])"
+    return text
+
+
+def table_markdown(table: list[dict], baseline: str | None) -> str:
+    """Table 2's shape: per test set, a row per model and λ; mean [95% bootstrap interval] (Δ to the baseline)."""
+    out = []
+    for ts in dict.fromkeys(r["testset"] for r in table):
+        rows = [r for r in table if r["testset"] == ts]
+        out.append(f"**{ts}** ({rows[0]['kind']}, {rows[0]['n']} samples per model and λ)\n")
+        out.append("| model | λ | CLIP-T | CLIP-I | Face Sim | no face | Attribute acc. |")
+        out.append("|---|---:|---|---|---|---:|---|")
+        for r in rows:
+            out.append(f"| {r['model']}{' (baseline)' if r['model'] == baseline else ''} | {r['lambda']:g} | "
+                       f"{cell(r, 'clip_t')} | {cell(r, 'clip_i')} | {cell(r, 'face_sim')} | "
+                       f"{r['missing_faces']}/{r['n']} | {cell(r, 'attr_acc') if r['attr_acc_n'] else '–'} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def settings_markdown(cfg: dict, scorer: str, run_id: int) -> str:
+    return (f"Evaluation run {run_id}: models {', '.join(cfg['models'])}; λ {', '.join(f'{v:g}' for v in cfg['lambdas'])}; "
+            f"{cfg['steps']} steps, guidance {cfg['guidance']}, IdentityNet {cfg['identitynet_scale']}, "
+            f"{cfg['width']}x{cfg['height']}, seed {cfg['seed']} + item index; scored with {scorer}; "
+            f"{cfg['n_boot']} bootstrap resamples. CLIP-T / CLIP-I / Face Sim are cosines; Face Sim over samples with "
+            "a face; attribute accuracy counts a sample without a face as not following.")
+
+
+def write_outputs(ws: Workspace, run_id: int, cfg: EvalConfig, scorer: str, rows: list[dict], table: list[dict],
+                  curve: list[dict]) -> dict[str, str]:
+    """table.csv, table.md, samples.csv and tradeoff.csv under evaluations/run-<id>/ (workspace-relative paths)."""
+    out = Path("evaluations") / f"run-{run_id}"
+    (ws.root / out).mkdir(parents=True, exist_ok=True)
+    baseline = cfg.baseline or cfg.models[0]
+    md = (f"# Evaluation run {run_id}\n\n{settings_markdown(cfg.to_dict(), scorer, run_id)}\n\n"
+          f"{table_markdown(table, baseline)}\n## λ trade-off\n\n| model | λ | attribute acc. | Face Sim |\n|---|---:|---:|---:|\n"
+          + "".join(f"| {p['model']} | {p['lambda']:g} | {_fmt(p['attribute_accuracy'])} | {_fmt(p['face_sim'])} |\n"
+                    for p in curve))
+    files = {"table.md": md, "table.csv": _csv(table), "samples.csv": _csv(rows), "tradeoff.csv": _csv(curve)}
+    for name, text in files.items():
+        atomic_write_bytes(ws.root / out / name, text.encode("utf-8"))
+    return {name: (out / name).as_posix() for name in files}
+
+
+def _csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    if rows:
+        fields = list(dict.fromkeys(k for r in rows for k in r))
+        w = csv.DictWriter(buf, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+    return buf.getvalue()
+
+
+def latest_result(ws: Workspace, run_id: int | None = None) -> dict | None:
+    """A finished evaluation run (the latest when ``run_id`` is None) with its settings and result."""
+    if run_id is not None:
+        r = ws.store.run(int(run_id))
+        if r is None or r["kind"] != "evaluate":
+            raise ValueError(f"no evaluation run {run_id}")
+        return r
+    done = [r for r in ws.store.runs(kind="evaluate") if r["status"] == "done" and r["result"]]
+    return done[0] if done else None
