@@ -131,6 +131,8 @@ def evaluate(ws: Workspace, cfg: EvalConfig, run_id: int, *, author: str = "stud
                     s = cfg.settings(item["prompt"], lam, item["idx"])
                     plan.append((sample_key(spec.to_dict(), item, s), t, item, spec, s))
     keys = [p[0] for p in plan]
+    # the scorer first: a missing CLIP model fails the run before any GPU time is spent on samples
+    scorer = Scorer(clip or load_clip(ClipSpec(cfg.clip_model, cfg.clip_pretrained), cfg.device), FaceAnalyzer(pack))
     existing = ws.store.eval_samples(keys)
     reused = [k for k in keys if k in existing and (ws.root / existing[k]["output_path"]).is_file()]
     ws.store.link_eval_samples(run_id, reused)
@@ -138,8 +140,6 @@ def evaluate(ws: Workspace, cfg: EvalConfig, run_id: int, *, author: str = "stud
     if todo:
         generate_samples(ws, todo, cfg, run_id, author, track, cache)
 
-    clip = clip or load_clip(ClipSpec(cfg.clip_model, cfg.clip_pretrained), cfg.device)
-    scorer = Scorer(clip, FaceAnalyzer(pack))
     done = ws.store.eval_scores(keys, scorer.name)
     samples = ws.store.eval_samples(keys)
     inputs = [score_input(ws, samples[k], item) for k, t, item, spec, s in plan if k not in done]

@@ -1,0 +1,168 @@
+"""Evaluation end to end on real parts: test sets from a curated workspace (real insightface), two tiny
+InstantID models through the production loader, a tiny open_clip, the `python -m studio evaluate` CLI,
+tables, trade-off curve, report, and resuming a killed run without regenerating anything."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from conftest import REPO, copy_ws
+from studio.evaluate import EvalConfig, evaluate
+from studio.generate import register_model
+from studio.instantid import ModelSpec
+from studio.pairs import assign_splits
+from studio.report import report_markdown
+from studio.runs import execute
+from studio.testsets import build_testset, import_testset, item_rows
+
+SMALL = dict(steps=2, width=64, height=64, guidance=3.0)
+
+
+@pytest.fixture
+def eval_ws(tmp_path, pairs_ws_template, tiny_spec):
+    """The cross-training workspace with two tiny models: 'tiny' and 'tiny-b' (same base, another adapter)."""
+    import torch
+
+    ws = copy_ws(pairs_ws_template, tmp_path / "ws")
+    register_model(ws, tiny_spec)
+    state = torch.load(tiny_spec.ip_adapter, weights_only=True)
+    other = tmp_path / "ip-adapter-b.bin"
+    torch.save({part: {k: v * 3 for k, v in d.items()} for part, d in state.items()}, other)
+    register_model(ws, ModelSpec("tiny-b", base=tiny_spec.base, identitynet=tiny_spec.identitynet, ip_adapter=str(other)))
+    return ws
+
+
+def _config(clip_dir, **kw) -> EvalConfig:
+    return EvalConfig(**{"testsets": ["custom"], "models": ["tiny", "tiny-b"], "lambdas": [0.4, 0.8],
+                         "clip_model": str(clip_dir), "clip_pretrained": None, "n_boot": 200, "device": "cpu",
+                         **SMALL, **kw})
+
+
+def _run(ws, cfg, track=None):
+    return execute(ws, "evaluate", cfg.to_dict(), "tester",
+                   lambda h: evaluate(ws, cfg, h.run_id, author="tester", track=track or h.track))
+
+
+def _cli(ws, *args) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "studio", *args, "--workspace", str(ws.root)], capture_output=True,
+                          text=True, env=env, cwd=REPO, timeout=600)
+
+
+def test_two_models_two_lambdas_three_items_table_curve_report_and_resume(eval_ws, tiny_clip_dir):
+    ws = eval_ws
+    made = build_testset(ws, "custom", "customization", persons=["obama"], ask=["smiling"], per_person=3)
+    assert made["items"] == 3 and made["persons"] == 1 and made["pack"] == "bundled"
+    assert all(r["attribute"] and r["prompt"].startswith("a photo of a person, ") for r in item_rows(ws, "custom"))
+    cfg = _config(tiny_clip_dir)
+
+    # a run killed after 5 of its 12 samples (an interrupt inside the generation loop)
+    def killed(items, **_):
+        for n, item in enumerate(items):
+            if n == 5:
+                raise KeyboardInterrupt
+            yield item
+    with pytest.raises(KeyboardInterrupt):
+        _run(ws, cfg, track=killed)
+    assert len(ws.store.generations()) == 5
+
+    # the CLI resumes it: only the 7 missing samples are generated
+    out = _cli(ws, "evaluate", *cfg.to_cli(), "--json")
+    assert out.returncode == 0, out.stderr[-3000:]
+    res = json.loads(out.stdout)
+    assert (res["samples"], res["generated"], res["reused"]) == (12, 7, 5)
+    assert len(ws.store.generations()) == 12
+    table = res["table"]
+    assert [(r["model"], r["lambda"]) for r in table] == [("tiny", 0.4), ("tiny", 0.8), ("tiny-b", 0.4), ("tiny-b", 0.8)]
+    for r in table:
+        assert r["n"] == 3 and r["clip_t_n"] == 3 and r["clip_i_n"] == 3 and r["unscored"] == 0
+        assert r["clip_t_lo"] <= r["clip_t"] <= r["clip_t_hi"]
+        assert r["missing_faces"] + r["face_sim_n"] == 3  # every faceless sample is counted, none dropped
+        assert r["attr_acc_n"] == 3
+        assert ("d_clip_t" in r) == (r["model"] == "tiny-b")  # paired deltas against the baseline (first model)
+    assert sum(res["missing_faces"].values()) == sum(r["missing_faces"] for r in table)
+    assert [(p["model"], p["lambda"]) for p in res["tradeoff"]] == [(r["model"], r["lambda"]) for r in table]
+    files = {k: ws.root / v for k, v in res["files"].items()}
+    assert all(f.is_file() for f in files.values())
+    md = files["table.md"].read_text()
+    assert "tiny-b" in md and "(baseline)" in md and "λ trade-off" in md
+    assert files["samples.csv"].read_text().count("\n") == 13
+    # the same samples have the same seeds for both models: seed + item index
+    seeds = {(g["model"], g["settings"]["ip_scale"], g["settings"]["prompt"]): g["settings"]["seed"] for g in ws.store.generations()}
+    assert {s for (m, _, _), s in seeds.items() if m == "tiny"} == {s for (m, _, _), s in seeds.items() if m == "tiny-b"}
+
+    # a rerun reuses every sample and every score
+    run_id, again = _run(ws, cfg)
+    assert (again["generated"], again["reused"], again["scored"], again["scores_reused"]) == (0, 12, 0, 12)
+    assert len(ws.store.generations()) == 12
+    assert [r["clip_t"] for r in again["table"]] == pytest.approx([r["clip_t"] for r in table])
+    # another λ only generates what is new
+    _, more = _run(ws, _config(tiny_clip_dir, lambdas=[0.8, 1.0]))
+    assert (more["generated"], more["reused"]) == (6, 6)
+
+    report = report_markdown(ws)
+    assert "## Table 1" in report and "## Table 2" in report and f"Evaluation run {run_id + 1}" in report
+    assert "tiny-b" in report and "No human evaluation scores" in report
+    out = _cli(ws, "report", "--quiet")
+    assert out.returncode == 0 and (ws.root / "exports" / "report.md").is_file()
+
+
+def test_testsets_from_a_split_and_from_a_file_with_bad_rows(eval_ws, photos, tmp_path):
+    ws = eval_ws
+    with pytest.raises(ValueError, match="split persons first"):
+        build_testset(ws, "fid", "fidelity")
+    assign_splits(ws, pins={"biden": "test"})
+    made = build_testset(ws, "fid", "fidelity")
+    assert made["persons"] == 1 and made["items"] == 2 and made["attributes"] == {"(none)": 2}
+    assert {r["person"] for r in item_rows(ws, "fid")} == {"biden"}
+    with pytest.raises(ValueError, match="exists"):
+        build_testset(ws, "fid", "fidelity")
+    with pytest.raises(ValueError, match="unknown attribute"):
+        build_testset(ws, "x", "customization", persons=["obama"], ask=["wings"])
+
+    src = tmp_path / "set"
+    src.mkdir()
+    Image.open(photos["obama2"]).save(src / "face.jpg")
+    Image.new("RGB", (300, 300), (20, 90, 40)).save(src / "noface.png")
+    (src / "broken.jpg").write_bytes(b"\xff\xd8 not really")
+    obama_id = next(r["id"] for r in ws.store.image_table() if r["person"] == "obama" and r["passed"])
+    lines = [{"input": "face.jpg", "prompt": "a photo of a man smiling", "target": "face.jpg", "person": "obama"},
+             {"input": "noface.png", "prompt": "a photo of a person"},
+             {"input": "broken.jpg", "prompt": "a photo of a person"},
+             {"input": "face.jpg"},
+             {"input": f"image:{obama_id}", "prompt": "a man looking up", "attribute": "looking up"},
+             {"input": "face.jpg", "prompt": "a man with wings", "attribute": "wings"}]
+    file = src / "items.jsonl"
+    file.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    made = import_testset(ws, file, "imported", "customization", face_pack="bundled")
+    assert made["items"] == 2 and made["attributes"] == {"looking up": 1, "smiling": 1}
+    assert [p.split(":")[0] for p in made["left_out"]] == ["items.jsonl line 2", "items.jsonl line 3",
+                                                           "items.jsonl line 4", "items.jsonl line 6"]
+    assert "no face" in made["left_out"][0] and "prompt" in made["left_out"][2] and "wings" in made["left_out"][3]
+    rows = item_rows(ws, "imported")
+    assert rows[0]["input"].startswith("testsets/") and (ws.root / rows[0]["input"]).is_file()
+
+
+def test_evaluate_refuses_what_it_cannot_do(eval_ws, tiny_clip_dir):
+    ws = eval_ws
+    build_testset(ws, "custom", "customization", persons=["obama"], ask=["smiling"], per_person=1)
+    with pytest.raises(ValueError, match="no test set named 'nope'"):
+        _run(ws, _config(tiny_clip_dir, testsets=["nope"]))
+    with pytest.raises(ValueError, match="unknown model"):
+        _run(ws, _config(tiny_clip_dir, models=["tiny", "ghost"]))
+    with pytest.raises(ValueError, match="missing weights"):
+        _run(ws, _config(tiny_clip_dir, models=["InstantID"]))
+    with pytest.raises(ValueError, match="baseline"):
+        _config(tiny_clip_dir, baseline="ghost").validate()
+    with pytest.raises(ValueError, match="λ"):
+        _config(tiny_clip_dir, lambdas=[2.5]).validate()
+    out = _cli(ws, "evaluate", "--testset", "custom", "--model", "tiny", "--steps", "2", "--width", "64", "--height", "64",
+               "--clip-model", "ViT-L-14", "--device", "cpu")
+    assert out.returncode == 2 and "ViT-L-14/openai could not be loaded" in out.stderr and "hf download" in out.stderr
+    assert ws.store.generations() == []  # refused before any sample was generated
+    assert ws.store.runs(kind="evaluate", limit=1)[0]["status"] == "failed"
