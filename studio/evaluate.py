@@ -324,16 +324,16 @@ def write_outputs(ws: Workspace, run_id: int, cfg: EvalConfig, scorer: str, rows
           f"{table_markdown(table, baseline)}\n## λ trade-off\n\n| model | λ | attribute acc. | Face Sim |\n|---|---:|---:|---:|\n"
           + "".join(f"| {p['model']} | {p['lambda']:g} | {_fmt(p['attribute_accuracy'])} | {_fmt(p['face_sim'])} |\n"
                     for p in curve))
-    files = {"table.md": md, "table.csv": _csv(table), "samples.csv": _csv(rows), "tradeoff.csv": _csv(curve)}
+    files = {"table.md": md, "table.csv": _csv(table), "samples.csv": _csv(rows), "tradeoff.csv": _csv(curve, ["model", "lambda", "attribute_accuracy", "face_sim"])}
     for name, text in files.items():
         atomic_write_bytes(ws.root / out / name, text.encode("utf-8"))
     return {name: (out / name).as_posix() for name in files}
 
 
-def _csv(rows: list[dict]) -> str:
+def _csv(rows: list[dict], fields: list[str] | None = None) -> str:
     buf = io.StringIO()
-    if rows:
-        fields = list(dict.fromkeys(k for r in rows for k in r))
+    fields = fields or list(dict.fromkeys(k for r in rows for k in r))
+    if fields:
         w = csv.DictWriter(buf, fieldnames=fields)
         w.writeheader()
         w.writerows(rows)

@@ -8,7 +8,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no outside network
 
 import gradio as gr  # noqa: E402
 
-from . import annotate, browse, captions, generate, runs, statistics, training  # noqa: E402
+from . import annotate, browse, captions, evaluate, generate, runs, statistics, training  # noqa: E402
 from .access import StudioContext, role, username  # noqa: E402
 
 
@@ -28,6 +28,7 @@ def build_app(ctx: StudioContext) -> gr.Blocks:
             c = captions.build()
             g = generate.build()
             tr = training.build()
+            ev = evaluate.build()
             r = runs.build()
             a = annotate.build()
         browse.wire(ctx, b)
@@ -35,6 +36,7 @@ def build_app(ctx: StudioContext) -> gr.Blocks:
         captions.wire(ctx, c, clock)
         generate.wire(ctx, g)
         training.wire(ctx, tr, clock)
+        evaluate.wire(ctx, ev, clock)
         runs.wire(ctx, r, clock)
 
         persons, poses, tags = b.filters[0], b.filters[3], b.filters[4]
@@ -45,7 +47,7 @@ def build_app(ctx: StudioContext) -> gr.Blocks:
             is_admin = role_ == "admin"
             header = {"admin": f"**{user or 'local user'}** · admin", "annotator": f"**{user}** · annotator",
                       None: "Sign in to use the studio." if ctx.policy.mode == "hf" else "No access for this account."}[role_]
-            shown = [*(gr.Tab(visible=is_admin) for _ in range(6)), gr.Tab(visible=role_ is not None),
+            shown = [*(gr.Tab(visible=is_admin) for _ in range(7)), gr.Tab(visible=role_ is not None),
                      gr.Tabs(selected="browse" if is_admin else "annotate")]
             if is_admin:
                 status, names = generate.weights_status(ctx)
@@ -55,6 +57,6 @@ def build_app(ctx: StudioContext) -> gr.Blocks:
                 data = [gr.update()] * len(admin_outputs)
             return [header, gr.Markdown(visible=is_admin and bool(ctx.note)), *shown, annotate.message(user), *data]
 
-        demo.load(on_load, None, [who, notice, b.tab, s.tab, c.tab, g.tab, tr.tab, r.tab, a.tab, tabs, a.info, *admin_outputs],
+        demo.load(on_load, None, [who, notice, b.tab, s.tab, c.tab, g.tab, tr.tab, ev.tab, r.tab, a.tab, tabs, a.info, *admin_outputs],
                   api_visibility="private")
     return demo

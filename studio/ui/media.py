@@ -54,3 +54,15 @@ class MediaServer:
             except OSError:
                 shutil.copyfile(src, dest)
         return str(dest)
+
+    def download(self, rel: str) -> str | None:
+        """Like :meth:`file`, keeping the file's own name (a CSV or Markdown export the user saves)."""
+        src = self.ws.media_path(rel)
+        if not src.is_file():
+            return None
+        dest = self._name(rel, "downloads", "") / src.name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(dest.name + ".tmp")
+        shutil.copyfile(src, tmp)  # a copy, refreshed each time: a rerun rewrites the export
+        os.replace(tmp, dest)
+        return str(dest)

@@ -1,0 +1,313 @@
+"""Evaluate tab (admin): test sets, and evaluation runs that give the paper's Table 2 and the λ trade-off.
+
+Building a test set and evaluating are runs (`python -m studio testset|evaluate ...` in a worker),
+so they go on when the page closes, show in the Runs tab and resume on rerun. This tab follows the
+latest or a chosen evaluation run: its table, the trade-off curve and its CSV / Markdown files.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gradio as gr
+import pandas as pd
+
+from .. import runs
+from ..evaluate import METRICS, EvalConfig, cell
+from ..generate import parse_sweep, registered_models
+from ..metrics import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED, SCORED_ATTRIBUTES
+from ..testsets import KINDS, NEUTRAL_PROMPT, item_rows, parse_attributes, summary
+from ..validate import parse_id
+from .access import StudioContext, require_admin, username
+from .feedback import api_errors, keep_on_mistake
+
+SETS = ["name", "kind", "items", "persons", "with_target_photo", "pack", "source", "created_at"]
+HISTORY = ["id", "status", "progress", "test sets", "models", "λ", "author", "started"]
+ITEMS = ["idx", "person", "prompt", "attribute", "input", "target"]
+TABLE = ["test set", "model", "λ", "n", "CLIP-T", "CLIP-I", "Face Sim", "no face", "Attribute acc."]
+
+
+@dataclass
+class EvaluateTab:
+    tab: gr.Tab
+    build: dict
+    build_btn: gr.Button
+    sets: gr.Dataframe
+    items: gr.Dataframe
+    form: dict
+    start: gr.Button
+    run_id: gr.Number
+    cancel: gr.Button
+    status: gr.Markdown
+    table: gr.Dataframe
+    curve: gr.LinePlot
+    files: gr.File
+    history: gr.Dataframe
+
+
+def build() -> EvaluateTab:
+    with gr.Tab("Evaluate", id="evaluate", visible=False) as tab:
+        with gr.Accordion("1 · Test sets", open=True):
+            with gr.Row():
+                b = {"name": gr.Textbox(label="Name", elem_id="ts-name"),
+                     "kind": gr.Radio(list(KINDS), value="customization", label="Kind",
+                                      info="customization: prompts asking for an attribute · fidelity: a neutral prompt"),
+                     "persons": gr.Textbox(label="Persons (comma-separated; empty: the test split)", elem_id="ts-persons"),
+                     "ask": gr.Textbox(label="Ask every face for (attributes)", elem_id="ts-ask",
+                                       info=", ".join(SCORED_ATTRIBUTES)),
+                     "prompt": gr.Textbox(NEUTRAL_PROMPT, label="Prompt (start)"),
+                     "per_person": gr.Number(0, label="Items per person (0: all)", precision=0)}
+            build_btn = gr.Button("Build test set", elem_id="ts-build")
+            gr.Markdown("Import a CSV / JSONL test set (input photo, prompt, attribute, target photo) with "
+                        "`python -m studio testset import --file F --name N --kind K`.")
+            sets = gr.Dataframe(headers=SETS, label="Test sets (click one to list its items)", interactive=False,
+                                elem_id="ts-list")
+            items = gr.Dataframe(headers=ITEMS, label="Items", interactive=False, elem_id="ts-items")
+        with gr.Accordion("2 · Evaluation run", open=True):
+            d = EvalConfig(testsets=[], models=[])
+            with gr.Row():
+                f = {"testsets": gr.CheckboxGroup([], label="Test sets", elem_id="ev-sets"),
+                     "models": gr.CheckboxGroup([], label="Models", elem_id="ev-models"),
+                     "baseline": gr.Dropdown([], label="Baseline (Δ against it)", allow_custom_value=True,
+                                             elem_id="ev-baseline"),
+                     "lambdas": gr.Textbox("0.4,0.8", label="λ values (comma-separated)", elem_id="ev-lambdas")}
+            with gr.Row():
+                f["steps"] = gr.Number(d.steps, label="Steps", precision=0, elem_id="ev-steps")
+                f["guidance"] = gr.Number(d.guidance, label="Guidance")
+                f["identitynet_scale"] = gr.Number(d.identitynet_scale, label="IdentityNet")
+                f["width"] = gr.Number(d.width, label="Width", precision=0, elem_id="ev-width")
+                f["height"] = gr.Number(d.height, label="Height", precision=0, elem_id="ev-height")
+                f["seed"] = gr.Number(d.seed, label="Seed (+ item index)", precision=0)
+            with gr.Row():
+                f["clip_model"] = gr.Textbox(DEFAULT_CLIP_MODEL, label="CLIP model (name, hf-hub:REPO or folder)",
+                                             elem_id="ev-clip")
+                f["clip_pretrained"] = gr.Textbox(DEFAULT_CLIP_PRETRAINED, label="CLIP pretrained tag / file",
+                                                  elem_id="ev-clip-pretrained")
+                f["n_boot"] = gr.Number(d.n_boot, label="Bootstrap resamples", precision=0)
+                f["device"] = gr.Textbox("", label="Device (empty: cuda when available)", elem_id="ev-device")
+            start = gr.Button("Start evaluation", variant="primary", elem_id="ev-start")
+        with gr.Row():
+            run_id = gr.Number(label="Evaluation run", precision=0, elem_id="ev-run")
+            cancel = gr.Button("Cancel", variant="stop")
+        status = gr.Markdown(elem_id="ev-status")
+        table = gr.Dataframe(headers=TABLE, label="Table 2: mean [95% bootstrap interval] (Δ to the baseline)",
+                             interactive=False, wrap=True, elem_id="ev-table")
+        curve = gr.LinePlot(x="attribute_accuracy", y="face_sim", color="model", title="λ trade-off: Face Sim vs "
+                            "attribute accuracy (one point per λ)", elem_id="ev-curve", height=300, visible=False)
+        files = gr.File(label="Files (CSV, Markdown)", file_count="multiple", interactive=False, elem_id="ev-files")
+        history = gr.Dataframe(headers=HISTORY, label="Evaluation runs (newest first; click to open)", interactive=False)
+    return EvaluateTab(tab, b, build_btn, sets, items, f, start, run_id, cancel, status, table, curve, files, history)
+
+
+# -- views -----------------------------------------------------------------------------------------
+
+def sets_frame(ctx: StudioContext) -> pd.DataFrame:
+    rows = [summary(ctx.ws, t["name"]) for t in ctx.ws.store.testsets()]
+    return pd.DataFrame([[r[k] for k in SETS] for r in rows], columns=SETS)
+
+
+def history_frame(ctx: StudioContext) -> pd.DataFrame:
+    runs.reap(ctx.ws)
+    rows = []
+    for r in ctx.ws.store.runs(kind="evaluate"):
+        d, s = runs.describe(r), r["settings"] or {}
+        rows.append([d["id"], d["status"], d["progress"], ", ".join(s.get("testsets", [])), ", ".join(s.get("models", [])),
+                     ", ".join(f"{v:g}" for v in s.get("lambdas", [])), d["author"], d["started"]])
+    return pd.DataFrame(rows, columns=HISTORY)
+
+
+def table_frame(result: dict) -> pd.DataFrame:
+    rows = [[r["testset"], r["model"] + (" (baseline)" if r["model"] == result["baseline"] else ""), r["lambda"], r["n"],
+             *(cell(r, m) for m in METRICS[:3]), f"{r['missing_faces']}/{r['n']}",
+             cell(r, "attr_acc") if r["attr_acc_n"] else "–"] for r in result["table"]]
+    return pd.DataFrame(rows, columns=TABLE)
+
+
+def run_view(ctx: StudioContext, run_id) -> tuple:
+    """(status, table, curve, files) of one evaluation run."""
+    empty = (pd.DataFrame(columns=TABLE), gr.LinePlot(visible=False), None)
+    if run_id in (None, "", 0):
+        return ("Build a test set, then start an evaluation (or open one from the history).", *empty)
+    r = ctx.ws.store.run(parse_id(run_id, "run id"))
+    if r is None or r["kind"] != "evaluate":
+        return (f"No evaluation run {run_id}.", *empty)
+    d = runs.describe(r)
+    text = [f"### Run {d['id']} · **{d['status']}** · {d['progress']} · by {d['author']}"]
+    if d["error"]:
+        text.append(f"**Error:** {d['error']}")
+    res = r["result"]
+    if not res:
+        if d["status"] in ("failed", "cancelled"):
+            text.append("Rerun it in the Runs tab: finished samples and scores are reused.")
+        return ("\n\n".join(text), *empty)
+    text.append(f"{res['samples']} samples ({res['generated']} generated, {res['reused']} reused) · scored with "
+                f"`{res['scorer']}` · samples without a face: "
+                + (", ".join(f"{m}: {n}" for m, n in res["missing_faces"].items()) or "none"))
+    curve = pd.DataFrame([p for p in res["tradeoff"] if p["face_sim"] is not None],
+                         columns=["model", "lambda", "attribute_accuracy", "face_sim"])
+    if res["tradeoff"] and curve.empty:
+        text.append("No trade-off curve: no generated sample had a face to compare.")
+    files = [p for p in (ctx.media.download(v) for v in res["files"].values()) if p]
+    return "\n\n".join(text), table_frame(res), gr.LinePlot(curve, visible=not curve.empty), files
+
+
+def _persons(text: str) -> list[str] | None:
+    names = [p.strip() for p in (text or "").split(",") if p.strip()]
+    return names or None
+
+
+def build_args(values: dict) -> list[str]:
+    """`python -m studio testset build` arguments from the form (checked here so a mistake is a warning)."""
+    name = (values.get("name") or "").strip()
+    if not name:
+        raise ValueError("give the test set a name")
+    parse_attributes(values.get("ask"))
+    args = ["build", "--name", name, "--kind", values["kind"], "--ask", values.get("ask") or "",
+            "--prompt", values.get("prompt") or NEUTRAL_PROMPT, "--per-person", str(int(values.get("per_person") or 0))]
+    for p in _persons(values.get("persons")) or []:
+        args += ["--person", p]
+    return args
+
+
+def config_from_form(values: dict) -> EvalConfig:
+    cfg = EvalConfig(testsets=list(values.get("testsets") or []), models=list(values.get("models") or []),
+                     lambdas=parse_sweep(str(values.get("lambdas") or "")), baseline=values.get("baseline") or None,
+                     steps=int(values.get("steps") or 0), guidance=float(values.get("guidance") or 0),
+                     identitynet_scale=float(values.get("identitynet_scale") or 0), width=int(values.get("width") or 0),
+                     height=int(values.get("height") or 0), seed=int(values.get("seed") or 0),
+                     clip_model=(values.get("clip_model") or DEFAULT_CLIP_MODEL).strip(),
+                     clip_pretrained=(values.get("clip_pretrained") or "").strip() or None,
+                     n_boot=int(values.get("n_boot") or 0), device=(values.get("device") or "").strip() or None)
+    if cfg.baseline and cfg.baseline not in cfg.models:
+        cfg.baseline = None  # a baseline left over from an earlier choice: the first model instead
+    cfg.validate()
+    return cfg
+
+
+def start_evaluation(ctx: StudioContext, cfg: EvalConfig, author: str) -> int:
+    """Refuse what the worker would refuse (unknown test set or model, missing weights), then submit it."""
+    from ..generate import resolve_models
+
+    cfg.validate()
+    resolve_models(ctx.ws, cfg.models)
+    known = {t["name"] for t in ctx.ws.store.testsets()}
+    unknown = [t for t in cfg.testsets if t not in known]
+    if unknown:
+        raise ValueError(f"no test set named {unknown}; existing: {sorted(known)}")
+    return runs.submit(ctx.ws, "evaluate", cfg.to_cli(), author, settings=cfg.to_dict())
+
+
+def wire(ctx: StudioContext, t: EvaluateTab, timer: gr.Timer) -> None:
+    private = {"api_visibility": "private"}
+    build_keys, form_keys = list(t.build), list(t.form)
+
+    def who(request) -> str:
+        return username(ctx, request) or "local admin"
+
+    def choices():
+        names = [s["name"] for s in ctx.ws.store.testsets()]
+        models = list(registered_models(ctx.ws))
+        return gr.CheckboxGroup(choices=names), gr.CheckboxGroup(choices=models), gr.Dropdown(choices=models)
+
+    @keep_on_mistake(5)
+    def on_open(request: gr.Request):
+        require_admin(ctx, request)
+        return (sets_frame(ctx), *choices(), history_frame(ctx))
+
+    t.tab.select(on_open, None, [t.sets, t.form["testsets"], t.form["models"], t.form["baseline"], t.history], **private)
+
+    @keep_on_mistake(4)
+    def on_build(request: gr.Request, *values):
+        require_admin(ctx, request)
+        run = runs.submit(ctx.ws, "testset", build_args(dict(zip(build_keys, values))), who(request))
+        gr.Info(f"Building the test set as run {run}; it appears in the list when done.")
+        return (sets_frame(ctx), *choices()[:1], gr.skip(), gr.skip())
+
+    t.build_btn.click(on_build, list(t.build.values()), [t.sets, t.form["testsets"], t.items, t.history], **private)
+
+    @keep_on_mistake(1)
+    def on_set(request: gr.Request, frame: pd.DataFrame, evt: gr.SelectData):
+        require_admin(ctx, request)
+        return pd.DataFrame(item_rows(ctx.ws, str(frame.iloc[evt.index[0]]["name"])), columns=ITEMS)
+
+    t.sets.select(on_set, [t.sets], [t.items], **private)
+
+    @keep_on_mistake(6)
+    def on_start(request: gr.Request, *values):
+        require_admin(ctx, request)
+        run_id = start_evaluation(ctx, config_from_form(dict(zip(form_keys, values))), who(request))
+        return (run_id, *run_view(ctx, run_id), history_frame(ctx))
+
+    view = [t.status, t.table, t.curve, t.files]
+    t.start.click(on_start, list(t.form.values()), [t.run_id, *view, t.history], **private)
+
+    shown: dict[str, tuple] = {}  # page session -> (run id, status) its view shows
+
+    @keep_on_mistake(7)
+    def on_refresh(request: gr.Request, run_id):
+        if ctx.policy.role_of(username(ctx, request)) != "admin":
+            return tuple(gr.skip() for _ in range(7))
+        r = ctx.ws.store.run(int(run_id)) if run_id not in (None, "", 0) else None
+        key = (run_id, r["status"] if r else None, r["done"] if r else None)
+        session = request.session_hash or ""
+        if shown.get(session) == key:  # nothing changed: keep the page as it is
+            return tuple(gr.skip() for _ in range(7))
+        shown[session] = key
+        names = gr.CheckboxGroup(choices=[s["name"] for s in ctx.ws.store.testsets()])
+        return (*run_view(ctx, run_id), history_frame(ctx), sets_frame(ctx), names)
+
+    refresh_out = [*view, t.history, t.sets, t.form["testsets"]]
+    timer.tick(on_refresh, [t.run_id], refresh_out, show_progress="hidden", **private)
+    t.run_id.submit(on_refresh, [t.run_id], refresh_out, **private)
+
+    @keep_on_mistake(5)
+    def on_row(request: gr.Request, frame: pd.DataFrame, evt: gr.SelectData):
+        require_admin(ctx, request)
+        run_id = int(frame.iloc[evt.index[0]]["id"])
+        return (run_id, *run_view(ctx, run_id))
+
+    t.history.select(on_row, [t.history], [t.run_id, *view], **private)
+
+    @keep_on_mistake(4)
+    def on_cancel(request: gr.Request, run_id):
+        require_admin(ctx, request)
+        if not runs.cancel(ctx.ws, parse_id(run_id, "run id")):
+            raise ValueError(f"run {run_id} has already finished")
+        gr.Info(f"Run {run_id} stops after its current sample; rerun it to go on.")
+        return run_view(ctx, run_id)
+
+    t.cancel.click(on_cancel, [t.run_id], view, **private)
+
+    @api_errors
+    def testsets_api(request: gr.Request) -> list[dict]:
+        """The workspace's test sets (name, kind, items, persons, pack, attributes asked)."""
+        require_admin(ctx, request)
+        return [summary(ctx.ws, s["name"]) for s in ctx.ws.store.testsets()]
+
+    @api_errors
+    def eval_start_api(request: gr.Request, config: dict) -> int:
+        """Start an evaluation run from EvalConfig fields (testsets, models, lambdas, ...); returns the run id."""
+        require_admin(ctx, request)
+        if not isinstance(config, dict):
+            raise ValueError("config must be an object of evaluation settings")
+        unknown = set(config) - set(EvalConfig.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown evaluation settings: {sorted(unknown)}")
+        try:
+            cfg = EvalConfig(**config)
+        except TypeError as exc:
+            raise ValueError(f"evaluation settings: {exc}") from None
+        return start_evaluation(ctx, cfg, who(request))
+
+    @api_errors
+    def eval_status_api(request: gr.Request, run_id: int) -> dict:
+        """An evaluation run: status, Table 2 rows, trade-off points, output files (workspace paths)."""
+        require_admin(ctx, request)
+        runs.reap(ctx.ws)
+        r = ctx.ws.store.run(parse_id(run_id, "run id"))
+        if r is None or r["kind"] != "evaluate":
+            raise ValueError(f"no evaluation run {run_id}")
+        return {**runs.describe(r), "log": runs.log_tail(ctx.ws, r["id"])}
+
+    gr.api(testsets_api, api_name="testsets")
+    gr.api(eval_start_api, api_name="eval_start")
+    gr.api(eval_status_api, api_name="eval_status")

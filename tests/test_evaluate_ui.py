@@ -1,0 +1,123 @@
+"""The Evaluate tab: its API driven by a client (start, follow, table, refusals) and a real browser that
+builds a test set and runs an evaluation from the form."""
+from __future__ import annotations
+
+import pytest
+from conftest import USERS, copy_ws, running_app, wait_run
+from gradio_client import Client
+
+
+@pytest.fixture(scope="module")
+def eval_app(pairs_ws_template, tmp_path_factory, tiny_spec, tiny_clip_dir, users_file):
+    import torch
+
+    from studio.generate import register_model
+    from studio.instantid import ModelSpec
+    from studio.pairs import assign_splits
+    from studio.testsets import build_testset
+
+    root = tmp_path_factory.mktemp("eval_ui")
+    ws = copy_ws(pairs_ws_template, root / "ws")
+    assign_splits(ws, pins={"obama": "train", "eileen_collins": "train", "biden": "test"})
+    register_model(ws, tiny_spec)
+    state = torch.load(tiny_spec.ip_adapter, weights_only=True)
+    torch.save({part: {k: v * 3 for k, v in d.items()} for part, d in state.items()}, root / "b.bin")
+    register_model(ws, ModelSpec("tiny-b", base=tiny_spec.base, identitynet=tiny_spec.identitynet,
+                                 ip_adapter=str(root / "b.bin")))
+    build_testset(ws, "smiles", "customization", persons=["obama"], ask=["smiling"], per_person=2)
+    ws.store.close()
+    with running_app(ws.root, "--auth", str(users_file)) as url:
+        yield ws, url, tiny_clip_dir
+
+
+def client(url, who="ada"):
+    return Client(url, auth=(who, USERS[who][1]), verbose=False)
+
+
+def config(clip_dir, **kw) -> dict:
+    return {"testsets": ["smiles"], "models": ["tiny", "tiny-b"], "lambdas": [0.5, 1.0], "steps": 2, "width": 64,
+            "height": 64, "clip_model": str(clip_dir), "clip_pretrained": None, "n_boot": 100, "device": "cpu", **kw}
+
+
+def test_start_an_evaluation_and_read_its_table(eval_app):
+    ws, url, clip_dir = eval_app
+    c = client(url)
+    sets = c.predict(api_name="/testsets")
+    assert [(s["name"], s["items"], s["kind"]) for s in sets] == [("smiles", 2, "customization")]
+    run = c.predict(config=config(clip_dir), api_name="/eval_start")
+    assert wait_run(c, run, timeout=300)["status"] == "done"
+    s = c.predict(run_id=run, api_name="/eval_status")
+    res = s["result"]
+    assert res["samples"] == 8 and res["generated"] == 8 and len(res["table"]) == 4
+    assert {r["model"] for r in res["table"]} == {"tiny", "tiny-b"} and res["baseline"] == "tiny"
+    assert all((ws.root / f).is_file() for f in res["files"].values())
+    with pytest.raises(Exception, match="no test set named"):
+        c.predict(config=config(clip_dir, testsets=["nope"]), api_name="/eval_start")
+    with pytest.raises(Exception, match="unknown evaluation settings"):
+        c.predict(config={**config(clip_dir), "shell": "rm -rf /"}, api_name="/eval_start")
+    with pytest.raises(Exception, match="missing weights"):
+        c.predict(config=config(clip_dir, models=["CrossFaceID"]), api_name="/eval_start")
+
+
+def test_annotator_and_visitor_are_refused(eval_app):
+    import httpx
+
+    ws, url, clip_dir = eval_app
+    c = client(url, "ann")
+    before = len(ws.store.runs())
+    for api, kwargs in (("/testsets", {}), ("/eval_status", {"run_id": 1}),
+                        ("/eval_start", {"config": config(clip_dir)})):
+        with pytest.raises(Exception):
+            c.predict(**kwargs, api_name=api)
+    for endpoint, data in (("testsets", []), ("eval_start", [config(clip_dir)])):
+        r = httpx.post(f"{url}gradio_api/call/{endpoint}", json={"data": data}, timeout=30)
+        assert r.status_code in (401, 403), r.text
+    assert len(ws.store.runs()) == before
+
+
+def test_browser_builds_a_test_set_and_evaluates_it(eval_app, tmp_path):
+    import shutil
+    from pathlib import Path
+
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(chromium).exists():
+        pytest.skip("Debian chromium not installed (.ci/run installs it)")
+    from playwright.sync_api import sync_playwright
+    from test_browser import ARGS, artifacts_dir, login
+
+    ws, url, clip_dir = eval_app
+
+    def fill(page, elem, value):
+        box = page.locator(f"{elem} input, {elem} textarea").first
+        box.fill(value)
+        box.press("Tab")
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=ARGS)
+        page = login(browser, url, "ada")
+        page.get_by_role("tab", name="Evaluate").click()
+        fill(page, "#ts-name", "ui-fid")
+        fill(page, "#ts-persons", "biden")
+        page.get_by_label("fidelity", exact=True).check()
+        page.locator("#ts-build").click()
+        page.locator("#ts-list").get_by_text("ui-fid").wait_for(timeout=120_000)
+        page.locator("#ev-sets").get_by_label("ui-fid", exact=True).check(timeout=30_000)
+        page.locator("#ev-models").get_by_label("tiny", exact=True).check()
+        page.locator("#ev-models").get_by_label("tiny-b", exact=True).check()
+        for elem, value in (("#ev-steps", "2"), ("#ev-width", "64"), ("#ev-height", "64"), ("#ev-lambdas", "0.8"),
+                            ("#ev-clip", str(clip_dir)), ("#ev-clip-pretrained", ""), ("#ev-device", "cpu")):
+            fill(page, elem, value)
+        page.locator("#ev-start").click()
+        page.locator("#ev-status").get_by_text("done").wait_for(timeout=240_000)
+        page.locator("#ev-table").get_by_text("tiny-b").first.wait_for(timeout=30_000)
+        page.screenshot(path=str(artifacts_dir(tmp_path) / "evaluate_tab.png"), full_page=True)
+        from playwright.sync_api import expect
+
+        import re
+
+        expect(page.locator("#ev-files")).to_contain_text(re.compile(r"table\s*\.md"), timeout=30_000)
+        expect(page.locator("#ev-files")).to_contain_text(re.compile(r"samples\s*\.csv"))
+        browser.close()
+    run = ws.store.runs(kind="evaluate")[0]
+    assert run["status"] == "done" and run["settings"]["testsets"] == ["ui-fid"]
+    assert run["settings"]["models"] == ["tiny", "tiny-b"] and run["result"]["samples"] == 4  # 2 photos x 2 models
