@@ -143,8 +143,11 @@ def evaluate(ws: Workspace, cfg: EvalConfig, run_id: int, *, author: str = "stud
     done = ws.store.eval_scores(keys, scorer.name)
     samples = ws.store.eval_samples(keys)
     inputs = [score_input(ws, samples[k], item) for k, t, item, spec, s in plan if k not in done]
+    errors = []
     for batch in scorer.score(inputs, track):
-        ws.store.save_eval_scores(scorer.name, batch, run_id)
+        errors += [f"{r['key']}: {r['error']}" for r in batch if "error" in r]
+        # an unreadable sample file stays unscored (counted, retried by a rerun), never a "no face"
+        ws.store.save_eval_scores(scorer.name, [r for r in batch if "error" not in r], run_id)
 
     rows = ws.store.eval_run_rows(run_id, scorer.name)
     baseline = cfg.baseline or cfg.models[0]
@@ -153,8 +156,8 @@ def evaluate(ws: Workspace, cfg: EvalConfig, run_id: int, *, author: str = "stud
     files = write_outputs(ws, run_id, cfg, scorer.name, rows, table, curve)
     return {"samples": len(plan), "generated": len(todo), "reused": len(reused), "scored": len(inputs),
             "scores_reused": len(plan) - len(inputs), "scorer": scorer.name, "face_pack": pack.name,
-            "baseline": baseline, "missing_faces": missing_faces(rows), "table": table, "tradeoff": curve,
-            "files": files}
+            "baseline": baseline, "missing_faces": missing_faces(rows), "score_errors": errors, "table": table,
+            "tradeoff": curve, "files": files}
 
 
 def generate_samples(ws: Workspace, todo: list, cfg: EvalConfig, run_id: int, author: str, track, cache=None) -> None:

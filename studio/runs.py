@@ -25,7 +25,7 @@ from .workspace import Workspace
 KINDS = ("ingest", "analyze", "curate", "caption", "tag", "export", "split", "pairs", "manifest", "train",
          "testset", "evaluate")
 #: kinds of which one run at a time per workspace: two would ask for (and pay for) the same items
-EXCLUSIVE = ("caption", "analyze")
+EXCLUSIVE = ("caption", "analyze", "evaluate")
 HEARTBEAT_S = 5.0
 STALE_AFTER_S = 60.0
 LOG_TAIL_BYTES = 8000
