@@ -163,12 +163,19 @@ def evaluate(ws: Workspace, cfg: EvalConfig, run_id: int, *, author: str = "stud
 def generate_samples(ws: Workspace, todo: list, cfg: EvalConfig, run_id: int, author: str, track, cache=None) -> None:
     """Generate and record each missing sample (one commit per sample: a killed run keeps what it made)."""
     from .generate import FaceCondition, control_inputs
-    from .instantid import ModelCache
+    from .instantid import load_instantid
 
-    cache = cache or ModelCache(cfg.device)
-    todo = sorted(todo, key=lambda p: p[3].name)  # one model loaded at a time
+    todo = sorted(todo, key=lambda p: p[3].name)  # model by model: one SDXL in memory at a time
+    loaded: dict = {}
     for key, t, item, spec, s in track(todo, desc="generating"):
-        model = cache.get(spec)
+        if cache is not None:
+            model = cache.get(spec)
+        elif spec.name not in loaded:
+            loaded.clear()
+            _free_memory()
+            model = loaded[spec.name] = load_instantid(spec, cfg.device)
+        else:
+            model = loaded[spec.name]
         f = item["face"]
         face = FaceCondition(item["embedding"], np.asarray(f["kps"], np.float64), tuple(f["bbox"]), tuple(f["size"]),
                              1, f"testset:{t['name']}#{item['idx']}", t["pack"])
@@ -185,6 +192,19 @@ def generate_samples(ws: Workspace, todo: list, cfg: EvalConfig, run_id: int, au
         ws.store.add_eval_sample(key=key, item_id=item["id"], model=spec.name, ip_scale=s.ip_scale, seed=s.seed,
                                  settings=dataclasses.asdict(s), generation_id=gid, output_path=rel.as_posix(),
                                  run_id=run_id)
+
+
+def _free_memory() -> None:
+    import gc
+
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:
+        pass
 
 
 def score_input(ws: Workspace, sample: dict, item: dict):

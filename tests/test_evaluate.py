@@ -112,7 +112,7 @@ def test_two_models_two_lambdas_three_items_table_curve_report_and_resume(eval_w
     assert out.returncode == 0 and (ws.root / "exports" / "report.md").is_file()
 
 
-def test_testsets_from_a_split_and_from_a_file_with_bad_rows(eval_ws, photos, tmp_path):
+def test_testsets_from_a_split_and_from_a_file_with_bad_rows(eval_ws, photos, tmp_path, capsys):
     ws = eval_ws
     with pytest.raises(ValueError, match="split persons first"):
         build_testset(ws, "fid", "fidelity")
@@ -146,6 +146,20 @@ def test_testsets_from_a_split_and_from_a_file_with_bad_rows(eval_ws, photos, tm
     assert "no face" in made["left_out"][0] and "prompt" in made["left_out"][2] and "wings" in made["left_out"][3]
     rows = item_rows(ws, "imported")
     assert rows[0]["input"].startswith("testsets/") and (ws.root / rows[0]["input"]).is_file()
+
+    from studio.cli import main
+
+    w = ["--workspace", str(ws.root)]
+    assert main(["testset", "list", *w]) == 0
+    capsys.readouterr()
+    assert main(["testset", "show", "--name", "imported", "--json", *w]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["items"] == 2 and sorted(r["attribute"] for r in shown["rows"]) == ["looking up", "smiling"]
+    assert main(["testset", "build", "--name", "cli-fid", "--kind", "fidelity", "--person", "obama", "--per-person", "2",
+                 *w]) == 0
+    assert ws.store.testset("cli-fid") is not None and len(item_rows(ws, "cli-fid")) == 2
+    assert main(["testset", "delete", "--name", "imported", *w]) == 0 and ws.store.testset("imported") is None
+    assert main(["testset", "delete", "--name", "imported", *w]) == 2  # named, refused
 
 
 def test_evaluate_refuses_what_it_cannot_do(eval_ws, tiny_clip_dir):
