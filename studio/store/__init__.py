@@ -2,8 +2,8 @@
 
 ``Store`` combines them: images, analyses and verdicts (:mod:`.images`), the browse index
 (:mod:`.browse`), caption versions (:mod:`.captions`), generated samples (:mod:`.generations`)
-runs (:mod:`.runs`), cross-training splits and pairs (:mod:`.pairs`) and evaluation test sets, samples
-and scores (:mod:`.evaluations`), over the connection and transaction handling of :mod:`.base` and the
+runs (:mod:`.runs`), cross-training splits and pairs (:mod:`.pairs`) evaluation test sets, samples
+and scores (:mod:`.evaluations`) and human-evaluation studies (:mod:`.studies`), over the connection and transaction handling of :mod:`.base` and the
 schema versions of :mod:`.migrations`.
 """
 from __future__ import annotations
@@ -18,12 +18,13 @@ from .images import FaceRow, ImagesMixin
 from .migrations import SCHEMA_VERSION
 from .pairs import SPLITS, PairsMixin
 from .runs import FINISHED, RUN_STATUSES, RunsMixin
+from .studies import CRITERIA, StudiesMixin
 
 
 class Store(ImagesMixin, BrowseMixin, CaptionsMixin, GenerationsMixin, RunsMixin, PairsMixin, EvaluationsMixin,
-            StoreBase):
+            StudiesMixin, StoreBase):
     """A workspace database (see the modules of this package for each part)."""
 
 
 __all__ = ["Store", "StoreBusyError", "StaleCaptionError", "FaceRow", "SCHEMA_VERSION", "HUMAN_REVIEWED",
-           "RUN_STATUSES", "FINISHED", "SPLITS"]
+           "RUN_STATUSES", "FINISHED", "SPLITS", "CRITERIA"]

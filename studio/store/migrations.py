@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from ..codes import REASONS, reasons_mask
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 MIGRATIONS: dict[int, str] = {
     1: """
@@ -302,6 +302,76 @@ MIGRATIONS: dict[int, str] = {
         run_id INTEGER NOT NULL,
         sample_key TEXT NOT NULL REFERENCES eval_samples(key) ON DELETE CASCADE,
         PRIMARY KEY (run_id, sample_key)
+    )
+    """,
+    9: """
+    -- Human evaluation: a study shows items (a generated image, its input face, its prompt) to
+    -- assigned annotators, each in their own shuffled order, and keeps one row per score.
+    CREATE TABLE studies (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        status TEXT NOT NULL CHECK (status IN ('draft', 'open', 'closed')),
+        instructions TEXT NOT NULL,
+        per_item INTEGER NOT NULL,
+        seed INTEGER NOT NULL,
+        source TEXT NOT NULL,
+        created_by TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        opened_at TEXT,
+        closed_at TEXT
+    );
+    CREATE TABLE study_items (
+        id INTEGER PRIMARY KEY,
+        study_id INTEGER NOT NULL REFERENCES studies(id) ON DELETE CASCADE,
+        idx INTEGER NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('sample', 'duplicate')),
+        duplicate_of INTEGER REFERENCES study_items(id) ON DELETE CASCADE,
+        model TEXT NOT NULL,
+        prompt TEXT NOT NULL,
+        image_path TEXT NOT NULL,
+        face_path TEXT NOT NULL,
+        generation_id INTEGER,
+        UNIQUE (study_id, idx)
+    );
+    CREATE TABLE study_assignments (
+        study_id INTEGER NOT NULL REFERENCES studies(id) ON DELETE CASCADE,
+        annotator TEXT NOT NULL,
+        position INTEGER NOT NULL,
+        item_id INTEGER NOT NULL REFERENCES study_items(id) ON DELETE CASCADE,
+        shown_at REAL,
+        done INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (study_id, annotator, position),
+        UNIQUE (study_id, annotator, item_id)
+    );
+    CREATE INDEX study_assignments_todo ON study_assignments(study_id, annotator, done, position);
+    CREATE TABLE scores (
+        study_id INTEGER NOT NULL REFERENCES studies(id) ON DELETE CASCADE,
+        item_id INTEGER NOT NULL REFERENCES study_items(id) ON DELETE CASCADE,
+        annotator TEXT NOT NULL,
+        criterion TEXT NOT NULL CHECK (criterion IN ('customization', 'fidelity', 'quality')),
+        score INTEGER NOT NULL CHECK (score BETWEEN 0 AND 5),
+        seconds REAL,
+        updated_at TEXT NOT NULL,
+        PRIMARY KEY (study_id, item_id, annotator, criterion)
+    );
+    CREATE TABLE score_history (
+        id INTEGER PRIMARY KEY,
+        study_id INTEGER NOT NULL,
+        item_id INTEGER NOT NULL,
+        annotator TEXT NOT NULL,
+        criterion TEXT NOT NULL,
+        score INTEGER NOT NULL,
+        seconds REAL,
+        created_at TEXT NOT NULL
+    );
+    CREATE INDEX score_history_item ON score_history(study_id, item_id, annotator);
+    CREATE TABLE item_comments (
+        study_id INTEGER NOT NULL REFERENCES studies(id) ON DELETE CASCADE,
+        item_id INTEGER NOT NULL REFERENCES study_items(id) ON DELETE CASCADE,
+        annotator TEXT NOT NULL,
+        comment TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        PRIMARY KEY (study_id, item_id, annotator)
     )
     """,
 }
