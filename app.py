@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     from studio.config import ASSETS_DIR
     from studio.faces import MissingModelError, resolve_pack
     from studio.pipeline import ensure_demo_workspace
+    from studio.ui import annotate
     from studio.ui.access import StudioContext
     from studio.ui.app import build_app
 
@@ -71,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         private.append(policy.users.path.resolve())
     demo.launch(server_name=args.host, server_port=args.port, auth=auth, allowed_paths=[str(ASSETS_DIR / "ui")],
                 blocked_paths=[str(p) for p in private], show_error=False, auth_message="CrossFaceID Studio: sign in",
+                head=annotate.KEYBOARD_JS, css=annotate.CSS,
                 app_kwargs={"middleware": [Middleware(FileGuard, policy=policy, grants=ctx.grants)]})
     return 0
 

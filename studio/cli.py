@@ -438,10 +438,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
 
     from .cli_eval import add_commands as add_eval_commands
+    from .cli_study import add_commands as add_study_commands
     from .cli_train import add_commands
 
     add_commands(sub, common)
     add_eval_commands(sub, common)
+    add_study_commands(sub, common)
 
     p = sub.add_parser("models", parents=[common], help="show the face pack in use, or download antelopev2")
     p.add_argument("--face-pack", default=face_pack_spec(), help="pack to resolve (default: auto)")

@@ -215,7 +215,7 @@ def save(ws: Workspace, study_id: int, annotator: str, position, scores: dict, c
         position = int(position)
     except (TypeError, ValueError):
         raise ValueError(f"item position must be a whole number, got {position!r}") from None
-    if not isinstance(scores, dict) or not scores:
+    if not isinstance(scores, dict) or (not scores and not comment):
         raise ValueError("give at least one score: {criterion: 0-5}")
     parsed = {c: parse_score(v, c) for c, v in scores.items()}
     if comment is not None and (not isinstance(comment, str) or len(comment) > 2000 or "\0" in comment):

@@ -9,6 +9,7 @@ from .workspace import Workspace, atomic_write_bytes
 def report_markdown(ws: Workspace, eval_run: int | None = None) -> str:
     """Table 1 (dataset before/after curation, and per split), Table 2 (an evaluation run), Table 3 (human scores)."""
     from .evaluate import latest_result, settings_markdown, table_markdown
+    from .humaneval import results, table3_markdown
     from .stats import TABLE1_ROWS, dataset_stats, format_table1
 
     stats = dataset_stats(ws)
@@ -38,7 +39,14 @@ def report_markdown(ws: Workspace, eval_run: int | None = None) -> str:
             parts += [f"| {p['model']} | {p['lambda']:g} | {p['attribute_accuracy']:.3f} | "
                       f"{'–' if p['face_sim'] is None else format(p['face_sim'], '.3f')} |" for p in res["tradeoff"]]
             parts.append("")
-    parts += ["## Table 3: human evaluation", "", "No human evaluation scores in this workspace yet.", ""]
+    parts += ["## Table 3: human evaluation", ""]
+    studies = [s for s in ws.store.studies() if s["done"]]
+    if not studies:
+        parts += ["No human evaluation scores in this workspace yet.", ""]
+    for s in studies:
+        res = results(ws, s["name"])
+        parts += [table3_markdown(res) + f" Created by {s['created_by']} from {s['source']}, {s['per_item']} "
+                  "annotators per item; scores 0-5.", ""]
     return "\n".join(parts)
 
 

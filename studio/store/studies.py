@@ -72,6 +72,11 @@ class StudiesMixin:
             (study_id, annotator)).fetchone()[0]
         return int(done), int(total), first
 
+    def next_unfinished(self, study_id: int, annotator: str, after: int) -> int | None:
+        return self.conn.execute(
+            "SELECT MIN(position) FROM study_assignments WHERE study_id = ? AND annotator = ? AND done = 0 AND position > ?",
+            (study_id, annotator, after)).fetchone()[0]
+
     def assignment(self, study_id: int, annotator: str, position: int) -> dict | None:
         """The item at ``position`` of an annotator's list, with their own scores and comment."""
         r = self.conn.execute(

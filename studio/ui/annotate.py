@@ -1,23 +1,371 @@
-"""Annotate tab: where annotators work. Human-evaluation studies fill it (evaluation issue)."""
+"""Annotate tab: annotators score generated images blind; admins create studies and read the results.
+
+An annotator sees one item at a time: the input face, the generated image and the prompt, three
+0-5 scales with their definitions, a comment box, and their progress; nothing else reaches their
+browser: no model name, no file name (images are served under hashed names granted to them only),
+no seed, no other annotator's score. Every change of a scale is saved at once (closing the page
+loses nothing) and the next visit resumes at the first unfinished item. Keys: 0-5 score the
+highlighted scale and move to the next, Tab / Shift+Tab move between scales, Enter saves and shows
+the next item, Backspace goes back.
+
+Saves are handled outside Gradio's queue (``queue=False``): an annotator's click never waits
+behind someone else's generation or evaluation.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import gradio as gr
+import pandas as pd
+
+from .. import humaneval as he
+from ..store import CRITERIA
+from .access import StudioContext, require_admin, role, username
+from .feedback import api_errors, keep_on_mistake
+
+SCALE = [str(v) for v in range(6)]
+STUDIES = ["name", "status", "items", "annotators", "done", "assigned", "per_item", "source", "created_by"]
+
+KEYBOARD_JS = """
+<script>
+(() => {
+  const crit = ["customization", "fidelity", "quality"];
+  let cur = 0;
+  const visible = () => { const v = document.getElementById("annotate-view"); return v && v.offsetParent !== null; };
+  const mark = () => crit.forEach((c, i) => {
+    const el = document.getElementById("scale-" + c);
+    if (el) el.classList.toggle("scale-active", i === cur);
+  });
+  document.addEventListener("keydown", (e) => {
+    if (!visible() || e.altKey || e.metaKey || e.ctrlKey) return;
+    const t = e.target, tag = (t.tagName || "").toLowerCase();
+    if (tag === "textarea" || (tag === "input" && t.type !== "radio")) return;  // typing a comment
+    if (/^[0-5]$/.test(e.key)) {
+      const input = document.querySelector(`#scale-${crit[cur]} input[value="${e.key}"]`);
+      if (input) { input.click(); cur = Math.min(cur + 1, crit.length - 1); mark(); e.preventDefault(); }
+    } else if (e.key === "Tab") {
+      cur = (cur + (e.shiftKey ? crit.length - 1 : 1)) % crit.length; mark(); e.preventDefault();
+    } else if (e.key === "Enter") {
+      document.querySelector("#annotate-save")?.click(); cur = 0; mark(); e.preventDefault();
+    } else if (e.key === "Backspace") {
+      document.querySelector("#annotate-back")?.click(); cur = 0; mark(); e.preventDefault();
+    }
+  });
+  new MutationObserver(mark).observe(document.documentElement, {childList: true, subtree: true});
+})();
+</script>
+"""
+CSS = ".scale-active { outline: 3px solid var(--color-accent); border-radius: 6px; }"
 
 
 @dataclass
 class AnnotateTab:
     tab: gr.Tab
     info: gr.Markdown
+    view: gr.Column
+    study: gr.Dropdown
+    progress: gr.Markdown
+    instructions: gr.Markdown
+    face: gr.Image
+    image: gr.Image
+    prompt: gr.Markdown
+    scales: dict
+    comment: gr.Textbox
+    position: gr.Number
+    back: gr.Button
+    save: gr.Button
+    admin: gr.Column
+    create: dict
+    create_btn: gr.Button
+    studies: gr.Dataframe
+    chosen: gr.Textbox
+    open_btn: gr.Button
+    close_btn: gr.Button
+    export_btn: gr.Button
+    results: gr.Markdown
+    table3: gr.Dataframe
+    annotators: gr.Dataframe
+    chart: gr.BarPlot
+    files: gr.File
 
 
 def build() -> AnnotateTab:
     with gr.Tab("Annotate", id="annotate", visible=False) as tab:
         info = gr.Markdown()
-    return AnnotateTab(tab, info)
+        with gr.Column(elem_id="annotate-view") as view:
+            with gr.Row():
+                study = gr.Dropdown([], label="Study", elem_id="annotate-study", scale=2)
+                progress = gr.Markdown(elem_id="annotate-progress")
+            instructions = gr.Markdown(elem_id="annotate-instructions")
+            with gr.Row():
+                face = gr.Image(label="Input face", interactive=False, height=360, elem_id="annotate-face")
+                image = gr.Image(label="Generated image", interactive=False, height=360, elem_id="annotate-image")
+            prompt = gr.Markdown(elem_id="annotate-prompt")
+            scales = {c: gr.Radio(SCALE, label=c.capitalize(), info=he.DEFINITIONS[c], elem_id=f"scale-{c}")
+                      for c in CRITERIA}
+            comment = gr.Textbox(label="Comment (optional)", lines=1, elem_id="annotate-comment")
+            with gr.Row():
+                position = gr.Number(label="Item", precision=0, interactive=False, elem_id="annotate-position")
+                back = gr.Button("← Back", elem_id="annotate-back")
+                save = gr.Button("Save and next →", variant="primary", elem_id="annotate-save")
+        with gr.Column(visible=False) as admin:
+            gr.Markdown("### Studies (admin)")
+            with gr.Row():
+                create = {"name": gr.Textbox(label="Study name", elem_id="study-name"),
+                          "source": gr.Radio(["evaluation run", "generation batch", "all generations"],
+                                             value="evaluation run", label="Samples from"),
+                          "source_value": gr.Textbox(label="Run id or batch", elem_id="study-source"),
+                          "annotators": gr.Textbox(label="Annotators (comma-separated user names)",
+                                                   elem_id="study-annotators"),
+                          "per_item": gr.Number(3, label="Annotators per item", precision=0),
+                          "duplicates": gr.Number(0, label="Duplicate items", precision=0),
+                          "seed": gr.Number(0, label="Seed", precision=0)}
+            create_btn = gr.Button("Create study (draft)", elem_id="study-create")
+            studies = gr.Dataframe(headers=STUDIES, label="Studies (click one for its results)", interactive=False,
+                                   elem_id="study-list")
+            with gr.Row():
+                chosen = gr.Textbox(label="Study", elem_id="study-chosen")
+                open_btn = gr.Button("Open")
+                close_btn = gr.Button("Close")
+                export_btn = gr.Button("Export (CSV, Label Studio, Table 3)")
+            results = gr.Markdown(elem_id="study-results")
+            table3 = gr.Dataframe(label="Table 3 per model and criterion", interactive=False)
+            annotators = gr.Dataframe(label="Annotators: means, median seconds per item, duplicate consistency",
+                                      interactive=False)
+            chart = gr.BarPlot(x="model_criterion", y="avg", title="Average score per model and criterion",
+                               y_lim=[0, 5], height=260)
+            files = gr.File(label="Exports", file_count="multiple", interactive=False)
+    return AnnotateTab(tab, info, view, study, progress, instructions, face, image, prompt, scales, comment, position,
+                       back, save, admin, create, create_btn, studies, chosen, open_btn, close_btn, export_btn, results,
+                       table3, annotators, chart, files)
 
 
-def message(user: str | None) -> str:
-    who = f"Signed in as **{user}**. " if user else ""
-    return who + "No human-evaluation study is assigned to you yet."
+# -- views -----------------------------------------------------------------------------------------
+
+def _who(ctx: StudioContext, request) -> str:
+    user = username(ctx, request)
+    if role(ctx, request) is None:
+        raise gr.Error("Access denied: sign in to annotate.", print_exception=False)
+    return user or "local admin"
+
+
+def _served(ctx: StudioContext, user: str, rel: str) -> str | None:
+    path = ctx.media.file(rel)
+    if path:
+        ctx.grants.grant(user, path)
+    return path
+
+
+def item_payload(ctx: StudioContext, user: str, study_id: int, position=None) -> dict:
+    """What an annotator may see of their item (no model, no file names)."""
+    it = he.item_for(ctx.ws, study_id, user, position)
+    return {k: it[k] for k in ("position", "total", "done", "finished", "prompt", "scores", "comment", "missing")} | {
+        "_face": it["face_path"], "_image": it["image_path"]}
+
+
+def item_outputs(ctx: StudioContext, user: str, study: dict, position=None) -> tuple:
+    p = item_payload(ctx, user, study["id"], position)
+    text = f"**{p['done']} / {p['total']} done** · item {p['position']}"
+    if p["finished"]:
+        text += " · all items scored: thank you! You can still go back and change a score."
+    if p["missing"]:
+        text += " · this item's image is missing: skip it (the study's admin is told by the results)"
+    return (p["position"], text, study["instructions"], _served(ctx, user, p["_face"]), _served(ctx, user, p["_image"]),
+            f"**Prompt:** {p['prompt']}", *(gr.Radio(value=None if p["scores"].get(c) is None else str(p["scores"][c]))
+                                            for c in CRITERIA), p["comment"])
+
+
+def study_choices(ctx: StudioContext, user: str) -> list[str]:
+    return [s["name"] for s in ctx.ws.store.annotator_studies(user)]
+
+
+def studies_frame(ctx: StudioContext) -> pd.DataFrame:
+    return pd.DataFrame([[s[k] for k in STUDIES] for s in ctx.ws.store.studies()], columns=STUDIES)
+
+
+def results_view(ctx: StudioContext, name: str) -> tuple:
+    res = he.results(ctx.ws, name)
+    t3 = pd.DataFrame(res["table3"], columns=["model", "criterion", "min", "max", "avg", "std", "n"])
+    chart = t3.assign(model_criterion=t3["model"] + " · " + t3["criterion"])[["model_criterion", "avg"]]
+    return (he.table3_markdown(res), t3.round(3), pd.DataFrame(res["annotators"]).round(3), chart)
+
+
+def wire(ctx: StudioContext, t: AnnotateTab, demo: gr.Blocks) -> None:
+    private = {"api_visibility": "private"}
+    fast = {"api_visibility": "private", "queue": False}  # an annotator never waits behind long jobs
+    item_out = [t.position, t.progress, t.instructions, t.face, t.image, t.prompt, *t.scales.values(), t.comment]
+    n_item = len(item_out)
+    skip_item = tuple(gr.skip() for _ in range(n_item))
+
+    def on_load(request: gr.Request):
+        r = role(ctx, request)
+        if r is None:
+            return (gr.Column(visible=False), gr.Column(visible=False), gr.skip(), gr.skip(), *skip_item)
+        user = username(ctx, request) or "local admin"
+        names = study_choices(ctx, user)
+        info = (f"Signed in as **{user}**. " if username(ctx, request) else "") + (
+            "" if names else "No open human-evaluation study is assigned to you yet.")
+        first = item_outputs(ctx, user, he.annotator_study(ctx.ws, names[0], user)) if names else skip_item
+        return (gr.Column(visible=bool(names)), gr.Column(visible=r == "admin"), info,
+                gr.Dropdown(choices=names, value=names[0] if names else None), *first)
+
+    load_out = [t.view, t.admin, t.info, t.study, *item_out]
+    demo.load(on_load, None, load_out, **fast)
+    t.tab.select(on_load, None, load_out, **fast)
+
+    @keep_on_mistake(n_item)
+    def on_study(request: gr.Request, name):
+        user = _who(ctx, request)
+        if not name:
+            return skip_item
+        return item_outputs(ctx, user, he.annotator_study(ctx.ws, name, user))
+
+    t.study.input(on_study, [t.study], item_out, **fast)
+
+    def scale_saver(criterion: str):
+        @keep_on_mistake(1)
+        def on_scale(request: gr.Request, name, position, value):
+            user = _who(ctx, request)
+            if not name or position in (None, 0) or value in (None, ""):
+                return gr.skip()
+            study = he.annotator_study(ctx.ws, name, user)
+            he.save(ctx.ws, study["id"], user, position, {criterion: value})
+            done, total, _ = ctx.ws.store.annotator_progress(study["id"], user)
+            return f"**{done} / {total} done** · item {int(position)} · saved"
+        return on_scale
+
+    for c, radio in t.scales.items():
+        radio.input(scale_saver(c), [t.study, t.position, radio], [t.progress], **fast)
+
+    @keep_on_mistake(n_item)
+    def on_save(request: gr.Request, name, position, comment, *values):
+        user = _who(ctx, request)
+        if not name:
+            raise ValueError("choose a study first")
+        study = he.annotator_study(ctx.ws, name, user)
+        scores = {c: v for c, v in zip(CRITERIA, values) if v not in (None, "")}
+        if scores or comment:
+            he.save(ctx.ws, study["id"], user, position, scores, comment or None)
+        nxt = next_position(ctx, study["id"], user, int(position or 0))
+        return item_outputs(ctx, user, study, nxt)
+
+    t.save.click(on_save, [t.study, t.position, t.comment, *t.scales.values()], item_out, **fast)
+
+    @keep_on_mistake(n_item)
+    def on_back(request: gr.Request, name, position):
+        user = _who(ctx, request)
+        if not name:
+            return skip_item
+        study = he.annotator_study(ctx.ws, name, user)
+        return item_outputs(ctx, user, study, max(1, int(position or 1) - 1))
+
+    t.back.click(on_back, [t.study, t.position], item_out, **fast)
+
+    # -- admin: create, open / close, results, export --------------------------------------------
+    @keep_on_mistake(2)
+    def on_create(request: gr.Request, name, source, value, annotators, per_item, duplicates, seed):
+        require_admin(ctx, request)
+        value = (value or "").strip()
+        if source == "evaluation run":
+            if not value.isdigit():
+                raise ValueError("give the evaluation run's id")
+            samples = he.samples_from_generations(ctx.ws, eval_run=int(value))
+        elif source == "generation batch":
+            if not value:
+                raise ValueError("give the generation batch")
+            samples = he.samples_from_generations(ctx.ws, batch=value)
+        else:
+            samples = he.samples_from_generations(ctx.ws)
+        made = he.create_study(ctx.ws, name, samples, (annotators or "").split(","), per_item=int(per_item or 1),
+                               duplicates=int(duplicates or 0), seed=int(seed or 0),
+                               source=f"{source} {value}".strip(), created_by=username(ctx, request) or "local admin")
+        gr.Info(f"Study {made['name']!r} created with {made['items']} items (draft): open it to start annotation.")
+        return studies_frame(ctx), made["name"]
+
+    t.create_btn.click(on_create, list(t.create.values()), [t.studies, t.chosen], **private)
+
+    def status_setter(status: str):
+        @keep_on_mistake(5)
+        def on_status(request: gr.Request, name):
+            require_admin(ctx, request)
+            he.set_status(ctx.ws, (name or "").strip(), status)
+            return (studies_frame(ctx), *results_view(ctx, name.strip()))
+        return on_status
+
+    admin_results = [t.results, t.table3, t.annotators, t.chart]
+    t.open_btn.click(status_setter("open"), [t.chosen], [t.studies, *admin_results], **private)
+    t.close_btn.click(status_setter("closed"), [t.chosen], [t.studies, *admin_results], **private)
+
+    @keep_on_mistake(5)
+    def on_pick(request: gr.Request, frame: pd.DataFrame, evt: gr.SelectData):
+        require_admin(ctx, request)
+        name = str(frame.iloc[evt.index[0]]["name"])
+        return (name, *results_view(ctx, name))
+
+    t.studies.select(on_pick, [t.studies], [t.chosen, *admin_results], **private)
+
+    @keep_on_mistake(1)
+    def on_export(request: gr.Request, name):
+        require_admin(ctx, request)
+        files = he.export(ctx.ws, (name or "").strip())
+        return [p for p in (ctx.media.download(v) for v in files.values()) if p]
+
+    t.export_btn.click(on_export, [t.chosen], [t.files], **private)
+
+    def admin_load(request: gr.Request):
+        return studies_frame(ctx) if role(ctx, request) == "admin" else gr.skip()
+
+    demo.load(admin_load, None, [t.studies], **private)
+
+    # -- API: annotators (blind) and admins -------------------------------------------------------
+    @api_errors
+    def annotate_studies_api(request: gr.Request) -> list[dict]:
+        """Your open studies: name, done, total."""
+        user = _who(ctx, request)
+        return [{"name": s["name"], "done": int(s["done"] or 0), "total": s["total"]}
+                for s in ctx.ws.store.annotator_studies(user)]
+
+    @api_errors
+    def annotate_item_api(request: gr.Request, study: str, position: int | None = None) -> dict:
+        """One of your items (the first unfinished one without a position): prompt, your scores, progress."""
+        user = _who(ctx, request)
+        s = he.annotator_study(ctx.ws, study, user)
+        return {k: v for k, v in item_payload(ctx, user, s["id"], position).items() if not k.startswith("_")}
+
+    @api_errors
+    def annotate_save_api(request: gr.Request, study: str, position: int, scores: dict,
+                          comment: str | None = None) -> dict:
+        """Save your scores (criterion -> 0-5) for your item at ``position``; returns your next item."""
+        user = _who(ctx, request)
+        s = he.annotator_study(ctx.ws, study, user)
+        saved = he.save(ctx.ws, s["id"], user, position, scores, comment)
+        nxt = next_position(ctx, s["id"], user, int(position))
+        item = {k: v for k, v in item_payload(ctx, user, s["id"], nxt).items() if not k.startswith("_")}
+        return {"saved": saved, "next": item}
+
+    @api_errors
+    def study_results_api(request: gr.Request, study: str) -> dict:
+        """A study's Table 3, Krippendorff's alpha per criterion and per-annotator summary (admin)."""
+        require_admin(ctx, request)
+        return he.results(ctx.ws, study)
+
+    @api_errors
+    def study_status_api(request: gr.Request, study: str, status: str) -> dict:
+        """Open or close a study (admin)."""
+        require_admin(ctx, request)
+        return he.set_status(ctx.ws, study, status)
+
+    gr.api(annotate_studies_api, api_name="annotate_studies", queue=False)
+    gr.api(annotate_item_api, api_name="annotate_item", queue=False)
+    gr.api(annotate_save_api, api_name="annotate_save", queue=False)
+    gr.api(study_results_api, api_name="study_results")
+    gr.api(study_status_api, api_name="study_status")
+
+
+def next_position(ctx: StudioContext, study_id: int, user: str, position: int) -> int | None:
+    """After saving item ``position``: the next unfinished item after it, else the first unfinished, else the same."""
+    done, total, first = ctx.ws.store.annotator_progress(study_id, user)
+    if first is None:
+        return position
+    later = ctx.ws.store.next_unfinished(study_id, user, position)
+    return later if later is not None else first

@@ -38,6 +38,7 @@ def build_app(ctx: StudioContext) -> gr.Blocks:
         training.wire(ctx, tr, clock)
         evaluate.wire(ctx, ev, clock)
         runs.wire(ctx, r, clock)
+        annotate.wire(ctx, a, demo)
 
         persons, poses, tags = b.filters[0], b.filters[3], b.filters[4]
         admin_outputs = [persons, poses, tags, b.summary, b.gallery, b.ids, b.page, g.weights, g.models, c.readiness]
@@ -55,8 +56,8 @@ def build_app(ctx: StudioContext) -> gr.Blocks:
                         gr.CheckboxGroup(choices=names, value=names[:1]), captions.readiness(ctx)]
             else:
                 data = [gr.update()] * len(admin_outputs)
-            return [header, gr.Markdown(visible=is_admin and bool(ctx.note)), *shown, annotate.message(user), *data]
+            return [header, gr.Markdown(visible=is_admin and bool(ctx.note)), *shown, *data]
 
-        demo.load(on_load, None, [who, notice, b.tab, s.tab, c.tab, g.tab, tr.tab, ev.tab, r.tab, a.tab, tabs, a.info, *admin_outputs],
+        demo.load(on_load, None, [who, notice, b.tab, s.tab, c.tab, g.tab, tr.tab, ev.tab, r.tab, a.tab, tabs, *admin_outputs],
                   api_visibility="private")
     return demo

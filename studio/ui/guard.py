@@ -29,12 +29,15 @@ class Grants:
         self._files: dict[str, set[str]] = defaultdict(set)
 
     def grant(self, user: str, path: str | Path) -> None:
+        """Let ``user`` fetch this file, also as Gradio's cached copy (same name: an unguessable hash)."""
         with self._lock:
             self._files[user].add(str(Path(path).resolve()))
+            self._files[user].add(Path(path).name)
 
     def allows(self, user: str | None, path: Path) -> bool:
         with self._lock:
-            return bool(user) and str(path) in self._files.get(user, ())
+            mine = self._files.get(user, ()) if user else ()
+            return str(path) in mine or path.name in mine
 
 
 def user_from_scope(policy: AccessPolicy, scope: dict) -> str | None:

@@ -1,0 +1,70 @@
+"""``python -m studio study ...``: human-evaluation studies from the command line."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def cmd_study(args) -> int:
+    from . import humaneval as he
+    from .cli import _author, _print, _workspace
+
+    ws = _workspace(args)
+    if args.action == "list":
+        rows = ws.store.studies()
+        _print(rows, args.json, "\n".join(f"{s['name']:<24} {s['status']:<7} {s['items']:>5} items  {s['annotators']:>3} "
+                                          f"annotators  {s['done']}/{s['assigned']} done" for s in rows) or "No studies yet.")
+        return 0
+    if not args.name:
+        raise ValueError(f"study {args.action} needs --name")
+    if args.action == "create":
+        sources = [x for x in (args.eval_run is not None, bool(args.generations), bool(args.batch), args.file is not None,
+                               args.all_generations) if x]
+        if len(sources) != 1:
+            raise ValueError("give one source: --eval-run N, --generations IDS, --batch B, --all-generations or --file F")
+        if args.file is not None:
+            samples, source = he.samples_from_file(ws, args.file, args.name), f"file:{args.file.name}"
+        else:
+            ids = [int(x) for x in args.generations.split(",") if x.strip()] if args.generations else None
+            samples = he.samples_from_generations(ws, ids, args.batch, args.eval_run)
+            source = (f"evaluation run {args.eval_run}" if args.eval_run is not None else
+                      f"generations {args.generations}" if ids else f"batch {args.batch}" if args.batch else "all generations")
+        annotators = [a for a in (args.annotators or "").split(",") if a.strip()]
+        result = he.create_study(ws, args.name, samples, annotators, per_item=args.per_item, duplicates=args.duplicates,
+                                 seed=args.seed, instructions=args.instructions or he.DEFAULT_INSTRUCTIONS, source=source,
+                                 created_by=_author(args))
+        _print(result, args.json)
+        return 0
+    if args.action in ("open", "close"):
+        s = he.set_status(ws, args.name, "open" if args.action == "open" else "closed")
+        print(f"study {s['name']!r} is {s['status']}", file=sys.stderr)
+        return 0
+    if args.action == "results":
+        res = he.results(ws, args.name)
+        _print(res, args.json, he.table3_markdown(res))
+        return 0
+    if args.action == "export":
+        _print(he.export(ws, args.name, args.out), args.json)
+        return 0
+    s = he.get_study(ws, args.name)
+    _print(s, args.json)
+    return 0
+
+
+def add_commands(sub, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("study", parents=[common], help="human-evaluation studies: create, open, close, results, export")
+    p.add_argument("action", choices=["create", "open", "close", "list", "show", "results", "export"])
+    p.add_argument("--name")
+    p.add_argument("--eval-run", type=int, default=None, help="create: the samples of an evaluation run")
+    p.add_argument("--generations", default="", help="create: comma-separated generated-sample ids")
+    p.add_argument("--batch", default="", help="create: one generation batch")
+    p.add_argument("--all-generations", action="store_true", help="create: every generated sample")
+    p.add_argument("--file", type=Path, default=None, help="create: JSONL of image, face, prompt, model")
+    p.add_argument("--annotators", default="", help="create: comma-separated user names (users file or HF users)")
+    p.add_argument("--per-item", type=int, default=3, help="create: annotators per item (default 3)")
+    p.add_argument("--duplicates", type=int, default=0, help="create: items shown twice, for self-consistency")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--instructions", default=None)
+    p.add_argument("--out", type=Path, default=None, help="export: folder (default <workspace>/exports/studies/...)")
+    p.set_defaults(func=cmd_study)
