@@ -186,20 +186,22 @@ def parse_score(value, criterion: str) -> int:
 
 def annotator_study(ws: Workspace, study: str, annotator: str) -> dict:
     """The open study ``study`` (name or id) as assigned to ``annotator``; refused otherwise."""
-    s = ws.store.study(study) if not str(study).isdigit() else ws.store.study_by_id(int(study))
-    mine = {x["id"]: x for x in ws.store.annotator_studies(annotator)}
-    if s is None or s["id"] not in mine:
-        if s is not None and s["status"] != "open":
-            raise ValueError(f"study {s['name']!r} is {s['status']}")
+    s = ws.store.annotator_study(int(study) if str(study).isdigit() else str(study), annotator)
+    if s is None or not s["assigned"]:
         raise ValueError("no open study of that name is assigned to you")
-    return mine[s["id"]]
+    if s["status"] != "open":
+        raise ValueError(f"study {s['name']!r} is {s['status']}")
+    return s
 
 
-def item_for(ws: Workspace, study_id: int, annotator: str, position: int | None = None) -> dict:
-    """An annotator's item (the first unfinished one when ``position`` is None), marked as shown."""
+def item_for(ws: Workspace, study_id: int, annotator: str, position: int | None = None, after: int | None = None) -> dict:
+    """An annotator's item, marked as shown: at ``position``; else the first unfinished one after ``after``
+    (then from the start); else the first unfinished one; the last when all are done."""
     done, total, first = ws.store.annotator_progress(study_id, annotator)
+    if position is None and after is not None and first is not None:
+        position = ws.store.next_unfinished(study_id, annotator, after)
     if position is None:
-        position = first if first is not None else total
+        position = first if first is not None else (after or total)
     position = max(1, min(int(position), total))
     a = ws.store.assignment(study_id, annotator, position)
     ws.store.mark_shown(study_id, annotator, position)

@@ -62,6 +62,15 @@ class StudiesMixin:
                WHERE s.status = 'open' GROUP BY s.id ORDER BY s.id""", (annotator,)).fetchall()
         return [dict(r) for r in rows]
 
+    def annotator_study(self, study: str | int, annotator: str) -> dict | None:
+        """A study (by name or id) with whether ``annotator`` has items in it: one indexed lookup, no counting."""
+        col = "id" if isinstance(study, int) else "name"
+        r = self.conn.execute(
+            f"""SELECT s.id, s.name, s.status, s.instructions,
+                       EXISTS (SELECT 1 FROM study_assignments a WHERE a.study_id = s.id AND a.annotator = ?) AS assigned
+                FROM studies s WHERE s.{col} = ?""", (annotator, study)).fetchone()
+        return dict(r) if r else None
+
     def annotator_progress(self, study_id: int, annotator: str) -> tuple[int, int, int | None]:
         """(done, total, first position not yet fully scored or None)."""
         total, done = self.conn.execute(

@@ -55,7 +55,7 @@ KEYBOARD_JS = """
 })();
 </script>
 """
-CSS = ".scale-active { outline: 3px solid var(--color-accent); border-radius: 6px; }"
+CSS = ".scale-active { box-shadow: 0 0 0 3px var(--color-accent, #f97316) !important; border-radius: 6px; }"
 
 
 @dataclass
@@ -156,15 +156,15 @@ def _served(ctx: StudioContext, user: str, rel: str) -> str | None:
     return path
 
 
-def item_payload(ctx: StudioContext, user: str, study_id: int, position=None) -> dict:
+def item_payload(ctx: StudioContext, user: str, study_id: int, position=None, after=None) -> dict:
     """What an annotator may see of their item (no model, no file names)."""
-    it = he.item_for(ctx.ws, study_id, user, position)
+    it = he.item_for(ctx.ws, study_id, user, position, after)
     return {k: it[k] for k in ("position", "total", "done", "finished", "prompt", "scores", "comment", "missing")} | {
         "_face": it["face_path"], "_image": it["image_path"]}
 
 
-def item_outputs(ctx: StudioContext, user: str, study: dict, position=None) -> tuple:
-    p = item_payload(ctx, user, study["id"], position)
+def item_outputs(ctx: StudioContext, user: str, study: dict, position=None, after=None) -> tuple:
+    p = item_payload(ctx, user, study["id"], position, after)
     text = f"**{p['done']} / {p['total']} done** · item {p['position']}"
     if p["finished"]:
         text += " · all items scored: thank you! You can still go back and change a score."
@@ -246,8 +246,7 @@ def wire(ctx: StudioContext, t: AnnotateTab, demo: gr.Blocks) -> None:
         scores = {c: v for c, v in zip(CRITERIA, values) if v not in (None, "")}
         if scores or comment:
             he.save(ctx.ws, study["id"], user, position, scores, comment or None)
-        nxt = next_position(ctx, study["id"], user, int(position or 0))
-        return item_outputs(ctx, user, study, nxt)
+        return item_outputs(ctx, user, study, after=int(position or 0))
 
     t.save.click(on_save, [t.study, t.position, t.comment, *t.scales.values()], item_out, **fast)
 
@@ -339,8 +338,7 @@ def wire(ctx: StudioContext, t: AnnotateTab, demo: gr.Blocks) -> None:
         user = _who(ctx, request)
         s = he.annotator_study(ctx.ws, study, user)
         saved = he.save(ctx.ws, s["id"], user, position, scores, comment)
-        nxt = next_position(ctx, s["id"], user, int(position))
-        item = {k: v for k, v in item_payload(ctx, user, s["id"], nxt).items() if not k.startswith("_")}
+        item = {k: v for k, v in item_payload(ctx, user, s["id"], after=int(position)).items() if not k.startswith("_")}
         return {"saved": saved, "next": item}
 
     @api_errors
@@ -361,11 +359,3 @@ def wire(ctx: StudioContext, t: AnnotateTab, demo: gr.Blocks) -> None:
     gr.api(study_results_api, api_name="study_results")
     gr.api(study_status_api, api_name="study_status")
 
-
-def next_position(ctx: StudioContext, study_id: int, user: str, position: int) -> int | None:
-    """After saving item ``position``: the next unfinished item after it, else the first unfinished, else the same."""
-    done, total, first = ctx.ws.store.annotator_progress(study_id, user)
-    if first is None:
-        return position
-    later = ctx.ws.store.next_unfinished(study_id, user, position)
-    return later if later is not None else first
