@@ -120,8 +120,15 @@ def test_refusals_for_annotators_and_bad_scores(annotate_app):
             c.predict(**kwargs, api_name=api)
     assert ws.store.study("blind")["status"] == "open"
     admin = client(url, "ada")
-    res = admin.predict(study="load", api_name="/study_results")
-    assert res["scores"] == 2000 and {r["model"] for r in res["table3"]} == set(MODELS)
+    admin.predict(study="draft-only", status="open", api_name="/study_status")
+    ann = client(url, "ann")
+    assert ann.predict(study="draft-only", position=1, scores={"quality": 4}, api_name="/annotate_save")["saved"]["done"] is False
+    admin.predict(study="draft-only", status="closed", api_name="/study_status")
+    with pytest.raises(Exception, match="closed"):
+        ann.predict(study="draft-only", position=1, scores={"quality": 2}, api_name="/annotate_save")
+    res = admin.predict(study="draft-only", api_name="/study_results")
+    assert res["scores"] == 1 and res["study"]["status"] == "closed"
+    assert [(r["criterion"], r["n"]) for r in res["table3"]] == [("quality", 1)] and res["table3"][0]["model"] in MODELS
 
 
 def test_annotator_scores_with_the_keyboard_resumes_after_reload_and_never_sees_a_model(annotate_app, tmp_path):

@@ -111,6 +111,23 @@ def test_two_models_two_lambdas_three_items_table_curve_report_and_resume(eval_w
     out = _cli(ws, "report", "--quiet")
     assert out.returncode == 0 and (ws.root / "exports" / "report.md").is_file()
 
+    # a human-evaluation study of this run's samples, and of every generated sample, from the CLI
+    from studio.cli import main
+
+    w = ["--workspace", str(ws.root)]
+    assert main(["study", "create", "--name", "h1", "--eval-run", str(run_id), "--annotators", "ann1,ann2",
+                 "--per-item", "2", "--duplicates", "2", *w]) == 0
+    study = ws.store.study("h1")
+    assert study["items"] == 14 and study["assigned"] == 28 and study["status"] == "draft"
+    items = ws.store.study_items(study["id"])
+    assert {i["model"] for i in items} == {"tiny", "tiny-b"}
+    assert all((ws.root / i["face_path"]).is_file() and (ws.root / i["image_path"]).is_file() for i in items)
+    assert main(["study", "create", "--name", "all", "--all-generations", "--annotators", "ann1", *w]) == 0
+    assert ws.store.study("all")["items"] == len(ws.store.generations())
+    assert main(["study", "create", "--name", "bad", "--eval-run", "9999", "--annotators", "a", *w]) == 2
+    assert main(["study", "open", "--name", "h1", *w]) == 0 and ws.store.study("h1")["status"] == "open"
+    assert main(["study", "results", "--name", "h1", *w]) == 0
+
 
 def test_testsets_from_a_split_and_from_a_file_with_bad_rows(eval_ws, photos, tmp_path, capsys):
     ws = eval_ws
