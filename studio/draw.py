@@ -24,6 +24,8 @@ def draw_faces(rgb: np.ndarray, faces, subject: int | None = 0) -> Image.Image:
 
 # The IdentityNet was trained on this rendering: on black, a stick from each eye and mouth corner
 # to the nose (coloured like the outer point, dimmed to 60%), then a filled disc per keypoint.
+# Coordinates, half-length and angle are truncated with int(), as the reference drawing does:
+# rounding instead moves sticks and discs by a pixel, which the IdentityNet never saw.
 KPS_STICKS = ((0, 2), (1, 2), (3, 2), (4, 2))
 
 
@@ -39,10 +41,10 @@ def draw_kps(width: int, height: int, kps, stick_width: int = 4, radius: int = 1
         (xa, ya), (xb, yb) = pts[a], pts[b]
         length = math.hypot(xa - xb, ya - yb)
         angle = math.degrees(math.atan2(ya - yb, xa - xb))
-        centre = (int(round((xa + xb) / 2)), int(round((ya + yb) / 2)))
-        poly = cv2.ellipse2Poly(centre, (int(round(length / 2)), stick_width), int(round(angle)), 0, 360, 1)
+        centre = (int((xa + xb) / 2), int((ya + yb) / 2))
+        poly = cv2.ellipse2Poly(centre, (int(length / 2), stick_width), int(angle), 0, 360, 1)
         cv2.fillConvexPoly(canvas, poly, KPS_COLORS[a])
     canvas = (canvas * 0.6).astype(np.uint8)
     for (x, y), color in zip(pts, KPS_COLORS):
-        cv2.circle(canvas, (int(round(x)), int(round(y))), radius, color, -1)
+        cv2.circle(canvas, (int(x), int(y)), radius, color, -1)
     return Image.fromarray(canvas)

@@ -156,6 +156,9 @@ def test_thumbnails_are_whole_photos_and_a_mistake_keeps_the_gallery(browser, se
     page.get_by_text("9 images match").wait_for(timeout=30_000)
     page.wait_for_function("document.querySelectorAll('#browse-gallery button.thumbnail-item img').length >= 9",
                            timeout=30_000)
+    # the images are in the page before they are decoded: wait until every one has its natural size
+    page.wait_for_function("[...document.querySelectorAll('#browse-gallery button.thumbnail-item img')]"
+                           ".every(e => e.complete && e.naturalWidth > 0)", timeout=30_000)
     fits = page.locator("#browse-gallery button.thumbnail-item img").evaluate_all(
         "els => els.map(e => [getComputedStyle(e).objectFit, e.naturalWidth, e.naturalHeight])")
     assert {f[0] for f in fits} == {"contain"}
