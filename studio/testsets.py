@@ -187,6 +187,7 @@ def import_testset(ws: Workspace, path: Path, name: str, kind: str, *, face_pack
     compiled = compile_vocabulary({k: v for k, v in workspace_vocabulary(ws).items() if k in SCORED_ATTRIBUTES})
     dest = ws.root / "testsets" / hashlib.sha256(name.encode()).hexdigest()[:12]
     items, problems = [], []
+    kept: dict[int, dict] | None = None
     for n, row in (track(rows, desc="test items") if track else rows):
         where = f"{path.name} line {n}"
         try:
@@ -205,10 +206,11 @@ def import_testset(ws: Workspace, path: Path, name: str, kind: str, *, face_pack
                 raise ValueError("input is missing")
             if source.startswith("image:"):
                 image_id = int(source[6:])
-                cands = [c for c in ws.store.testset_candidates(None, None) if c["id"] == image_id]
-                if not cands:
+                if kept is None:  # read once for the whole file, not once per row
+                    kept = {c["id"]: c for c in ws.store.testset_candidates(None, None)}
+                c = kept.get(image_id)
+                if c is None:
                     raise ValueError(f"workspace image {image_id} is not a kept, analysed photo")
-                c = cands[0]
                 if _pack(c) != pack.name:
                     raise ValueError(f"workspace image {image_id} was analysed with pack {_pack(c)}, not {pack.name}")
                 item.update(_item(c, prompt, attribute), person=item["person"] or c["person"])
