@@ -185,3 +185,18 @@ def test_annotator_scores_with_the_keyboard_resumes_after_reload_and_never_sees_
         for m in MODELS:
             assert m not in text, f"{m} reached the annotator's browser: {text[:200]}"
     assert any("annotate" in s or "gradio_api" in s for s in seen)  # the replies were looked at
+
+
+@pytest.mark.parametrize("endpoint, data", [("annotate_studies", []), ("annotate_item", ["blind", None]),
+                                            ("annotate_save", ["blind", 1, {"quality": 3}, None]),
+                                            ("study_results", ["blind"]), ("study_status", ["blind", "closed"])])
+def test_visitor_without_login_gets_nothing(annotate_app, endpoint, data):
+    import httpx
+
+    ws, url = annotate_app
+    before = ws.store.study("blind")
+    r = httpx.post(f"{url}gradio_api/run/{endpoint}", json={"data": data}, timeout=30)
+    assert r.status_code in (401, 403), r.text
+    assert not any(m in r.text for m in MODELS) and "prompt" not in r.text
+    assert ws.store.study("blind") == before  # nothing changed
+
