@@ -52,7 +52,8 @@ def eval_config(args):
                       baseline=args.baseline, steps=args.steps, guidance=args.guidance,
                       identitynet_scale=args.identitynet_scale, width=args.width, height=args.height, seed=args.seed,
                       negative_prompt=args.negative_prompt, clip_model=args.clip_model,
-                      clip_pretrained=args.clip_pretrained or None, n_boot=args.n_boot, device=args.device)
+                      clip_pretrained=args.clip_pretrained or None, n_boot=args.n_boot, device=args.device,
+                      allow_pack_mismatch=args.allow_pack_mismatch)
 
 
 def cmd_evaluate(args) -> int:
@@ -124,6 +125,8 @@ def add_commands(sub, common: argparse.ArgumentParser) -> None:
                    help="pretrained tag or weights file for a built-in model name (default openai)")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")
     p.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
+    p.add_argument("--allow-pack-mismatch", action="store_true",
+                   help="evaluate a model with faces from a pack other than the one it was trained on (recorded)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("report", parents=[common], help="the paper's Tables 1-3 for this workspace, as Markdown")

@@ -50,6 +50,7 @@ class EvalConfig:
     clip_pretrained: str | None = DEFAULT_CLIP_PRETRAINED
     n_boot: int = 1000
     device: str | None = None
+    allow_pack_mismatch: bool = False
 
     def validate(self) -> None:
         if not self.testsets:
@@ -89,13 +90,21 @@ class EvalConfig:
             args += ["--baseline", self.baseline]
         if self.device:
             args += ["--device", self.device]
+        if self.allow_pack_mismatch:
+            args += ["--allow-pack-mismatch"]
         return args
+
+
+#: Settings added after evaluation runs existed, with the values those runs used: left out of a
+#: sample's key while they keep that value, so the samples already made are reused.
+_LATER_SETTINGS = {"long_side": 1280, "face_margin": 0.0, "style": "(No style)", "scheduler": "Euler"}
 
 
 def sample_key(spec: dict, item: dict, settings: GenerationSettings) -> str:
     """Everything that decides a sample's pixels: model parts, item (face + prompt), settings."""
+    s = {k: v for k, v in dataclasses.asdict(settings).items() if _LATER_SETTINGS.get(k, object()) != v}
     payload = json.dumps({"model": spec, "item": item["id"], "face": hashlib.sha256(item["embedding"].tobytes()).hexdigest(),
-                          "kps": item["face"]["kps"], "settings": dataclasses.asdict(settings)}, sort_keys=True)
+                          "kps": item["face"]["kps"], "settings": s}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
@@ -117,6 +126,10 @@ def evaluate(ws: Workspace, cfg: EvalConfig, run_id: int, *, author: str = "stud
     packs = sorted({t["pack"] for t, _ in sets})
     if len(packs) > 1:
         raise ValueError(f"the test sets' faces come from different face packs {packs}: Face Sim needs one")
+    from .generate import check_face_pack
+
+    for spec in specs:
+        check_face_pack(spec, packs[0], cfg.allow_pack_mismatch)
     try:
         pack = resolve_pack(packs[0])
     except MissingModelError as exc:
@@ -129,7 +142,7 @@ def evaluate(ws: Workspace, cfg: EvalConfig, run_id: int, *, author: str = "stud
             for lam in cfg.lambdas:
                 for item in items:
                     s = cfg.settings(item["prompt"], lam, item["idx"])
-                    plan.append((sample_key(spec.to_dict(), item, s), t, item, spec, s))
+                    plan.append((sample_key(spec.weights_key(), item, s), t, item, spec, s))
     keys = [p[0] for p in plan]
     # the scorer first: a missing CLIP model fails the run before any GPU time is spent on samples
     scorer = Scorer(clip or load_clip(ClipSpec(cfg.clip_model, cfg.clip_pretrained), cfg.device), FaceAnalyzer(pack))
@@ -179,7 +192,7 @@ def generate_samples(ws: Workspace, todo: list, cfg: EvalConfig, run_id: int, au
         f = item["face"]
         face = FaceCondition(item["embedding"], np.asarray(f["kps"], np.float64), tuple(f["bbox"]), tuple(f["size"]),
                              1, f"testset:{t['name']}#{item['idx']}", t["pack"])
-        kps_image, mask = control_inputs(face, s.width, s.height)
+        kps_image, mask = control_inputs(face, s.width, s.height, strict=False)
         image = model(face.embedding, kps_image, s, mask=mask)
         buf = io.BytesIO()
         image.save(buf, format="PNG")

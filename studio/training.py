@@ -309,6 +309,22 @@ def check_start(ws: Workspace, cfg: TrainConfig, run_id: int | None = None):
     return models[cfg.model]
 
 
+def manifest_face_pack(manifest: Path) -> str | None:
+    """The face pack of a manifest's conditioning embeddings (the first line that records one)."""
+    try:
+        with open(manifest, encoding="utf-8") as fh:
+            for line in fh:
+                try:
+                    pack = json.loads(line).get("face_pack")
+                except (ValueError, AttributeError):
+                    continue
+                if pack:
+                    return str(pack).split(":")[0]
+    except OSError:
+        return None
+    return None
+
+
 def train(ws: Workspace, cfg: TrainConfig, handle, author: str, log=print) -> dict:
     """Run training as run ``handle.run_id``: launch, watch, stop on cancel, register the result."""
     from .generate import register_model
@@ -360,7 +376,8 @@ def train(ws: Workspace, cfg: TrainConfig, handle, author: str, log=print) -> di
         cause = (ours or others or list(tail)[-1:] or ["no output"])[-1]
         raise TrainingError(f"training exited with code {proc.returncode}: {cause}")
     losses = [r for r in rows if "loss" in r]
-    new = ModelSpec(cfg.name, base=spec.base, identitynet=str(out), ip_adapter=str(out / "ip-adapter.bin"))
+    new = ModelSpec(cfg.name, base=spec.base, identitynet=str(out), ip_adapter=str(out / "ip-adapter.bin"),
+                    face_pack=manifest_face_pack(manifest) or spec.face_pack, lcm_lora=spec.lcm_lora)
     register_model(ws, new)
     return {"model": cfg.name, "output_dir": str(out), "steps": losses[-1]["step"] if losses else 0,
             "final_loss": losses[-1]["loss"] if losses else None, "card": str(out / "training_card.json"),

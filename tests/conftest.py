@@ -178,7 +178,9 @@ def tiny_spec(tmp_path_factory):
 
     torch.set_num_threads(1)
     root = build_tiny_instantid(tmp_path_factory.mktemp("tiny_instantid"))
-    return ModelSpec("tiny", base=str(root / "base"), identitynet=str(root), ip_adapter=str(root / "ip-adapter.bin"))
+    # like one of our own training runs on the bundled pack's embeddings (the tests' face pack)
+    return ModelSpec("tiny", base=str(root / "base"), identitynet=str(root), ip_adapter=str(root / "ip-adapter.bin"),
+                     face_pack="bundled", lcm_lora=str(root / "lcm-lora"))
 
 
 @pytest.fixture(scope="session")

@@ -33,7 +33,8 @@ def eval_ws(tmp_path, pairs_ws_template, tiny_spec):
     state = torch.load(tiny_spec.ip_adapter, weights_only=True)
     other = tmp_path / "ip-adapter-b.bin"
     torch.save({part: {k: v * 3 for k, v in d.items()} for part, d in state.items()}, other)
-    register_model(ws, ModelSpec("tiny-b", base=tiny_spec.base, identitynet=tiny_spec.identitynet, ip_adapter=str(other)))
+    register_model(ws, ModelSpec("tiny-b", base=tiny_spec.base, identitynet=tiny_spec.identitynet, ip_adapter=str(other),
+                                 face_pack="bundled"))
     return ws
 
 

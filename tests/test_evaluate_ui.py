@@ -23,7 +23,7 @@ def eval_app(pairs_ws_template, tmp_path_factory, tiny_spec, tiny_clip_dir, user
     state = torch.load(tiny_spec.ip_adapter, weights_only=True)
     torch.save({part: {k: v * 3 for k, v in d.items()} for part, d in state.items()}, root / "b.bin")
     register_model(ws, ModelSpec("tiny-b", base=tiny_spec.base, identitynet=tiny_spec.identitynet,
-                                 ip_adapter=str(root / "b.bin")))
+                                 ip_adapter=str(root / "b.bin"), face_pack="bundled"))
     build_testset(ws, "smiles", "customization", persons=["obama"], ask=["smiling"], per_person=2)
     ws.store.close()
     with running_app(ws.root, "--auth", str(users_file)) as url:

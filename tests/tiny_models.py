@@ -97,8 +97,27 @@ def build_tiny_instantid(root: Path, seed: int = 0) -> Path:
                 p.normal_(0, 0.05)
     StableDiffusionXLPipeline(**parts).save_pretrained(root / "base")
     controlnet.save_pretrained(root / "ControlNetModel")
+    build_tiny_lora(parts["unet"], root / "lcm-lora", seed)
     torch.save(random_ip_adapter(parts["unet"], seed), root / "ip-adapter.bin")
     return root
+
+
+def build_tiny_lora(unet, out: Path, seed: int = 0) -> Path:
+    """A LoRA for the tiny UNet's attention projections, saved by diffusers' own LoRA writer in the
+    layout of SDXL's LCM-LoRA (``pytorch_lora_weights.safetensors``); random, so it changes the output."""
+    import copy
+
+    import torch
+    from diffusers import StableDiffusionXLPipeline
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    torch.manual_seed(seed + 2)
+    unet = copy.deepcopy(unet)
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
+                                target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    StableDiffusionXLPipeline.save_lora_weights(out, unet_lora_layers=get_peft_model_state_dict(unet))
+    return out
 
 
 TINY_CLIP_CONFIG = {
