@@ -12,10 +12,10 @@ from conftest import REPO, USERS, running_app
 from PIL import Image
 
 from studio.faces import FaceAnalyzer
-from studio.generate import (NoFaceError, control_inputs, face_from_photo, face_from_workspace, generate,
+from studio.generate import (FramingError, NoFaceError, control_inputs, face_from_photo, face_from_workspace, generate,
                              register_model)
 from studio.images import load_rgb
-from studio.instantid import GenerationSettings, ModelCache
+from studio.instantid import GenerationSettings, ModelCache, photo_framing
 
 SMALL = dict(steps=2, width=64, height=64)
 
@@ -25,6 +25,73 @@ def test_largest_face_is_used_and_said(photos, pack):
     assert face.faces_found == 6 and "6 faces found; using the largest" in face.note
     with pytest.raises(NoFaceError, match="no face found"):
         face_from_photo(np.full((128, 128, 3), 200, np.uint8), FaceAnalyzer(pack), "blank")
+
+
+def test_another_face_can_be_chosen(photos, pack):
+    """Face # counts by size, 0 = largest; an index past the last face is refused with the range."""
+    rgb = load_rgb(photos["t1"]).rgb
+    faces = FaceAnalyzer(pack).analyze(rgb)
+    third = face_from_photo(rgb, FaceAnalyzer(pack), "upload", index=2)
+    assert third.bbox == tuple(faces[2]["bbox"]) and third.bbox != tuple(faces[0]["bbox"])
+    assert np.allclose(third.embedding, faces[2]["embedding"]) and "using face #2" in third.note
+    with pytest.raises(ValueError, match=r"face #6 asked for, but the photo has 6 face\(s\): choose 0 to 5"):
+        face_from_photo(rgb, FaceAnalyzer(pack), "upload", index=6)
+
+
+def test_photo_framing_never_crops_the_face_out(photos, pack, tmp_path):
+    """A tall phone-like photo with the face near the top: the old square centre-crop cut the keypoints out.
+    The default (the demo's framing) keeps the whole photo; an explicit square is refused, naming the fix."""
+    face_img = Image.open(photos["obama"]).convert("RGB")
+    tall = Image.new("RGB", (face_img.width, face_img.width * 3), (120, 120, 120))
+    tall.paste(face_img, (0, 0))
+    face = face_from_photo(np.asarray(tall), FaceAnalyzer(pack), "tall")
+    with pytest.raises(FramingError, match="cuts the face's keypoints out of the frame: leave width/height empty"):
+        control_inputs(face, 1024, 1024)
+    kps_img, mask = control_inputs(face, long_side=1280)
+    assert kps_img.size == photo_framing(*face.size) and kps_img.size[1] == 1280
+    arr = np.asarray(kps_img)
+    assert (arr.sum(axis=2) > 0).sum() > 200  # all five keypoints drawn inside the frame
+    sx, sy = kps_img.size[0] / face.size[0], kps_img.size[1] / face.size[1]
+    nose = face.kps[2] * [sx, sy]
+    assert tuple(arr[int(nose[1]), int(nose[0])]) == (0, 0, 255)
+    assert mask[int(nose[1]), int(nose[0])] == 1 and mask.shape == (1280, kps_img.size[0])
+
+
+def test_face_pack_mismatch_is_refused_unless_allowed(curated_ws, tiny_spec):
+    """The released weights expect antelopev2 embeddings; a bundled-pack face is refused, with how to get
+    antelopev2; allowed explicitly, every saved sample records the mismatch."""
+    import dataclasses
+
+    released_like = dataclasses.replace(tiny_spec, name="expects-antelopev2", face_pack="antelopev2")
+    row = next(r for r in curated_ws.store.image_table() if r["source"].endswith("/obama.jpg"))
+    face = face_from_workspace(curated_ws, row["id"])
+    assert face.pack == "bundled"
+    settings = GenerationSettings(prompt="a man", **SMALL)
+    with pytest.raises(ValueError, match="trained on 'antelopev2' face embeddings.*'bundled' face pack.*"
+                                         "models --download antelopev2.*--allow-pack-mismatch"):
+        generate(curated_ws, ModelCache("cpu"), [released_like], face, settings)
+    samples = generate(curated_ws, ModelCache("cpu"), [released_like, tiny_spec], face, settings,
+                       allow_pack_mismatch=True)
+    rows = {r["model"]: r for r in curated_ws.store.generations(batch=samples[0].path.parent.name)}
+    assert rows["expects-antelopev2"]["face"]["pack_mismatch"] == {"model_expects": "antelopev2", "used": "bundled"}
+    assert "pack_mismatch" not in rows["tiny"]["face"]  # the model trained on this pack: nothing to record
+
+
+def test_pose_reference_drives_the_keypoints_and_the_frame(curated_ws, tiny_spec):
+    obama = next(r for r in curated_ws.store.image_table() if r["source"].endswith("/obama.jpg"))
+    biden = next(r for r in curated_ws.store.image_table() if r["source"].endswith("/biden.jpg"))
+    face, pose = face_from_workspace(curated_ws, obama["id"]), face_from_workspace(curated_ws, biden["id"])
+    settings = GenerationSettings(prompt="a man", steps=2, long_side=128)
+    cache = ModelCache("cpu")
+    plain = generate(curated_ws, cache, [tiny_spec], face, settings)[0]
+    posed = generate(curated_ws, cache, [tiny_spec], face, settings, pose=pose)[0]
+    assert Image.open(posed.path).size == photo_framing(*pose.size, long_side=128)
+    assert Image.open(plain.path).size == photo_framing(*face.size, long_side=128)
+    row = curated_ws.store.generations(batch=posed.path.parent.name)[0]
+    assert row["face"]["pose"]["reference"] == f"workspace:{biden['id']}" and row["settings"]["framing"] == "photo"
+    assert row["face"]["bbox"] == face.describe()["bbox"]  # identity still from the reference
+    same_frame = generate(curated_ws, cache, [tiny_spec], face, settings, pose=face)[0]
+    np.testing.assert_array_equal(np.asarray(Image.open(same_frame.path)), np.asarray(Image.open(plain.path)))
 
 
 def test_control_inputs_follow_the_face(curated_ws):
@@ -74,7 +141,13 @@ def test_cli_generate(curated_ws, tiny_spec, photos, tmp_path):
     reg = studio("register-model", "tiny", "--base", tiny_spec.base, "--identitynet", tiny_spec.identitynet,
                  "--ip-adapter", tiny_spec.ip_adapter, "--json")
     assert reg.returncode == 0, reg.stderr
-    assert json.loads(reg.stdout)["missing"] == []
+    assert json.loads(reg.stdout)["missing"] == [] and json.loads(reg.stdout)["registered"]["face_pack"] == "antelopev2"
+    refused = studio("generate", "--model", "tiny", "--reference", str(photos["astronaut"]), "--prompt", "x",
+                     "--steps", "2", "--width", "64", "--height", "64")
+    assert refused.returncode == 2 and "trained on 'antelopev2' face embeddings" in refused.stderr
+    reg = studio("register-model", "tiny", "--base", tiny_spec.base, "--identitynet", tiny_spec.identitynet,
+                 "--ip-adapter", tiny_spec.ip_adapter, "--trained-face-pack", "bundled", "--json")
+    assert reg.returncode == 0 and json.loads(reg.stdout)["registered"]["face_pack"] == "bundled"
     out = studio("generate", "--model", "tiny", "--reference", str(photos["astronaut"]), "--prompt", "an astronaut smiling",
                  "--sweep", "0,1", "--steps", "2", "--width", "64", "--height", "64", "--json")
     assert out.returncode == 0, out.stderr
@@ -84,6 +157,12 @@ def test_cli_generate(curated_ws, tiny_spec, photos, tmp_path):
     assert bad.returncode == 2 and "missing weights" in bad.stderr and "Traceback" not in bad.stderr
     nobody = studio("generate", "--model", "nope", "--image-id", "1", "--prompt", "x")
     assert nobody.returncode == 2 and "unknown model" in nobody.stderr
+    offline = subprocess.run([sys.executable, "-m", "studio", "models", "--download", "crossfaceid"], cwd=REPO,
+                             env={**env, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True)
+    assert offline.returncode == 2 and "Traceback" not in offline.stderr
+    assert ("download of Super-shuhe/CrossFaceID-InstantID failed" in offline.stderr and
+            "hf download Super-shuhe/CrossFaceID-InstantID --include 'ControlNetModel/*' 'controlnet/*' "
+            "'ip-adapter.bin' 'pytorch_model.bin'" in offline.stderr)
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +183,9 @@ def served_generate(tmp_path_factory, curation_source, pack, users_file, tiny_sp
     analyze(ws, pack=pack)
     curate(ws)
     register_model(ws, tiny_spec)
+    import dataclasses
+
+    register_model(ws, dataclasses.replace(tiny_spec, name="tiny-ante", face_pack="antelopev2"))
     with running_app(ws.root, "--auth", str(users_file), env={"OMP_NUM_THREADS": "1"}) as url:
         yield url, ws
 
@@ -120,7 +202,7 @@ def test_generate_tab_api(served_generate):
     result = admin.predict(prompt="a man laughing", models=["tiny"], image_id=obama, sweep="0, 0.5, 1", steps=2,
                            width=64, height=64, api_name="/generate")
     assert [s["label"] for s in result["samples"]] == ["tiny · λ=0", "tiny · λ=0.5", "tiny · λ=1"]
-    assert "bundled" in result["note"] and "antelopev2" in result["note"]
+    assert "from the 'bundled' face pack" in result["note"] and "mismatch" not in result["note"]
     assert all((ws.root / s["output"]).is_file() for s in result["samples"])
     with pytest.raises(AppError, match="missing weights"):
         admin.predict(prompt="x", models=["InstantID"], image_id=obama, steps=2, width=64, height=64, api_name="/generate")
@@ -134,3 +216,40 @@ def test_generate_tab_api(served_generate):
     annotator = Client(url, auth=("ann", USERS["ann"][1]), verbose=False)
     with pytest.raises(AppError, match="Access denied"):
         annotator.predict(prompt="x", models=["tiny"], image_id=obama, api_name="/generate")
+
+
+def test_generate_api_parity_with_the_demo(served_generate):
+    """Pose reference, style template, fast mode (the tiny LCM-LoRA through diffusers' loader), face choice
+    and the face-pack refusal, through gradio_client as a user's script would call them."""
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+
+    url, ws = served_generate
+    admin = Client(url, auth=("ada", USERS["ada"][1]), verbose=False)
+    table = ws.store.image_table()
+    obama = next(r["id"] for r in table if r["source"].endswith("/obama.jpg"))
+    biden = next(r["id"] for r in table if r["source"].endswith("/biden.jpg"))
+    crowd = next(r["id"] for r in table if r["source"].endswith("/players.jpg"))
+    base = dict(prompt="a man laughing", models=["tiny"], steps=2, long_side=128, api_name="/generate")
+
+    plain = admin.predict(image_id=obama, **base)["samples"][0]
+    assert plain["settings"]["width"] == 64 and plain["settings"]["height"] == 128  # the photo's framing
+    styled = admin.predict(image_id=obama, style="Film Noir", **base)["samples"][0]
+    assert styled["settings"]["style"] == "Film Noir"
+    fast = admin.predict(image_id=obama, fast=True, **{**base, "steps": None})["samples"][0]
+    assert (fast["settings"]["scheduler"], fast["settings"]["steps"], fast["settings"]["guidance"]) == ("LCM", 5, 1.5)
+    posed = admin.predict(image_id=obama, pose_image_id=biden, **base)
+    assert f"Pose from workspace:{biden}" in posed["note"] and posed["samples"][0]["face"]["pose"]
+    second = admin.predict(image_id=crowd, face_index=1, **base)
+    faces = ws.store.faces(crowd)
+    assert second["samples"][0]["face"]["bbox"] == [round(v, 1) for v in faces[1].bbox] and "face #1" in second["note"]
+    images = [np.asarray(Image.open(ws.root / r["output"])) for r in (plain, styled, fast)]
+    assert not np.array_equal(images[0], images[1]) and not np.array_equal(images[0], images[2])
+    with pytest.raises(AppError, match=f"face #{len(faces)} asked for"):
+        admin.predict(image_id=crowd, face_index=len(faces), **base)
+    with pytest.raises(AppError, match="unknown style"):
+        admin.predict(image_id=obama, style="Oil on canvas", **base)
+    with pytest.raises(AppError, match="trained on 'antelopev2' face embeddings"):
+        admin.predict(image_id=obama, **{**base, "models": ["tiny-ante"]})
+    allowed = admin.predict(image_id=obama, allow_pack_mismatch=True, **{**base, "models": ["tiny-ante"]})
+    assert "mismatch allowed" in allowed["note"] and allowed["samples"][0]["face"]["pack_mismatch"]["used"] == "bundled"

@@ -1,4 +1,9 @@
-"""Generate tab: reference face + prompt -> images with λ, one or two models side by side, λ sweeps."""
+"""Generate tab: reference face + prompt -> images with λ, one or two models side by side, λ sweeps.
+
+What users of the official InstantID demo expect is here too: an optional pose photo, style
+templates, fast mode (LCM-LoRA), a scheduler choice, and picking which detected face to use by
+clicking it.
+"""
 from __future__ import annotations
 
 import os
@@ -7,9 +12,10 @@ from dataclasses import dataclass
 import gradio as gr
 
 from ..generate import DEFAULT_SWEEP, generate_run, registered_models
-from ..instantid import GenerationSettings, missing_weights
-from ..zerogpu import gpu_function
+from ..instantid import (DEFAULT_STYLE, DEMO_NEGATIVE_PROMPT, FAST_GUIDANCE, FAST_STEPS, SCHEDULERS, STYLES,
+                         GenerationSettings, missing_weights)
 from ..validate import parse_id
+from ..zerogpu import gpu_function
 from .access import StudioContext, require_admin, username
 from .feedback import api_errors, keep_on_mistake
 
@@ -19,19 +25,29 @@ class GenerateTab:
     tab: gr.Tab
     reference: gr.Image
     image_id: gr.Textbox
+    faces: gr.AnnotatedImage
+    face_index: gr.Number
+    pose: gr.Image
+    pose_image_id: gr.Textbox
     prompt: gr.Textbox
+    style: gr.Dropdown
     ip_scale: gr.Slider
     models: gr.CheckboxGroup
     sweep: gr.Checkbox
     sweep_values: gr.Textbox
+    fast: gr.Checkbox
     negative: gr.Textbox
     strength: gr.Slider
     steps: gr.Slider
     guidance: gr.Slider
+    scheduler: gr.Dropdown
     seed: gr.Number
     width: gr.Number
     height: gr.Number
+    long_side: gr.Number
     face_only: gr.Checkbox
+    face_margin: gr.Slider
+    allow_mismatch: gr.Checkbox
     run: gr.Button
     note: gr.Markdown
     gallery: gr.Gallery
@@ -43,30 +59,47 @@ def build() -> GenerateTab:
         weights = gr.Markdown(elem_id="weights-status")
         with gr.Row():
             with gr.Column(scale=1):
-                reference = gr.Image(label="Reference face (upload)", type="numpy", height=280)
+                reference = gr.Image(label="Reference face (upload)", type="numpy", height=260)
                 image_id = gr.Textbox(label="…or a workspace image id", placeholder="e.g. 12")
+                faces = gr.AnnotatedImage(label="Faces found: click one to use it", height=220, visible=False,
+                                          elem_id="faces-found")
+                face_index = gr.Number(label="Face # (0 = largest; empty: the largest, or curation's subject)",
+                                       value=None, precision=0, minimum=0)
+                with gr.Accordion("Pose reference (optional)", open=False):
+                    pose = gr.Image(label="Photo whose face pose to follow", type="numpy", height=200)
+                    pose_image_id = gr.Textbox(label="…or a workspace image id", placeholder="e.g. 7")
             with gr.Column(scale=2):
                 prompt = gr.Textbox(label="Prompt", lines=2, placeholder="a photo of a person laughing, outdoors")
+                style = gr.Dropdown(list(STYLES), value=DEFAULT_STYLE, label="Style template")
                 ip_scale = gr.Slider(0.0, 1.5, value=0.8, step=0.05, label="λ: face (ID) weight", elem_id="lambda")
                 models = gr.CheckboxGroup(label="Models (one or two, same seed)", choices=[], elem_id="models")
                 with gr.Row():
                     sweep = gr.Checkbox(label="λ sweep", value=False)
                     sweep_values = gr.Textbox(label="λ values", value=", ".join(str(v) for v in DEFAULT_SWEEP))
+                fast = gr.Checkbox(label=f"Fast mode (LCM-LoRA, {FAST_STEPS} steps)", value=False)
                 with gr.Accordion("Advanced", open=False):
-                    negative = gr.Textbox(label="Negative prompt", value="")
+                    negative = gr.Textbox(label="Negative prompt", value=DEMO_NEGATIVE_PROMPT, lines=2)
                     strength = gr.Slider(0.0, 1.5, value=0.8, step=0.05, label="IdentityNet strength")
                     steps = gr.Slider(1, 100, value=30, step=1, label="Steps")
-                    guidance = gr.Slider(0.0, 15.0, value=5.0, step=0.5, label="Guidance scale")
+                    guidance = gr.Slider(0.0, 15.0, value=5.0, step=0.1, label="Guidance scale")
+                    scheduler = gr.Dropdown(list(SCHEDULERS), value="Euler", label="Scheduler")
                     with gr.Row():
                         seed = gr.Number(label="Seed", value=0, precision=0)
-                        width = gr.Number(label="Width", value=1024, precision=0)
-                        height = gr.Number(label="Height", value=1024, precision=0)
-                    face_only = gr.Checkbox(label="IdentityNet on the face region only", value=False)
+                        width = gr.Number(label="Width (empty: the photo's framing)", value=None, precision=0)
+                        height = gr.Number(label="Height (empty: the photo's framing)", value=None, precision=0)
+                        long_side = gr.Number(label="Long side (photo's framing)", value=1280, precision=0)
+                    with gr.Row():
+                        face_only = gr.Checkbox(label="IdentityNet and face attention on the face region only",
+                                                value=False)
+                        face_margin = gr.Slider(0.0, 1.0, value=0.0, step=0.05, label="Face region margin")
+                    allow_mismatch = gr.Checkbox(
+                        label="Use this face pack even if the model was trained on another (recorded)", value=False)
                 run = gr.Button("Generate", variant="primary")
         note = gr.Markdown(elem_id="generate-note")
         gallery = gr.Gallery(label="Results (model · λ)", columns=5, height="auto", elem_id="generated")
-    return GenerateTab(tab, reference, image_id, prompt, ip_scale, models, sweep, sweep_values, negative, strength,
-                       steps, guidance, seed, width, height, face_only, run, note, gallery, weights)
+    return GenerateTab(tab, reference, image_id, faces, face_index, pose, pose_image_id, prompt, style, ip_scale, models,
+                       sweep, sweep_values, fast, negative, strength, steps, guidance, scheduler, seed, width, height,
+                       long_side, face_only, face_margin, allow_mismatch, run, note, gallery, weights)
 
 
 def weights_status(ctx: StudioContext) -> tuple[str, list[str]]:
@@ -75,7 +108,8 @@ def weights_status(ctx: StudioContext) -> tuple[str, list[str]]:
     lines = []
     for name, spec in models.items():
         missing = missing_weights(spec)
-        lines.append(f"- **{name}**: " + ("ready" if not missing else "missing weights:\n" + "\n".join(f"    - {m}" for m in missing)))
+        state = "ready" if not missing else "missing weights:\n" + "\n".join(f"    - {m}" for m in missing)
+        lines.append(f"- **{name}** (face pack {spec.face_pack}): {state}")
     return "**Models**\n" + "\n".join(lines), list(models)
 
 
@@ -84,36 +118,101 @@ def _on_gpu(work):
     return work()
 
 
+def _optional_int(value, name: str) -> int | None:
+    if value is None or str(value).strip() == "":
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a whole number, got {value!r}") from None
+
+
 def run_generation(ctx: StudioContext, reference, image_id, prompt, ip_scale, model_names, sweep, sweep_values,
-                   negative, strength, steps, guidance, seed, width, height, face_only, author: str):
+                   negative, strength, steps, guidance, seed, width, height, face_only, author: str, *,
+                   face_index=None, pose=None, pose_image_id=None, style: str = DEFAULT_STYLE,
+                   scheduler: str = "Euler", long_side=1280, face_margin: float = 0.0,
+                   allow_pack_mismatch: bool = False):
     """Widget values -> :func:`studio.generate.generate_run`; returns (note, [(sample path, label)])."""
     if not (prompt or "").strip():
         raise ValueError("write a prompt")
     settings = GenerationSettings(
         prompt=prompt.strip(), negative_prompt=negative or "", ip_scale=float(ip_scale),
         identitynet_scale=float(strength), steps=int(steps), guidance=float(guidance), seed=int(seed or 0),
-        width=int(width or 1024), height=int(height or 1024), face_region_only=bool(face_only))
+        width=_optional_int(width, "width"), height=_optional_int(height, "height"), face_region_only=bool(face_only),
+        long_side=_optional_int(long_side, "long side") or 1280, face_margin=float(face_margin or 0.0),
+        style=style or DEFAULT_STYLE, scheduler=scheduler or "Euler")
     if reference is None and not str(image_id or "").strip():
         raise ValueError("upload a reference photo or give a workspace image id")
+    pose_id = parse_id(pose_image_id) if pose is None and str(pose_image_id or "").strip() else None
     note, samples, _ = generate_run(
         ctx.ws, ctx.models, list(model_names or []), settings, face_pack=ctx.face_pack, rgb=reference,
-        image_id=None if reference is not None else parse_id(image_id), sweep=sweep_values if sweep else None,
-        author=author, runner=_on_gpu)
+        image_id=None if reference is not None else parse_id(image_id), face_index=_optional_int(face_index, "face #"),
+        pose_rgb=pose, pose_image_id=pose_id, sweep=sweep_values if sweep else None,
+        allow_pack_mismatch=bool(allow_pack_mismatch), author=author, runner=_on_gpu)
     return note, [(s.path, f"{s.model} · λ={s.ip_scale:g}") for s in samples]
+
+
+def detected_faces(ctx: StudioContext, rgb) -> list[tuple[int, int, int, int]]:
+    """Boxes of the faces in an uploaded photo, largest first (the numbering face # uses)."""
+    from ..faces import FaceAnalyzer, MissingModelError, resolve_pack
+
+    try:
+        analyzer = FaceAnalyzer(resolve_pack(ctx.face_pack))
+    except MissingModelError as exc:
+        raise ValueError(str(exc)) from None
+    return [tuple(int(v) for v in f["bbox"]) for f in analyzer.analyze(rgb)]
 
 
 def wire(ctx: StudioContext, t: GenerateTab) -> None:
     inputs = [t.reference, t.image_id, t.prompt, t.ip_scale, t.models, t.sweep, t.sweep_values, t.negative,
-              t.strength, t.steps, t.guidance, t.seed, t.width, t.height, t.face_only]
+              t.strength, t.steps, t.guidance, t.seed, t.width, t.height, t.face_only, t.face_index, t.pose,
+              t.pose_image_id, t.style, t.scheduler, t.long_side, t.face_margin, t.allow_mismatch]
 
     @keep_on_mistake(2)
     def on_run(request: gr.Request, *values, progress=gr.Progress()):
         require_admin(ctx, request)
         progress(0, desc="loading models and generating")
-        note, items = run_generation(ctx, *values, author=username(ctx, request) or "local admin")
+        (reference, image_id, prompt, ip_scale, models, sweep, sweep_values, negative, strength, steps, guidance, seed,
+         width, height, face_only, face_index, pose, pose_image_id, style, scheduler, long_side, face_margin,
+         allow_mismatch) = values
+        note, items = run_generation(
+            ctx, reference, image_id, prompt, ip_scale, models, sweep, sweep_values, negative, strength, steps,
+            guidance, seed, width, height, face_only, author=username(ctx, request) or "local admin",
+            face_index=face_index, pose=pose, pose_image_id=pose_image_id, style=style, scheduler=scheduler,
+            long_side=long_side, face_margin=face_margin, allow_pack_mismatch=allow_mismatch)
         return note, [(ctx.media.file(str(p.relative_to(ctx.ws.root))), label) for p, label in items]
 
     t.run.click(on_run, inputs, [t.note, t.gallery], api_visibility="private")
+
+    @keep_on_mistake(3)
+    def on_reference(request: gr.Request, rgb):
+        """Number the faces of an uploaded photo so one can be picked; a photo with one face needs no choice."""
+        require_admin(ctx, request)
+        if rgb is None:
+            return gr.AnnotatedImage(visible=False, value=None), None, ""
+        boxes = detected_faces(ctx, rgb)
+        if not boxes:
+            return gr.AnnotatedImage(visible=False, value=None), None, "No face found in this photo."
+        labels = [(box, f"face {i}") for i, box in enumerate(boxes)]
+        more = len(boxes) > 1
+        return (gr.AnnotatedImage(value=(rgb, labels), visible=more), 0 if more else None,
+                f"{len(boxes)} faces found; using face 0 (the largest): click another to use it." if more else "")
+
+    t.reference.upload(on_reference, [t.reference], [t.faces, t.face_index, t.note], api_visibility="private")
+    t.reference.clear(on_reference, [t.reference], [t.faces, t.face_index, t.note], api_visibility="private")
+
+    def on_pick(evt: gr.SelectData):
+        return evt.index
+
+    t.faces.select(on_pick, None, [t.face_index], api_visibility="private", queue=False)
+
+    def on_fast(on: bool):
+        """The demo's fast mode settings; switching it off restores the defaults."""
+        if on:
+            return "LCM", FAST_STEPS, FAST_GUIDANCE
+        return "Euler", 30, 5.0
+
+    t.fast.input(on_fast, [t.fast], [t.scheduler, t.steps, t.guidance], api_visibility="private", queue=False)
 
     @keep_on_mistake(2)
     def on_open(request: gr.Request, chosen):
@@ -126,15 +225,35 @@ def wire(ctx: StudioContext, t: GenerateTab) -> None:
 
     @api_errors
     def generate_api(request: gr.Request, prompt: str, models: list[str], image_id: int | None = None,
-                     ip_scale: float = 0.8, sweep: str = "", negative_prompt: str = "", identitynet_scale: float = 0.8,
-                     steps: int = 30, guidance: float = 5.0, seed: int = 0, width: int = 1024, height: int = 1024,
-                     face_region_only: bool = False) -> dict:
-        """Generate from a workspace image's face; returns the note and the saved sample paths with λ."""
+                     ip_scale: float = 0.8, sweep: str = "", negative_prompt: str | None = None,
+                     identitynet_scale: float = 0.8, steps: int | None = None, guidance: float | None = None,
+                     seed: int = 0, width: int | None = None, height: int | None = None,
+                     face_region_only: bool = False, face_index: int | None = None, pose_image_id: int | None = None,
+                     style: str = DEFAULT_STYLE, scheduler: str = "Euler", fast: bool = False, long_side: int = 1280,
+                     face_margin: float = 0.0, allow_pack_mismatch: bool = False) -> dict:
+        """Generate from a workspace image's face (optionally another image's pose); returns the note and samples.
+
+        ``fast``: LCM-LoRA with the LCM scheduler (5 steps, guidance 1.5 unless given).
+        """
         require_admin(ctx, request)
-        note, items = run_generation(ctx, None, str(image_id) if image_id is not None else "", prompt, ip_scale,
-                                     models, bool(sweep), sweep, negative_prompt, identitynet_scale, steps, guidance,
-                                     seed, width, height, face_region_only, author=username(ctx, request) or "api")
-        return {"note": note, "samples": [{"output": os.path.relpath(p, ctx.ws.root), "label": label} for p, label in items]}
+        scheduler = "LCM" if fast else scheduler
+        lcm = scheduler == "LCM"
+        note, items = run_generation(
+            ctx, None, str(image_id) if image_id is not None else "", prompt, ip_scale, models, bool(sweep), sweep,
+            DEMO_NEGATIVE_PROMPT if negative_prompt is None else negative_prompt, identitynet_scale,
+            steps if steps is not None else (FAST_STEPS if lcm else 30),
+            guidance if guidance is not None else (FAST_GUIDANCE if lcm else 5.0), seed, width, height,
+            face_region_only, author=username(ctx, request) or "api", face_index=face_index,
+            pose_image_id=str(pose_image_id) if pose_image_id is not None else None, style=style,
+            scheduler=scheduler, long_side=long_side, face_margin=face_margin, allow_pack_mismatch=allow_pack_mismatch)
+        rows = {g["output_path"]: g for g in ctx.ws.store.generations(batch=items[0][0].parent.name)} if items else {}
+        out = []
+        for p, label in items:
+            rel = os.path.relpath(p, ctx.ws.root)
+            g = rows.get(rel, {})
+            out.append({"output": rel, "label": label, "id": g.get("id"), "settings": g.get("settings"),
+                        "face": g.get("face")})
+        return {"note": note, "samples": out}
 
     @api_errors
     def models_api(request: gr.Request) -> dict:
