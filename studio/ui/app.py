@@ -51,9 +51,8 @@ def build_app(ctx: StudioContext) -> gr.Blocks:
             shown = [*(gr.Tab(visible=is_admin) for _ in range(7)), gr.Tab(visible=role_ is not None),
                      gr.Tabs(selected="browse" if is_admin else "annotate")]
             if is_admin:
-                status, names = generate.weights_status(ctx)
-                data = [*browse.choices_update(ctx), *browse.first_page(ctx), status,
-                        gr.CheckboxGroup(choices=names, value=names[:1]), captions.readiness(ctx)]
+                data = [*browse.choices_update(ctx), *browse.first_page(ctx), *generate.models_update(ctx),
+                        captions.readiness(ctx)]
             else:
                 data = [gr.update()] * len(admin_outputs)
             return [header, gr.Markdown(visible=is_admin and bool(ctx.note)), *shown, *data]

@@ -26,7 +26,7 @@ class GenerateTab:
     reference: gr.Image
     image_id: gr.Textbox
     faces: gr.AnnotatedImage
-    face_index: gr.Number
+    face_index: gr.Textbox
     pose: gr.Image
     pose_image_id: gr.Textbox
     prompt: gr.Textbox
@@ -59,35 +59,36 @@ def build() -> GenerateTab:
         weights = gr.Markdown(elem_id="weights-status")
         with gr.Row():
             with gr.Column(scale=1):
-                reference = gr.Image(label="Reference face (upload)", type="numpy", height=260)
+                reference = gr.Image(label="Reference face (upload)", type="numpy", height=260, elem_id="gen-reference")
                 image_id = gr.Textbox(label="…or a workspace image id", placeholder="e.g. 12")
                 faces = gr.AnnotatedImage(label="Faces found: click one to use it", height=220, visible=False,
                                           elem_id="faces-found")
-                face_index = gr.Number(label="Face # (0 = largest; empty: the largest, or curation's subject)",
-                                       value=None, precision=0, minimum=0)
+                face_index = gr.Textbox(label="Face # (0 = largest; empty: the largest, or curation's subject)",
+                                        value="", elem_id="face-index")
                 with gr.Accordion("Pose reference (optional)", open=False):
                     pose = gr.Image(label="Photo whose face pose to follow", type="numpy", height=200)
                     pose_image_id = gr.Textbox(label="…or a workspace image id", placeholder="e.g. 7")
             with gr.Column(scale=2):
-                prompt = gr.Textbox(label="Prompt", lines=2, placeholder="a photo of a person laughing, outdoors")
+                prompt = gr.Textbox(label="Prompt", lines=2, placeholder="a photo of a person laughing, outdoors",
+                                    elem_id="gen-prompt")
                 style = gr.Dropdown(list(STYLES), value=DEFAULT_STYLE, label="Style template")
                 ip_scale = gr.Slider(0.0, 1.5, value=0.8, step=0.05, label="λ: face (ID) weight", elem_id="lambda")
                 models = gr.CheckboxGroup(label="Models (one or two, same seed)", choices=[], elem_id="models")
                 with gr.Row():
                     sweep = gr.Checkbox(label="λ sweep", value=False)
                     sweep_values = gr.Textbox(label="λ values", value=", ".join(str(v) for v in DEFAULT_SWEEP))
-                fast = gr.Checkbox(label=f"Fast mode (LCM-LoRA, {FAST_STEPS} steps)", value=False)
+                fast = gr.Checkbox(label=f"Fast mode (LCM-LoRA, {FAST_STEPS} steps)", value=False, elem_id="fast-mode")
                 with gr.Accordion("Advanced", open=False):
                     negative = gr.Textbox(label="Negative prompt", value=DEMO_NEGATIVE_PROMPT, lines=2)
                     strength = gr.Slider(0.0, 1.5, value=0.8, step=0.05, label="IdentityNet strength")
-                    steps = gr.Slider(1, 100, value=30, step=1, label="Steps")
+                    steps = gr.Slider(1, 100, value=30, step=1, label="Steps", elem_id="gen-steps")
                     guidance = gr.Slider(0.0, 15.0, value=5.0, step=0.1, label="Guidance scale")
-                    scheduler = gr.Dropdown(list(SCHEDULERS), value="Euler", label="Scheduler")
+                    scheduler = gr.Dropdown(list(SCHEDULERS), value="Euler", label="Scheduler", elem_id="gen-scheduler")
                     with gr.Row():
                         seed = gr.Number(label="Seed", value=0, precision=0)
-                        width = gr.Number(label="Width (empty: the photo's framing)", value=None, precision=0)
-                        height = gr.Number(label="Height (empty: the photo's framing)", value=None, precision=0)
-                        long_side = gr.Number(label="Long side (photo's framing)", value=1280, precision=0)
+                        width = gr.Number(label="Width (0: the photo's framing)", value=0, precision=0, minimum=0)
+                        height = gr.Number(label="Height (0: the photo's framing)", value=0, precision=0, minimum=0)
+                        long_side = gr.Number(label="Long side (photo's framing)", value=1280, precision=0, elem_id="long-side")
                     with gr.Row():
                         face_only = gr.Checkbox(label="IdentityNet and face attention on the face region only",
                                                 value=False)
@@ -113,13 +114,21 @@ def weights_status(ctx: StudioContext) -> tuple[str, list[str]]:
     return "**Models**\n" + "\n".join(lines), list(models)
 
 
+def models_update(ctx: StudioContext, chosen: list[str] | None = None) -> tuple[str, gr.CheckboxGroup]:
+    """The weights status and the model choices; keeps what was ticked, else ticks the first ready model."""
+    models = registered_models(ctx.ws)
+    status, names = weights_status(ctx)
+    ready = [n for n in names if not missing_weights(models[n])]
+    return status, gr.CheckboxGroup(choices=names, value=[n for n in chosen or [] if n in names] or (ready or names)[:1])
+
+
 @gpu_function(duration=180)
 def _on_gpu(work):
     return work()
 
 
-def _optional_int(value, name: str) -> int | None:
-    if value is None or str(value).strip() == "":
+def _optional_int(value, name: str, zero_is_empty: bool = False) -> int | None:
+    if value is None or str(value).strip() == "" or (zero_is_empty and str(value).strip() in ("0", "0.0")):
         return None
     try:
         return int(value)
@@ -138,7 +147,7 @@ def run_generation(ctx: StudioContext, reference, image_id, prompt, ip_scale, mo
     settings = GenerationSettings(
         prompt=prompt.strip(), negative_prompt=negative or "", ip_scale=float(ip_scale),
         identitynet_scale=float(strength), steps=int(steps), guidance=float(guidance), seed=int(seed or 0),
-        width=_optional_int(width, "width"), height=_optional_int(height, "height"), face_region_only=bool(face_only),
+        width=_optional_int(width, "width", True), height=_optional_int(height, "height", True), face_region_only=bool(face_only),
         long_side=_optional_int(long_side, "long side") or 1280, face_margin=float(face_margin or 0.0),
         style=style or DEFAULT_STYLE, scheduler=scheduler or "Euler")
     if reference is None and not str(image_id or "").strip():
@@ -189,20 +198,20 @@ def wire(ctx: StudioContext, t: GenerateTab) -> None:
         """Number the faces of an uploaded photo so one can be picked; a photo with one face needs no choice."""
         require_admin(ctx, request)
         if rgb is None:
-            return gr.AnnotatedImage(visible=False, value=None), None, ""
+            return gr.AnnotatedImage(visible=False, value=None), "", ""
         boxes = detected_faces(ctx, rgb)
         if not boxes:
-            return gr.AnnotatedImage(visible=False, value=None), None, "No face found in this photo."
+            return gr.AnnotatedImage(visible=False, value=None), "", "No face found in this photo."
         labels = [(box, f"face {i}") for i, box in enumerate(boxes)]
         more = len(boxes) > 1
-        return (gr.AnnotatedImage(value=(rgb, labels), visible=more), 0 if more else None,
+        return (gr.AnnotatedImage(value=(rgb, labels), visible=more), "0" if more else "",
                 f"{len(boxes)} faces found; using face 0 (the largest): click another to use it." if more else "")
 
     t.reference.upload(on_reference, [t.reference], [t.faces, t.face_index, t.note], api_visibility="private")
     t.reference.clear(on_reference, [t.reference], [t.faces, t.face_index, t.note], api_visibility="private")
 
     def on_pick(evt: gr.SelectData):
-        return evt.index
+        return str(evt.index)
 
     t.faces.select(on_pick, None, [t.face_index], api_visibility="private", queue=False)
 
@@ -218,8 +227,7 @@ def wire(ctx: StudioContext, t: GenerateTab) -> None:
     def on_open(request: gr.Request, chosen):
         """Models trained since the page loaded are listed when the tab is opened again."""
         require_admin(ctx, request)
-        status, names = weights_status(ctx)
-        return status, gr.CheckboxGroup(choices=names, value=[n for n in chosen or [] if n in names] or names[:1])
+        return models_update(ctx, chosen)
 
     t.tab.select(on_open, [t.models], [t.weights, t.models], api_visibility="private")
 
