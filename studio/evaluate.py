@@ -199,8 +199,10 @@ def generate_samples(ws: Workspace, todo: list, cfg: EvalConfig, run_id: int, au
         rel = Path("generated") / "eval" / key[:2] / f"{key}.png"
         (ws.root / rel).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(ws.root / rel, buf.getvalue())
+        described = face.describe() | ({"pack_mismatch": {"model_expects": spec.face_pack, "used": face.pack}}
+                                       if spec.face_pack != face.pack else {})
         gid = ws.store.add_generation(batch=f"eval-{run_id}", model=spec.name, model_spec=spec.to_dict(),
-                                      settings=dataclasses.asdict(s), reference=face.reference, face=face.describe(),
+                                      settings=dataclasses.asdict(s), reference=face.reference, face=described,
                                       output_path=rel.as_posix(), author=author, run_id=run_id)
         ws.store.add_eval_sample(key=key, item_id=item["id"], model=spec.name, ip_scale=s.ip_scale, seed=s.seed,
                                  settings=dataclasses.asdict(s), generation_id=gid, output_path=rel.as_posix(),

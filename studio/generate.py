@@ -146,7 +146,8 @@ def check_face_pack(spec: ModelSpec, pack: str, allow: bool = False) -> bool:
             f"'{pack}' face pack: its 512-d embedding lives in another space, so the images would look plausible "
             f"and be wrong. Use the '{spec.face_pack}' pack (for antelopev2: `python -m studio models --download "
             "antelopev2`, then --face-pack antelopev2 or STUDIO_FACE_PACK=antelopev2; re-analyze workspace images "
-            "with it), or allow the mismatch explicitly (--allow-pack-mismatch; every sample records it)")
+            "with it), or allow the mismatch explicitly (--allow-pack-mismatch, or the tab's 'face pack' checkbox; "
+            "every sample records it)")
     return True
 
 
@@ -216,7 +217,8 @@ def generate(ws: Workspace, cache: ModelCache, models: list[ModelSpec], face: Fa
             image.save(buf, format="PNG")
             path = out_dir / f"{_slug(spec.name)}_l{lam:.2f}_s{s.seed}.png"
             atomic_write_bytes(path, buf.getvalue())
-            recorded = dataclasses.asdict(s) | {"framing": framing, "generator": model.generator_device}
+            recorded = dataclasses.asdict(s) | {"framing": framing, "generator": model.generator_device,
+                                                 "dtype": str(model.pipe.unet.dtype).replace("torch.", "")}
             face_record = described | ({"pack_mismatch": {"model_expects": spec.face_pack, "used": face.pack}}
                                        if mismatch[spec.name] else {})
             gid = ws.store.add_generation(batch=batch, model=spec.name, model_spec=spec.to_dict(),

@@ -775,6 +775,18 @@ class InstantID:
         return result.images[0]
 
 
+def _env_dtype():
+    """``STUDIO_DTYPE`` (float16 | bfloat16 | float32): the precision models load in (default: fp16 on a GPU)."""
+    import torch
+
+    name = os.environ.get("STUDIO_DTYPE", "").strip()
+    if not name:
+        return None
+    if name not in ("float16", "bfloat16", "float32"):
+        raise ValueError(f"STUDIO_DTYPE must be float16, bfloat16 or float32, got {name!r}")
+    return getattr(torch, name)
+
+
 class ModelCache:
     """Loaded models, least recently used evicted beyond ``max_models``; models on one SDXL base share it.
 
@@ -786,7 +798,7 @@ class ModelCache:
                  offload: bool | None = None, vae_tiling: bool | None = None):
         self.device = device or os.environ.get("STUDIO_DEVICE") or None
         self.max_models = max_models or int(os.environ.get("STUDIO_MAX_MODELS", "2"))
-        self.dtype = dtype
+        self.dtype = dtype or _env_dtype()
         self.offload = offload if offload is not None else os.environ.get("STUDIO_OFFLOAD", "") == "model"
         self.vae_tiling = vae_tiling if vae_tiling is not None else os.environ.get("STUDIO_VAE_TILING", "") == "1"
         self._models: OrderedDict[str, InstantID] = OrderedDict()

@@ -198,3 +198,24 @@ def test_evaluate_refuses_what_it_cannot_do(eval_ws, tiny_clip_dir):
     assert out.returncode == 2 and "ViT-L-14/openai could not be loaded" in out.stderr and "hf download" in out.stderr
     assert ws.store.generations() == []  # refused before any sample was generated
     assert ws.store.runs(kind="evaluate", limit=1)[0]["status"] == "failed"
+
+
+def test_evaluate_refuses_a_face_pack_the_model_was_not_trained_on(eval_ws, tiny_clip_dir):
+    """The test set's faces come from the bundled pack; a model trained on antelopev2 is refused before any
+    sample is made, unless allowed, and then every sample records the mismatch."""
+    import dataclasses
+
+    ws = eval_ws
+    spec = next(m for m in ws.store.get_setting("generation_models", []) if m["name"] == "tiny")
+    register_model(ws, dataclasses.replace(ModelSpec(**spec), name="tiny-ante", face_pack="antelopev2"))
+    build_testset(ws, "custom", "customization", persons=["obama"], ask=["smiling"], per_person=1)
+    with pytest.raises(ValueError, match="'tiny-ante' was trained on 'antelopev2'.*'bundled' face pack"):
+        _run(ws, _config(tiny_clip_dir, models=["tiny-ante"], lambdas=[0.8]))
+    assert ws.store.generations() == []
+    _run(ws, _config(tiny_clip_dir, models=["tiny-ante"], lambdas=[0.8], allow_pack_mismatch=True))
+    rows = ws.store.generations()
+    assert rows and all(r["face"]["pack_mismatch"] == {"model_expects": "antelopev2", "used": "bundled"} for r in rows)
+    out = _cli(ws, "evaluate", "--testset", "custom", "--model", "tiny-ante", "--steps", "2", "--width", "64",
+               "--height", "64", "--clip-model", str(tiny_clip_dir), "--clip-pretrained", "", "--device", "cpu",
+               "--lambdas", "0.5")
+    assert out.returncode == 2 and "trained on 'antelopev2' face embeddings" in out.stderr

@@ -218,13 +218,24 @@ def test_generate_tab_api(served_generate):
         annotator.predict(prompt="x", models=["tiny"], image_id=obama, api_name="/generate")
 
 
-def test_generate_api_parity_with_the_demo(served_generate):
+@pytest.fixture(scope="module", params=["float32", "bfloat16"])
+def served_dtype(request, served_generate, users_file):
+    """The same workspace served in float32 (the fixture's app) and in bfloat16 (STUDIO_DTYPE, as on a GPU)."""
+    url, ws = served_generate
+    if request.param == "float32":
+        yield url, ws, "float32"
+        return
+    with running_app(ws.root, "--auth", str(users_file), env={"OMP_NUM_THREADS": "1", "STUDIO_DTYPE": "bfloat16"}) as url2:
+        yield url2, ws, "bfloat16"
+
+
+def test_generate_api_parity_with_the_demo(served_dtype):
     """Pose reference, style template, fast mode (the tiny LCM-LoRA through diffusers' loader), face choice
-    and the face-pack refusal, through gradio_client as a user's script would call them."""
+    and the face-pack refusal, through gradio_client as a user's script would call them; in float32 and bfloat16."""
     from gradio_client import Client
     from gradio_client.exceptions import AppError
 
-    url, ws = served_generate
+    url, ws, dtype = served_dtype
     admin = Client(url, auth=("ada", USERS["ada"][1]), verbose=False)
     table = ws.store.image_table()
     obama = next(r["id"] for r in table if r["source"].endswith("/obama.jpg"))
@@ -233,6 +244,7 @@ def test_generate_api_parity_with_the_demo(served_generate):
     base = dict(prompt="a man laughing", models=["tiny"], steps=2, long_side=128, api_name="/generate")
 
     plain = admin.predict(image_id=obama, **base)["samples"][0]
+    assert plain["settings"]["dtype"] == dtype
     assert plain["settings"]["width"] == 64 and plain["settings"]["height"] == 128  # the photo's framing
     styled = admin.predict(image_id=obama, style="Film Noir", **base)["samples"][0]
     assert styled["settings"]["style"] == "Film Noir"

@@ -84,6 +84,8 @@ def build() -> EvaluateTab:
                                                   elem_id="ev-clip-pretrained")
                 f["n_boot"] = gr.Number(d.n_boot, label="Bootstrap resamples", precision=0)
                 f["device"] = gr.Textbox("", label="Device (empty: cuda when available)", elem_id="ev-device")
+                f["allow_pack_mismatch"] = gr.Checkbox(
+                    False, label="Allow a face pack other than the models' (recorded)", elem_id="ev-allow-pack")
             start = gr.Button("Start evaluation", variant="primary", elem_id="ev-start")
         with gr.Row():
             run_id = gr.Number(label="Evaluation run", precision=0, elem_id="ev-run")
@@ -176,7 +178,8 @@ def config_from_form(values: dict) -> EvalConfig:
                      height=int(values.get("height") or 0), seed=int(values.get("seed") or 0),
                      clip_model=(values.get("clip_model") or DEFAULT_CLIP_MODEL).strip(),
                      clip_pretrained=(values.get("clip_pretrained") or "").strip() or None,
-                     n_boot=int(values.get("n_boot") or 0), device=(values.get("device") or "").strip() or None)
+                     n_boot=int(values.get("n_boot") or 0), device=(values.get("device") or "").strip() or None,
+                     allow_pack_mismatch=bool(values.get("allow_pack_mismatch")))
     if cfg.baseline and cfg.baseline not in cfg.models:
         cfg.baseline = None  # a baseline left over from an earlier choice: the first model instead
     cfg.validate()
@@ -193,6 +196,12 @@ def start_evaluation(ctx: StudioContext, cfg: EvalConfig, author: str) -> int:
     unknown = [t for t in cfg.testsets if t not in known]
     if unknown:
         raise ValueError(f"no test set named {unknown}; existing: {sorted(known)}")
+    from ..generate import check_face_pack
+
+    packs = {ctx.ws.store.testset(t)["pack"] for t in cfg.testsets}
+    for spec in resolve_models(ctx.ws, cfg.models):
+        for pack in packs:
+            check_face_pack(spec, pack, cfg.allow_pack_mismatch)
     return runs.submit(ctx.ws, "evaluate", cfg.to_cli(), author, settings=cfg.to_dict())
 
 
