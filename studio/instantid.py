@@ -10,7 +10,13 @@ around the stock pipeline instead of copying it:
   context where the stock pipeline passes the text embeddings: :func:`route_face_tokens` swaps
   them in with a forward pre-hook for the duration of one call (and can mask the IdentityNet's
   residuals to the face region);
-* the negative face embedding for classifier-free guidance is zeros, as InstantID does.
+* the negative face embedding for classifier-free guidance is zeros, as InstantID does;
+* "face region only" masks both the IdentityNet residuals (the hook) and the λ term of the face
+  cross-attention (diffusers' own ``ip_adapter_masks``), as the official demo does.
+
+Models on one SDXL base share it (:class:`SharedBase`): the adapter lives inside the UNet, so
+each model keeps its own Resampler and IP processors and puts them in place for its call.
+Fast mode is SDXL's LCM-LoRA through diffusers' LoRA loader with the LCM scheduler.
 
 Production weights (SDXL base 1.0, InstantX/InstantID, the paper's fine-tuned model) and our own
 training runs load through the same :func:`load_instantid`; so do the tiny test models.

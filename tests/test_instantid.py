@@ -342,3 +342,16 @@ def test_reduced_precision_pipeline_generates(tiny_spec):
     assert np.abs(a - b).mean() > 1.0
     masked = model(EMB, kps_image(), dataclasses.replace(S, face_region_only=True), mask=torch.ones(64, 64))
     assert np.asarray(masked).shape == (64, 64, 3)
+
+
+def test_memory_options_for_small_gpus(tiny_spec, monkeypatch):
+    """VAE tiling is switched on in the loaded VAE; CPU offload needs a GPU and says so; seeds are drawn on the
+    pipeline's device (the CPU here; CUDA on a GPU, as the demo draws them)."""
+    monkeypatch.setenv("STUDIO_VAE_TILING", "1")
+    model = ModelCache("cpu").get(tiny_spec)
+    assert model.pipe.vae.use_tiling and model.generator_device == "cpu"
+    with pytest.raises(ValueError, match="CPU offload .* needs a GPU"):
+        ModelCache("cpu", offload=True).get(tiny_spec)
+    monkeypatch.setenv("STUDIO_DTYPE", "float8")
+    with pytest.raises(ValueError, match="STUDIO_DTYPE must be float16, bfloat16 or float32"):
+        ModelCache("cpu")
