@@ -68,7 +68,8 @@ def cmd_ingest(args) -> int:
     ws = _workspace(args)
     run_id, result = _as_run(args, ws, "ingest", lambda track, run: ingest(
         ws, args.source, workers=args.workers, progress=track, file_column=args.file_column,
-        person_column=args.person_column, caption_column=args.caption_column, run_id=run).as_dict())
+        person_column=args.person_column, caption_column=args.caption_column, person_pattern=args.person_pattern,
+        run_id=run).as_dict())
     return _report_run(run_id, result, args.json)
 
 
@@ -399,11 +400,17 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--run-id", type=int, default=None, help=argparse.SUPPRESS)  # set by the app's worker
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("ingest", parents=[common], help="add photos: person folders, CrossFaceID JSONL, or a CSV/parquet table")
-    p.add_argument("source", type=Path, help="a folder of person folders, a .jsonl (or folder of them), a .csv or .parquet")
+    p = sub.add_parser("ingest", parents=[common],
+                       help="add photos: person folders, CrossFaceID JSONL, a CSV/parquet table, or webdataset shards")
+    p.add_argument("source", type=Path, help="a folder of person folders, a .jsonl (or folder of them), a .csv or "
+                                             ".parquet, a webdataset .tar or a folder of shards (img2dataset output)")
     p.add_argument("--workers", type=int, default=None, help="decoding threads (default: min(4, cores))")
     p.add_argument("--file-column", default=None, help="table column with file names (default: detected)")
-    p.add_argument("--person-column", default=None, help="table column with the person (default: detected)")
+    p.add_argument("--person-column", default=None,
+                   help="table column (or shard metadata field) with the person (default: detected)")
+    p.add_argument("--person-pattern", default=None,
+                   help="shards: regex on the sample key whose group 'person' (or group 1) is the person "
+                        "(default: a person field of the .json, else the key's folder part)")
     p.add_argument("--caption-column", default=None, help="table column with captions (default: detected)")
     p.set_defaults(func=cmd_ingest)
 

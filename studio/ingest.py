@@ -4,7 +4,10 @@
 * the CrossFaceID / InstantID training JSONL (``image_file``, ``additional_feature``, ``bbox``,
   ``landmarks``, ``insightface_feature_file``)
 * a metadata table (CSV or parquet: file name, person, optional caption), the shape Hugging Face
-  datasets export, including parquet files whose image column holds the bytes.
+  datasets export, including parquet files whose image column holds the bytes;
+* webdataset ``.tar`` shards (a file or a folder of them), read in place with the ``webdataset``
+  package, including img2dataset output (``NNNNN.tar`` + ``NNNNN.parquet`` with ``key``,
+  ``caption``, ``url`` and ``status``: a failed download is recorded with its error).
 
 Every input is validated through :mod:`studio.images`, hashed, and stored once. Bad inputs are
 recorded with a reason and the batch goes on; re-ingesting a source adds nothing.
@@ -292,12 +295,137 @@ def _table_item(table: Path, row: dict, where: str, fcol, pcol, ccol) -> Item:
                 meta={"table": where}, suffix=path.suffix)
 
 
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+
+
+def _key_person(key: str, pattern) -> str | None:
+    """The person from a sample key: the named group ``person`` (or group 1) of ``pattern``; by default
+    the key's folder part (``obama/0001`` -> ``obama``)."""
+    if pattern is not None:
+        m = pattern.search(key)
+        if not m:
+            return None
+        return m.groupdict().get("person") or (m.group(1) if m.groups() else m.group(0))
+    return key.rsplit("/", 1)[0] if "/" in key else None
+
+
+def _shard_sidecar(shard: Path) -> dict[str, dict]:
+    """img2dataset's per-shard parquet (key -> row), if there is one."""
+    side = shard.with_suffix(".parquet")
+    if not side.is_file():
+        return {}
+    import pandas as pd
+
+    df = pd.read_parquet(side)
+    if "key" not in df.columns:
+        return {}
+    return {str(r["key"]): r for r in df.to_dict("records")}
+
+
+def _sample_item(shard: Path, sample: dict, side: dict, person_field: str | None, pattern) -> Item:
+    key = sample["__key__"]
+    where = f"{shard.resolve()}#{key}"
+    meta: dict = {"shard": str(shard), "key": key}
+    if "json" in sample:
+        try:
+            meta_json = json.loads(sample["json"])
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise FieldError("bad_field", f"{key}.json is not JSON ({exc})") from None
+        if isinstance(meta_json, dict):
+            meta.update({k: v for k, v in meta_json.items() if isinstance(v, (str, int, float, bool)) or v is None})
+    meta.update({k: v for k, v in side.get(key, {}).items() if isinstance(v, (str, int, float, bool))})
+    if person_field:
+        person = meta.get(person_field)
+    elif pattern is not None:
+        person = _key_person(key, pattern)
+    else:
+        person = next((meta[f] for f in PERSON_FIELDS if meta.get(f) not in (None, "")), None)
+        person = person if person is not None else _key_person(key, None)
+    if person is None or person == "":
+        raise FieldError("no_person", f"no person for sample {key!r}: give --person-column (a metadata field) "
+                                      "or --person-pattern (a regex on the key)")
+    person = str(person)
+    if "\x00" in person:
+        raise FieldError("bad_field", f"the person of sample {key!r} contains a NUL byte")
+    ext = next((e for e in IMAGE_EXTS if e in sample), None)
+    if ext is None:
+        raise FieldError("missing_image", f"sample {key!r} has no image member ({', '.join(IMAGE_EXTS)})")
+    caption = sample["txt"].decode("utf-8", "replace") if "txt" in sample else meta.get("caption")
+    caption = caption if isinstance(caption, str) and caption.strip() else None
+    return Item(source=where, person=person, data=bytes(sample[ext]), caption=caption,
+                meta={k: v for k, v in meta.items() if k in ("shard", "key", "url")}, suffix="." + ext)
+
+
+def iter_shards(source: Path, person_column: str | None = None, person_pattern: str | None = None,
+                **_) -> Iterator[Item]:
+    """Samples of webdataset shards (and img2dataset's failed downloads), without unpacking them."""
+    import re
+    import tarfile
+
+    from webdataset.tariterators import base_plus_ext, tar_file_expander
+
+    source = Path(source)
+    pattern = re.compile(person_pattern) if person_pattern else None
+    shards = [source] if source.is_file() else sorted(source.glob("*.tar"))
+    for shard in shards:
+        try:
+            side = _shard_sidecar(shard)
+        except Exception as exc:  # a broken sidecar: name it, read the shard without it
+            yield Item(source=str(shard.with_suffix(".parquet")), person=None, error=ImageError(
+                shard.with_suffix(".parquet"), "unreadable_table", str(exc).splitlines()[0]))
+            side = {}
+        for key, row in side.items():
+            if str(row.get("status", "success")) != "success":
+                where = f"{shard.resolve()}#{key}"
+                detail = str(row.get("error_message") or row.get("status"))
+                yield Item(source=where, person=None, error=ImageError(where, "download_failed",
+                                                                        f"{detail} (url {row.get('url')})"))
+        read = 0
+        pending: dict | None = None
+        try:
+            with open(shard, "rb") as fh:
+                # members grouped into samples by key (webdataset's own key split); a sample is handed on as
+                # soon as the next key starts, so a shard cut short keeps every sample completed before the cut
+                for member in tar_file_expander([{"url": str(shard), "stream": fh}], eof_value=None):
+                    key, ext = base_plus_ext(member["fname"])
+                    if key is None:
+                        continue
+                    if pending is not None and pending["__key__"] != key:
+                        read += 1
+                        yield _shard_item(shard, pending, side, person_column, pattern)
+                        pending = None
+                    pending = pending or {"__key__": key}
+                    pending[ext.lower()] = member["data"]
+        except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
+            if pending is not None:  # members before the cut were whole; the sample may still lack its image
+                read += 1
+                yield _shard_item(shard, pending, side, person_column, pattern)
+                pending = None
+            yield Item(source=f"{shard.resolve()}#after-{read}", person=None, error=ImageError(
+                shard, "unreadable_shard", f"{exc.__class__.__name__}: {exc} (after {read} samples)"))
+        if pending is not None:
+            yield _shard_item(shard, pending, side, person_column, pattern)
+
+
+def _shard_item(shard: Path, sample: dict, side: dict, person_column, pattern) -> Item:
+    try:
+        return _sample_item(shard, sample, side, person_column, pattern)
+    except FieldError as exc:
+        where = f"{shard.resolve()}#{sample['__key__']}"
+        return Item(source=where, person=None, error=ImageError(where, exc.code, str(exc)))
+
+
 def iter_source(source: Path, **table_columns) -> Iterator[Item]:
     """Pick the reader from what ``source`` is: a JSONL, a table, a folder of JSONLs, or person folders."""
     source = Path(source)
     if not source.exists():
         raise FileNotFoundError(f"ingest source {source} does not exist")
     suffix = source.suffix.lower()
+    shard_opts = {k: table_columns.pop(k, None) for k in ("person_pattern",)}
+    if suffix == ".tar" or (source.is_dir() and any(source.glob("*.tar"))):
+        return iter_shards(source, person_column=table_columns.get("person_column"), **shard_opts)
+    if shard_opts["person_pattern"]:
+        raise ValueError("--person-pattern applies to webdataset .tar shards only")
     if source.is_file():
         if suffix == ".jsonl":
             return iter_jsonl(source)
