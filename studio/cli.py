@@ -221,11 +221,23 @@ def cmd_caption(args) -> int:
 
     ws = _workspace(args)
     settings = _caption_settings(args)
-    run_id, result = _as_run(args, ws, "caption", lambda track, run: caption_workspace(
-        ws, settings, os.environ.get("OPENAI_API_KEY"), kept_only=not args.all, author=_author(args), progress=track,
-        overwrite_reviewed=args.overwrite_reviewed, run_id=run).as_dict(),
+    key = os.environ.get("OPENAI_API_KEY")
+
+    def work(track, run):
+        if not args.batch:
+            return caption_workspace(ws, settings, key, kept_only=not args.all, author=_author(args), progress=track,
+                                     overwrite_reviewed=args.overwrite_reviewed, run_id=run).as_dict() | {"mode": "sync"}
+        from .caption_batch import BATCH_DISCOUNT, batches, caption_batch
+
+        report = caption_batch(ws, settings, key, kept_only=not args.all, author=_author(args), progress=track,
+                               overwrite_reviewed=args.overwrite_reviewed, run_id=run, poll_seconds=args.poll_seconds,
+                               retry_failed=not args.no_retry)
+        return report.as_dict() | {"mode": f"batch (Batch API price: {BATCH_DISCOUNT:g} x the synchronous one)",
+                                   "batches": [b["batch_id"] for b in batches(ws)]}
+
+    run_id, result = _as_run(args, ws, "caption", work,
         settings={**settings.key_params(), "base_url": settings.base_url, "concurrency": settings.concurrency,
-                  "all": args.all, "overwrite_reviewed": args.overwrite_reviewed})
+                  "all": args.all, "overwrite_reviewed": args.overwrite_reviewed, "batch": args.batch})
     code = _report_run(run_id, result, args.json)
     return code if code or result is None else (0 if result["failed"] == 0 else 1)
 
@@ -493,6 +505,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="caption every image, not only those that passed curation")
     p.add_argument("--overwrite-reviewed", action="store_true",
                    help="make new captions current even over captions a person approved or edited")
+    p.add_argument("--batch", action="store_true",
+                   help="use the OpenAI Batch API (half price, answers within 24 h; a rerun resumes the same batch)")
+    p.add_argument("--poll-seconds", type=float, default=30.0, help="--batch: seconds between status checks")
+    p.add_argument("--no-retry", action="store_true",
+                   help="--batch: report lines the batch could not answer instead of asking for them synchronously")
     p.set_defaults(func=cmd_caption)
 
     p = sub.add_parser("tag", parents=[common], help="attribute tags from current captions (configurable vocabulary)")
