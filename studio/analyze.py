@@ -37,13 +37,37 @@ class AnalyzeReport:
 
 def analyze(ws: Workspace, pack_spec: str = "auto", *, redo: bool = False, workers: int | None = None,
             progress: Callable[..., Iterable] | None = None, pack: FacePack | None = None,
-            run_id: int | None = None) -> AnalyzeReport:
-    """Detect faces, keypoints, embeddings and pose for every image that needs it."""
+            run_id: int | None = None, engine: str = "local", address: str | None = None,
+            gpus_per_worker: float = 0.0) -> AnalyzeReport:
+    """Detect faces, keypoints, embeddings and pose for every image that needs it.
+
+    ``engine``: "local" (threads in this process, the default) or "ray" (an actor pool on a Ray
+    cluster at ``address``, or a local Ray when None; ``workers`` actors).
+    """
+    if engine not in ("local", "ray"):
+        raise ValueError(f"engine must be 'local' or 'ray', got {engine!r}")
     pack = pack or resolve_pack(pack_spec)
     store = ws.store
     todo = store.images_to_analyze(pack.label, redo=redo)
     report = AnalyzeReport(pack=pack.label, note=pack.note, skipped=store.counts()["images"] - len(todo))
     if not todo:
+        return report
+
+    def save(image_id: int, faces, error: str | None) -> None:
+        if error is not None:
+            store.save_analysis(image_id, pack.label, None, None, error=error, run_id=run_id)
+            report.failed += 1
+            report.errors.append(f"image {image_id}: {error}")
+            return
+        ratio = max((f["area_ratio"] for f in faces), default=0.0)
+        store.save_analysis(image_id, pack.label, faces, ratio, run_id=run_id)
+        report.analyzed += 1
+
+    if engine == "ray":
+        from .analyze_ray import analyze_on_ray
+
+        analyze_on_ray(ws, pack, todo, save, address=address, workers=workers, gpus_per_worker=gpus_per_worker,
+                       progress=progress)
         return report
     providers = onnx_providers()
     workers = workers or (1 if providers[0] != "CPUExecutionProvider" else (os.cpu_count() or 1))
@@ -63,12 +87,5 @@ def analyze(ws: Workspace, pack_spec: str = "auto", *, redo: bool = False, worke
         if progress is not None:
             results = progress(results, total=len(todo), desc="analyze", unit="img")
         for image_id, faces, error in results:
-            if error is not None:
-                store.save_analysis(image_id, pack.label, None, None, error=error, run_id=run_id)
-                report.failed += 1
-                report.errors.append(f"image {image_id}: {error}")
-                continue
-            ratio = max((f["area_ratio"] for f in faces), default=0.0)
-            store.save_analysis(image_id, pack.label, faces, ratio, run_id=run_id)
-            report.analyzed += 1
+            save(image_id, faces, error)
     return report

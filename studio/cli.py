@@ -81,7 +81,8 @@ def cmd_analyze(args) -> int:
     ws = _workspace(args)
 
     def body(track, run):
-        report = analyze(ws, args.face_pack, redo=args.redo, workers=args.workers, progress=track, run_id=run)
+        report = analyze(ws, args.face_pack, redo=args.redo, workers=args.workers, progress=track, run_id=run,
+                         engine=args.engine, address=args.address, gpus_per_worker=args.gpus_per_worker)
         if report.note:
             print(f"note: {report.note}", file=sys.stderr)
         result = report.as_dict()
@@ -432,7 +433,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--redo", action="store_true", help="re-analyze images already analyzed by this pack")
     p.add_argument("--curate", action=argparse.BooleanOptionalAction, default=True,
                    help="re-curate with the last rules when analyses changed (default on)")
-    p.add_argument("--workers", type=int, default=None, help="worker threads (default: one per core on CPU, 1 on GPU)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="worker threads (default: one per core on CPU, 1 on GPU); with --engine ray: actors")
+    p.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="local threads (default) or a Ray actor pool (Ray starts locally unless --address)")
+    p.add_argument("--address", default=None, help="--engine ray: the cluster to join, e.g. auto or ray://HEAD:10001")
+    p.add_argument("--gpus-per-worker", type=float, default=0.0,
+                   help="--engine ray: GPU share per actor (with onnxruntime-gpu), e.g. 0.25")
     p.set_defaults(func=cmd_analyze)
 
     p = sub.add_parser("curate", parents=[common], help="apply the paper's rules and the identity check (no re-analysis)")
