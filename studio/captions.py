@@ -134,6 +134,8 @@ class CaptionReport:
     flagged: dict = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    rate_limits: dict = field(default_factory=dict)  # the key's limits per window, as the server reported them
+    rate_limit_wait_s: float = 0.0  # time spent waiting to stay under them
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -152,12 +154,33 @@ def make_client(api_key: str | None, settings: CaptionSettings):
                   max_retries=settings.max_retries)
 
 
-def request_caption(client, settings: CaptionSettings, data_url: str) -> tuple[str, int, int]:
-    """One chat completion; returns (text, prompt tokens, completion tokens)."""
-    resp = client.chat.completions.create(messages=build_messages(data_url), **settings.request_params())
+def request_caption(client, settings: CaptionSettings, data_url: str, limiter=None) -> tuple[str, int, int]:
+    """One chat completion; returns (text, prompt tokens, completion tokens).
+
+    ``limiter``: a :class:`studio.ratelimit.RateLimiter` that paces the start by the key's limits
+    and reads the ``x-ratelimit-*`` headers of the answer (or of the error).
+    """
+    estimate = (limiter.prompt_estimate + settings.max_tokens) if limiter is not None else 0
+    headers = None
+    if limiter is not None:
+        limiter.acquire(estimate)
+    try:
+        raw = client.chat.completions.with_raw_response.create(messages=build_messages(data_url),
+                                                               **settings.request_params())
+        headers = raw.headers
+        resp = raw.parse()
+    except Exception as exc:
+        headers = getattr(getattr(exc, "response", None), "headers", None)
+        raise
+    finally:
+        if limiter is not None:
+            limiter.release(estimate, headers)
     text = (resp.choices[0].message.content or "").strip() if resp.choices else ""
     usage = resp.usage
-    return text, int(getattr(usage, "prompt_tokens", 0) or 0), int(getattr(usage, "completion_tokens", 0) or 0)
+    prompt = int(getattr(usage, "prompt_tokens", 0) or 0)
+    if limiter is not None and prompt:
+        limiter.prompt_estimate = prompt
+    return text, prompt, int(getattr(usage, "completion_tokens", 0) or 0)
 
 
 def _store_model_caption(ws: Workspace, image_id: int, key: str, settings: CaptionSettings, text: str,
@@ -188,8 +211,11 @@ def caption_workspace(ws: Workspace, settings: CaptionSettings, api_key: str | N
     """
     from .attributes import compile_vocabulary, vocabulary
 
+    from .ratelimit import RateLimiter
+
     start = time.perf_counter()
     client = client or make_client(api_key, settings)
+    limiter = RateLimiter()  # paces by the key's x-ratelimit-* headers; no headers, no pacing
     compiled = compile_vocabulary(vocabulary(ws))  # once per run, not per caption
     done = ws.store.captioned_keys()
     report = CaptionReport()
@@ -204,7 +230,7 @@ def caption_workspace(ws: Workspace, settings: CaptionSettings, api_key: str | N
     def work(job):
         image_id, key, media = job
         try:
-            return job, request_caption(client, settings, media_data_url(ws, media, settings)), None
+            return job, request_caption(client, settings, media_data_url(ws, media, settings), limiter), None
         except ImageError as exc:
             return job, None, str(exc)
         except Exception as exc:  # the client has retried already: record and go on with the batch
@@ -241,6 +267,8 @@ def caption_workspace(ws: Workspace, settings: CaptionSettings, api_key: str | N
                 keep(result)
             raise
     report.seconds = round(time.perf_counter() - start, 3)
+    report.rate_limit_wait_s = round(limiter.waited, 3)
+    report.rate_limits = dict(limiter.limits)
     return report
 
 

@@ -190,3 +190,45 @@ def test_key_never_written_or_logged(ws, caplog):
         if path.is_file():
             assert KEY.encode() not in path.read_bytes(), path
     assert server.auth_headers and all(h == f"Bearer {KEY}" for h in server.auth_headers)
+
+
+def test_captioning_keeps_under_the_keys_rate_limit(ws):
+    """The server reports a window of 2 requests per second in x-ratelimit-* headers and answers 429 beyond it;
+    with 8 requests allowed in flight, the run paces itself by the headers: no 429, every image captioned."""
+    import threading
+
+    lock = threading.Lock()
+    arrivals: list[float] = []
+    refused: list[int] = []
+    window = {"start": None}
+
+    def responder(n, body):
+        with lock:
+            now = time.monotonic()
+            if window["start"] is None or now - window["start"] >= 1.0:
+                window["start"], window["count"] = now, 0
+            window["count"] += 1
+            arrivals.append(now)
+            reset = max(0.0, 1.0 - (now - window["start"]))
+            headers = {"x-ratelimit-limit-requests": "2", "x-ratelimit-remaining-requests": str(max(0, 2 - window["count"])),
+                       "x-ratelimit-reset-requests": f"{int(reset * 1000)}ms", "x-ratelimit-limit-tokens": "1000000",
+                       "x-ratelimit-remaining-tokens": "990000", "x-ratelimit-reset-tokens": "6m0s"}
+            if window["count"] > 2:
+                refused.append(n)
+                return Reply(status=429, headers={**headers, "retry-after-ms": str(int(reset * 1000))})
+        return Reply(headers=headers)
+
+    with LocalOpenAI(responder) as server:
+        report = run(ws, server, concurrency=8, max_retries=0)
+    assert report.captioned == 4 and report.failed == 0 and refused == []
+    assert report.rate_limits == {"requests": 2, "tokens": 1000000} and report.rate_limit_wait_s > 0
+    assert all(b - a >= 0.0 for a, b in zip(arrivals, arrivals[1:])) and len(arrivals) == 4
+    assert arrivals[-1] - arrivals[0] >= 1.0  # 4 requests at 2 per second take more than one window
+
+
+def test_reset_headers_are_read_as_openai_writes_them():
+    from studio.ratelimit import parse_reset
+
+    assert parse_reset("1s") == 1.0 and parse_reset("6m0s") == 360.0 and parse_reset("120ms") == 0.12
+    assert parse_reset("1h2m3.5s") == 3723.5 and parse_reset("0.5") == 0.5
+    assert parse_reset(None) is None and parse_reset("soon") is None
