@@ -9,8 +9,8 @@ on storage every node reads at the same path, and the studio package travels wit
 """
 from __future__ import annotations
 
-import json
 import os
+import pickle
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -33,8 +33,7 @@ class FaceActor:
         for path in batch["path"]:
             try:
                 faces = self.analyzer.analyze(load_rgb(Path(str(path))).rgb)
-                # JSON keeps float32 embeddings exact (each float32 is a double, printed in full)
-                faces_out.append(json.dumps([{**f, "embedding": [float(v) for v in f["embedding"]]} for f in faces]))
+                faces_out.append(pickle.dumps(faces, protocol=5))  # float32 embeddings travel as they are
                 errors.append("")
             except ImageError as exc:
                 faces_out.append("")
@@ -68,14 +67,23 @@ def analyze_on_ray(ws, pack, todo: list[tuple[int, str]], save: Callable[[int, l
                           for row in zip(b["image_id"], b["faces"], b["error"]))
         if progress is not None:
             rows = progress(rows, total=len(todo), desc="analyze (ray)", unit="img")
-        for image_id, faces_json, error in rows:
-            if error:
-                save(int(image_id), None, str(error))
-                continue
-            faces = json.loads(faces_json)
-            for f in faces:
-                f["embedding"] = np.asarray(f["embedding"], dtype=np.float32)
-            save(int(image_id), faces, None)
+        pending: list = []
+
+        def flush() -> None:
+            with ws.store.transaction():  # one commit per batch: the driver, the only writer, keeps up
+                for image_id, payload, error in pending:
+                    if error:
+                        save(int(image_id), None, str(error))
+                    else:
+                        save(int(image_id), pickle.loads(payload), None)  # our own actors' output
+            pending.clear()
+
+        for row in rows:
+            pending.append(row)
+            if len(pending) >= batch_size:
+                flush()
+        if pending:
+            flush()
     finally:
         if started:
             ray.shutdown()

@@ -253,3 +253,46 @@ def copy_ws(template: Path, dest: Path):
 
     shutil.copytree(template, dest)
     return Workspace.open(dest)
+
+
+@pytest.fixture()
+def ws(tmp_path, photos):
+    """The captioning tests' workspace: four real photos of four persons, ingested (covered with --all)."""
+    from studio.ingest import ingest
+    from studio.workspace import Workspace
+
+    src = tmp_path / "src"
+    for name in ("obama", "biden", "astronaut", "obama2"):
+        (src / name).mkdir(parents=True)
+        shutil.copy(photos[name], src / name / photos[name].name)
+    w = Workspace.open(tmp_path / "ws")
+    ingest(w, src)
+    return w
+
+
+@pytest.fixture(scope="module")
+def served_generate(tmp_path_factory, curation_source, pack, users_file, tiny_spec):
+    """The app on a curated workspace (plus a faceless photo) with the tiny model registered twice: trained on
+    the bundled pack ('tiny') and, as the released weights, on antelopev2 ('tiny-ante')."""
+    import dataclasses
+
+    from studio.analyze import analyze
+    from studio.curate import curate
+    from studio.generate import register_model
+    from studio.ingest import ingest
+    from studio.workspace import Workspace
+
+    ws = Workspace.open(tmp_path_factory.mktemp("ws_generate"))
+    ingest(ws, curation_source)
+    blank = tmp_path_factory.mktemp("blank_src")
+    (blank / "landscape").mkdir()
+    from PIL import Image
+
+    Image.new("RGB", (640, 640), (90, 140, 200)).save(blank / "landscape" / "sky.png")  # a photo without a face
+    ingest(ws, blank)
+    analyze(ws, pack=pack)
+    curate(ws)
+    register_model(ws, tiny_spec)
+    register_model(ws, dataclasses.replace(tiny_spec, name="tiny-ante", face_pack="antelopev2"))
+    with running_app(ws.root, "--auth", str(users_file), env={"OMP_NUM_THREADS": "1"}) as url:
+        yield url, ws

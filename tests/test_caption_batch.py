@@ -11,7 +11,7 @@ import time
 
 from conftest import REPO
 from oai_server import LocalOpenAI, Reply, image_key
-from test_captions import KEY, ws  # noqa: F401  (ws is a fixture: four real photos ingested)
+from test_captions import KEY
 
 from studio.caption_batch import BATCH_DISCOUNT, batches, caption_batch
 from studio.captions import PROMPT, CaptionSettings, caption_workspace
@@ -26,7 +26,7 @@ def model_rows(ws) -> list[tuple[int, int]]:
         "SELECT image_id, COUNT(*) FROM captions WHERE origin = 'model' GROUP BY image_id ORDER BY image_id")]
 
 
-def test_a_batch_that_completes(ws):  # noqa: F811
+def test_a_batch_that_completes(ws):
     with LocalOpenAI() as server:
         report = caption_batch(ws, settings(server), KEY, kept_only=False, poll_seconds=0.05)
         assert report.captioned == 4 and report.failed == 0
@@ -49,7 +49,7 @@ def test_a_batch_that_completes(ws):  # noqa: F811
     assert not list((ws.root / "captions" / "batches").glob("*.jsonl"))  # the request file is not kept
 
 
-def test_a_partly_failing_batch_is_retried_synchronously_or_reported(ws):  # noqa: F811
+def test_a_partly_failing_batch_is_retried_synchronously_or_reported(ws):
     failing: set[str] = set()
 
     def responder(n, body):
@@ -71,14 +71,14 @@ def test_a_partly_failing_batch_is_retried_synchronously_or_reported(ws):  # noq
         assert len(server.requests) == 4
 
 
-def _cli(ws, server, *extra):  # noqa: F811
+def _cli(ws, server, *extra):
     env = {**os.environ, "OPENAI_API_KEY": KEY}
     cmd = [sys.executable, "-m", "studio", "caption", "--workspace", str(ws.root), "--all", "--base-url", server.url,
            "--max-retries", "0", "--batch", "--poll-seconds", "0.1", "--json", *extra]
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def test_a_restart_while_the_batch_is_in_progress_polls_the_same_batch(ws):  # noqa: F811
+def test_a_restart_while_the_batch_is_in_progress_polls_the_same_batch(ws):
     with LocalOpenAI() as server:
         server.hold_batches.set()
         proc = _cli(ws, server)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -15,23 +14,9 @@ from conftest import REPO
 from oai_server import LocalOpenAI, Reply, decode_image, image_key
 
 from studio.captions import PROMPT, CaptionSettings, caption_workspace, check_caption
-from studio.ingest import ingest
-from studio.workspace import Workspace
 
 KEY = "sk-test-0123456789-SECRET-abcdef"
 FAST = dict(max_retries=3, timeout=5.0)
-
-
-@pytest.fixture()
-def ws(tmp_path, photos):
-    """Four real photos of four persons, ingested (captioning covers all images with --all)."""
-    src = tmp_path / "src"
-    for name in ("obama", "biden", "astronaut", "obama2"):
-        (src / name).mkdir(parents=True)
-        shutil.copy(photos[name], src / name / photos[name].name)
-    w = Workspace.open(tmp_path / "ws")
-    ingest(w, src)
-    return w
 
 
 def run(ws, server, **kw):

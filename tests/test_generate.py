@@ -12,8 +12,7 @@ from conftest import REPO, USERS, running_app
 from PIL import Image
 
 from studio.faces import FaceAnalyzer
-from studio.generate import (FramingError, NoFaceError, control_inputs, face_from_photo, face_from_workspace, generate,
-                             register_model)
+from studio.generate import FramingError, NoFaceError, control_inputs, face_from_photo, face_from_workspace, generate
 from studio.images import load_rgb
 from studio.instantid import GenerationSettings, ModelCache, photo_framing
 
@@ -163,31 +162,6 @@ def test_cli_generate(curated_ws, tiny_spec, photos, tmp_path):
     assert ("download of Super-shuhe/CrossFaceID-InstantID failed" in offline.stderr and
             "hf download Super-shuhe/CrossFaceID-InstantID --include 'ControlNetModel/*' 'controlnet/*' "
             "'ip-adapter.bin' 'pytorch_model.bin'" in offline.stderr)
-
-
-@pytest.fixture(scope="module")
-def served_generate(tmp_path_factory, curation_source, pack, users_file, tiny_spec):
-    from studio.analyze import analyze
-    from studio.curate import curate
-    from studio.ingest import ingest
-    from studio.workspace import Workspace
-
-    ws = Workspace.open(tmp_path_factory.mktemp("ws_generate"))
-    ingest(ws, curation_source)
-    blank = tmp_path_factory.mktemp("blank_src")
-    (blank / "landscape").mkdir()
-    from PIL import Image
-
-    Image.new("RGB", (640, 640), (90, 140, 200)).save(blank / "landscape" / "sky.png")  # a photo without a face
-    ingest(ws, blank)
-    analyze(ws, pack=pack)
-    curate(ws)
-    register_model(ws, tiny_spec)
-    import dataclasses
-
-    register_model(ws, dataclasses.replace(tiny_spec, name="tiny-ante", face_pack="antelopev2"))
-    with running_app(ws.root, "--auth", str(users_file), env={"OMP_NUM_THREADS": "1"}) as url:
-        yield url, ws
 
 
 def test_generate_tab_api(served_generate):
