@@ -256,12 +256,14 @@ def wire(ctx: StudioContext, t: EvaluateTab, timer: gr.Timer) -> None:
         if ctx.policy.role_of(username(ctx, request)) != "admin":
             return tuple(gr.skip() for _ in range(7))
         r = ctx.ws.store.run(int(run_id)) if run_id not in (None, "", 0) else None
-        key = (run_id, r["status"] if r else None, r["done"] if r else None)
+        sets = [s["name"] for s in ctx.ws.store.testsets()]
+        # a test set built by its own run changes the list too, whatever the evaluation run shown
+        key = (run_id, r["status"] if r else None, r["done"] if r else None, tuple(sets))
         session = request.session_hash or ""
         if shown.get(session) == key:  # nothing changed: keep the page as it is
             return tuple(gr.skip() for _ in range(7))
         shown[session] = key
-        names = gr.CheckboxGroup(choices=[s["name"] for s in ctx.ws.store.testsets()])
+        names = gr.CheckboxGroup(choices=sets)
         return (*run_view(ctx, run_id), history_frame(ctx), sets_frame(ctx), names)
 
     refresh_out = [*view, t.history, t.sets, t.form["testsets"]]
