@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable, Iterable
 
 from .captions import (CaptionReport, CaptionSettings, _redact, _store_model_caption, build_messages, cache_key,
-                       describe_error, make_client, media_data_url, request_caption)
+                       describe_error, make_client, media_data_url, pending_captions, request_caption)
 from .images import ImageError
 from .workspace import Workspace
 
@@ -114,17 +114,9 @@ def caption_batch(ws: Workspace, settings: CaptionSettings, api_key: str | None,
     def keep(image_id: int, key: str, text: str, p_tok: int, c_tok: int, discount: float) -> None:
         flags, current = _store_model_caption(ws, image_id, key, settings, text, p_tok, c_tok, author, compiled,
                                               overwrite_reviewed, run_id)
-        report.captioned += 1
-        report.kept_reviewed += not current
-        report.prompt_tokens += p_tok
-        report.completion_tokens += c_tok
-        report.cost_usd += settings.cost(p_tok, c_tok) * discount
-        for f in flags:
-            report.flagged[f] = report.flagged.get(f, 0) + 1
+        report.stored(flags, current, p_tok, c_tok, settings.cost(p_tok, c_tok) * discount)
 
-    def fail(image_id, message: str) -> None:
-        report.failed += 1
-        report.errors.append(f"image {image_id}: {message}")
+    fail = report.fail
 
     def retry(image_id: int, key: str, why: str) -> None:
         if not retry_failed:
@@ -181,14 +173,7 @@ def caption_batch(ws: Workspace, settings: CaptionSettings, api_key: str | None,
     for record in [r for r in _records(ws) if r["params"] == pid and not r["imported"]]:
         finish(record)
     # 2. what is still uncaptioned goes out in new batches, recorded before any waiting
-    done = ws.store.captioned_keys()
-    todo = []
-    for image_id, sha, media in ws.store.images_for_captioning(kept_only):
-        key = cache_key(sha, settings)
-        if key in done:
-            report.skipped += 1
-        else:
-            todo.append((image_id, key, media))
+    todo = pending_captions(ws, settings, kept_only, report)
 
     def lines():
         for image_id, key, media in todo:

@@ -137,6 +137,21 @@ class CaptionReport:
     rate_limits: dict = field(default_factory=dict)  # the key's limits per window, as the server reported them
     rate_limit_wait_s: float = 0.0  # time spent waiting to stay under them
 
+    def stored(self, flags: list[str], current: bool, prompt_tokens: int, completion_tokens: int,
+               cost_usd: float) -> None:
+        """Count one model answer that was stored (``current``: it became the image's caption)."""
+        self.captioned += 1
+        self.kept_reviewed += not current
+        self.prompt_tokens += prompt_tokens
+        self.completion_tokens += completion_tokens
+        self.cost_usd += cost_usd
+        for f in flags:
+            self.flagged[f] = self.flagged.get(f, 0) + 1
+
+    def fail(self, image_id: int, message: str) -> None:
+        self.failed += 1
+        self.errors.append(f"image {image_id}: {message}")
+
     def as_dict(self) -> dict:
         d = asdict(self)
         d["cost_usd"] = round(self.cost_usd, 6)
@@ -201,6 +216,23 @@ def _store_model_caption(ws: Workspace, image_id: int, key: str, settings: Capti
     return flags, current
 
 
+def pending_captions(ws: Workspace, settings: CaptionSettings, kept_only: bool,
+                     report: CaptionReport) -> list[tuple[int, str, str]]:
+    """(image id, cache key, media path) of each image with no caption under ``settings`` yet.
+
+    The others are counted as skipped: a rerun, synchronous or batched, asks for nothing twice.
+    """
+    done = ws.store.captioned_keys()
+    todo = []
+    for image_id, sha, media in ws.store.images_for_captioning(kept_only):
+        key = cache_key(sha, settings)
+        if key in done:
+            report.skipped += 1
+        else:
+            todo.append((image_id, key, media))
+    return todo
+
+
 def caption_workspace(ws: Workspace, settings: CaptionSettings, api_key: str | None, *, kept_only: bool = True,
                       author: str = "captioner", progress: Callable[..., Iterable] | None = None,
                       client=None, overwrite_reviewed: bool = False, run_id: int | None = None) -> CaptionReport:
@@ -217,15 +249,8 @@ def caption_workspace(ws: Workspace, settings: CaptionSettings, api_key: str | N
     client = client or make_client(api_key, settings)
     limiter = RateLimiter()  # paces by the key's x-ratelimit-* headers; no headers, no pacing
     compiled = compile_vocabulary(vocabulary(ws))  # once per run, not per caption
-    done = ws.store.captioned_keys()
     report = CaptionReport()
-    todo = []
-    for image_id, sha, media in ws.store.images_for_captioning(kept_only):
-        key = cache_key(sha, settings)
-        if key in done:
-            report.skipped += 1
-        else:
-            todo.append((image_id, key, media))
+    todo = pending_captions(ws, settings, kept_only, report)
 
     def work(job):
         image_id, key, media = job
@@ -239,20 +264,13 @@ def caption_workspace(ws: Workspace, settings: CaptionSettings, api_key: str | N
     def keep(result) -> None:
         (image_id, key, _), answer, error = result
         if error is not None:
-            report.failed += 1
-            report.errors.append(f"image {image_id}: {error}")
+            report.fail(image_id, error)
             log.warning("caption failed for image %s: %s", image_id, error)
             return
         text, p_tok, c_tok = answer
         flags, current = _store_model_caption(ws, image_id, key, settings, text, p_tok, c_tok, author, compiled,
                                               overwrite_reviewed, run_id)
-        report.captioned += 1
-        report.kept_reviewed += not current
-        report.prompt_tokens += p_tok
-        report.completion_tokens += c_tok
-        report.cost_usd += settings.cost(p_tok, c_tok)
-        for f in flags:
-            report.flagged[f] = report.flagged.get(f, 0) + 1
+        report.stored(flags, current, p_tok, c_tok, settings.cost(p_tok, c_tok))
 
     with ThreadPoolExecutor(settings.concurrency) as pool:
         mapper = BoundedMap(pool, work, todo, ahead=2 * settings.concurrency)  # keep the pool busy
