@@ -65,7 +65,8 @@ def cmd_evaluate(args) -> int:
     cfg = eval_config(args)
     cfg.validate()
     run_id, result = execute(ws, "evaluate", cfg.to_dict(), _author(args), lambda handle: evaluate(
-        ws, cfg, handle.run_id, author=_author(args), track=combine(handle.track, _progress())),
+        ws, cfg, handle.run_id, author=_author(args), track=combine(handle.track, _progress()), engine=args.engine,
+        address=args.address, workers=args.workers, gpus_per_worker=args.gpus_per_worker),
         run_id=args.run_id, inputs={"workspace": str(ws.root)})
     if result and not args.json:
         print(table_markdown(result["table"], result["baseline"]))
@@ -127,6 +128,11 @@ def add_commands(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
     p.add_argument("--allow-pack-mismatch", action="store_true",
                    help="evaluate a model with faces from a pack other than the one it was trained on (recorded)")
+    p.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="score in this process (default) or on a Ray actor pool (Ray starts locally unless --address)")
+    p.add_argument("--address", default=None, help="--engine ray: the cluster to join, e.g. auto or ray://HEAD:10001")
+    p.add_argument("--workers", type=int, default=None, help="--engine ray: scoring actors (default: one per CPU)")
+    p.add_argument("--gpus-per-worker", type=float, default=0.0, help="--engine ray: GPU share per actor, e.g. 0.25")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("report", parents=[common], help="the paper's Tables 1-3 for this workspace, as Markdown")

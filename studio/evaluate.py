@@ -109,8 +109,15 @@ def sample_key(spec: dict, item: dict, settings: GenerationSettings) -> str:
 
 
 def evaluate(ws: Workspace, cfg: EvalConfig, run_id: int, *, author: str = "studio", track: Callable | None = None,
-             cache=None, clip=None) -> dict:
-    """Generate what is missing, score what is unscored, and write the tables of run ``run_id``."""
+             cache=None, clip=None, engine: str = "local", address: str | None = None, workers: int | None = None,
+             gpus_per_worker: float = 0.0) -> dict:
+    """Generate what is missing, score what is unscored, and write the tables of run ``run_id``.
+
+    ``engine="ray"`` scores on a Ray actor pool (``workers`` actors, ``gpus_per_worker`` each;
+    local unless ``address``) with the same scorer; this process generates and stores everything.
+    """
+    if engine not in ("local", "ray"):
+        raise ValueError(f"engine must be 'local' or 'ray', got {engine!r}")
     from .faces import FaceAnalyzer, MissingModelError, resolve_pack
     from .generate import resolve_models
     from .metrics import ClipSpec, Scorer, load_clip
@@ -157,7 +164,14 @@ def evaluate(ws: Workspace, cfg: EvalConfig, run_id: int, *, author: str = "stud
     samples = ws.store.eval_samples(keys)
     inputs = [score_input(ws, samples[k], item) for k, t, item, spec, s in plan if k not in done]
     errors = []
-    for batch in scorer.score(inputs, track):
+    if engine == "ray" and inputs:
+        from .score_ray import score_on_ray
+
+        batches = score_on_ray(inputs, scorer.clip.spec, pack, device=cfg.device, address=address, workers=workers,
+                               gpus_per_worker=gpus_per_worker, progress=track)
+    else:
+        batches = scorer.score(inputs, track)
+    for batch in batches:
         errors += [f"{r['key']}: {r['error']}" for r in batch if "error" in r]
         # an unreadable sample file stays unscored (counted, retried by a rerun), never a "no face"
         ws.store.save_eval_scores(scorer.name, [r for r in batch if "error" not in r], run_id)

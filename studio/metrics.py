@@ -161,6 +161,13 @@ class ScoreInput:
     attribute: str | None = None  # the attribute the prompt asks for (one of SCORED_ATTRIBUTES)
 
 
+def check_attributes(inputs: Sequence[ScoreInput]) -> None:
+    """Refuse, before any work, an attribute the scorer has no automatic score for."""
+    unknown = {i.attribute for i in inputs if i.attribute and i.attribute not in SCORED_ATTRIBUTES}
+    if unknown:
+        raise ValueError(f"no automatic score for attribute(s) {sorted(unknown)}; scored: {list(SCORED_ATTRIBUTES)}")
+
+
 def face_crop(rgb: np.ndarray, bbox: Sequence[float], margin: float = 0.3) -> Image.Image:
     """A square crop around a face box with a margin, clipped to the image."""
     x1, y1, x2, y2 = bbox
@@ -200,9 +207,7 @@ class Scorer:
 
     def score(self, inputs: Sequence[ScoreInput], track: Callable | None = None) -> Iterator[list[dict]]:
         """Yield the scores of each batch (dicts with ``key``), so a caller can store them as they come."""
-        unknown = {i.attribute for i in inputs if i.attribute and i.attribute not in SCORED_ATTRIBUTES}
-        if unknown:
-            raise ValueError(f"no automatic score for attribute(s) {sorted(unknown)}; scored: {list(SCORED_ATTRIBUTES)}")
+        check_attributes(inputs)
         batches = [list(inputs[s:s + self.batch_size]) for s in range(0, len(inputs), self.batch_size)]
         with ThreadPoolExecutor(self.workers) as pool:
             def submit(batch: list[ScoreInput]) -> list:

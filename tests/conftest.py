@@ -296,3 +296,21 @@ def served_generate(tmp_path_factory, curation_source, pack, users_file, tiny_sp
     register_model(ws, dataclasses.replace(tiny_spec, name="tiny-ante", face_pack="antelopev2"))
     with running_app(ws.root, "--auth", str(users_file), env={"OMP_NUM_THREADS": "1"}) as url:
         yield url, ws
+
+
+@pytest.fixture
+def eval_ws(tmp_path, pairs_ws_template, tiny_spec):
+    """The cross-training workspace with two tiny models: 'tiny' and 'tiny-b' (same base, another adapter)."""
+    import torch
+
+    from studio.generate import register_model
+    from studio.instantid import ModelSpec
+
+    ws = copy_ws(pairs_ws_template, tmp_path / "ws")
+    register_model(ws, tiny_spec)
+    state = torch.load(tiny_spec.ip_adapter, weights_only=True)
+    other = tmp_path / "ip-adapter-b.bin"
+    torch.save({part: {k: v * 3 for k, v in d.items()} for part, d in state.items()}, other)
+    register_model(ws, ModelSpec("tiny-b", base=tiny_spec.base, identitynet=tiny_spec.identitynet, ip_adapter=str(other),
+                                 face_pack="bundled"))
+    return ws

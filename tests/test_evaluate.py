@@ -11,7 +11,7 @@ import sys
 import pytest
 from PIL import Image
 
-from conftest import REPO, copy_ws
+from conftest import REPO
 from studio.evaluate import EvalConfig, evaluate
 from studio.generate import register_model
 from studio.instantid import ModelSpec
@@ -21,21 +21,6 @@ from studio.runs import execute
 from studio.testsets import build_testset, import_testset, item_rows
 
 SMALL = dict(steps=2, width=64, height=64, guidance=3.0)
-
-
-@pytest.fixture
-def eval_ws(tmp_path, pairs_ws_template, tiny_spec):
-    """The cross-training workspace with two tiny models: 'tiny' and 'tiny-b' (same base, another adapter)."""
-    import torch
-
-    ws = copy_ws(pairs_ws_template, tmp_path / "ws")
-    register_model(ws, tiny_spec)
-    state = torch.load(tiny_spec.ip_adapter, weights_only=True)
-    other = tmp_path / "ip-adapter-b.bin"
-    torch.save({part: {k: v * 3 for k, v in d.items()} for part, d in state.items()}, other)
-    register_model(ws, ModelSpec("tiny-b", base=tiny_spec.base, identitynet=tiny_spec.identitynet, ip_adapter=str(other),
-                                 face_pack="bundled"))
-    return ws
 
 
 def _config(clip_dir, **kw) -> EvalConfig:

@@ -1,0 +1,49 @@
+"""Heavy stages on Ray: an actor pool that loads its models once, the driver the only writer.
+
+Ray Data's ``map_batches`` runs one actor per worker (1 CPU each, or a share of a GPU); the driver
+streams the results back and commits them itself, so SQLite sees one writer and a killed run
+resumes with what is not committed yet. Without an address Ray starts locally; on a cluster
+(``--address auto`` on a node of it) the workspace must be on storage every node reads at the
+same path, and the studio package travels with the job.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+
+def map_on_ray(rows: list[dict], actor: type, ctor_args: tuple, *, address: str | None = None,
+               workers: int | None = None, gpus_per_worker: float = 0.0, batch_size: int = 8,
+               progress: Callable[..., Iterable] | None = None, desc: str = "ray") -> Iterator[dict]:
+    """Yield ``actor(batch)``'s output batches (dicts of numpy arrays) for ``rows``, as they arrive.
+
+    ``progress`` counts input rows (one per output row).
+    """
+    import ray
+
+    import studio
+
+    started = not ray.is_initialized()
+    if started:
+        local = address is None  # "local": always a fresh local instance, never one left by another process
+        ray.init(address="local" if local else address, num_cpus=(workers or os.cpu_count() or 1) if local else None,
+                 include_dashboard=False, log_to_driver=False, configure_logging=False,
+                 runtime_env={"py_modules": [str(Path(studio.__file__).parent)]})
+    try:
+        size = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), size * 4)))
+        results = ds.map_batches(actor, fn_constructor_args=ctor_args, batch_size=batch_size, concurrency=size,
+                                 num_cpus=1, num_gpus=gpus_per_worker or None, batch_format="numpy")
+        batches = results.iter_batches(batch_size=batch_size, batch_format="numpy")
+        if progress is None:
+            yield from batches
+            return
+        bar = iter(progress(range(len(rows)), total=len(rows), desc=desc, unit="item"))
+        for batch in batches:
+            for _ in range(len(next(iter(batch.values())))):
+                next(bar, None)
+            yield batch
+    finally:
+        if started:
+            ray.shutdown()
