@@ -46,10 +46,11 @@ def image_list(ws: Workspace) -> list[dict]:
     return out
 
 
-def dataset_stats(ws: Workspace) -> dict:
+def dataset_stats(ws: Workspace, per_person: tuple[list[int], list[int]] | None = None) -> dict:
     """Table 1 before/after curation, rejection counts per reason, ingest problems, pose counts.
 
-    Aggregated in SQL over the browse index, so it stays fast at a million images.
+    Read from the store's tallies (kept by triggers), so it stays fast at millions of images.
+    ``per_person``: the images-per-person counts before and after curation, when already read.
     """
     from .codes import REASONS
 
@@ -57,9 +58,9 @@ def dataset_stats(ws: Workspace) -> dict:
     status = store.status_counts()
     reasons = {name: n for name, n in zip(REASONS, store.reason_bit_counts(len(REASONS))) if n}
     problems = store.problem_counts()
+    before, after = per_person or (store.images_per_person(), store.images_per_person(passed_only=True))
     return {
-        "table1": {"before_curation": table1(store.images_per_person()),
-                   "after_curation": table1(store.images_per_person(passed_only=True))},
+        "table1": {"before_curation": table1(before), "after_curation": table1(after)},
         # Table 1 of each person split (kept images), once persons are split for cross-training
         "table1_by_split": {s: table1(store.images_per_person(passed_only=True, split=s))
                             for s in ("train", "validation", "test") if s in set(store.splits().values())},
@@ -93,15 +94,16 @@ def distribution_frames(ws: Workspace) -> dict:
     """Long-form tables for the Statistics plots (rejections, images per person, pose, attributes)."""
     import pandas as pd
 
-    stats = dataset_stats(ws)
+    per_person = ws.store.images_per_person(), ws.store.images_per_person(passed_only=True)
+    stats = dataset_stats(ws, per_person)
     reasons = pd.DataFrame(
         [(k, v, "curation") for k, v in stats["rejections_by_reason"].items()]
         + [(k, v, "ingest") for k, v in stats["ingest_problems_by_reason"].items()],
         columns=["reason", "images", "stage"],
     )
     per_person = []
-    for stage, passed_only in (("before curation", False), ("after curation", True)):
-        histogram = Counter(ws.store.images_per_person(passed_only=passed_only))
+    for stage, counts in zip(("before curation", "after curation"), per_person):
+        histogram = Counter(counts)
         per_person += [(str(n), persons, stage, n) for n, persons in histogram.items()]
     hist = pd.DataFrame(per_person, columns=["images per person", "persons", "stage", "n"]).sort_values("n")
     poses = pd.DataFrame(sorted(stats["pose_after_curation"].items()), columns=["pose", "images"])

@@ -314,3 +314,17 @@ def eval_ws(tmp_path, pairs_ws_template, tiny_spec):
     register_model(ws, ModelSpec("tiny-b", base=tiny_spec.base, identitynet=tiny_spec.identitynet, ip_adapter=str(other),
                                  face_pack="bundled"))
     return ws
+
+
+def direct_counts(conn) -> dict:
+    """What the tallies must equal: GROUP BYs over every browse row and tag."""
+    q = {"person_tally": "SELECT person_id, status, COUNT(*) FROM browse GROUP BY 1, 2",
+         "facet_tally": "SELECT status, reasons_mask, COALESCE(pose, ''), stale, COUNT(*) FROM browse GROUP BY 1, 2, 3, 4",
+         "tag_tally": "SELECT t.tag, b.status, COUNT(*) FROM image_tags t JOIN browse b ON b.image_id = t.image_id "
+                      "GROUP BY 1, 2"}
+    return {table: {tuple(r[:-1]): r[-1] for r in conn.execute(sql)} for table, sql in q.items()}
+
+
+def tallies(conn) -> dict:
+    return {table: {tuple(r[:-1]): r[-1] for r in conn.execute(f"SELECT * FROM {table} WHERE n != 0")}
+            for table in ("person_tally", "facet_tally", "tag_tally")}

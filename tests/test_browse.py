@@ -147,3 +147,21 @@ def test_deleted_media_shows_a_placeholder_in_the_gallery(tmp_path, photos):
     missing = [(path, caption) for path, caption in items if "media file missing" in caption]
     assert missing == [(str(MISSING), f"#{gone['id']} p · pending · media file missing")]
     assert MISSING.is_file()
+
+
+def test_counts_follow_writes_from_this_and_other_connections(tmp_path, curated_ws):
+    """A filter's count is reused while paging, and never after a write, from any connection."""
+    shutil.copytree(curated_ws.root, tmp_path / "ws")
+    ws = Workspace.open(tmp_path / "ws")
+    f = BrowseFilter(tags=["hat"])
+    assert browse(ws, f).total == 0
+    ids = [r["id"] for r in ws.store.image_table()]
+    ws.store.set_tags(ids[0], ["hat"])  # this connection
+    assert browse(ws, f).total == 1
+    other = Workspace.open(tmp_path / "ws")  # another connection (another process would be the same)
+    other.store.set_tags(ids[1], ["hat"])
+    assert browse(ws, f).total == 2
+    first, second = browse(ws, f, page=1, page_size=1), browse(ws, f, page=2, page_size=1)
+    assert first.total == second.total == 2 and first.items[0]["image_id"] != second.items[0]["image_id"]
+    other.store.set_tags(ids[0], [])
+    assert browse(ws, f, page=2, page_size=1).total == 1

@@ -4,7 +4,9 @@ from __future__ import annotations
 import sqlite3
 
 import pytest
+from PIL import Image
 
+from conftest import direct_counts, tallies
 from studio.analyze import analyze
 from studio.ingest import ingest
 from studio.store import SCHEMA_VERSION, Store
@@ -79,3 +81,46 @@ def test_interrupted_ingest_resumes(tmp_path, curation_source):
     assert ws.store.counts()["images"] == 4
     report = ingest(ws, curation_source)
     assert report.already == 4 and report.added == 5
+
+
+def test_tallies_follow_every_write_of_a_real_pipeline(tmp_path, curated_ws, curation_source, pack, photos):
+    """Statistics read tallies kept by triggers; after ingest, analysis, tagging, re-curation and a
+    stale verdict they equal counting every row, and the statistics equal the direct counts."""
+    import shutil
+
+    from studio.curate import curate, curation_rules
+    from studio.stats import dataset_stats
+
+    shutil.copytree(curated_ws.root, tmp_path / "ws")
+    ws = Workspace.open(tmp_path / "ws")
+    conn = ws.store.conn
+    assert tallies(conn) == direct_counts(conn) and direct_counts(conn)["facet_tally"]
+    ids = [r["id"] for r in ws.store.image_table()]
+    ws.store.set_tags(ids[0], ["smiling", "glasses"])
+    ws.store.set_tags(ids[1], ["smiling"])
+    ws.store.set_tags(ids[0], ["glasses", "hat"])  # replaced: smiling goes, hat comes
+    assert tallies(conn) == direct_counts(conn)
+    before = dataset_stats(ws)
+    curate(ws, curation_rules(ws, min_side=4000))  # every verdict flips to fail: tags move status too
+    assert tallies(conn) == direct_counts(conn)
+    after = dataset_stats(ws)
+    assert after["table1"]["after_curation"]["images"] == 0 < before["table1"]["after_curation"]["images"]
+    assert after["rejections_by_reason"]["low_resolution"] == len(ids)
+    assert ws.store.tag_counts(passed_only=True) == [] and dict(ws.store.tag_counts()) == {"glasses": 1, "hat": 1,
+                                                                                             "smiling": 1}
+    # an analysis written after curation makes that verdict stale, and a re-curation clears it
+    face = {"bbox": [0, 0, 9, 9], "score": 0.9, "kps": [[1, 1]] * 5, "embedding": None, "area_ratio": 0.2}
+    ws.store.save_analysis(ids[2], pack.name, [face], 0.2)
+    assert ws.store.stale_verdicts() == 1 and tallies(conn) == direct_counts(conn)
+    assert [r["verdict_stale"] for r in ws.store.image_table(image_ids=[ids[2]])] == [True]
+    new = tmp_path / "src" / "newcomer"
+    new.mkdir(parents=True)
+    Image.open(photos["biden"]).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(new / "b.jpg")  # not a duplicate
+    ingest(ws, tmp_path / "src")
+    analyze(ws, pack=pack)
+    curate(ws, curation_rules(ws, min_side=512))
+    assert ws.store.stale_verdicts() == 0 and tallies(conn) == direct_counts(conn)
+    counts = dict(conn.execute("SELECT p.name, COUNT(*) FROM browse b JOIN persons p ON p.id = b.person_id GROUP BY 1"))
+    assert dict(ws.store.persons()) == counts and "newcomer" in counts
+    status = dict(conn.execute("SELECT status, COUNT(*) FROM browse GROUP BY 1"))
+    assert ws.store.status_counts() == status

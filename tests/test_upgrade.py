@@ -1,4 +1,4 @@
-"""Workspaces written by earlier studio versions (schema v1-v4) open, upgrade and work like fresh ones."""
+"""Workspaces written by earlier studio versions (schema v1-v4, v9) open, upgrade and work like fresh ones."""
 from __future__ import annotations
 
 import shutil
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import USERS, running_app
+from conftest import USERS, direct_counts, running_app, tallies
 
 from studio.analyze import analyze
 from studio.browse import BrowseFilter, browse, image_detail
@@ -44,10 +44,14 @@ def fresh(tmp_path_factory, pack) -> Workspace:
     return new
 
 
-@pytest.mark.parametrize("version", [1, 2, 3, 4])
+@pytest.mark.parametrize("version", [1, 2, 3, 4, 9])
 def test_old_workspace_upgrades_and_matches_a_fresh_one(version, fresh, tmp_path):
     ws = upgraded(version, tmp_path / "ws")
     assert ws.store.schema_version() == SCHEMA_VERSION
+    # the statistics' tallies start equal to counting every row, and stale verdicts are still found
+    # (v9 was re-analysed after curation)
+    assert tallies(ws.store.conn) == direct_counts(ws.store.conn)
+    assert ws.store.stale_verdicts() == (5 if version == 9 else 0)
     old, new = dataset_stats(ws), dataset_stats(fresh)
     assert old["table1"] == new["table1"]
     assert old["rejections_by_reason"] == new["rejections_by_reason"] == {"low_resolution": 1, "small_face": 1}
@@ -66,6 +70,11 @@ def test_old_workspace_upgrades_and_matches_a_fresh_one(version, fresh, tmp_path
     assert detail["problem"] is None and detail["metadata"]["faces"]
     result = export_training_set(ws, tmp_path / "export", allow_other_pack=True, captions="any")
     assert result["exported"] == 4 and result["without_caption"] == 0
+    # the tallies' triggers are in place: a new tag and a re-curation are counted
+    ws.store.set_tags(queue[0]["image_id"], ["hat"])
+    curate(ws)
+    assert tallies(ws.store.conn) == direct_counts(ws.store.conn) and ws.store.stale_verdicts() == 0
+    assert dict(ws.store.tag_counts()).get("hat") == 1
 
 
 def test_upgraded_workspace_serves_every_endpoint(tmp_path, users_file):

@@ -133,7 +133,7 @@ class StoreBase:
                 for statement in split_sql(MIGRATIONS[v]):
                     conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {v}")
-            if 0 < version < SCHEMA_VERSION:
+            if version < SCHEMA_VERSION:  # on a new workspace: empty tallies and their triggers
                 run_backfills(conn, version, self._refresh_browse)
 
     def schema_version(self) -> int:

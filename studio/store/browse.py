@@ -25,13 +25,14 @@ class BrowseMixin:
             args = tuple(image_ids)
         conn.execute(
             f"""INSERT INTO browse(image_id, person_id, person_name, status, reasons_mask, pose, width, height, min_side,
-                                   face_count, face_ratio, outlier, identity_sim, caption, caption_status)
+                                   face_count, face_ratio, outlier, identity_sim, caption, caption_status, stale)
                 SELECT i.id, i.person_id, p.name,
                        CASE WHEN c.passed IS NULL THEN {PENDING} WHEN c.passed THEN {PASS} ELSE {FAIL} END,
                        COALESCE(c.reasons_mask, 0), f.pose, i.width, i.height, MIN(i.width, i.height),
                        a.face_count, COALESCE(f.area_ratio, a.largest_face_ratio),
                        CASE WHEN c.identity_sim IS NULL THEN NULL ELSE c.outlier END, c.identity_sim,
-                       i.import_caption, CASE WHEN i.import_caption IS NULL THEN 'none' ELSE 'imported' END
+                       i.import_caption, CASE WHEN i.import_caption IS NULL THEN 'none' ELSE 'imported' END,
+                       c.image_id IS NOT NULL AND c.analysis_rev IS NOT a.rev
                 FROM images i
                 JOIN persons p ON p.id = i.person_id
                 LEFT JOIN analyses a ON a.image_id = i.id
@@ -42,15 +43,15 @@ class BrowseMixin:
                     person_id = excluded.person_id, person_name = excluded.person_name, status = excluded.status, reasons_mask = excluded.reasons_mask,
                     pose = excluded.pose, width = excluded.width, height = excluded.height,
                     min_side = excluded.min_side, face_count = excluded.face_count, face_ratio = excluded.face_ratio,
-                    outlier = excluded.outlier, identity_sim = excluded.identity_sim""",
+                    outlier = excluded.outlier, identity_sim = excluded.identity_sim, stale = excluded.stale""",
             args,
         )
 
     def persons(self) -> list[tuple[str, int]]:
         """Every person with their number of images, by name."""
         rows = self.conn.execute(
-            "SELECT p.name, COUNT(b.image_id) FROM persons p JOIN browse b ON b.person_id = p.id GROUP BY p.id ORDER BY p.name"
-        ).fetchall()
+            """SELECT p.name, SUM(t.n) FROM person_tally t JOIN persons p ON p.id = t.person_id
+               GROUP BY t.person_id HAVING SUM(t.n) > 0 ORDER BY p.name""").fetchall()
         return [(r[0], int(r[1])) for r in rows]
 
     def person_ids(self, names: Sequence[str]) -> dict[str, int]:
@@ -62,10 +63,9 @@ class BrowseMixin:
         return {r[0]: int(r[1]) for r in rows}
 
     def tag_counts(self, passed_only: bool = False) -> list[tuple[str, int]]:
-        sql = "SELECT t.tag, COUNT(*) FROM image_tags t"
-        if passed_only:
-            sql += f" JOIN browse b ON b.image_id = t.image_id WHERE b.status = {PASS}"
-        rows = self.conn.execute(sql + " GROUP BY t.tag ORDER BY COUNT(*) DESC, t.tag").fetchall()
+        where = f"WHERE status = {PASS}" if passed_only else ""
+        rows = self.conn.execute(f"SELECT tag, SUM(n) FROM tag_tally {where} GROUP BY tag HAVING SUM(n) > 0 "
+                                 "ORDER BY SUM(n) DESC, tag").fetchall()
         return [(r[0], int(r[1])) for r in rows]
 
     def set_tags(self, image_id: int, tags: Iterable[str]) -> None:
@@ -83,30 +83,57 @@ class BrowseMixin:
             where.append("person_id IN (SELECT person_id FROM splits WHERE split = ?)")
             args.append(split)
         clause = ("WHERE " + " AND ".join(where)) if where else ""
-        return [int(r[0]) for r in self.conn.execute(f"SELECT COUNT(*) FROM browse {clause} GROUP BY person_id", args)]
+        return [int(r[0]) for r in self.conn.execute(
+            f"SELECT SUM(n) FROM person_tally {clause} GROUP BY person_id HAVING SUM(n) > 0", args)]
 
     def status_counts(self) -> dict[int, int]:
-        return {int(r[0]): int(r[1]) for r in self.conn.execute("SELECT status, COUNT(*) FROM browse GROUP BY status")}
+        return {int(r[0]): int(r[1]) for r in self.conn.execute(
+            "SELECT status, SUM(n) FROM facet_tally GROUP BY status HAVING SUM(n) > 0")}
 
     def reason_bit_counts(self, bits: int) -> list[int]:
-        """How many images have each of the first ``bits`` reason bits set (one scan)."""
-        if bits == 0:
-            return []
-        sums = ", ".join(f"SUM((reasons_mask >> {i}) & 1)" for i in range(bits))
-        row = self.conn.execute(f"SELECT {sums} FROM browse").fetchone()
-        return [int(v or 0) for v in row]
+        """How many images have each of the first ``bits`` reason bits set."""
+        counts = [0] * bits
+        for mask, n in self.conn.execute("SELECT reasons_mask, SUM(n) FROM facet_tally GROUP BY reasons_mask"):
+            for i in range(bits):
+                counts[i] += int(n) if mask >> i & 1 else 0
+        return counts
 
     def pose_counts(self, passed_only: bool = True) -> dict[str, int]:
         where = f"WHERE status = {PASS}" if passed_only else ""
-        return {(r[0] or "unknown"): int(r[1])
-                for r in self.conn.execute(f"SELECT pose, COUNT(*) FROM browse {where} GROUP BY pose")}
+        return {(r[0] or "unknown"): int(r[1]) for r in self.conn.execute(
+            f"SELECT pose, SUM(n) FROM facet_tally {where} GROUP BY pose HAVING SUM(n) > 0")}
+
+    def stale_verdicts(self) -> int:
+        """Verdicts computed from another analysis than the image has now (curate ran while analyze wrote)."""
+        return int(self.conn.execute("SELECT COALESCE(SUM(n), 0) FROM facet_tally WHERE stale = 1").fetchone()[0])
 
     def problem_counts(self) -> dict[str, int]:
         return {r[0]: int(r[1]) for r in self.conn.execute(
             "SELECT code, COUNT(*) FROM sources WHERE outcome != 'ingested' GROUP BY code")}
 
     def poses(self) -> list[str]:
-        return [r[0] for r in self.conn.execute("SELECT DISTINCT pose FROM browse WHERE pose IS NOT NULL ORDER BY pose")]
+        return [r[0] for r in self.conn.execute(
+            "SELECT pose FROM facet_tally WHERE pose != '' GROUP BY pose HAVING SUM(n) > 0 ORDER BY pose")]
+
+    def _count(self, clause: str, args: list) -> int:
+        """How many browse rows match; reused while the database is unchanged.
+
+        Paging through a filter at millions of images would otherwise count every match again on
+        each page. Unchanged means: no commit by another connection (``PRAGMA data_version``) and
+        no write by this one (``total_changes``); the cache is per connection, like the connection.
+        """
+        conn = self.conn
+        version = (conn.execute("PRAGMA data_version").fetchone()[0], conn.total_changes)
+        cache = self._local.__dict__.setdefault("counts", {})
+        key = (clause, tuple(args))
+        hit = cache.get(key)
+        if hit is not None and hit[0] == version:
+            return hit[1]
+        total = int(conn.execute(f"SELECT COUNT(*) FROM browse b {clause}", args).fetchone()[0])
+        if len(cache) >= 64:
+            cache.pop(next(iter(cache)))
+        cache[key] = (version, total)
+        return total
 
     _SORTS = {
         "id": "b.image_id", "person": "b.person_name", "face_ratio": "b.face_ratio", "resolution": "b.min_side",
@@ -169,7 +196,7 @@ class BrowseMixin:
         clause = ("WHERE " + " AND ".join(where)) if where else ""
         direction = " DESC" if descending else ""
         order = f"{self._SORTS[sort]}{direction}, b.image_id{direction}"
-        total = self.conn.execute(f"SELECT COUNT(*) FROM browse b {clause}", args).fetchone()[0]
+        total = self._count(clause, args)
         # ids first (index-only), then the full rows of just this page
         ids = [r[0] for r in self.conn.execute(
             f"SELECT b.image_id FROM browse b {clause} ORDER BY {order} LIMIT ? OFFSET ?", args + [limit, offset])]

@@ -264,12 +264,6 @@ class ImagesMixin:
             out.append(d)
         return out
 
-    def stale_verdicts(self) -> int:
-        """Verdicts computed from another analysis than the image has now (curate ran while analyze wrote)."""
-        return int(self.conn.execute(
-            """SELECT COUNT(*) FROM curation c LEFT JOIN analyses a ON a.image_id = c.image_id
-               WHERE c.analysis_rev IS NOT a.rev""").fetchone()[0])
-
     def counts(self) -> dict[str, int]:
         c = self.conn
         return {

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from ..codes import REASONS, reasons_mask
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 
 MIGRATIONS: dict[int, str] = {
     1: """
@@ -374,10 +374,81 @@ MIGRATIONS: dict[int, str] = {
         PRIMARY KEY (study_id, item_id, annotator)
     )
     """,
+    10: """
+    -- Statistics at millions of images: counts kept current by triggers (TALLY_TRIGGERS) instead of
+    -- a scan of every image; filled in run_backfills. A verdict's staleness moves into browse.
+    ALTER TABLE browse ADD COLUMN stale INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE person_tally (
+        person_id INTEGER NOT NULL,
+        status INTEGER NOT NULL,
+        n INTEGER NOT NULL,
+        PRIMARY KEY (person_id, status)
+    ) WITHOUT ROWID;
+    CREATE TABLE facet_tally (
+        status INTEGER NOT NULL,
+        reasons_mask INTEGER NOT NULL,
+        pose TEXT NOT NULL,
+        stale INTEGER NOT NULL,
+        n INTEGER NOT NULL,
+        PRIMARY KEY (status, reasons_mask, pose, stale)
+    ) WITHOUT ROWID;
+    CREATE TABLE tag_tally (
+        tag TEXT NOT NULL,
+        status INTEGER NOT NULL,
+        n INTEGER NOT NULL,
+        PRIMARY KEY (tag, status)
+    ) WITHOUT ROWID;
+    CREATE INDEX sources_problems ON sources(code) WHERE outcome != 'ingested'
+    """,
 }
 
+#: Keep the tallies equal to GROUP BYs over browse and image_tags, row by row (tested against them).
+#: A browse row counts once per (person, status), once per (status, reasons, pose, stale), and
+#: once per (tag, status) for each of its tags; rows only ever change, they are never deleted.
+TALLY_TRIGGERS = """
+CREATE TRIGGER IF NOT EXISTS browse_tally_insert AFTER INSERT ON browse BEGIN
+    INSERT INTO person_tally(person_id, status, n) VALUES (NEW.person_id, NEW.status, 1)
+        ON CONFLICT DO UPDATE SET n = n + 1;
+    INSERT INTO facet_tally(status, reasons_mask, pose, stale, n)
+        VALUES (NEW.status, NEW.reasons_mask, COALESCE(NEW.pose, ''), NEW.stale, 1)
+        ON CONFLICT DO UPDATE SET n = n + 1;
+    INSERT INTO tag_tally(tag, status, n) SELECT tag, NEW.status, 1 FROM image_tags WHERE image_id = NEW.image_id
+        ON CONFLICT DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS browse_tally_person AFTER UPDATE OF person_id, status ON browse
+WHEN OLD.person_id IS NOT NEW.person_id OR OLD.status IS NOT NEW.status BEGIN
+    UPDATE person_tally SET n = n - 1 WHERE person_id = OLD.person_id AND status = OLD.status;
+    INSERT INTO person_tally(person_id, status, n) VALUES (NEW.person_id, NEW.status, 1)
+        ON CONFLICT DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS browse_tally_facet AFTER UPDATE OF status, reasons_mask, pose, stale ON browse
+WHEN OLD.status IS NOT NEW.status OR OLD.reasons_mask IS NOT NEW.reasons_mask OR OLD.pose IS NOT NEW.pose
+     OR OLD.stale IS NOT NEW.stale BEGIN
+    UPDATE facet_tally SET n = n - 1 WHERE status = OLD.status AND reasons_mask = OLD.reasons_mask
+        AND pose = COALESCE(OLD.pose, '') AND stale = OLD.stale;
+    INSERT INTO facet_tally(status, reasons_mask, pose, stale, n)
+        VALUES (NEW.status, NEW.reasons_mask, COALESCE(NEW.pose, ''), NEW.stale, 1)
+        ON CONFLICT DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS browse_tally_tags AFTER UPDATE OF status ON browse
+WHEN OLD.status IS NOT NEW.status BEGIN
+    UPDATE tag_tally SET n = n - 1
+        WHERE status = OLD.status AND tag IN (SELECT tag FROM image_tags WHERE image_id = OLD.image_id);
+    INSERT INTO tag_tally(tag, status, n) SELECT tag, NEW.status, 1 FROM image_tags WHERE image_id = NEW.image_id
+        ON CONFLICT DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS image_tags_tally_insert AFTER INSERT ON image_tags BEGIN
+    INSERT INTO tag_tally(tag, status, n) SELECT NEW.tag, status, 1 FROM browse WHERE image_id = NEW.image_id
+        ON CONFLICT DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS image_tags_tally_delete AFTER DELETE ON image_tags BEGIN
+    UPDATE tag_tally SET n = n - 1
+        WHERE tag = OLD.tag AND status = (SELECT status FROM browse WHERE image_id = OLD.image_id);
+END
+"""
 
-#: the browse index as it is now (v2 columns and indexes, v3 caption index, v5 caption pointer)
+
+#: the browse index as it is now (v2 columns and indexes, v3 caption index, v5 caption pointer, v10 stale)
 BROWSE_TABLE = """
 CREATE TABLE browse (
     image_id INTEGER PRIMARY KEY REFERENCES images(id) ON DELETE CASCADE,
@@ -395,7 +466,8 @@ CREATE TABLE browse (
     identity_sim REAL,
     caption TEXT,
     caption_status TEXT NOT NULL DEFAULT 'none',
-    caption_version INTEGER
+    caption_version INTEGER,
+    stale INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX browse_person ON browse(person_id, image_id);
 CREATE INDEX browse_by_name ON browse(person_name, image_id, status, reasons_mask, pose, min_side, face_ratio, outlier, caption_status);
@@ -415,6 +487,13 @@ def run_backfills(conn: sqlite3.Connection, from_version: int, refresh_browse: C
     * captions imported before v3 are not caption rows (no review queue, nothing to approve);
     * browse rows of any older version are rebuilt from the tables they summarise.
     """
+    if from_version >= 9:  # browse has today's shape but for v10's column; the tallies are new
+        conn.execute(
+            """UPDATE browse SET stale = 1 WHERE image_id IN (
+                   SELECT c.image_id FROM curation c LEFT JOIN analyses a ON a.image_id = c.image_id
+                   WHERE c.analysis_rev IS NOT a.rev)""")
+        fill_tallies(conn)
+        return
     from ..caption_checks import check_caption
 
     for image_id, reasons in conn.execute("SELECT image_id, reasons FROM curation").fetchall():
@@ -444,9 +523,32 @@ def run_backfills(conn: sqlite3.Connection, from_version: int, refresh_browse: C
                caption = (SELECT text FROM captions c WHERE c.image_id = browse.image_id AND c.version = browse.caption_version),
                caption_status = (SELECT status FROM captions c WHERE c.image_id = browse.image_id AND c.version = browse.caption_version)
            WHERE caption_version IS NOT NULL""")
+    fill_tallies(conn)
+
+
+def fill_tallies(conn: sqlite3.Connection) -> None:
+    """Count what browse and image_tags hold now, then let the triggers keep the counts."""
+    for table in ("person_tally", "facet_tally", "tag_tally"):
+        conn.execute(f"DELETE FROM {table}")
+    conn.execute("INSERT INTO person_tally SELECT person_id, status, COUNT(*) FROM browse GROUP BY 1, 2")
+    conn.execute("""INSERT INTO facet_tally SELECT status, reasons_mask, COALESCE(pose, ''), stale, COUNT(*)
+                    FROM browse GROUP BY 1, 2, 3, 4""")
+    conn.execute("""INSERT INTO tag_tally SELECT t.tag, b.status, COUNT(*)
+                    FROM image_tags t JOIN browse b ON b.image_id = t.image_id GROUP BY 1, 2""")
+    for statement in split_sql(TALLY_TRIGGERS):
+        conn.execute(statement)
 
 
 def split_sql(script: str) -> list[str]:
     """Split a migration into statements (executescript would commit our open transaction)."""
     code = "\n".join(line for line in script.splitlines() if not line.strip().startswith("--"))
-    return [s.strip() for s in code.split(";") if s.strip()]
+    out, buf = [], ""
+    for part in code.split(";"):
+        buf = f"{buf};{part}" if buf else part
+        if sqlite3.complete_statement(buf + ";"):  # a trigger's body holds semicolons of its own
+            if buf.strip():
+                out.append(buf.strip())
+            buf = ""
+    if buf.strip():
+        out.append(buf.strip())
+    return out
