@@ -135,6 +135,31 @@ class BrowseMixin:
         cache[key] = (version, total)
         return total
 
+    def _facet_count(self, status: int | None, reasons_mask: int, pose: str | None) -> int:
+        """Matches of a filter on status, reason and pose only: read from the tally, not counted."""
+        where, args = ["1"], []
+        if status is not None:
+            where.append("status = ?")
+            args.append(status)
+        if reasons_mask:
+            where.append("(reasons_mask & ?) != 0")
+            args.append(reasons_mask)
+        if pose:
+            where.append("pose = ?")
+            args.append(pose)
+        return int(self.conn.execute(f"SELECT COALESCE(SUM(n), 0) FROM facet_tally WHERE {' AND '.join(where)}",
+                                     args).fetchone()[0])
+
+    def _browse_rows(self) -> int:
+        return self._facet_count(None, 0, None)
+
+    #: the covering index that walks each sort's order (``id``: the table itself, in rowid order)
+    _SORT_INDEXES = {
+        "id": "NOT INDEXED", "person": "INDEXED BY browse_by_name", "face_ratio": "INDEXED BY browse_by_ratio",
+        "resolution": "INDEXED BY browse_by_side", "identity_sim": "INDEXED BY browse_by_sim",
+        "face_count": "INDEXED BY browse_by_faces",
+    }
+
     _SORTS = {
         "id": "b.image_id", "person": "b.person_name", "face_ratio": "b.face_ratio", "resolution": "b.min_side",
         "identity_sim": "b.identity_sim", "face_count": "b.face_count",
@@ -194,12 +219,32 @@ class BrowseMixin:
             where.append("b.person_id IN (SELECT person_id FROM splits WHERE split = ?)")
             args.append(split)
         clause = ("WHERE " + " AND ".join(where)) if where else ""
-        direction = " DESC" if descending else ""
+        facets_only = (person_ids is None and not tags and min_side == (None, None) and face_ratio == (None, None)
+                       and outlier is None and not caption_match and not caption_status and not split)
+        total = (self._facet_count(status, reasons_mask, pose) if facets_only else self._count(clause, args))
+        if not total or offset >= total:
+            return [], int(total)
+        # Which end of the sort order is nearer this page: past the middle, walk from the other end
+        # with the order reversed (at millions of images a deep page costs half the walk).
+        reverse = offset > (total - limit) / 2
+        if reverse:
+            limit, offset = min(limit, total - offset), max(0, total - offset - limit)
+        desc = descending != reverse
+        direction = " DESC" if desc else ""
         order = f"{self._SORTS[sort]}{direction}, b.image_id{direction}"
-        total = self._count(clause, args)
+        # Walk the sort's own covering index when the matches are dense enough that finding the page
+        # that way beats collecting and sorting every match (SQLite's choice for any equality filter).
+        # Persons, tags and caption words give short id lists: those stay with the planner.
+        hint = ""
+        if person_ids is None and not tags and not caption_match:
+            density = total / max(1, self._browse_rows())
+            if (offset + limit) / density <= 4 * total:
+                hint = self._SORT_INDEXES[sort]
         # ids first (index-only), then the full rows of just this page
         ids = [r[0] for r in self.conn.execute(
-            f"SELECT b.image_id FROM browse b {clause} ORDER BY {order} LIMIT ? OFFSET ?", args + [limit, offset])]
+            f"SELECT b.image_id FROM browse b {hint} {clause} ORDER BY {order} LIMIT ? OFFSET ?", args + [limit, offset])]
+        if reverse:
+            ids.reverse()
         if not ids:
             return [], int(total)
         rows = self.conn.execute(
