@@ -108,3 +108,19 @@ def test_training_form_becomes_a_checked_config():
                             (dict(accelerate_config="nope"), "accelerate config 'nope'")):
         with pytest.raises(ValueError, match=message):
             config_from_form({**form, **change})
+
+
+def test_a_workspace_of_many_persons_lists_those_with_most_images(ctx, photos, monkeypatch, tmp_path):
+    """At FaceID-6M's scale the person list is capped (most images first) and any name can be typed."""
+    from studio.ui import browse as browse_tab
+
+    extra = tmp_path / "more" / "obama"
+    extra.mkdir(parents=True)
+    Image.open(photos["obama"]).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(extra / "flipped.jpg")
+    ingest(ctx.ws, tmp_path / "more")  # obama: 2 images, biden: 1
+    persons = browse_tab.choices_update(ctx)[0]
+    assert [v for _, v in persons["choices"]] == ["biden", "obama"] and persons["label"] == "Person"
+    monkeypatch.setattr(browse_tab, "MAX_PERSON_CHOICES", 1)
+    persons = browse_tab.choices_update(ctx)[0]
+    assert persons["choices"] == [("obama (2)", "obama")] and "type any name" in persons["label"]
+    assert browse(ctx.ws, BrowseFilter(persons=["biden"])).total == 1  # a typed name still filters

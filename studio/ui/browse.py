@@ -38,7 +38,7 @@ class BrowseTab:
 def build() -> BrowseTab:
     with gr.Tab("Browse", id="browse", visible=False) as tab:
         with gr.Row():
-            persons = gr.Dropdown(label="Person", multiselect=True, choices=[], scale=2)
+            persons = gr.Dropdown(label="Person", multiselect=True, choices=[], scale=2, allow_custom_value=True)
             status = gr.Radio(list(STATUSES), value="all", label="Curation")
             reason = gr.Dropdown(["any", *REASONS], value="any", label="Rejection reason")
             pose = gr.Dropdown(["any"], value="any", label="Pose")
@@ -163,10 +163,19 @@ def _detail_outputs(ctx: StudioContext, image_id):
             [o["image_id"] for o in d["same_person"]])
 
 
+#: most persons offered in the filter's list; any other name can be typed
+MAX_PERSON_CHOICES = 2000
+
+
 def choices_update(ctx: StudioContext):
     """Fresh choices for the person / pose / attribute filters."""
     c = filter_choices(ctx.ws)
-    return (gr.update(choices=[(f"{name} ({n})", name) for name, n in c["persons"]]),
+    persons, label = c["persons"], "Person"
+    if len(persons) > MAX_PERSON_CHOICES:  # FaceID-6M has ~10^5 persons: a list that size stalls the page
+        persons = sorted(sorted(persons, key=lambda p: -p[1])[:MAX_PERSON_CHOICES])
+        label = (f"Person (the {MAX_PERSON_CHOICES:,} with most images of {len(c['persons']):,} are listed; "
+                 "type any name)")
+    return (gr.update(choices=[(f"{name} ({n})", name) for name, n in persons], label=label),
             gr.update(choices=["any", *c["poses"]]),
             gr.update(choices=c["tags"]))
 
