@@ -7,12 +7,15 @@ time from ``ray.init`` to the first analysed image (start-up: actors loading the
 apart from the steady rate.
 
 Prints images/s per engine (end to end, and after the first image), start-up, scaling efficiency
-(2-actor rate / (2 x 1-actor rate)); last line ``ratio: <2-actor images/s / 1-actor images/s>``
-after start-up (start-up is printed apart; goal >= 1.5 on a 2-core machine).
+(2-actor rate / (2 x 1-actor rate)), and the same ratio without Ray (the single-process path on
+all cores against the same held to one core: what the machine's cores give this work at all);
+last line ``ratio: <2-actor images/s / 1-actor images/s>`` after start-up (start-up is printed
+apart; goal >= 1.5 on a 2-core machine).
 """
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import tempfile
@@ -71,13 +74,23 @@ def main() -> None:
         total = len(ws.store.image_table())
         ws.store.close()
         results = {}
-        for label, engine, workers in (("single process", "local", None), ("ray, 1 actor", "ray", 1),
-                                       ("ray, 2 actors", "ray", 2)):
-            results[label] = r = run(template, tmp / label.replace(" ", "_").replace(",", ""), pack, engine, workers)
+        for label, engine, workers in (("single process", "local", None), ("1 core", "local", None),
+                                       ("ray, 1 actor", "ray", 1), ("ray, 2 actors", "ray", 2)):
+            cpus = os.sched_getaffinity(0)
+            if label == "1 core":  # the single-process path held to one CPU (threads made now inherit it)
+                os.sched_setaffinity(0, {min(cpus)})
+            try:
+                results[label] = r = run(template, tmp / label.replace(" ", "_").replace(",", ""), pack, engine,
+                                         workers)
+            finally:
+                os.sched_setaffinity(0, cpus)
             print(f"{label:15s}: {r['images']} images in {r['seconds']:.1f} s = {r['rate']:.1f} img/s "
                   f"(start-up {r['startup']:.1f} s, then {r['steady']:.1f} img/s)", flush=True)
         one, two = results["ray, 1 actor"]["steady"], results["ray, 2 actors"]["steady"]
         print(f"{total} images, bundled face pack; scaling efficiency 2 actors: {two / (2 * one):.2f}")
+        # what this machine's cores give without Ray: the same analysis on 1 thread and on one per core
+        print(f"without Ray, all cores / 1 core: "
+              f"{results['single process']['steady'] / results['1 core']['steady']:.2f}")
         faster = max(results, key=lambda k: results[k]["rate"])
         print(f"fastest on this machine: {faster}")
         print(f"ratio: {two / one:.3f}")

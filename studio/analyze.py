@@ -35,6 +35,14 @@ class AnalyzeReport:
                 "already_analyzed": self.skipped, "note": self.note, "errors": self.errors}
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity, e.g. under taskset or a container's cpuset)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def analyze(ws: Workspace, pack_spec: str = "auto", *, redo: bool = False, workers: int | None = None,
             progress: Callable[..., Iterable] | None = None, pack: FacePack | None = None,
             run_id: int | None = None, engine: str = "local", address: str | None = None,
@@ -70,7 +78,7 @@ def analyze(ws: Workspace, pack_spec: str = "auto", *, redo: bool = False, worke
                        progress=progress)
         return report
     providers = onnx_providers()
-    workers = workers or (1 if providers[0] != "CPUExecutionProvider" else (os.cpu_count() or 1))
+    workers = workers or (1 if providers[0] != "CPUExecutionProvider" else usable_cpus())
     on_cpu = providers[0] == "CPUExecutionProvider"
     analyzer = FaceAnalyzer(pack, providers=providers, session_threads=1 if on_cpu and workers > 1 else 0)
 
