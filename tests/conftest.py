@@ -248,6 +248,23 @@ def pairs_ws_template(tmp_path_factory, photos, pack):
     return ws.root
 
 
+def clone_ws(ws, dest: Path):
+    """A copy of a workspace that is open (and maybe served) right now, through SQLite's backup API.
+
+    Never copy a live database's files: opening and closing them in a process with a connection
+    to it drops that process's locks on it (POSIX), and a writer elsewhere can then corrupt it.
+    """
+    import sqlite3
+
+    from studio.workspace import Workspace
+
+    shutil.copytree(ws.root, dest, ignore=shutil.ignore_patterns("studio.db*"))
+    target = sqlite3.connect(dest / "studio.db")
+    ws.store.conn.backup(target)
+    target.close()
+    return Workspace.open(dest)
+
+
 def copy_ws(template: Path, dest: Path):
     from studio.workspace import Workspace
 

@@ -7,6 +7,7 @@ import shutil
 import pandas as pd
 import pytest
 
+from conftest import clone_ws
 from studio.browse import BrowseError, BrowseFilter, browse, filter_choices, image_detail
 from studio.ingest import ingest
 from studio.workspace import Workspace
@@ -151,8 +152,7 @@ def test_deleted_media_shows_a_placeholder_in_the_gallery(tmp_path, photos):
 
 def test_counts_follow_writes_from_this_and_other_connections(tmp_path, curated_ws):
     """A filter's count is reused while paging, and never after a write, from any connection."""
-    shutil.copytree(curated_ws.root, tmp_path / "ws")
-    ws = Workspace.open(tmp_path / "ws")
+    ws = clone_ws(curated_ws, tmp_path / "ws")
     f = BrowseFilter(tags=["hat"])
     assert browse(ws, f).total == 0
     ids = [r["id"] for r in ws.store.image_table()]

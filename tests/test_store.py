@@ -6,7 +6,7 @@ import sqlite3
 import pytest
 from PIL import Image
 
-from conftest import direct_counts, tallies
+from conftest import clone_ws, direct_counts, tallies
 from studio.analyze import analyze
 from studio.ingest import ingest
 from studio.store import SCHEMA_VERSION, Store
@@ -86,13 +86,11 @@ def test_interrupted_ingest_resumes(tmp_path, curation_source):
 def test_tallies_follow_every_write_of_a_real_pipeline(tmp_path, curated_ws, curation_source, pack, photos):
     """Statistics read tallies kept by triggers; after ingest, analysis, tagging, re-curation and a
     stale verdict they equal counting every row, and the statistics equal the direct counts."""
-    import shutil
 
     from studio.curate import curate, curation_rules
     from studio.stats import dataset_stats
 
-    shutil.copytree(curated_ws.root, tmp_path / "ws")
-    ws = Workspace.open(tmp_path / "ws")
+    ws = clone_ws(curated_ws, tmp_path / "ws")
     conn = ws.store.conn
     assert tallies(conn) == direct_counts(conn) and direct_counts(conn)["facet_tally"]
     ids = [r["id"] for r in ws.store.image_table()]
