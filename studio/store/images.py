@@ -266,13 +266,16 @@ class ImagesMixin:
 
     def counts(self) -> dict[str, int]:
         c = self.conn
+        problems = dict(c.execute(  # the few rows of the partial index, not every source
+            "SELECT outcome, COUNT(*) FROM sources WHERE outcome != 'ingested' GROUP BY outcome").fetchall())
         return {
-            "persons": c.execute("SELECT COUNT(DISTINCT person_id) FROM images").fetchone()[0],
+            "persons": c.execute("SELECT COUNT(*) FROM (SELECT person_id FROM person_tally GROUP BY person_id "
+                                 "HAVING SUM(n) > 0)").fetchone()[0],
             "images": c.execute("SELECT COUNT(*) FROM images").fetchone()[0],
             "analyzed": c.execute("SELECT COUNT(*) FROM analyses").fetchone()[0],
             "curated": c.execute("SELECT COUNT(*) FROM curation").fetchone()[0],
-            "rejected_inputs": c.execute("SELECT COUNT(*) FROM sources WHERE outcome = 'rejected'").fetchone()[0],
-            "duplicate_inputs": c.execute("SELECT COUNT(*) FROM sources WHERE outcome = 'duplicate'").fetchone()[0],
+            "rejected_inputs": problems.get("rejected", 0),
+            "duplicate_inputs": problems.get("duplicate", 0),
         }
 
 
