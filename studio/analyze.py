@@ -8,14 +8,13 @@ resumes where it stopped, and a run with another pack re-analyzes what that pack
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from .faces import FaceAnalyzer, FacePack, onnx_providers, resolve_pack
 from .images import ImageError, load_rgb
-from .parallel import bounded_map
+from .parallel import bounded_map, usable_cpus
 from .workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -33,14 +32,6 @@ class AnalyzeReport:
     def as_dict(self) -> dict:
         return {"pack": self.pack, "analyzed": self.analyzed, "failed": self.failed,
                 "already_analyzed": self.skipped, "note": self.note, "errors": self.errors}
-
-
-def usable_cpus() -> int:
-    """CPUs this process may run on (its affinity, e.g. under taskset or a container's cpuset)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def analyze(ws: Workspace, pack_spec: str = "auto", *, redo: bool = False, workers: int | None = None,

@@ -120,7 +120,7 @@ def evaluate(ws: Workspace, cfg: EvalConfig, run_id: int, *, author: str = "stud
         raise ValueError(f"engine must be 'local' or 'ray', got {engine!r}")
     from .faces import FaceAnalyzer, MissingModelError, resolve_pack
     from .generate import resolve_models
-    from .metrics import ClipSpec, Scorer, load_clip
+    from .metrics import ClipSpec, Scorer, load_clip, scorer_name
 
     cfg.validate()
     specs = resolve_models(ws, cfg.models)
@@ -151,38 +151,46 @@ def evaluate(ws: Workspace, cfg: EvalConfig, run_id: int, *, author: str = "stud
                     s = cfg.settings(item["prompt"], lam, item["idx"])
                     plan.append((sample_key(spec.weights_key(), item, s), t, item, spec, s))
     keys = [p[0] for p in plan]
-    # the scorer first: a missing CLIP model fails the run before any GPU time is spent on samples
-    scorer = Scorer(clip or load_clip(ClipSpec(cfg.clip_model, cfg.clip_pretrained), cfg.device), FaceAnalyzer(pack))
+    clip_spec = clip.spec if clip is not None else ClipSpec(cfg.clip_model, cfg.clip_pretrained)
+    name = scorer_name(clip_spec, pack.name)
     existing = ws.store.eval_samples(keys)
     reused = [k for k in keys if k in existing and (ws.root / existing[k]["output_path"]).is_file()]
     ws.store.link_eval_samples(run_id, reused)
     todo = [p for p in plan if p[0] not in set(reused)]
+    # CLIP first: a missing model fails the run before any GPU time is spent on samples. On Ray the
+    # actors load their own, so this process loads it only for that check and drops it before scoring;
+    # with every sample already scored it is not loaded at all.
+    if len(ws.store.eval_scores(keys, name)) < len(keys):
+        clip = clip or load_clip(clip_spec, cfg.device)
     if todo:
         generate_samples(ws, todo, cfg, run_id, author, track, cache)
 
-    done = ws.store.eval_scores(keys, scorer.name)
+    done = ws.store.eval_scores(keys, name)
     samples = ws.store.eval_samples(keys)
     inputs = [score_input(ws, samples[k], item) for k, t, item, spec, s in plan if k not in done]
     errors = []
-    if engine == "ray" and inputs:
+    if not inputs:
+        batches = iter(())
+    elif engine == "ray":
         from .score_ray import score_on_ray
 
-        batches = score_on_ray(inputs, scorer.clip.spec, pack, device=cfg.device, address=address, workers=workers,
+        clip = None  # the actors' copies score; free this one (GPU memory) first
+        batches = score_on_ray(inputs, clip_spec, pack, device=cfg.device, address=address, workers=workers,
                                gpus_per_worker=gpus_per_worker, progress=track)
     else:
-        batches = scorer.score(inputs, track)
+        batches = Scorer(clip, FaceAnalyzer(pack)).score(inputs, track)
     for batch in batches:
         errors += [f"{r['key']}: {r['error']}" for r in batch if "error" in r]
         # an unreadable sample file stays unscored (counted, retried by a rerun), never a "no face"
-        ws.store.save_eval_scores(scorer.name, [r for r in batch if "error" not in r], run_id)
+        ws.store.save_eval_scores(name, [r for r in batch if "error" not in r], run_id)
 
-    rows = ws.store.eval_run_rows(run_id, scorer.name)
+    rows = ws.store.eval_run_rows(run_id, name)
     baseline = cfg.baseline or cfg.models[0]
     table = summarize(rows, baseline, n_boot=cfg.n_boot, seed=cfg.seed)
     curve = tradeoff(table)
-    files = write_outputs(ws, run_id, cfg, scorer.name, rows, table, curve)
+    files = write_outputs(ws, run_id, cfg, name, rows, table, curve)
     return {"samples": len(plan), "generated": len(todo), "reused": len(reused), "scored": len(inputs),
-            "scores_reused": len(plan) - len(inputs), "scorer": scorer.name, "face_pack": pack.name,
+            "scores_reused": len(plan) - len(inputs), "scorer": name, "face_pack": pack.name,
             "baseline": baseline, "missing_faces": missing_faces(rows), "score_errors": errors, "table": table,
             "tradeoff": curve, "files": files}
 

@@ -127,7 +127,10 @@ def load_clip(spec: ClipSpec = ClipSpec(), device: str | None = None) -> ClipMod
     device = device or ("cuda" if _cuda() else "cpu")
     name, pretrained = spec.open_clip_args()
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained, device=device)
+        # require_pretrained: a folder without its weights file would otherwise give a randomly initialised
+        # CLIP, and scores that look real
+        model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained, device=device,
+                                                                     require_pretrained=True)
         tokenizer = open_clip.get_tokenizer(name)
     except (RuntimeError, OSError, ValueError) as exc:
         raise MissingClipError(
@@ -147,6 +150,11 @@ def _cuda() -> bool:
         return torch.cuda.is_available()
     except ImportError:
         return False
+
+
+def scorer_name(clip: ClipSpec, pack_name: str) -> str:
+    """What produced a score: CLIP model and face pack (scores of another scorer are not reused)."""
+    return f"clip={clip.label};faces={pack_name}"
 
 
 @dataclass
@@ -190,8 +198,7 @@ class Scorer:
 
     @property
     def name(self) -> str:
-        """What produced a score: CLIP model and face pack (scores of another scorer are not reused)."""
-        return f"clip={self.clip.spec.label};faces={self.analyzer.pack.name}"
+        return scorer_name(self.clip.spec, self.analyzer.pack.name)
 
     def _decode(self, path: Path) -> tuple[np.ndarray, object]:
         from .images import load_rgb

@@ -1,14 +1,24 @@
-"""Ordered parallel map with a bounded look-ahead.
+"""How many CPUs to use, and an ordered parallel map with a bounded look-ahead.
 
 ``Executor.map`` submits the whole input at once, which for 40K photos means holding every
 decoded image in memory. This keeps at most ``ahead`` tasks in flight and yields in order.
 """
 from __future__ import annotations
 
+import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor
 from typing import Generic, TypeVar
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity, e.g. under taskset or a container's cpuset)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
 
 T = TypeVar("T")
 R = TypeVar("R")

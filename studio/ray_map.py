@@ -8,9 +8,10 @@ same path, and the studio package travels with the job.
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+
+from .parallel import usable_cpus
 
 
 def map_on_ray(rows: list[dict], actor: type, ctor_args: tuple, *, address: str | None = None,
@@ -27,12 +28,15 @@ def map_on_ray(rows: list[dict], actor: type, ctor_args: tuple, *, address: str 
     started = not ray.is_initialized()
     if started:
         local = address is None  # "local": always a fresh local instance, never one left by another process
-        ray.init(address="local" if local else address, num_cpus=(workers or os.cpu_count() or 1) if local else None,
+        ray.init(address="local" if local else address, num_cpus=max(workers or 0, usable_cpus()) if local else None,
                  include_dashboard=False, log_to_driver=False, configure_logging=False,
                  runtime_env={"py_modules": [str(Path(studio.__file__).parent)]})
     try:
         size = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
-        ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), size * 4)))
+        # Small blocks (about 16 per actor, at least a batch each): results stream back block by block
+        # and the last blocks spread over every actor instead of leaving one to finish alone.
+        blocks = max(1, min(-(-len(rows) // batch_size), size * 16))
+        ds = ray.data.from_items(rows, override_num_blocks=blocks)
         results = ds.map_batches(actor, fn_constructor_args=ctor_args, batch_size=batch_size, concurrency=size,
                                  num_cpus=1, num_gpus=gpus_per_worker or None, batch_format="numpy")
         batches = results.iter_batches(batch_size=batch_size, batch_format="numpy")

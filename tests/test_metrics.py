@@ -33,12 +33,19 @@ def test_tiny_clip_loads_through_the_production_path(tiny_clip_dir, clip):
     assert ClipSpec(model=str(tiny_clip_dir)).open_clip_args() == (f"local-dir:{tiny_clip_dir.resolve()}", None)
 
 
-def test_missing_clip_weights_say_how_to_get_them(tmp_path):
+def test_missing_clip_weights_say_how_to_get_them(tmp_path, tiny_clip_dir):
     with pytest.raises(MissingClipError) as err:
         load_clip(ClipSpec("ViT-L-14", "openai"), "cpu")  # offline in tests: never downloaded here
     assert "ViT-L-14/openai" in str(err.value) and "hf download" in str(err.value)
     with pytest.raises(MissingClipError, match="no-such-model"):
         load_clip(ClipSpec("no-such-model", None), "cpu")
+    # a built-in name without weights, and a folder with its config but not its weights: refused, never a
+    # randomly initialised CLIP whose scores look real
+    with pytest.raises(MissingClipError, match="ViT-B-32"):
+        load_clip(ClipSpec("ViT-B-32", None), "cpu")
+    (tmp_path / "open_clip_config.json").write_bytes((tiny_clip_dir / "open_clip_config.json").read_bytes())
+    with pytest.raises(MissingClipError, match="could not be loaded"):
+        load_clip(ClipSpec(str(tmp_path), None), "cpu")
 
 
 def test_face_sim_same_person_high_other_person_low(photos, analyzer):

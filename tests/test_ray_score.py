@@ -87,3 +87,15 @@ def test_evaluate_cli_scores_on_ray_and_a_local_rerun_reuses_every_score(eval_ws
                             str(ws.root)], capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert (json.loads(again.stdout)["scored"], json.loads(again.stdout)["scores_reused"]) == (0, 2)
+    # with every sample generated and scored nothing loads CLIP: the tables are rebuilt with its weights away
+    weights = next(p for p in tiny_clip_dir.iterdir() if p.name != "open_clip_config.json")
+    away = weights.with_name(weights.name + "-away")
+    weights.rename(away)
+    try:
+        third = subprocess.run([sys.executable, "-m", "studio", "evaluate", *cfg.to_cli(), "--engine", "ray", "--json",
+                                "--workspace", str(ws.root)], capture_output=True, text=True, env=env, cwd=REPO,
+                               timeout=600)
+    finally:
+        away.rename(weights)
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert (json.loads(third.stdout)["scored"], json.loads(third.stdout)["scorer"]) == (0, res["scorer"])

@@ -135,19 +135,26 @@ class BrowseMixin:
         cache[key] = (version, total)
         return total
 
-    def _facet_count(self, status: int | None, reasons_mask: int, pose: str | None) -> int:
-        """Matches of a filter on status, reason and pose only: read from the tally, not counted."""
-        where, args = ["1"], []
+    @staticmethod
+    def _facet_conditions(status: int | None, reasons_mask: int, pose: str | None,
+                          prefix: str = "") -> tuple[list[str], list]:
+        """The status, reason and pose conditions, for browse rows (``prefix`` "b.") and for the facet tally."""
+        where, args = [], []
         if status is not None:
-            where.append("status = ?")
+            where.append(f"{prefix}status = ?")
             args.append(status)
         if reasons_mask:
-            where.append("(reasons_mask & ?) != 0")
+            where.append(f"({prefix}reasons_mask & ?) != 0")
             args.append(reasons_mask)
         if pose:
-            where.append("pose = ?")
+            where.append(f"{prefix}pose = ?")
             args.append(pose)
-        return int(self.conn.execute(f"SELECT COALESCE(SUM(n), 0) FROM facet_tally WHERE {' AND '.join(where)}",
+        return where, args
+
+    def _facet_count(self, status: int | None, reasons_mask: int, pose: str | None) -> int:
+        """Matches of a filter on status, reason and pose only: read from the tally, not counted."""
+        where, args = self._facet_conditions(status, reasons_mask, pose)
+        return int(self.conn.execute(f"SELECT COALESCE(SUM(n), 0) FROM facet_tally WHERE {' AND '.join(where) or '1'}",
                                      args).fetchone()[0])
 
     def _browse_rows(self) -> int:
@@ -185,17 +192,13 @@ class BrowseMixin:
         offset: int = 0,
     ) -> tuple[list[dict], int]:
         """One page of images matching every given filter, and how many match in all."""
-        where, args = [], []
+        where, args = self._facet_conditions(status, reasons_mask, pose, "b.")
         if person_ids is not None:
             where.append(f"b.person_id IN ({marks(person_ids)})" if person_ids else "0")
             args += list(person_ids)
-        for col, value in (("b.status", status), ("b.pose", pose or None), ("b.caption_status", caption_status or None)):
-            if value is not None:
-                where.append(f"{col} = ?")
-                args.append(value)
-        if reasons_mask:
-            where.append("(b.reasons_mask & ?) != 0")
-            args.append(reasons_mask)
+        if caption_status:
+            where.append("b.caption_status = ?")
+            args.append(caption_status)
         for tag in tags:  # driven from the tag index: one id list per tag
             where.append("b.image_id IN (SELECT image_id FROM image_tags WHERE tag = ?)")
             args.append(tag)
