@@ -186,7 +186,7 @@ def cmd_export(args) -> int:
     ws = _workspace(args)
     run_id, result = _as_run(args, ws, "export", lambda track, run: export_training_set(
         ws, args.out, include_failed=args.include_failed, captions=args.captions, missing_caption=args.missing_caption,
-        allow_other_pack=args.allow_other_pack, run_id=run, author=_author(args)))
+        allow_other_pack=args.allow_other_pack, run_id=run, author=_author(args), track=track))
     if result and result.get("warning"):
         print(f"warning: {result['warning']}", file=sys.stderr)
     return _report_run(run_id, result, args.json)

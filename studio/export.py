@@ -18,13 +18,15 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from .codes import CurationStatus
 from .images import load_rgb
-from .workspace import Workspace, atomic_write_bytes
+from .workspace import Workspace, atomic_write_bytes, atomic_writer
 
 
 def _safe(name: str) -> str:
@@ -105,63 +107,82 @@ def write_embedding(out: Path, r: dict, face) -> str:
     return emb_rel
 
 
+#: images read (and their faces and captions) per query while exporting
+CHUNK = 2000
+
+
+def _candidates(ws: Workspace, include_failed: bool, captions: str) -> Iterator[tuple[dict, object, str]]:
+    """(image row, subject face or None, caption or "") of every image an export looks at, in id order,
+    a chunk at a time; an image without a subject embedding is not exported."""
+    for chunk in ws.store.image_chunks(passed_only=not include_failed, chunk=CHUNK):
+        ids = [r["id"] for r in chunk]
+        subjects, current = ws.store.subject_faces(ids), ws.store.current_caption_flags(ids)
+        for r in chunk:
+            subject = subjects.get(r["id"])
+            status, flags = current.get(r["id"], (None, []))
+            caption = (r["caption"] or "") if caption_counts(status, flags, captions) else ""
+            yield r, (subject if subject is not None and subject.embedding is not None else None), caption
+
+
 def export_training_set(ws: Workspace, out_dir: str | Path, include_failed: bool = False, *,
                         captions: str = "approved", missing_caption: str = "keep",
-                        allow_other_pack: bool = False, run_id: int | None = None, author: str = "studio") -> dict:
+                        allow_other_pack: bool = False, run_id: int | None = None, author: str = "studio",
+                        track: Callable[..., Iterable] | None = None) -> dict:
     """Write ``out_dir/train.jsonl`` + images + embeddings for every kept image; returns counts.
 
     ``captions``: which captions count (:data:`CAPTION_POLICIES`). ``missing_caption``: what to do
     with an image that has none: ``keep`` it with an empty caption (counted and warned about),
-    ``skip`` it, or ``error`` (write nothing).
+    ``skip`` it, or ``error`` (write nothing). Images are read and written a chunk at a time, so a
+    workspace of millions exports in bounded memory; ``train.jsonl`` appears whole at the end.
     """
     if captions not in CAPTION_POLICIES:
         raise ExportError(f"captions must be one of {list(CAPTION_POLICIES)}, got {captions!r}")
     if missing_caption not in MISSING_CAPTION:
         raise ExportError(f"missing_caption must be one of {MISSING_CAPTION}, got {missing_caption!r}")
-    rows = [r for r in ws.store.image_table() if r["passed"] or include_failed]
-    current = ws.store.current_caption_flags()
-    packs = sorted({r["pack"] for r in rows if r["pack"]})
+    packs = ws.store.export_packs(passed_only=not include_failed)
     check_packs(packs, allow_other_pack)
-    chosen, without = [], []
-    for r in rows:
-        subject = ws.store.subject_face(r["id"])
-        if subject is None or subject.embedding is None:
-            continue
-        status, flags = current.get(r["id"], (None, []))
-        caption = r["caption"] if caption_counts(status, flags, captions) else ""
-        if not caption:
-            without.append(r["id"])
-            if missing_caption == "skip":
-                continue
-        chosen.append((r, subject, caption or ""))
-    if without and missing_caption == "error":
-        raise ExportError(f"{len(without)} of the images to export have no {captions} caption "
-                          f"({CAPTION_POLICIES[captions]}); first ids: {without[:10]}. Review them, choose "
-                          "--captions unflagged|any, or --missing-caption keep|skip.")
+    if missing_caption == "error":  # a first pass that writes nothing
+        without = [r["id"] for r, face, caption in _candidates(ws, include_failed, captions) if face and not caption]
+        if without:
+            raise ExportError(f"{len(without)} of the images to export have no {captions} caption "
+                              f"({CAPTION_POLICIES[captions]}); first ids: {without[:10]}. Review them, choose "
+                              "--captions unflagged|any, or --missing-caption keep|skip.")
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "embeddings").mkdir(exist_ok=True)
-    lines = []
-    for r, main, caption in chosen:
-        image_rel = write_image(ws, out, r)
-        emb_rel = write_embedding(out, r, main)
-        lines.append(json.dumps({
-            "image_file": image_rel,
-            "additional_feature": caption,
-            "bbox": [round(v, 2) for v in main.bbox],
-            "landmarks": main.kps,
-            "insightface_feature_file": emb_rel,
-            "person": r["person"],
-            "face_pack": r["pack"],
-            "face_index": main.face_index,
-        }, ensure_ascii=False))
-    atomic_write_bytes(out / "train.jsonl", ("\n".join(lines) + ("\n" if lines else "")).encode("utf-8"))
-    skipped = len(without) if missing_caption == "skip" else 0
-    result = {"exported": len(lines), "without_caption": 0 if missing_caption == "skip" else len(without),
+    exported = without = 0
+    rows: Iterable = _candidates(ws, include_failed, captions)
+    if track is not None:
+        counts = ws.store.status_counts()  # from the tally: what the chunks will hold, without a scan
+        looked_at = sum(counts.values()) if include_failed else counts.get(int(CurationStatus.PASS), 0)
+        rows = track(rows, total=looked_at, desc="export", unit="image")
+    with atomic_writer(out / "train.jsonl") as fh:
+        for r, main, caption in rows:
+            if main is None:
+                continue
+            if not caption:
+                without += 1
+                if missing_caption == "skip":
+                    continue
+            image_rel = write_image(ws, out, r)
+            emb_rel = write_embedding(out, r, main)
+            fh.write(json.dumps({
+                "image_file": image_rel,
+                "additional_feature": caption,
+                "bbox": [round(v, 2) for v in main.bbox],
+                "landmarks": main.kps,
+                "insightface_feature_file": emb_rel,
+                "person": r["person"],
+                "face_pack": r["pack"],
+                "face_index": main.face_index,
+            }, ensure_ascii=False).encode("utf-8") + b"\n")
+            exported += 1
+    skipped = without if missing_caption == "skip" else 0
+    result = {"exported": exported, "without_caption": 0 if missing_caption == "skip" else without,
               "skipped_without_caption": skipped, "captions": captions, "face_packs": packs,
               "jsonl": str(out / "train.jsonl")}
     if without:
-        result["warning"] = (f"{len(without)} exported image(s) have no {captions} caption "
+        result["warning"] = (f"{without} exported image(s) have no {captions} caption "
                              f"({CAPTION_POLICIES[captions]}): " + ("left out" if skipped else "written with an empty caption"))
     settings = {"include_failed": include_failed, "captions": captions, "missing_caption": missing_caption,
                 "allow_other_pack": allow_other_pack}

@@ -1,10 +1,13 @@
 """A workspace: one directory per study holding the database, the media and derived files."""
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from .store import Store
 
@@ -68,11 +71,18 @@ def writable_dir(path: str | Path) -> Path:
 
 def atomic_write_bytes(dest: Path, data: bytes) -> None:
     """Write via a temp file in the same folder and rename: readers never see half a file."""
+    with atomic_writer(dest) as fh:
+        fh.write(data)
+
+
+@contextlib.contextmanager
+def atomic_writer(dest: Path) -> Iterator[BinaryIO]:
+    """A file to write piece by piece that appears at ``dest`` whole, or not at all."""
     dest = Path(dest)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            yield fh
         os.replace(tmp, dest)
     except BaseException:
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from studio.export import export_training_set
@@ -34,6 +35,45 @@ def test_export_kept_images(curated_ws, tmp_path):
         assert line["landmarks"] == stored.kps and len(line["bbox"]) == 4
     # exporting again rewrites the same content
     assert export_training_set(curated_ws, out, allow_other_pack=True) == result
+
+
+def test_export_in_chunks_writes_the_same_and_a_cancel_leaves_no_half_file(curated_ws, tmp_path, monkeypatch):
+    """At millions of images the export reads a chunk at a time: one image per chunk gives the same lines
+    as one chunk; progress counts every kept image; a cancel midway leaves the previous train.jsonl whole."""
+    import studio.export as export
+
+    whole = tmp_path / "whole"
+    export_training_set(curated_ws, whole, allow_other_pack=True)
+    monkeypatch.setattr(export, "CHUNK", 1)
+    seen = []
+
+    def track(items, total=None, **_):
+        seen.append(total)
+        for n, item in enumerate(items, 1):
+            seen.append(n)
+            yield item
+
+    chunked = tmp_path / "chunked"
+    result = export_training_set(curated_ws, chunked, allow_other_pack=True, track=track)
+    assert result["exported"] == 4
+    assert sorted((whole / "train.jsonl").read_text().splitlines()) == sorted(
+        (chunked / "train.jsonl").read_text().splitlines())
+    assert seen[0] == seen[-1] == 4  # the tally's count of kept images, then each one looked at
+
+    class Cancelled(Exception):
+        pass
+
+    def cancel_after_two(items, **_):
+        for n, item in enumerate(items):
+            if n == 2:
+                raise Cancelled
+            yield item
+
+    before = (chunked / "train.jsonl").read_bytes()
+    with pytest.raises(Cancelled):
+        export_training_set(curated_ws, chunked, allow_other_pack=True, track=cancel_after_two)
+    assert (chunked / "train.jsonl").read_bytes() == before
+    assert not [p for p in chunked.iterdir() if p.name.startswith(".train.jsonl")]  # no temp file left
 
 
 def test_export_round_trips_through_ingest(curated_ws, tmp_path):

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from ..codes import HUMAN_REVIEWED
 from ..codes import CurationStatus
-from .base import now
+from .base import marks, now
 
 
 PASS = int(CurationStatus.PASS)
@@ -120,11 +120,13 @@ class CaptionsMixin:
         return {"model_captions": int(row[0]), "prompt_tokens": int(row[1]), "completion_tokens": int(row[2]),
                 "cost_usd": round(float(row[3]), 6)}
 
-    def current_caption_flags(self) -> dict[int, tuple[str, list[str]]]:
-        """image id -> (status, flags) of its current caption."""
+    def current_caption_flags(self, image_ids: Sequence[int] | None = None) -> dict[int, tuple[str, list[str]]]:
+        """image id -> (status, flags) of its current caption (of every image, or of ``image_ids``)."""
+        where = f"WHERE b.image_id IN ({marks(image_ids)})" if image_ids is not None else ""
         return {int(r[0]): (r[1], json.loads(r[2])) for r in self.conn.execute(
-            """SELECT c.image_id, c.status, c.flags FROM captions c
-               JOIN browse b ON b.image_id = c.image_id AND c.version = b.caption_version""")}
+            f"""SELECT c.image_id, c.status, c.flags FROM browse b
+                JOIN captions c ON c.image_id = b.image_id AND c.version = b.caption_version {where}""",
+            tuple(image_ids or ()))}
 
     def caption_status_counts(self) -> list[tuple[str, int]]:
         return [(r[0], int(r[1])) for r in self.conn.execute(

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -155,10 +155,15 @@ class ImagesMixin:
 
     def subject_face(self, image_id: int) -> FaceRow | None:
         """The face the photo is about: the curation's choice, else the largest."""
-        row = self.conn.execute(
-            """SELECT f.* FROM faces f LEFT JOIN curation c ON c.image_id = f.image_id
-               WHERE f.image_id = ? AND f.face_index = COALESCE(c.subject_face, 0)""", (image_id,)).fetchone()
-        return _face_row(row) if row else None
+        return self.subject_faces([image_id]).get(image_id)
+
+    def subject_faces(self, image_ids: Sequence[int]) -> dict[int, FaceRow]:
+        """:meth:`subject_face` of each image that has one, in one query."""
+        rows = self.conn.execute(
+            f"""SELECT f.* FROM faces f LEFT JOIN curation c ON c.image_id = f.image_id
+                WHERE f.image_id IN ({marks(image_ids)}) AND f.face_index = COALESCE(c.subject_face, 0)""",
+            tuple(image_ids)).fetchall() if image_ids else []
+        return {int(r["image_id"]): _face_row(r) for r in rows}
 
     # -- curation ------------------------------------------------------------------------
     def curation_inputs(self) -> list[dict]:
@@ -225,18 +230,7 @@ class ImagesMixin:
             conn.execute("ANALYZE image_tags")
 
     # -- reading -------------------------------------------------------------------------
-    def image_table(self, image_ids: Sequence[int] | None = None, person: str | None = None) -> list[dict]:
-        """Images with their person, analysis and verdict: the source of stats, list, detail and export."""
-        where, args = [], []
-        if image_ids is not None:
-            where.append(f"i.id IN ({marks(image_ids)})")
-            args += list(image_ids)
-        if person is not None:
-            where.append("p.name = ?")
-            args.append(person)
-        clause = ("WHERE " + " AND ".join(where)) if where else ""
-        rows = self.conn.execute(
-            f"""SELECT i.id, i.sha256, p.name AS person, i.media_path, i.source, i.width, i.height,
+    _IMAGE_ROWS = """SELECT i.id, i.sha256, p.name AS person, i.media_path, i.source, i.width, i.height,
                       i.original_mode, i.exif_rotated, i.import_caption, i.import_meta,
                       a.face_count, a.largest_face_ratio, a.error AS analysis_error, a.pack, a.analyzed_at,
                       a.run_id AS analysis_run, c.run_id AS curation_run, c.curated_at, i.run_id AS ingest_run,
@@ -247,13 +241,12 @@ class ImagesMixin:
                FROM images i LEFT JOIN browse b ON b.image_id = i.id JOIN persons p ON p.id = i.person_id
                LEFT JOIN analyses a ON a.image_id = i.id
                LEFT JOIN curation c ON c.image_id = i.id
-               LEFT JOIN faces f ON f.image_id = i.id AND f.face_index = COALESCE(c.subject_face, 0)
-               {clause}
-               ORDER BY p.name, i.id""",
-            args,
-        ).fetchall()
+               LEFT JOIN faces f ON f.image_id = i.id AND f.face_index = COALESCE(c.subject_face, 0)"""
+
+    def _image_rows(self, where: list[str], args: list, tail: str) -> list[dict]:
+        clause = ("WHERE " + " AND ".join(where)) if where else ""
         out = []
-        for r in rows:
+        for r in self.conn.execute(f"{self._IMAGE_ROWS} {clause} {tail}", args).fetchall():
             d = dict(r)
             d["reasons"] = json.loads(d["reasons"]) if d["reasons"] is not None else None
             d["import_meta"] = json.loads(d["import_meta"]) if d["import_meta"] else None
@@ -263,6 +256,35 @@ class ImagesMixin:
             d["verdict_stale"] = bool(d["verdict_stale"])
             out.append(d)
         return out
+
+    def image_table(self, image_ids: Sequence[int] | None = None, person: str | None = None) -> list[dict]:
+        """Images with their person, analysis and verdict: the source of stats, list, detail and export."""
+        where, args = [], []
+        if image_ids is not None:
+            where.append(f"i.id IN ({marks(image_ids)})")
+            args += list(image_ids)
+        if person is not None:
+            where.append("p.name = ?")
+            args.append(person)
+        return self._image_rows(where, args, "ORDER BY p.name, i.id")
+
+    def image_chunks(self, *, passed_only: bool = False, chunk: int = 2000) -> Iterator[list[dict]]:
+        """:meth:`image_table`'s rows in id order, ``chunk`` at a time: memory stays bounded at millions."""
+        last = 0
+        while True:
+            where = ["i.id > ?"] + (["c.passed = 1"] if passed_only else [])
+            rows = self._image_rows(where, [last], f"ORDER BY i.id LIMIT {int(chunk)}")
+            if not rows:
+                return
+            yield rows
+            last = rows[-1]["id"]
+
+    def export_packs(self, passed_only: bool) -> list[str]:
+        """The face packs that made the analyses of the images an export would write."""
+        where = "WHERE c.passed = 1" if passed_only else ""
+        return sorted(r[0] for r in self.conn.execute(
+            f"""SELECT DISTINCT a.pack FROM analyses a LEFT JOIN curation c ON c.image_id = a.image_id {where}""")
+            if r[0])
 
     def counts(self) -> dict[str, int]:
         c = self.conn
