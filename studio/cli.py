@@ -106,7 +106,7 @@ def cmd_curate(args) -> int:
         min_face_ratio=args.min_face_ratio, identity_threshold=args.identity_threshold,
         min_person_images=args.min_person_images, reject_outliers=args.reject_outliers,
     )
-    run_id, result = _as_run(args, ws, "curate", lambda track, run: curate(ws, rules, run_id=run).as_dict(),
+    run_id, result = _as_run(args, ws, "curate", lambda track, run: curate(ws, rules, run_id=run, track=track).as_dict(),
                              settings=rules.to_dict())
     return _report_run(run_id, result, args.json)
 

@@ -9,6 +9,7 @@ without touching the face models. Reasons are machine-readable codes:
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -127,10 +128,12 @@ def curation_rules(ws: Workspace, **overrides) -> CurationRules:
     return CurationRules.from_dict(ws.store.get_setting("curation_rules")).replace(**overrides)
 
 
-def curate(ws: Workspace, rules: CurationRules | None = None, run_id: int | None = None) -> CurationReport:
-    """Judge every image against ``rules`` (default: the workspace's last rules) and store verdicts."""
-    rules = rules or curation_rules(ws)
-    rows = ws.store.curation_inputs()
+#: images curated per part: whole persons (the identity check needs a person's photos together)
+PART_IMAGES = 20_000
+
+
+def judge(rows: list[dict], rules: CurationRules) -> list[dict]:
+    """The verdict of every row (whole persons: their centroids come from these rows)."""
     subjects = choose_subjects(rows, rules)
     results = []
     for r in rows:
@@ -145,6 +148,24 @@ def curate(ws: Workspace, rules: CurationRules | None = None, run_id: int | None
                         "identity_sim": None if sim is None else round(sim, 4), "outlier": outlier,
                         "subject_face": subject.face_index if subject else None,
                         "subject_by": subject.by if subject else None, "analysis_rev": r["rev"]})
-    ws.store.save_curation(results, rules.to_dict(), run_id=run_id)
-    return CurationReport(total=len(results), passed=sum(r["passed"] for r in results),
-                          outliers=sum(r["outlier"] for r in results), rules=rules.to_dict())
+    return results
+
+
+def curate(ws: Workspace, rules: CurationRules | None = None, run_id: int | None = None,
+           track: Callable[..., Iterable] | None = None) -> CurationReport:
+    """Judge every image against ``rules`` (default: the workspace's last rules) and store verdicts.
+
+    Read, judged and written a part of whole persons at a time (:data:`PART_IMAGES` images), so
+    memory stays bounded at millions of images; ``track`` counts parts.
+    """
+    rules = rules or curation_rules(ws)
+    parts = list(ws.store.person_groups(PART_IMAGES))
+    total = passed = outliers = 0
+    for persons in (track(parts, total=len(parts), desc="curate", unit="part") if track else parts):
+        results = judge(ws.store.curation_inputs(persons), rules)
+        ws.store.save_curation(results, None, run_id=run_id)
+        total += len(results)
+        passed += sum(r["passed"] for r in results)
+        outliers += sum(r["outlier"] for r in results)
+    ws.store.save_curation([], rules.to_dict(), run_id=run_id)
+    return CurationReport(total=total, passed=passed, outliers=outliers, rules=rules.to_dict())

@@ -139,3 +139,32 @@ def test_robust_centroid_ignores_a_minority():
     c = robust_centroid(np.concatenate([same, other]), threshold=0.3)
     assert cosine(c, a) > 0.9 and abs(cosine(c, b)) < 0.2
 
+
+
+def test_curating_person_by_person_gives_the_same_verdicts(curated_ws, tmp_path, monkeypatch):
+    """At millions of images curation reads, judges and writes a part of whole persons at a time: parts
+    of one person each give the verdicts (identity check included) of one part holding everyone."""
+    import studio.curate as curate_module
+    from conftest import clone_ws
+
+    def verdicts(ws):
+        return ws.store.conn.execute(
+            """SELECT image_id, passed, reasons, identity_sim, outlier, subject_face, subject_by FROM curation
+               ORDER BY image_id""").fetchall()
+
+    ws = clone_ws(curated_ws, tmp_path / "ws")
+    ws.store.conn.execute("DELETE FROM curation")
+    ws.store.conn.commit()
+    monkeypatch.setattr(curate_module, "PART_IMAGES", 1)
+    parts = []
+
+    def track(items, total=None, **_):
+        parts.append(total)
+        yield from items
+
+    report = curate(ws, CurationRules(), track=track)
+    persons = ws.store.persons()
+    assert parts == [len(persons)] and len(persons) > 2
+    assert report.total == sum(n for _, n in persons) and report.outliers >= 1  # the mislabelled photo
+    assert verdicts(ws) == verdicts(curated_ws)
+    assert [tuple(r) for r in verdicts(ws)] and all(r[1] is not None for r in verdicts(ws))

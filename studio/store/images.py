@@ -166,22 +166,40 @@ class ImagesMixin:
         return {int(r["image_id"]): _face_row(r) for r in rows}
 
     # -- curation ------------------------------------------------------------------------
-    def curation_inputs(self) -> list[dict]:
+    def person_groups(self, images: int) -> Iterator[tuple[int, int]]:
+        """Person id ranges (first, last) of about ``images`` images each, every person whole (from the tally)."""
+        first, n = None, 0
+        for person_id, count in self.conn.execute(
+                "SELECT person_id, SUM(n) FROM person_tally GROUP BY person_id HAVING SUM(n) > 0 ORDER BY person_id"):
+            first = person_id if first is None else first
+            n += count
+            if n >= images:
+                yield first, person_id
+                first, n = None, 0
+        if first is not None:
+            yield first, person_id
+
+    def curation_inputs(self, persons: tuple[int, int] | None = None) -> list[dict]:
         """What curation needs per image: size, analysis (and which revision of it) and every face.
 
-        ``faces`` holds (face index, embedding or None, area ratio), largest first. Read in one
-        snapshot so that the verdicts match the analyses they were computed from (writers go on).
+        ``faces`` holds (face index, embedding or None, area ratio), largest first. ``persons``: only
+        the images of person ids first..last. Read in one snapshot so that the verdicts match the
+        analyses they were computed from (writers go on).
         """
+        where, args = ("WHERE i.person_id BETWEEN ? AND ?", persons) if persons else ("", ())
         with self.snapshot() as conn:
             rows = conn.execute(
-                """SELECT i.id AS image_id, p.name AS person, i.width, i.height,
+                f"""SELECT i.id AS image_id, p.name AS person, i.width, i.height,
                           a.image_id IS NOT NULL AS analyzed, a.face_count, a.largest_face_ratio, a.error, a.rev
                    FROM images i JOIN persons p ON p.id = i.person_id
                    LEFT JOIN analyses a ON a.image_id = i.id
-                   ORDER BY i.id"""
+                   {where}
+                   ORDER BY i.id""", args
             ).fetchall()
             faces: dict[int, list] = {}
-            for f in conn.execute("SELECT image_id, face_index, embedding, area_ratio FROM faces ORDER BY image_id, face_index"):
+            for f in conn.execute(
+                    f"""SELECT image_id, face_index, embedding, area_ratio FROM faces
+                        WHERE image_id IN (SELECT i.id FROM images i {where}) ORDER BY image_id, face_index""", args):
                 emb = None if f[2] is None else np.frombuffer(f[2], dtype=np.float32)
                 faces.setdefault(int(f[0]), []).append((int(f[1]), emb, float(f[3])))
         out = []
@@ -191,9 +209,9 @@ class ImagesMixin:
             out.append(d)
         return out
 
-    def save_curation(self, results: Iterable[dict], rules: dict, *, run_id: int | None = None,
+    def save_curation(self, results: Iterable[dict], rules: dict | None, *, run_id: int | None = None,
                       batch: int = WRITE_BATCH) -> None:
-        """Store every verdict (and the rules that produced them) in short batches.
+        """Store verdicts in short batches, then (with ``rules``: the last part of a curation) the rules.
 
         Each batch is its own transaction, so a review or a score written meanwhile waits for
         one batch, never for the whole workspace.
@@ -217,6 +235,8 @@ class ImagesMixin:
                      for r in chunk])
                 self._refresh_browse(conn, [r["image_id"] for r in chunk])
             self.yield_to_writers()
+        if rules is None:
+            return
         with self.transaction() as conn:
             conn.execute(
                 "INSERT INTO settings(key, value) VALUES ('curation_rules', ?) "
