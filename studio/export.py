@@ -142,10 +142,15 @@ def export_training_set(ws: Workspace, out_dir: str | Path, include_failed: bool
     packs = ws.store.export_packs(passed_only=not include_failed)
     check_packs(packs, allow_other_pack)
     if missing_caption == "error":  # a first pass that writes nothing
-        without = [r["id"] for r, face, caption in _candidates(ws, include_failed, captions) if face and not caption]
-        if without:
-            raise ExportError(f"{len(without)} of the images to export have no {captions} caption "
-                              f"({CAPTION_POLICIES[captions]}); first ids: {without[:10]}. Review them, choose "
+        missing, first = 0, []  # a count and the first ids: bounded at millions
+        for r, face, caption in _candidates(ws, include_failed, captions):
+            if face and not caption:
+                missing += 1
+                if len(first) < 10:
+                    first.append(r["id"])
+        if missing:
+            raise ExportError(f"{missing} of the images to export have no {captions} caption "
+                              f"({CAPTION_POLICIES[captions]}); first ids: {first}. Review them, choose "
                               "--captions unflagged|any, or --missing-caption keep|skip.")
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
