@@ -43,7 +43,14 @@ class BrowseMixin:
                     person_id = excluded.person_id, person_name = excluded.person_name, status = excluded.status, reasons_mask = excluded.reasons_mask,
                     pose = excluded.pose, width = excluded.width, height = excluded.height,
                     min_side = excluded.min_side, face_count = excluded.face_count, face_ratio = excluded.face_ratio,
-                    outlier = excluded.outlier, identity_sim = excluded.identity_sim, stale = excluded.stale""",
+                    outlier = excluded.outlier, identity_sim = excluded.identity_sim, stale = excluded.stale
+                -- an unchanged row is left alone: rewriting it would rewrite its entry in every covering
+                -- index and fire the tallies' triggers (a re-curation at millions of images was mostly that)
+                WHERE (person_id, person_name, status, reasons_mask, pose, width, height, min_side, face_count,
+                       face_ratio, outlier, identity_sim, stale)
+                   IS NOT (excluded.person_id, excluded.person_name, excluded.status, excluded.reasons_mask,
+                           excluded.pose, excluded.width, excluded.height, excluded.min_side, excluded.face_count,
+                           excluded.face_ratio, excluded.outlier, excluded.identity_sim, excluded.stale)""",
             args,
         )
 
