@@ -164,6 +164,13 @@ class BrowseMixin:
         return int(self.conn.execute(f"SELECT COALESCE(SUM(n), 0) FROM facet_tally WHERE {' AND '.join(where) or '1'}",
                                      args).fetchone()[0])
 
+    def _tag_count(self, tag: str, status: int | None) -> int:
+        """Matches of one tag (and maybe a status): read from the tag tally, not counted."""
+        where, args = self._facet_conditions(status, 0, None)
+        return int(self.conn.execute(
+            f"SELECT COALESCE(SUM(n), 0) FROM tag_tally WHERE tag = ? AND {' AND '.join(where) or '1'}",
+            [tag] + args).fetchone()[0])
+
     def _browse_rows(self) -> int:
         return self._facet_count(None, 0, None)
 
@@ -229,9 +236,14 @@ class BrowseMixin:
             where.append("b.person_id IN (SELECT person_id FROM splits WHERE split = ?)")
             args.append(split)
         clause = ("WHERE " + " AND ".join(where)) if where else ""
-        facets_only = (person_ids is None and not tags and min_side == (None, None) and face_ratio == (None, None)
+        facets_only = (person_ids is None and min_side == (None, None) and face_ratio == (None, None)
                        and outlier is None and not caption_match and not caption_status and not split)
-        total = (self._facet_count(status, reasons_mask, pose) if facets_only else self._count(clause, args))
+        if facets_only and not tags:
+            total = self._facet_count(status, reasons_mask, pose)
+        elif facets_only and len(tags) == 1 and not reasons_mask and not pose:  # one tag, maybe a status
+            total = self._tag_count(tags[0], status)
+        else:
+            total = self._count(clause, args)
         if not total or offset >= total:
             return [], int(total)
         # Which end of the sort order is nearer this page: past the middle, walk from the other end
