@@ -163,9 +163,9 @@ def curate(ws: Workspace, rules: CurationRules | None = None, run_id: int | None
     total = passed = outliers = 0
     for persons in (track(parts, total=len(parts), desc="curate", unit="part") if track else parts):
         results = judge(ws.store.curation_inputs(persons), rules)
-        ws.store.save_curation(results, None, run_id=run_id)
+        ws.store.save_curation(results, run_id=run_id)
         total += len(results)
         passed += sum(r["passed"] for r in results)
         outliers += sum(r["outlier"] for r in results)
-    ws.store.save_curation([], rules.to_dict(), run_id=run_id)
+    ws.store.finish_curation(rules.to_dict())
     return CurationReport(total=total, passed=passed, outliers=outliers, rules=rules.to_dict())

@@ -209,9 +209,8 @@ class ImagesMixin:
             out.append(d)
         return out
 
-    def save_curation(self, results: Iterable[dict], rules: dict | None, *, run_id: int | None = None,
-                      batch: int = WRITE_BATCH) -> None:
-        """Store verdicts in short batches, then (with ``rules``: the last part of a curation) the rules.
+    def save_curation(self, results: Iterable[dict], *, run_id: int | None = None, batch: int = WRITE_BATCH) -> None:
+        """Store verdicts in short batches (a part of a curation; :meth:`finish_curation` ends it).
 
         Each batch is its own transaction, so a review or a score written meanwhile waits for
         one batch, never for the whole workspace.
@@ -235,8 +234,9 @@ class ImagesMixin:
                      for r in chunk])
                 self._refresh_browse(conn, [r["image_id"] for r in chunk])
             self.yield_to_writers()
-        if rules is None:
-            return
+
+    def finish_curation(self, rules: dict) -> None:
+        """Remember the rules every verdict was judged by, and refresh the planner's statistics."""
         with self.transaction() as conn:
             conn.execute(
                 "INSERT INTO settings(key, value) VALUES ('curation_rules', ?) "
