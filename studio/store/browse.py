@@ -158,18 +158,18 @@ class BrowseMixin:
             args.append(pose)
         return where, args
 
+    def _tally_sum(self, table: str, where: list[str], args: list) -> int:
+        return int(self.conn.execute(f"SELECT COALESCE(SUM(n), 0) FROM {table} WHERE {' AND '.join(where) or '1'}",
+                                     args).fetchone()[0])
+
     def _facet_count(self, status: int | None, reasons_mask: int, pose: str | None) -> int:
         """Matches of a filter on status, reason and pose only: read from the tally, not counted."""
-        where, args = self._facet_conditions(status, reasons_mask, pose)
-        return int(self.conn.execute(f"SELECT COALESCE(SUM(n), 0) FROM facet_tally WHERE {' AND '.join(where) or '1'}",
-                                     args).fetchone()[0])
+        return self._tally_sum("facet_tally", *self._facet_conditions(status, reasons_mask, pose))
 
     def _tag_count(self, tag: str, status: int | None) -> int:
         """Matches of one tag (and maybe a status): read from the tag tally, not counted."""
         where, args = self._facet_conditions(status, 0, None)
-        return int(self.conn.execute(
-            f"SELECT COALESCE(SUM(n), 0) FROM tag_tally WHERE tag = ? AND {' AND '.join(where) or '1'}",
-            [tag] + args).fetchone()[0])
+        return self._tally_sum("tag_tally", ["tag = ?", *where], [tag, *args])
 
     def _browse_rows(self) -> int:
         return self._facet_count(None, 0, None)
