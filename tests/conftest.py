@@ -122,19 +122,22 @@ def launch_app(workspace: Path, *args: str, env: dict | None = None):
     port = free_port()
     env = {**os.environ, "STUDIO_FACE_PACK": "bundled", "GRADIO_TEMP_DIR": str(Path(workspace).parent / f"{Path(workspace).name}_gradio_tmp"),
            **(env or {})}
-    proc = subprocess.Popen([sys.executable, "app.py", "--workspace", str(workspace), "--port", str(port), *args],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # its output goes to a file: an unread pipe fills up over a long session and then blocks the server
+    log = Path(workspace).parent / f"{Path(workspace).name}_app_{port}.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "app.py", "--workspace", str(workspace), "--port", str(port), *args],
+                                cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 120
     while time.time() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"app.py exited with {proc.returncode}: {proc.stdout.read()}")
+            raise RuntimeError(f"app.py exited with {proc.returncode}: {log.read_text()}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1):
                 return proc, f"http://127.0.0.1:{port}/"
         except OSError:
             time.sleep(0.3)
     proc.kill()
-    raise RuntimeError("app.py did not start within 120 s")
+    raise RuntimeError(f"app.py did not start within 120 s: {log.read_text()}")
 
 
 @contextlib.contextmanager

@@ -25,8 +25,24 @@ def browser():
         b.close()
 
 
+_pages: list = []
+
+
+@pytest.fixture(autouse=True)
+def _close_pages():
+    """Close each test's pages when it ends.
+
+    A page left open keeps its Gradio frontend polling (and retrying a server that a test has stopped);
+    a dozen of them on a 2-core machine starve the page under test, whose clicks then time out.
+    """
+    yield
+    while _pages:
+        _pages.pop().close()
+
+
 def login(browser, url, user):
     page = browser.new_page(viewport={"width": 1400, "height": 1600})
+    _pages.append(page)
     page.goto(url)
     page.get_by_label("username").fill(user)
     page.get_by_label("password").fill(USERS[user][1])
@@ -147,8 +163,11 @@ def test_photos_reach_the_admin_and_nobody_else(browser, served):
     assert ok.status == 200 and ok.headers["content-type"].startswith("image/")
     annotator = login(browser, served, "ann")
     assert annotator.request.get(src).status == 403
-    anonymous = browser.new_context().request.get(src)
-    assert anonymous.status in (401, 403)
+    stranger = browser.new_context()
+    try:
+        assert stranger.request.get(src).status in (401, 403)
+    finally:
+        stranger.close()
 
 
 def test_thumbnails_are_whole_photos_and_a_mistake_keeps_the_gallery(browser, served, tmp_path):
