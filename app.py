@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     from studio.runs import reap
 
     reap(ws)  # runs whose worker died while the app was down are marked failed (rerun resumes them)
+    ws.store.browse_columns()  # millions of images: Browse's in-memory columns start building in the background
     ctx = StudioContext(ws=ws, policy=policy, note=note, face_pack=args.face_pack)
     demo = build_app(ctx)
     auth = (lambda user, password: policy.users.verify(user, password)) if policy.mode == "local" else None

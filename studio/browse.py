@@ -132,7 +132,8 @@ def browse(ws: Workspace, f: BrowseFilter, page: int = 1, page_size: int = 48) -
         r["status"] = STATUS_NAMES[r["status"]]
         r["reasons"] = [name for i, name in enumerate(REASONS) if r["reasons_mask"] >> i & 1]
         r["outlier"] = None if r["outlier"] is None else bool(r["outlier"])
-        r["face_ratio"] = None if r["face_ratio"] is None else round(r["face_ratio"], 4)
+        if isinstance(r["face_ratio"], float):  # a value of another type is shown as it is, not this page's failure
+            r["face_ratio"] = round(r["face_ratio"], 4)
         r["media_missing"] = not ws.media_path(r["media_path"]).is_file()
     return BrowsePage(items=rows, total=total, page=page, pages=pages)
 

@@ -1,4 +1,4 @@
-"""Workspaces written by earlier studio versions (schema v1-v4, v9) open, upgrade and work like fresh ones."""
+"""Workspaces written by earlier studio versions (schema v1-v4, v9, v10) open, upgrade and work like fresh ones."""
 from __future__ import annotations
 
 import shutil
@@ -44,7 +44,7 @@ def fresh(tmp_path_factory, pack) -> Workspace:
     return new
 
 
-@pytest.mark.parametrize("version", [1, 2, 3, 4, 9])
+@pytest.mark.parametrize("version", [1, 2, 3, 4, 9, 10])
 def test_old_workspace_upgrades_and_matches_a_fresh_one(version, fresh, tmp_path):
     ws = upgraded(version, tmp_path / "ws")
     assert ws.store.schema_version() == SCHEMA_VERSION
@@ -70,8 +70,14 @@ def test_old_workspace_upgrades_and_matches_a_fresh_one(version, fresh, tmp_path
     assert detail["problem"] is None and detail["metadata"]["faces"]
     result = export_training_set(ws, tmp_path / "export", allow_other_pack=True, captions="any")
     assert result["exported"] == 4 and result["without_caption"] == 0
-    # the tallies' triggers are in place: a new tag and a re-curation are counted
+    # the tallies' and browse_version's triggers are in place: a new tag and a re-curation are counted,
+    # and each retires the browse columns' snapshot
+    ws.store.browse_columns_min_rows = 0
+    snapshot = ws.store.browse_columns(wait=True)
+    assert snapshot is not None and snapshot.rows == 5
     ws.store.set_tags(queue[0]["image_id"], ["hat"])
+    assert ws.store.browse_columns() is None
+    assert browse(ws, BrowseFilter(tags=["hat"])).total == 1
     curate(ws)
     assert tallies(ws.store.conn) == direct_counts(ws.store.conn) and ws.store.stale_verdicts() == 0
     assert dict(ws.store.tag_counts()).get("hat") == 1

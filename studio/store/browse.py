@@ -4,8 +4,11 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable, Sequence
 
+import numpy as np
+
 from ..codes import CurationStatus
 from .base import marks
+from .columns import BrowseColumns, browse_version, holder_for, min_rows_setting
 
 
 PENDING, PASS, FAIL = (int(s) for s in CurationStatus)
@@ -205,7 +208,35 @@ class BrowseMixin:
         limit: int = 48,
         offset: int = 0,
     ) -> tuple[list[dict], int]:
-        """One page of images matching every given filter, and how many match in all."""
+        """One page of images matching every given filter, and how many match in all.
+
+        Answered from the in-memory browse columns when they are current (millions of images),
+        else from SQLite's indexes; both give the same ids in the same order (tested).
+        """
+        filters = dict(person_ids=person_ids, status=status, reasons_mask=reasons_mask, pose=pose, tags=tags,
+                       min_side=min_side, face_ratio=face_ratio, outlier=outlier, caption_status=caption_status,
+                       sort=sort, descending=descending, limit=limit, offset=offset)
+        with self.snapshot():  # the count, the page and its rows from one state of the database
+            cols = self.browse_columns()
+            if cols is not None:
+                ids, total = cols.page(
+                    **filters, caption_rows=cols.caption_rows(caption_match, self._fts_ids) if caption_match else None,
+                    split_persons=self._split_persons(split) if split else None, split_negate=split == "unassigned")
+            else:
+                ids, total = self._browse_ids(**filters, caption_match=caption_match, split=split)
+            if not ids:
+                return [], int(total)
+            rows = self.conn.execute(
+                f"""SELECT b.*, b.person_name AS person, i.media_path FROM browse b JOIN images i ON i.id = b.image_id
+                    WHERE b.image_id IN ({marks(ids)})""",
+                ids,
+            ).fetchall()
+        by_id = {r["image_id"]: dict(r) for r in rows}
+        return [by_id[i] for i in ids], int(total)
+
+    def _browse_ids(self, *, person_ids, status, reasons_mask, pose, tags, min_side, face_ratio, outlier,
+                    caption_match, caption_status, split, sort, descending, limit, offset) -> tuple[list[int], int]:
+        """One page's image ids and the number of matches, from SQLite's indexes."""
         where, args = self._facet_conditions(status, reasons_mask, pose, "b.")
         if person_ids is not None:
             where.append(f"b.person_id IN ({marks(person_ids)})" if person_ids else "0")
@@ -262,17 +293,40 @@ class BrowseMixin:
             density = total / max(1, self._browse_rows())
             if (offset + limit) / density <= 4 * total:
                 hint = self._SORT_INDEXES[sort]
-        # ids first (index-only), then the full rows of just this page
         ids = [r[0] for r in self.conn.execute(
             f"SELECT b.image_id FROM browse b {hint} {clause} ORDER BY {order} LIMIT ? OFFSET ?", args + [limit, offset])]
         if reverse:
             ids.reverse()
-        if not ids:
-            return [], int(total)
-        rows = self.conn.execute(
-            f"""SELECT b.*, b.person_name AS person, i.media_path FROM browse b JOIN images i ON i.id = b.image_id
-                WHERE b.image_id IN ({marks(ids)})""",
-            ids,
-        ).fetchall()
-        by_id = {r["image_id"]: dict(r) for r in rows}
-        return [by_id[i] for i in ids], int(total)
+        return ids, int(total)
+
+    # -- the browse columns in memory (millions of images) -------------------------------
+    browse_columns_min_rows: int | None = min_rows_setting()
+
+    def browse_columns(self, wait: bool = False) -> BrowseColumns | None:
+        """The in-memory snapshot of the browse index if it is current, else None (SQLite answers).
+
+        A workspace of at least ``browse_columns_min_rows`` images gets one: a stale or missing
+        snapshot starts a build in the background (``wait``: builds it now, in this thread).
+        """
+        if self.browse_columns_min_rows is None or self._browse_rows() < self.browse_columns_min_rows:
+            return None
+        holder = holder_for(str(self.path.resolve()))
+        cols = holder.fresh(browse_version(self.conn))
+        if cols is not None:
+            return cols
+        if wait:
+            holder.build(self.connect)
+            return holder.fresh(browse_version(self.conn))
+        holder.build_in_background(self.connect)
+        return None
+
+    def _fts_ids(self, match: str) -> np.ndarray:
+        """Image ids whose caption matches an FTS5 query (in one string: no Python row per match)."""
+        ids = self.conn.execute("SELECT group_concat(rowid) FROM caption_fts WHERE caption_fts MATCH ?",
+                                (match,)).fetchone()[0]
+        return np.fromstring(ids, dtype=np.int64, sep=",") if ids else np.zeros(0, dtype=np.int64)
+
+    def _split_persons(self, split: str) -> np.ndarray:
+        sql = "SELECT person_id FROM splits" + ("" if split == "unassigned" else " WHERE split = ?")
+        args = () if split == "unassigned" else (split,)
+        return np.fromiter((r[0] for r in self.conn.execute(sql, args)), dtype=np.int64)

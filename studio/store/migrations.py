@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from ..codes import REASONS, reasons_mask
 
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 
 MIGRATIONS: dict[int, str] = {
     1: """
@@ -400,6 +400,15 @@ MIGRATIONS: dict[int, str] = {
     ) WITHOUT ROWID;
     CREATE INDEX sources_problems ON sources(code) WHERE outcome != 'ingested'
     """,
+    # v11: a counter of browse and tag changes (VERSION_TRIGGERS), the key of the browse columns
+    # kept in memory at millions of images (store/columns.py); no backfill, the triggers start it
+    11: """
+    CREATE TABLE browse_version (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        n INTEGER NOT NULL
+    );
+    INSERT INTO browse_version(id, n) VALUES (1, 0)
+    """,
 }
 
 #: Keep the tallies equal to GROUP BYs over browse and image_tags, row by row (tested against them).
@@ -479,6 +488,26 @@ CREATE INDEX browse_filters ON browse(status, reasons_mask, pose, min_side, face
 CREATE INDEX browse_caption_status ON browse(caption_status, image_id)
 """
 
+#: Bump browse_version on any change of what Browse filters, sorts or pages on (a browse row, a
+#: tag); a snapshot of the browse columns is used only while the counter is what it was read with.
+VERSION_TRIGGERS = """
+CREATE TRIGGER IF NOT EXISTS browse_version_insert AFTER INSERT ON browse BEGIN
+    UPDATE browse_version SET n = n + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS browse_version_update AFTER UPDATE ON browse BEGIN
+    UPDATE browse_version SET n = n + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS browse_version_delete AFTER DELETE ON browse BEGIN
+    UPDATE browse_version SET n = n + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS image_tags_version_insert AFTER INSERT ON image_tags BEGIN
+    UPDATE browse_version SET n = n + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS image_tags_version_delete AFTER DELETE ON image_tags BEGIN
+    UPDATE browse_version SET n = n + 1;
+END
+"""
+
 
 def run_backfills(conn: sqlite3.Connection, from_version: int, refresh_browse: Callable) -> None:
     """Fill what older versions left empty, so an upgraded workspace equals a fresh ingest of its photos.
@@ -487,6 +516,10 @@ def run_backfills(conn: sqlite3.Connection, from_version: int, refresh_browse: C
     * captions imported before v3 are not caption rows (no review queue, nothing to approve);
     * browse rows of any older version are rebuilt from the tables they summarise.
     """
+    for statement in split_sql(VERSION_TRIGGERS):
+        conn.execute(statement)
+    if from_version >= 10:  # v11 only added the version counter and its triggers
+        return
     if from_version >= 9:  # browse has today's shape but for v10's column; the tallies are new
         conn.execute(
             """UPDATE browse SET stale = 1 WHERE image_id IN (
@@ -535,7 +568,7 @@ def fill_tallies(conn: sqlite3.Connection) -> None:
                     FROM browse GROUP BY 1, 2, 3, 4""")
     conn.execute("""INSERT INTO tag_tally SELECT t.tag, b.status, COUNT(*)
                     FROM image_tags t JOIN browse b ON b.image_id = t.image_id GROUP BY 1, 2""")
-    for statement in split_sql(TALLY_TRIGGERS):
+    for statement in split_sql(TALLY_TRIGGERS + ";" + VERSION_TRIGGERS):
         conn.execute(statement)
 
 
