@@ -306,7 +306,7 @@ class BrowseMixin:
         """The in-memory snapshot of the browse index if it is current, else None (SQLite answers).
 
         A workspace of at least ``browse_columns_min_rows`` images gets one: a stale or missing
-        snapshot starts a build in the background (``wait``: builds it now, in this thread).
+        snapshot is brought up to date in the background (``wait``: now, in this thread).
         """
         if self.browse_columns_min_rows is None or self._browse_rows() < self.browse_columns_min_rows:
             return None
@@ -315,9 +315,9 @@ class BrowseMixin:
         if cols is not None:
             return cols
         if wait:
-            holder.build(self.connect)
+            holder.refresh(self.connect)
             return holder.fresh(browse_version(self.conn))
-        holder.build_in_background(self.connect)
+        holder.refresh_in_background(self.connect)
         return None
 
     def _fts_ids(self, match: str) -> np.ndarray:

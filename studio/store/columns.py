@@ -3,11 +3,14 @@
 At millions of rows SQLite answers a broad filter (a tag, caption words, a range) by looking
 rows up one at a time, about a microsecond each: a second or more per page at FaceID-6M size.
 The same filter over column arrays is a few vectorised passes. A snapshot holds the browse
-columns, one sort order per sort key, and each tag's rows; it is taken inside one read
-transaction together with ``browse_version`` (a counter the schema's triggers bump on every
-change of a browse row or tag), so a snapshot is used only while that counter is unchanged and
-answers exactly what SQLite would. Stale or absent, the caller uses SQLite; a new snapshot is
-built in the background. One holder per database file serves every thread of the process.
+columns, one sort order per sort key, and each tag's rows. It is read in one read transaction
+together with the version of the browse index (the last ``seq`` of ``browse_changes``, the log
+that the schema's triggers append to on every change of a browse row or tag), and it is used
+only while that version is unchanged, so it answers exactly what SQLite would. Stale, the
+caller asks SQLite while the snapshot is brought up to date in the background: from the log,
+only the changed rows are read again (a tag or caption edit at 6M images is well under a
+second); a full read happens first, and when the log no longer reaches back or the change is
+too large. One holder per database file serves every thread of the process.
 """
 from __future__ import annotations
 
@@ -33,11 +36,23 @@ _READ_CHUNK = 100_000
 CAPTION_CACHE_BYTES = 256 * 2**20
 _TERM = re.compile(r'"\w+"\*')
 
-_SELECT = """SELECT image_id, person_id, status, reasons_mask, COALESCE(pose, ''), min_side, face_ratio, outlier,
-                    identity_sim, face_count, caption_status, person_name
-             FROM browse WHERE image_id > ? ORDER BY image_id LIMIT ?"""
+#: changed rows from which an update reads everything instead
+MAX_PATCH_ROWS = 500_000
 
-#: sort key -> column array holding it (nullable ones as float64 with NaN for NULL)
+#: (array, SQL expression, dtype or "text": stored as codes) of the browse columns Browse uses
+COLUMNS = (
+    ("image_id", "image_id", np.int64), ("person_id", "person_id", np.int64), ("status", "status", np.int8),
+    ("reasons_mask", "reasons_mask", np.int64), ("pose", "COALESCE(pose, '')", "text"),
+    ("min_side", "min_side", np.int64), ("face_ratio", "face_ratio", np.float64),
+    ("outlier", "COALESCE(outlier, -1)", np.int8), ("identity_sim", "identity_sim", np.float64),
+    ("face_count", "face_count", np.float64), ("caption_status", "caption_status", "text"),
+    ("caption_version", "COALESCE(caption_version, -1)", np.int64), ("person_name", "person_name", "text"),
+)
+_FIELDS = ", ".join(expr for _, expr, _ in COLUMNS)
+_SELECT_RANGE = f"SELECT {_FIELDS} FROM browse WHERE image_id > ? ORDER BY image_id LIMIT ?"
+_CHANGED = "SELECT image_id FROM browse_changes WHERE seq > ?"
+
+#: sort key -> the array holding it (nullable ones float64 with NaN for NULL); "id" is the rows' own order
 SORT_COLUMNS = {"person": "name_rank", "face_ratio": "face_ratio", "resolution": "min_side",
                 "identity_sim": "identity_sim", "face_count": "face_count"}
 
@@ -50,11 +65,32 @@ def min_rows_setting() -> int | None:
 
 
 def browse_version(conn: sqlite3.Connection) -> int:
-    return int(conn.execute("SELECT n FROM browse_version").fetchone()[0])
+    """The browse index's version: the last seq the change log handed out (0 before any)."""
+    row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'browse_changes'").fetchone()
+    return int(row[0]) if row else 0
 
 
 def _codes(values: Sequence[str], table: dict[str, int]) -> np.ndarray:
     return np.fromiter((table.setdefault(v, len(table)) for v in values), dtype=np.int32, count=len(values))
+
+
+def _arrays(rows: list[tuple], codes: dict[str, dict[str, int]]) -> dict[str, np.ndarray]:
+    """Browse rows (``COLUMNS`` order) as one array per column; text becomes codes of ``codes``."""
+    values = list(zip(*rows)) if rows else [()] * len(COLUMNS)
+    return {name: _codes(v, codes[name]) if kind == "text" else np.array(v, dtype=kind)
+            for (name, _, kind), v in zip(COLUMNS, values)}
+
+
+def _name_rank(names: dict[str, int]) -> np.ndarray:
+    """Name code -> rank in SQLite's BINARY collation (code-point order of the text)."""
+    rank = np.zeros(len(names), dtype=np.int32)
+    for r, (_, code) in enumerate(sorted(names.items())):
+        rank[code] = r
+    return rank
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    return bool(np.array_equal(a, b, equal_nan=a.dtype.kind == "f"))
 
 
 def _order(key: np.ndarray) -> np.ndarray:
@@ -72,79 +108,135 @@ class BrowseColumns:
     """One consistent snapshot of the browse index (rows in image_id order)."""
 
     version: int
-    image_id: np.ndarray
-    person_id: np.ndarray
-    status: np.ndarray
-    reasons_mask: np.ndarray
-    pose: np.ndarray
-    min_side: np.ndarray
-    face_ratio: np.ndarray
-    outlier: np.ndarray  # -1 for NULL
-    identity_sim: np.ndarray
-    face_count: np.ndarray  # float64, NaN for NULL
-    caption_status: np.ndarray
-    name_rank: np.ndarray
-    poses: dict[str, int]
-    caption_statuses: dict[str, int]
-    tags: dict[str, np.ndarray]  # tag -> row positions
+    cols: dict[str, np.ndarray]
+    codes: dict[str, dict[str, int]]  # text column -> value -> code
+    tags: dict[str, np.ndarray]  # tag -> sorted row positions
     orders: dict[str, np.ndarray] = field(default_factory=dict)
     build_s: float = 0.0
+    patched_rows: int | None = None  # rows read again by the update that made it (None: a full read)
     caption_cache: OrderedDict = field(default_factory=OrderedDict, repr=False)
     _cache_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
+    def __getattr__(self, name: str) -> np.ndarray:
+        try:
+            return self.__dict__["cols"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
     @property
     def rows(self) -> int:
-        return len(self.image_id)
+        return len(self.cols["image_id"])
 
     @property
     def nbytes(self) -> int:
-        arrays = [v for v in vars(self).values() if isinstance(v, np.ndarray)]
-        arrays += list(self.tags.values()) + list(self.orders.values())
-        return sum(a.nbytes for a in arrays)
+        arrays = [*self.cols.values(), *self.tags.values(), *self.orders.values()]
+        return sum(a.nbytes for a in arrays) + sum(a.nbytes for a in list(self.caption_cache.values()))
 
     @classmethod
     def read(cls, conn: sqlite3.Connection) -> "BrowseColumns":
         """Read every browse row and tag in one read transaction (the caller holds none)."""
         start = time.perf_counter()
+        codes: dict[str, dict[str, int]] = {name: {} for name, _, kind in COLUMNS if kind == "text"}
         conn.execute("BEGIN DEFERRED")
         try:
             version = browse_version(conn)
-            dtypes = (np.int64, np.int64, np.int8, np.int64, None, np.int64, np.float64, np.float64, np.float64,
-                      np.float64, None, None)  # None: text, stored as codes
-            parts: list[list[np.ndarray]] = []
-            poses: dict[str, int] = {}
-            statuses: dict[str, int] = {}
-            names: dict[str, int] = {}
-            last = -1
+            parts, last = [], -1
             while True:
-                rows = conn.execute(_SELECT, (last, _READ_CHUNK)).fetchall()
+                rows = conn.execute(_SELECT_RANGE, (last, _READ_CHUNK)).fetchall()
                 if not rows:
                     break
                 last = rows[-1][0]
-                texts = {4: poses, 10: statuses, 11: names}
-                parts.append([_codes(col, texts[k]) if k in texts else np.array(col, dtype=dtypes[k])
-                              for k, col in enumerate(zip(*rows))])
-            merged = [np.concatenate(c) for c in zip(*parts)] if parts else \
-                [np.zeros(0, dtype=t or np.int32) for t in dtypes]
-            image_id, person_id, status, reasons, pose, min_side, face_ratio, outlier, sim, faces, cap, name = merged
-            # person sort is by name (SQLite's BINARY collation = code-point order of the text)
-            rank = np.zeros(len(names), dtype=np.int32)
-            for r, (_, code) in enumerate(sorted(names.items())):
-                rank[code] = r
+                parts.append(_arrays(rows, codes))
+            cols = {name: np.concatenate([p[name] for p in parts]) for name, _, _ in COLUMNS} if parts \
+                else _arrays([], codes)
             tags: dict[str, np.ndarray] = {}
             for tag, ids in conn.execute("SELECT tag, group_concat(image_id) FROM image_tags GROUP BY tag"):
-                found = np.fromstring(ids, dtype=np.int64, sep=",") if ids else np.zeros(0, dtype=np.int64)
-                tags[tag] = _positions(image_id, found)
+                tags[tag] = np.sort(_positions(cols["image_id"], _int_list(ids)))
         finally:
             conn.execute("COMMIT")
-        cols = cls(
-            version=version, image_id=image_id, person_id=person_id, status=status, reasons_mask=reasons, pose=pose,
-            min_side=min_side, face_ratio=face_ratio, outlier=np.nan_to_num(outlier, nan=-1).astype(np.int8),
-            identity_sim=sim, face_count=faces, caption_status=cap, name_rank=rank[name] if len(name) else name,
-            poses=poses, caption_statuses=statuses, tags=tags)
-        cols.orders = {sort: _order(getattr(cols, column)) for sort, column in SORT_COLUMNS.items()}
-        cols.build_s = time.perf_counter() - start
-        return cols
+        snap = cls(version=version, cols=cols, codes=codes, tags=tags)
+        snap._sort(set(SORT_COLUMNS))
+        snap.build_s = time.perf_counter() - start
+        return snap
+
+    def _sort(self, keys: set[str]) -> None:
+        if "person" in keys:
+            self.cols["name_rank"] = _name_rank(self.codes["person_name"])[self.cols["person_name"]]
+        for sort in keys:
+            self.orders[sort] = _order(self.cols[SORT_COLUMNS[sort]])
+
+    def updated(self, conn: sqlite3.Connection, max_rows: int = MAX_PATCH_ROWS) -> "BrowseColumns | None":
+        """This snapshot brought up to date from the change log, reading only the changed rows.
+
+        None when a full read is needed: the log no longer reaches back to this version, more
+        than ``max_rows`` rows changed, or rows were deleted or inserted before the last one.
+        """
+        start = time.perf_counter()
+        conn.execute("BEGIN DEFERRED")
+        try:
+            version = browse_version(conn)
+            if version == self.version:
+                return self
+            oldest = conn.execute("SELECT MIN(seq) FROM browse_changes").fetchone()[0]
+            if version < self.version or oldest is None or oldest > self.version + 1:
+                return None
+            changed = conn.execute(f"SELECT COUNT(DISTINCT image_id) FROM ({_CHANGED})", (self.version,)).fetchone()[0]
+            if changed > max_rows:
+                return None
+            rows = conn.execute(f"SELECT {_FIELDS} FROM browse WHERE image_id IN ({_CHANGED}) ORDER BY image_id",
+                                (self.version,)).fetchall()
+            tag_rows = conn.execute(f"SELECT tag, image_id FROM image_tags WHERE image_id IN ({_CHANGED})",
+                                    (self.version,)).fetchall()
+        finally:
+            conn.execute("COMMIT")
+        if len(rows) < changed:  # a browse row was deleted: read everything
+            return None
+        codes = {name: dict(table) for name, table in self.codes.items()}
+        new = _arrays(rows, codes)
+        ids, n = new["image_id"], self.rows
+        pos = np.minimum(np.searchsorted(self.image_id, ids), max(n - 1, 0))
+        known = (self.image_id[pos] == ids) if n else np.zeros(len(ids), dtype=bool)
+        added = ~known
+        if added.any() and n and ids[added].min() < self.image_id[-1]:
+            return None  # a row inserted before the last one: positions would move
+        cols = {}
+        for name, _, _ in COLUMNS:
+            column = self.cols[name].copy()
+            column[pos[known]] = new[name][known]
+            cols[name] = np.concatenate([column, new[name][added]]) if added.any() else column
+        touched = np.concatenate([pos[known], np.arange(n, n + int(added.sum()))])
+        # tags: the changed rows' memberships are read again; the others are kept
+        by_tag: dict[str, list[int]] = {}
+        for tag, image_id in tag_rows:
+            by_tag.setdefault(tag, []).append(image_id)
+        tags = {}
+        for tag in set(self.tags) | set(by_tag):
+            kept = self.tags.get(tag, np.zeros(0, dtype=np.int64))
+            kept = kept[~np.isin(kept, touched)]
+            again = _positions(cols["image_id"], np.sort(np.asarray(by_tag.get(tag, []), dtype=np.int64)))
+            merged = np.union1d(kept, again)
+            if len(merged):
+                tags[tag] = merged
+        snap = BrowseColumns(version=version, cols=cols, codes=codes, tags=tags, patched_rows=len(rows))
+        # a sort order is made again only if one of its keys changed (a tag or caption edit changes none)
+        if added.any():
+            resort = set(SORT_COLUMNS)
+        else:
+            resort = {sort for sort, column in SORT_COLUMNS.items()
+                      if column != "name_rank" and not _same(self.cols[column][pos], new[column])}
+            if len(codes["person_name"]) != len(self.codes["person_name"]) \
+                    or not _same(self.cols["person_name"][pos], new["person_name"]):
+                resort.add("person")
+        snap.orders = {sort: order for sort, order in self.orders.items() if sort not in resort}
+        if "person" not in resort:
+            snap.cols["name_rank"] = self.cols["name_rank"]
+        snap._sort(resort)
+        # caption words' rows stay right unless a caption changed or rows were added
+        if not added.any() and _same(self.cols["caption_version"][pos], new["caption_version"]):
+            with self._cache_lock:
+                snap.caption_cache.update(self.caption_cache)
+        snap.build_s = time.perf_counter() - start
+        return snap
 
     def positions(self, image_ids: np.ndarray) -> np.ndarray:
         return _positions(self.image_id, image_ids)
@@ -213,12 +305,12 @@ class BrowseColumns:
         if reasons_mask:
             both((self.reasons_mask & reasons_mask) != 0)
         if pose:
-            code = self.poses.get(pose)
+            code = self.codes["pose"].get(pose)
             both(self.pose == code if code is not None else np.zeros(n, dtype=bool))
         if person_ids is not None:
             both(np.isin(self.person_id, np.asarray(list(person_ids), dtype=np.int64)))
         if caption_status:
-            code = self.caption_statuses.get(caption_status)
+            code = self.codes["caption_status"].get(caption_status)
             both(self.caption_status == code if code is not None else np.zeros(n, dtype=bool))
         for tag in tags:
             both(rows_mask(self.tags.get(tag, np.zeros(0, dtype=np.int64))))
@@ -253,6 +345,11 @@ class BrowseColumns:
         return [int(i) for i in (ids[::-1] if descending else ids)], total
 
 
+def _int_list(text: str | None) -> np.ndarray:
+    """``1,2,3`` (SQLite's group_concat of integers) as an array."""
+    return np.fromstring(text, dtype=np.int64, sep=",") if text else np.zeros(0, dtype=np.int64)
+
+
 def _positions(image_id: np.ndarray, wanted: np.ndarray) -> np.ndarray:
     """Row positions of the ``wanted`` image ids that have a browse row."""
     if not len(wanted) or not len(image_id):
@@ -266,47 +363,54 @@ class ColumnsHolder:
     """The snapshot of one database file, shared by every connection of the process."""
 
     def __init__(self) -> None:
-        self._build_lock = threading.Lock()  # one build at a time
+        self._build_lock = threading.Lock()  # one read or update at a time
         self._state_lock = threading.Lock()
         self.columns: BrowseColumns | None = None
         self.building = False
         self.failed: str | None = None
-        self.next_build_at = 0.0
+        self.next_full_read_at = 0.0
 
     def fresh(self, version: int) -> BrowseColumns | None:
         cols = self.columns
         return cols if cols is not None and cols.version == version else None
 
-    def build(self, connect: Callable[[], sqlite3.Connection]) -> BrowseColumns | None:
-        """Build a snapshot now, in this thread (a concurrent call waits for the running build)."""
+    def refresh(self, connect: Callable[[], sqlite3.Connection], full_read_now: bool = True) -> BrowseColumns | None:
+        """Bring the snapshot up to date in this thread: from the change log if it can, else by a
+        full read (unless ``full_read_now`` is false and the last full read was too recent)."""
         with self._build_lock:
             conn = connect()
-            conn.row_factory = None  # plain tuples: the read is mostly building rows
+            conn.row_factory = None  # plain tuples: reading is mostly making rows
             try:
-                cols = BrowseColumns.read(conn)
+                cols = self.columns.updated(conn) if self.columns is not None else None
+                if cols is None:
+                    if not full_read_now and time.monotonic() < self.next_full_read_at:
+                        return None
+                    cols = BrowseColumns.read(conn)
+                    # during a long write stage every snapshot is stale at once: at most one full read
+                    # per twice the last one's duration, and never more often than every 5 s
+                    self.next_full_read_at = time.monotonic() + max(5.0, 2 * cols.build_s)
             except (sqlite3.Error, ValueError, TypeError, OverflowError) as exc:
                 # a browse value numpy cannot hold: SQLite keeps answering, just slower
                 self.failed = f"{type(exc).__name__}: {exc}"
                 log.warning("browse columns not built (SQLite answers browse instead): %s", self.failed)
                 return None
             finally:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
                 conn.close()
             self.columns, self.failed = cols, None
-            # during a long write stage every snapshot is stale at once: at most one build per
-            # twice the last one's duration, and never more often than every 5 s
-            self.next_build_at = time.monotonic() + max(5.0, 2 * cols.build_s)
             return cols
 
-    def build_in_background(self, connect: Callable[[], sqlite3.Connection]) -> None:
-        """Start a build unless one runs or the last one was too recent; never waits."""
+    def refresh_in_background(self, connect: Callable[[], sqlite3.Connection]) -> None:
+        """Start a refresh unless one is running; never waits."""
         with self._state_lock:
-            if self.building or time.monotonic() < self.next_build_at:
+            if self.building:
                 return
             self.building = True
 
         def run() -> None:
             try:
-                self.build(connect)
+                self.refresh(connect, full_read_now=False)
             finally:
                 self.building = False
 

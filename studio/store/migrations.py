@@ -400,14 +400,15 @@ MIGRATIONS: dict[int, str] = {
     ) WITHOUT ROWID;
     CREATE INDEX sources_problems ON sources(code) WHERE outcome != 'ingested'
     """,
-    # v11: a counter of browse and tag changes (VERSION_TRIGGERS), the key of the browse columns
-    # kept in memory at millions of images (store/columns.py); no backfill, the triggers start it
+    # v11: a log of which images' browse rows or tags changed (CHANGE_TRIGGERS), so that the browse
+    # columns kept in memory at millions of images (store/columns.py) know whether they are current
+    # and which rows to read again; no backfill, the triggers start it
     11: """
-    CREATE TABLE browse_version (
-        id INTEGER PRIMARY KEY CHECK (id = 1),
-        n INTEGER NOT NULL
-    );
-    INSERT INTO browse_version(id, n) VALUES (1, 0)
+    -- AUTOINCREMENT: a seq is never handed out twice, even after the log was emptied
+    CREATE TABLE browse_changes (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        image_id INTEGER NOT NULL
+    )
     """,
 }
 
@@ -488,26 +489,20 @@ CREATE INDEX browse_filters ON browse(status, reasons_mask, pose, min_side, face
 CREATE INDEX browse_caption_status ON browse(caption_status, image_id)
 """
 
-#: Bump browse_version on any change of what Browse filters, sorts or pages on (a browse row, a
-#: tag); a snapshot of the browse columns is used only while the counter is what it was read with.
-VERSION_TRIGGERS = """
-CREATE TRIGGER IF NOT EXISTS browse_version_insert AFTER INSERT ON browse BEGIN
-    UPDATE browse_version SET n = n + 1;
-END;
-CREATE TRIGGER IF NOT EXISTS browse_version_update AFTER UPDATE ON browse BEGIN
-    UPDATE browse_version SET n = n + 1;
-END;
-CREATE TRIGGER IF NOT EXISTS browse_version_delete AFTER DELETE ON browse BEGIN
-    UPDATE browse_version SET n = n + 1;
-END;
-CREATE TRIGGER IF NOT EXISTS image_tags_version_insert AFTER INSERT ON image_tags BEGIN
-    UPDATE browse_version SET n = n + 1;
-END;
-CREATE TRIGGER IF NOT EXISTS image_tags_version_delete AFTER DELETE ON image_tags BEGIN
-    UPDATE browse_version SET n = n + 1;
-END
+#: Log every change of what Browse filters, sorts or pages on (a browse row, a tag), newest last.
+#: The last seq handed out is the browse index's version; the log keeps the last CHANGE_LOG_ROWS changes (each
+#: write drops the one that many before it), and a reader further behind than that reads everything.
+CHANGE_LOG_ROWS = 1_000_000
+_LOG = """
+    INSERT INTO browse_changes(image_id) VALUES ({row}.image_id);
+    DELETE FROM browse_changes WHERE seq = (SELECT MAX(seq) FROM browse_changes) - {keep};
 """
-
+CHANGE_TRIGGERS = ";\n".join(
+    f"CREATE TRIGGER IF NOT EXISTS {name} AFTER {event} ON {table} BEGIN{_LOG.format(row=row, keep=CHANGE_LOG_ROWS)}END"
+    for name, event, table, row in (
+        ("browse_changes_insert", "INSERT", "browse", "NEW"), ("browse_changes_update", "UPDATE", "browse", "NEW"),
+        ("browse_changes_delete", "DELETE", "browse", "OLD"), ("image_tags_changes_insert", "INSERT", "image_tags", "NEW"),
+        ("image_tags_changes_delete", "DELETE", "image_tags", "OLD")))
 
 def run_backfills(conn: sqlite3.Connection, from_version: int, refresh_browse: Callable) -> None:
     """Fill what older versions left empty, so an upgraded workspace equals a fresh ingest of its photos.
@@ -516,9 +511,9 @@ def run_backfills(conn: sqlite3.Connection, from_version: int, refresh_browse: C
     * captions imported before v3 are not caption rows (no review queue, nothing to approve);
     * browse rows of any older version are rebuilt from the tables they summarise.
     """
-    for statement in split_sql(VERSION_TRIGGERS):
+    for statement in split_sql(CHANGE_TRIGGERS):
         conn.execute(statement)
-    if from_version >= 10:  # v11 only added the version counter and its triggers
+    if from_version >= 10:  # v11 only added the change log and its triggers
         return
     if from_version >= 9:  # browse has today's shape but for v10's column; the tallies are new
         conn.execute(
@@ -568,7 +563,7 @@ def fill_tallies(conn: sqlite3.Connection) -> None:
                     FROM browse GROUP BY 1, 2, 3, 4""")
     conn.execute("""INSERT INTO tag_tally SELECT t.tag, b.status, COUNT(*)
                     FROM image_tags t JOIN browse b ON b.image_id = t.image_id GROUP BY 1, 2""")
-    for statement in split_sql(TALLY_TRIGGERS + ";" + VERSION_TRIGGERS):
+    for statement in split_sql(TALLY_TRIGGERS + ";" + CHANGE_TRIGGERS):
         conn.execute(statement)
 
 
