@@ -42,11 +42,11 @@ MAX_PATCH_ROWS = 500_000
 #: (array, SQL expression, dtype or "text": stored as codes) of the browse columns Browse uses
 COLUMNS = (
     ("image_id", "image_id", np.int64), ("person_id", "person_id", np.int64), ("status", "status", np.int8),
-    ("reasons_mask", "reasons_mask", np.int64), ("pose", "COALESCE(pose, '')", "text"),
-    ("min_side", "min_side", np.int64), ("face_ratio", "face_ratio", np.float64),
+    ("reasons_mask", "reasons_mask", np.int32), ("pose", "COALESCE(pose, '')", "text"),
+    ("min_side", "min_side", np.int32), ("face_ratio", "face_ratio", np.float64),
     ("outlier", "COALESCE(outlier, -1)", np.int8), ("identity_sim", "identity_sim", np.float64),
     ("face_count", "face_count", np.float64), ("caption_status", "caption_status", "text"),
-    ("caption_version", "COALESCE(caption_version, -1)", np.int64), ("person_name", "person_name", "text"),
+    ("caption_version", "COALESCE(caption_version, -1)", np.int32), ("person_name", "person_name", "text"),
 )
 _FIELDS = ", ".join(expr for _, expr, _ in COLUMNS)
 _SELECT_RANGE = f"SELECT {_FIELDS} FROM browse WHERE image_id > ? ORDER BY image_id LIMIT ?"
@@ -201,9 +201,12 @@ class BrowseColumns:
             return None  # a row inserted before the last one: positions would move
         cols = {}
         for name, _, _ in COLUMNS:
-            column = self.cols[name].copy()
-            column[pos[known]] = new[name][known]
-            cols[name] = np.concatenate([column, new[name][added]]) if added.any() else column
+            column = self.cols[name]
+            if added.any() or not _same(column[pos], new[name]):  # an unchanged column is shared, not copied
+                column = column.copy()
+                column[pos[known]] = new[name][known]
+                column = np.concatenate([column, new[name][added]]) if added.any() else column
+            cols[name] = column
         touched = np.concatenate([pos[known], np.arange(n, n + int(added.sum()))])
         # tags: the changed rows' memberships are read again; the others are kept
         by_tag: dict[str, list[int]] = {}
