@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,12 @@ def browse_version(conn: sqlite3.Connection) -> int:
 
 
 def _codes(values: Sequence[str], table: dict[str, int]) -> np.ndarray:
-    return np.fromiter((table.setdefault(v, len(table)) for v in values), dtype=np.int32, count=len(values))
+    """Texts as codes of ``table`` (new texts get the next codes); hashed in C by pandas."""
+    local, uniques = pd.factorize(np.asarray(values, dtype=object))
+    if len(local) and local.min() < 0:
+        raise ValueError("a text column of browse holds NULL")
+    lut = np.fromiter((table.setdefault(v, len(table)) for v in uniques), dtype=np.int32, count=len(uniques))
+    return lut[local] if len(local) else np.zeros(0, dtype=np.int32)
 
 
 def _arrays(rows: list[tuple], codes: dict[str, dict[str, int]]) -> dict[str, np.ndarray]:
