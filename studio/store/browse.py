@@ -8,7 +8,7 @@ import numpy as np
 
 from ..codes import CurationStatus
 from .base import marks
-from .columns import BrowseColumns, browse_version, holder_for, min_rows_setting
+from .columns import BrowseColumns, browse_version, holder_for, int_list, min_rows_setting
 
 
 PENDING, PASS, FAIL = (int(s) for s in CurationStatus)
@@ -324,7 +324,7 @@ class BrowseMixin:
         """Image ids whose caption matches an FTS5 query (in one string: no Python row per match)."""
         ids = self.conn.execute("SELECT group_concat(rowid) FROM caption_fts WHERE caption_fts MATCH ?",
                                 (match,)).fetchone()[0]
-        return np.fromstring(ids, dtype=np.int64, sep=",") if ids else np.zeros(0, dtype=np.int64)
+        return int_list(ids)
 
     def _split_persons(self, split: str) -> np.ndarray:
         sql = "SELECT person_id FROM splits" + ("" if split == "unassigned" else " WHERE split = ?")

@@ -159,7 +159,7 @@ class BrowseColumns:
                 else _arrays([], codes)
             tags: dict[str, np.ndarray] = {}
             for tag, ids in conn.execute("SELECT tag, group_concat(image_id) FROM image_tags GROUP BY tag"):
-                tags[tag] = np.sort(_positions(cols["image_id"], _int_list(ids)))
+                tags[tag] = np.sort(_positions(cols["image_id"], int_list(ids)))
         finally:
             conn.execute("COMMIT")
         snap = cls(version=version, cols=cols, codes=codes, tags=tags)
@@ -356,7 +356,7 @@ class BrowseColumns:
         return [int(i) for i in (ids[::-1] if descending else ids)], total
 
 
-def _int_list(text: str | None) -> np.ndarray:
+def int_list(text: str | None) -> np.ndarray:
     """``1,2,3`` (SQLite's group_concat of integers) as an array."""
     return np.fromstring(text, dtype=np.int64, sep=",") if text else np.zeros(0, dtype=np.int64)
 
