@@ -223,11 +223,14 @@ class BrowseColumns:
         tags = {}
         for tag in set(self.tags) | set(by_tag):
             kept = self.tags.get(tag, np.zeros(0, dtype=np.int32))
-            kept = kept[~np.isin(kept, touched)]
+            dropped = np.isin(kept, touched)
+            if dropped.any():
+                kept = kept[~dropped]
             again = _positions(cols["image_id"], np.sort(np.asarray(by_tag.get(tag, []), dtype=np.int64)))
-            merged = np.union1d(kept, again)
-            if len(merged):
-                tags[tag] = merged
+            if len(again):  # a few sorted positions into a long sorted list (np.union1d hashes all: ~1 s at 6M)
+                kept = np.insert(kept, np.searchsorted(kept, again), again)
+            if len(kept):
+                tags[tag] = kept
         snap = BrowseColumns(version=version, cols=cols, codes=codes, tags=tags, patched_rows=len(rows))
         # a sort order is made again only if one of its keys changed (a tag or caption edit changes none)
         if added.any():
