@@ -381,7 +381,6 @@ class ColumnsHolder:
         self._state_lock = threading.Lock()
         self.columns: BrowseColumns | None = None
         self.building = False
-        self.failed: str | None = None
         self.next_full_read_at = 0.0
 
     def fresh(self, version: int) -> BrowseColumns | None:
@@ -405,14 +404,12 @@ class ColumnsHolder:
                     self.next_full_read_at = time.monotonic() + max(5.0, 2 * cols.build_s)
             except (sqlite3.Error, ValueError, TypeError, OverflowError) as exc:
                 # a browse value numpy cannot hold: SQLite keeps answering, just slower
-                self.failed = f"{type(exc).__name__}: {exc}"
-                log.warning("browse columns not built (SQLite answers browse instead): %s", self.failed)
+                log.warning("browse columns not built (SQLite answers browse instead): %s: %s",
+                            type(exc).__name__, exc)
                 return None
             finally:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                conn.close()
-            self.columns, self.failed = cols, None
+                conn.close()  # read() and updated() end their own read transactions
+            self.columns = cols
             return cols
 
     def refresh_in_background(self, connect: Callable[[], sqlite3.Connection]) -> None:

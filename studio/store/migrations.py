@@ -511,9 +511,9 @@ def run_backfills(conn: sqlite3.Connection, from_version: int, refresh_browse: C
     * captions imported before v3 are not caption rows (no review queue, nothing to approve);
     * browse rows of any older version are rebuilt from the tables they summarise.
     """
-    for statement in split_sql(CHANGE_TRIGGERS):
-        conn.execute(statement)
-    if from_version >= 10:  # v11 only added the change log and its triggers
+    if from_version >= 10:  # v11 only added the change log; older versions get its triggers in fill_tallies
+        for statement in split_sql(CHANGE_TRIGGERS):
+            conn.execute(statement)
         return
     if from_version >= 9:  # browse has today's shape but for v10's column; the tallies are new
         conn.execute(
