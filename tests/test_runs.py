@@ -75,7 +75,9 @@ def caption_args(server) -> list[str]:
 
 def test_cancel_stops_at_the_next_item_and_rerun_resumes(photos_ws):
     ws = photos_ws
-    with LocalOpenAI(lambda n, body: Reply(delay=0.4)) as server:
+    # two quick answers, then slow ones: the cancel lands while the run is inside item 3 or 4, however
+    # slowly this machine polls (with equal 0.4 s answers a busy CI machine saw all six finish first)
+    with LocalOpenAI(lambda n, body: Reply(delay=0.05 if n <= 2 else 2.5)) as server:
         run_id = runs.submit(ws, "caption", caption_args(server), "ada", secrets_env={"OPENAI_API_KEY": "sk-run"})
         wait(ws, run_id, lambda r: r["done"] >= 2)
         assert runs.cancel(ws, run_id)
