@@ -1,7 +1,8 @@
 """The workspace database: the only package that speaks SQL, one module per aggregate.
 
 ``Store`` combines them: images, analyses and verdicts (:mod:`.images`), the browse index
-(:mod:`.browse`, answered from the numpy snapshot of :mod:`.columns` at millions of images), caption versions (:mod:`.captions`), generated samples (:mod:`.generations`)
+(:mod:`.browse`, answered from the numpy snapshot of :mod:`.columns` at millions of images),
+caption versions (:mod:`.captions`), generated samples (:mod:`.generations`)
 runs (:mod:`.runs`), cross-training splits and pairs (:mod:`.pairs`) evaluation test sets, samples
 and scores (:mod:`.evaluations`) and human-evaluation studies (:mod:`.studies`), over the connection and transaction handling of :mod:`.base` and the
 schema versions of :mod:`.migrations`.
