@@ -11,9 +11,14 @@ import hashlib
 import hmac
 import json
 import os
+import logging
 import secrets
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 ROLES = ("admin", "annotator")
 _N, _R, _P = 2**14, 8, 1
@@ -35,6 +40,60 @@ def check_password(password: str, stored: str) -> bool:
     except (ValueError, TypeError):
         return False
     return hmac.compare_digest(actual, base64.b64decode(digest))
+
+
+_dummy: list[str] = []
+
+
+def _dummy_hash() -> str:
+    """A hash of a random password with the same parameters, checked for names that are not users."""
+    if not _dummy:
+        _dummy.append(hash_password(secrets.token_urlsafe(16)))
+    return _dummy[0]
+
+
+class SignInThrottle:
+    """Back-off after repeated wrong passwords, per user name and per client address (in memory).
+
+    The first ``free`` failures cost nothing; each further one doubles the wait before the next
+    try is even checked (1 s, 2 s, 4 s ... at most ``cap`` s). A success clears the name and the
+    address. Waits are for both keys, so neither many names from one address nor many addresses
+    on one name get round it.
+    """
+
+    def __init__(self, free: int = 5, cap: float = 60.0, clock=time.monotonic):
+        self.free, self.cap, self.clock = free, cap, clock
+        self._lock = threading.Lock()
+        self._fails: dict[str, tuple[int, float]] = {}  # key -> (failures in a row, time of the last)
+
+    def _wait(self, key: str, now: float) -> float:
+        count, last = self._fails.get(key, (0, 0.0))
+        if count < self.free:
+            return 0.0
+        return max(0.0, last + min(self.cap, 2.0 ** (count - self.free)) - now)
+
+    def wait(self, user: str, address: str) -> float:
+        """Seconds until this name may try again from this address (0: now)."""
+        now = self.clock()
+        with self._lock:
+            return max(self._wait("user:" + user, now), self._wait("addr:" + address, now))
+
+    def failed(self, user: str, address: str) -> None:
+        now = self.clock()
+        with self._lock:
+            for key in ("user:" + user, "addr:" + address):
+                count, _ = self._fails.get(key, (0, 0.0))
+                self._fails[key] = (count + 1, now)
+                if count + 1 >= self.free:
+                    log.warning("sign-in: %d wrong passwords in a row for %s", count + 1, key)
+            if len(self._fails) > 100_000:  # a flood of names: forget the oldest half
+                for key, _ in sorted(self._fails.items(), key=lambda kv: kv[1][1])[:50_000]:
+                    del self._fails[key]
+
+    def succeeded(self, user: str, address: str) -> None:
+        with self._lock:
+            self._fails.pop("user:" + user, None)
+            self._fails.pop("addr:" + address, None)
 
 
 @dataclass
@@ -74,8 +133,10 @@ class UsersFile:
         os.replace(tmp, self.path)
 
     def verify(self, name: str, password: str) -> bool:
+        """A wrong password and an unknown name cost the same scrypt: the time does not tell names apart."""
         user = self.load().get(name)
-        return bool(user) and check_password(password, user["password"])
+        ok = check_password(password, user["password"] if user else _dummy_hash())
+        return bool(user) and ok
 
     def role(self, name: str) -> str | None:
         user = self.load().get(name)

@@ -608,7 +608,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", parents=[common], help="build the bundled demo workspace from assets/demo")
     p.add_argument("--face-pack", default=face_pack_spec(), help="face pack (default: auto)")
     p.set_defaults(func=cmd_demo)
+    parser.stage_parsers = sub.choices  # type: ignore[attr-defined]  # for stage_parser()
     return parser
+
+
+def stage_parser(kind: str) -> argparse.ArgumentParser:
+    """A fresh parser of one stage, exactly as ``python -m studio <kind>`` parses (checks a worker's arguments)."""
+    parsers = build_parser().stage_parsers  # type: ignore[attr-defined]
+    if kind not in parsers:
+        raise ValueError(f"unknown stage {kind!r}")
+    return parsers[kind]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -173,20 +173,43 @@ def set_status(ws: Workspace, name: str, status: str) -> dict:
 
 # -- annotating (what an annotator may see: never the model, file names or others' scores) -----------
 
+SCORE_TEXTS = tuple(str(v) for v in range(6))  # what the radios send
+MAX_POSITION = 2**31 - 1
+
+
 def parse_score(value, criterion: str) -> int:
+    """A 0-5 score: an int, or exactly one of the strings "0".."5"; nothing else (no 4.0, True, " 4 ", "٤")."""
     if criterion not in CRITERIA:
         raise ValueError(f"unknown criterion {criterion!r}; one of {CRITERIA}")
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise ValueError(f"{criterion}: a score is a whole number from 0 to 5, got {value!r}")
-    text = str(value).strip()
-    if not (text.isdigit() and 0 <= int(text) <= 5):
-        raise ValueError(f"{criterion}: a score is a whole number from 0 to 5, got {value!r}")
-    return int(text)
+    if type(value) is int and 0 <= value <= 5:
+        return value
+    if type(value) is str and value in SCORE_TEXTS:
+        return int(value)
+    raise ValueError(f"{criterion}: a score is a whole number from 0 to 5, got {_shown(value)}")
+
+
+def parse_position(value) -> int:
+    """An item position: a positive int (not 2.9, True or "2")."""
+    if type(value) is not int or not 1 <= value <= MAX_POSITION:
+        raise ValueError(f"item position must be a whole number from 1, got {_shown(value)}")
+    return value
+
+
+def _shown(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def annotator_study(ws: Workspace, study: str, annotator: str) -> dict:
     """The open study ``study`` (name or id) as assigned to ``annotator``; refused otherwise."""
-    s = ws.store.annotator_study(int(study) if str(study).isdigit() else str(study), annotator)
+    if (type(study) is int and 0 <= study < 2**62) or (
+            type(study) is str and study.isascii() and study.isdigit() and len(study) < 19):
+        key = int(study)
+    elif type(study) is str and "\0" not in study:
+        key = study
+    else:
+        raise ValueError(f"a study is a name or an id, got {_shown(study)}")
+    s = ws.store.annotator_study(key, annotator)
     if s is None or not s["assigned"]:
         raise ValueError("no open study of that name is assigned to you")
     if s["status"] != "open":
@@ -200,6 +223,8 @@ def item_for(ws: Workspace, study_id: int, annotator: str, position: int | None 
     done, total, first = ws.store.annotator_progress(study_id, annotator)
     if position is None and after is not None and first is not None:
         position = ws.store.next_unfinished(study_id, annotator, after)
+    elif position is not None:
+        position = parse_position(position)
     if position is None:
         position = first if first is not None else (after or total)
     position = max(1, min(int(position), total))
@@ -213,10 +238,7 @@ def item_for(ws: Workspace, study_id: int, annotator: str, position: int | None 
 
 def save(ws: Workspace, study_id: int, annotator: str, position, scores: dict, comment: str | None = None) -> dict:
     """Validate and store an annotator's scores for their item at ``position``; nothing is stored on a mistake."""
-    try:
-        position = int(position)
-    except (TypeError, ValueError):
-        raise ValueError(f"item position must be a whole number, got {position!r}") from None
+    position = parse_position(position)
     if not isinstance(scores, dict) or (not scores and not comment):
         raise ValueError("give at least one score: {criterion: 0-5}")
     parsed = {c: parse_score(v, c) for c, v in scores.items()}

@@ -362,7 +362,7 @@ def iter_shards(source: Path, person_column: str | None = None, person_pattern: 
     import re
     import tarfile
 
-    from webdataset.tariterators import base_plus_ext, tar_file_expander
+    from webdataset.tariterators import base_plus_ext
 
     source = Path(source)
     pattern = re.compile(person_pattern) if person_pattern else None
@@ -382,20 +382,30 @@ def iter_shards(source: Path, person_column: str | None = None, person_pattern: 
                                                                         f"{detail} (url {row.get('url')})"))
         read = 0
         pending: dict | None = None
+        seen: set[str] = set()  # sample keys of this shard so far: a key met again is another photo under one name
         try:
-            with open(shard, "rb") as fh:
+            with tarfile.open(shard, mode="r|*") as tar:
                 # members grouped into samples by key (webdataset's own key split); a sample is handed on as
-                # soon as the next key starts, so a shard cut short keeps every sample completed before the cut
-                for member in tar_file_expander([{"url": str(shard), "stream": fh}], eof_value=None):
-                    key, ext = base_plus_ext(member["fname"])
-                    if key is None:
+                # soon as the next key starts, so a shard cut short keeps every sample completed before the cut.
+                # Every member that cannot be part of a sample is reported, never skipped in silence.
+                for member in tar:
+                    key, ext = base_plus_ext(member.name)
+                    if not member.isreg() or key is None:
+                        yield _member_problem(shard, member, key)
                         continue
-                    if pending is not None and pending["__key__"] != key:
+                    ext = ext.lower()
+                    same = pending is not None and pending["__key__"] == key
+                    if (same and ext in pending) or (not same and key in seen):
+                        yield _member_problem(shard, member, key)
+                        continue
+                    data = tar.extractfile(member).read()  # a member cut short raises here, before it counts
+                    if pending is not None and not same:
                         read += 1
                         yield _shard_item(shard, pending, side, person_column, pattern)
                         pending = None
+                    seen.add(key)
                     pending = pending or {"__key__": key}
-                    pending[ext.lower()] = member["data"]
+                    pending[ext] = data
         except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
             if pending is not None:  # members before the cut were whole; the sample may still lack its image
                 read += 1
@@ -405,6 +415,21 @@ def iter_shards(source: Path, person_column: str | None = None, person_pattern: 
                 shard, "unreadable_shard", f"{exc.__class__.__name__}: {exc} (after {read} samples)"))
         if pending is not None:
             yield _shard_item(shard, pending, side, person_column, pattern)
+
+
+def _member_problem(shard: Path, member, key: str | None) -> Item:
+    """A tar member that is not ingested, with its reason; named by member and offset (a key may repeat)."""
+    where = f"{shard.resolve()}#{member.name}@{member.offset}"
+    if not member.isreg():
+        kind = ("a directory" if member.isdir() else "a hard link" if member.islnk() else "a symbolic link"
+                if member.issym() else "not a regular file")
+        code, detail = "not_a_file", f"member {member.name!r} is {kind}"
+    elif key is None:
+        code, detail = "no_extension", f"member {member.name!r} has no extension, so it belongs to no sample"
+    else:
+        code, detail = "duplicate_key", (f"member {member.name!r} repeats sample key {key!r} of this shard "
+                                         "(another file under a name already used; the first one is kept)")
+    return Item(source=where, person=None, error=ImageError(where, code, detail))
 
 
 def _shard_item(shard: Path, sample: dict, side: dict, person_column, pattern) -> Item:
@@ -510,10 +535,27 @@ def _commit(ws: Workspace, p: _Prepared, report: IngestReport, tags, run_id: int
                 ImageError(item.source, "ingest_failed", detail))
 
 
+def person_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a person (it becomes a folder name in exports and pairs), or None."""
+    if not isinstance(name, str) or not name.strip():
+        return "empty"
+    if len(name) > 200:
+        return "longer than 200 characters"
+    if "/" in name or "\\" in name:
+        return "contains a path separator"
+    if name.strip() in (".", ".."):
+        return "is '.' or '..'"
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return "contains a control character"
+    return None
+
+
 def _store(ws: Workspace, p: _Prepared, report: IngestReport, tags, run_id: int | None = None) -> None:
     store, item = ws.store, p.item
     if p.error is None and not item.person:
         p.error = ImageError(item.source, "no_person", "no person for this image")
+    if p.error is None and person_problem(item.person):
+        p.error = ImageError(item.source, "bad_person", f"person {item.person[:80]!r}: {person_problem(item.person)}")
     if p.error is not None:
         _reject(store, report, item.source, p.error)
         return

@@ -132,15 +132,37 @@ def log_path(ws: Workspace, run_id: int) -> Path:
     return ws.root / "runs" / f"{run_id}.log"
 
 
+#: the worker options only the studio sets: a run's workspace, its row and its author (the signed-in user)
+STUDIO_OPTIONS = {"workspace": "--workspace", "run_id": "--run-id", "author": "--author"}
+
+
+def check_args(kind: str, args: list[str]) -> None:
+    """Refuse what the worker's own parser would refuse, and the studio's own options in any spelling
+    (``--workspace=X``, ``--works X``); a training run's settings, extra script options included, are
+    validated as the worker validates them."""
+    from .argcheck import parse, refuse_reserved
+    from .cli import stage_parser
+
+    what = f"{kind} arguments"
+    refuse_reserved(stage_parser(kind), args, STUDIO_OPTIONS, what)
+    parsed = parse(stage_parser(kind), args, what)
+    if kind == "train":
+        from .training import TrainConfig
+
+        TrainConfig.from_args(parsed).validate()
+
+
 def submit(ws: Workspace, kind: str, args: list[str], author: str, *, settings: dict | None = None,
            secrets_env: dict[str, str] | None = None, resumes: int | None = None) -> int:
     """Start ``python -m studio <kind> <args>`` as a worker for a new run; returns the run id.
 
-    ``secrets_env`` (an API key) reaches the worker through its environment only: it is not in
-    the argument list, the run row or the log.
+    ``args`` are checked first (:func:`check_args`): nothing from a form or the API sets the
+    workspace, the run or the author. ``secrets_env`` (an API key) reaches the worker through its
+    environment only: it is not in the argument list, the run row or the log.
     """
     if kind not in KINDS:
         raise ValueError(f"unknown run kind {kind!r}; one of {KINDS}")
+    check_args(kind, args)
     reap(ws)
     refuse_if_busy(ws, kind)
     run_id = ws.store.create_run(kind=kind, settings=settings or {"args": args}, inputs={"workspace": str(ws.root)},

@@ -105,7 +105,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         problems = []
-        if not re.fullmatch(r"[\w.-]{1,64}", self.name or ""):
+        if not isinstance(self.name, str) or not re.fullmatch(r"[\w.-]{1,64}", self.name):
             problems.append(f"name must be 1-64 letters, digits, '.', '-' or '_'; got {self.name!r}")
         if self.start not in ("model", "base"):
             problems.append(f"start must be 'model' or 'base', got {self.start!r}")
@@ -126,6 +126,10 @@ class TrainConfig:
                             f"(have: {', '.join(accelerate_configs())})")
         if self.devices not in ("all", "cpu") and not re.fullmatch(r"\d+(,\d+)*", self.devices or ""):
             problems.append(f"devices must be 'all', 'cpu' or GPU indices like 0,1; got {self.devices!r}")
+        try:
+            check_extra(self.extra)
+        except ValueError as exc:
+            problems.append(str(exc))
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -136,6 +140,29 @@ class TrainConfig:
         if self.devices == "all":
             return {str(g["index"]) for g in gpus()}
         return set(self.devices.split(","))
+
+
+#: training-script options the studio sets from a run's settings (launch_command); never from "extra"
+SCRIPT_OPTIONS = ("pretrained_model_name_or_path", "identitynet", "ip_adapter", "train_data", "data_root",
+                  "validation_data", "output_dir", "seed", "resolution", "train_batch_size", "max_train_steps",
+                  "gradient_accumulation_steps", "learning_rate", "checkpointing_steps", "checkpoints_total_limit",
+                  "validation_steps", "resume_from_checkpoint", "mixed_precision", "gradient_checkpointing",
+                  "use_8bit_adam", "encode_in_loop")
+
+
+def check_extra(extra) -> None:
+    """Extra script options: parsed by the training script's own parser; the studio's own are refused in
+    every spelling (``--output_dir=X``, ``--output_d X``), and bad values are named before a run starts."""
+    from training.args import build_parser, check
+
+    from .argcheck import parse, refuse_reserved
+
+    what = "more script arguments"
+    refuse_reserved(build_parser(), extra, {d: "--" + d for d in SCRIPT_OPTIONS}, what)
+    placeholders = ["--pretrained_model_name_or_path", "set-by-studio", "--train_data", "set-by-studio",
+                    "--output_dir", "set-by-studio"]  # the required options, which launch_command gives
+    p = build_parser()
+    check(p, parse(p, placeholders + list(extra), what))
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:

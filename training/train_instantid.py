@@ -32,66 +32,13 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # studio/ and training/ as packages
 
+from training.args import build_parser, check  # noqa: E402
 from training.data import FeatureCache, ManifestError, PairDataset, collate, manifest_sha256, read_manifest  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    g = p.add_argument_group("models")
-    g.add_argument("--pretrained_model_name_or_path", required=True, help="SDXL base: a diffusers folder or hub id")
-    g.add_argument("--identitynet", default="unet",
-                   help="a folder holding ControlNetModel/ (or that folder), a hub id, or 'unet' to start from the UNet")
-    g.add_argument("--identitynet_conditioning_channels", default="16,32,96,256",
-                   help="conditioning embedding channels when the IdentityNet starts from the UNet")
-    g.add_argument("--ip_adapter", default="init",
-                   help="an ip-adapter.bin (or a folder/hub id holding one), or 'init' for a fresh adapter")
-    g.add_argument("--resampler_dim", type=int, default=1280, help="Resampler width for --ip_adapter init")
-    g.add_argument("--resampler_queries", type=int, default=16, help="face tokens for --ip_adapter init")
-    g = p.add_argument_group("data")
-    g.add_argument("--train_data", required=True, help="pair manifest (JSONL, `python -m studio manifest`)")
-    g.add_argument("--data_root", default=None, help="paths in the manifest are relative to this (default: its folder)")
-    g.add_argument("--validation_data", default=None, help="manifest whose first lines give the validation images")
-    g.add_argument("--resolution", type=int, default=512)
-    g.add_argument("--dataloader_num_workers", type=int, default=0)
-    g.add_argument("--encode_in_loop", action="store_true",
-                   help="run the VAE and text encoders every step instead of caching latents and embeddings first")
-    g.add_argument("--drop_text", type=float, default=0.05, help="share of samples trained without the caption")
-    g.add_argument("--drop_face", type=float, default=0.05, help="share trained without the face embedding")
-    g.add_argument("--drop_both", type=float, default=0.05, help="share trained without either")
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--output_dir", required=True)
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--train_batch_size", type=int, default=2, help="per device")
-    g.add_argument("--max_train_steps", type=int, default=1000)
-    g.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    g.add_argument("--gradient_checkpointing", action="store_true")
-    g.add_argument("--learning_rate", type=float, default=1e-5)
-    g.add_argument("--lr_scheduler", default="constant_with_warmup",
-                   help="linear, cosine, cosine_with_restarts, polynomial, constant, constant_with_warmup")
-    g.add_argument("--lr_warmup_steps", type=int, default=0)
-    g.add_argument("--adam_beta1", type=float, default=0.9)
-    g.add_argument("--adam_beta2", type=float, default=0.999)
-    g.add_argument("--adam_weight_decay", type=float, default=0.01)
-    g.add_argument("--adam_epsilon", type=float, default=1e-8)
-    g.add_argument("--max_grad_norm", type=float, default=1.0)
-    g.add_argument("--use_8bit_adam", action="store_true", help="bitsandbytes' AdamW8bit")
-    g.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None,
-                   help="default: what `accelerate launch` / its config says")
-    g = p.add_argument_group("checkpoints, validation, logging")
-    g.add_argument("--checkpointing_steps", type=int, default=500)
-    g.add_argument("--checkpoints_total_limit", type=int, default=3, help="keep this many checkpoints")
-    g.add_argument("--resume_from_checkpoint", default=None, help="a checkpoint folder, or 'latest'")
-    g.add_argument("--validation_steps", type=int, default=0, help="validation images every N steps (0: none)")
-    g.add_argument("--num_validation_images", type=int, default=2)
-    g.add_argument("--validation_inference_steps", type=int, default=30)
-    g.add_argument("--logging_steps", type=int, default=1)
-    g.add_argument("--log_samples", action="store_true",
-                   help="record which manifest lines each process trained on, per step (samples-rank<N>.jsonl)")
-    args = p.parse_args(argv)
-    drops = args.drop_text + args.drop_face + args.drop_both
-    if not 0 <= drops <= 1 or min(args.drop_text, args.drop_face, args.drop_both) < 0:
-        p.error(f"condition drops must be non-negative and sum to at most 1, got {drops}")
-    return args
+    p = build_parser()
+    return check(p, p.parse_args(argv))
 
 
 # -- models --------------------------------------------------------------------------------------

@@ -150,7 +150,11 @@ def _who(ctx: StudioContext, request) -> str:
 
 
 def _served(ctx: StudioContext, user: str, rel: str) -> str | None:
-    path = ctx.media.file(rel)
+    """A metadata-free copy of an item's photo, granted to this annotator only."""
+    try:
+        path = ctx.media.clean(rel)
+    except Exception:  # not a readable image: that item shows without it, the page goes on
+        return None
     if path:
         ctx.grants.grant(user, path)
     return path

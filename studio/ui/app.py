@@ -9,11 +9,42 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no outside network
 import gradio as gr  # noqa: E402
 
 from . import annotate, browse, captions, evaluate, generate, runs, statistics, training  # noqa: E402
+from ..config import ASSETS_DIR  # noqa: E402
 from .access import StudioContext, role, username  # noqa: E402
 
 
+#: the largest upload (a reference or pose photo in Generate) in MB, unless STUDIO_MAX_UPLOAD_MB says otherwise
+MAX_UPLOAD_MB = 25
+#: Gradio's cached copies (uploads, served photos, exports) older than this many hours are deleted hourly
+CACHE_MAX_AGE_H = 24
+
+
+def _env_number(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise ValueError(f"{name} must be a positive number, got {raw!r}")
+    return value
+
+
+def max_upload_bytes() -> int:
+    """The upload cap Gradio enforces (413 above it): ``STUDIO_MAX_UPLOAD_MB``, default 25."""
+    return int(_env_number("STUDIO_MAX_UPLOAD_MB", MAX_UPLOAD_MB) * 1024 * 1024)
+
+
+def cache_policy() -> tuple[int, int]:
+    """Gradio's ``delete_cache`` (every hour, files older than ``STUDIO_CACHE_MAX_AGE_H`` hours, default 24)."""
+    age = _env_number("STUDIO_CACHE_MAX_AGE_H", CACHE_MAX_AGE_H)
+    return 3600, int(age * 3600)
+
+
 def build_app(ctx: StudioContext) -> gr.Blocks:
-    with gr.Blocks(title="CrossFaceID Studio") as demo:
+    with gr.Blocks(title="CrossFaceID Studio", delete_cache=cache_policy()) as demo:
         with gr.Row():
             gr.Markdown("# CrossFaceID Studio")
             who = gr.Markdown(elem_id="who")
@@ -59,4 +90,26 @@ def build_app(ctx: StudioContext) -> gr.Blocks:
 
         demo.load(on_load, None, [who, notice, b.tab, s.tab, c.tab, g.tab, tr.tab, ev.tab, r.tab, a.tab, tabs, *admin_outputs],
                   api_visibility="private")
+    return demo
+
+
+def launch(ctx: StudioContext, host: str, port: int, *, block: bool = True) -> gr.Blocks:
+    """Serve the studio: the file guard in front of every route, uploads capped, the workspace never
+    an allowed path (pages get single files, see media.py; the database and users file are blocked)."""
+    from starlette.middleware import Middleware
+
+    from ..workspace import DB_NAME
+    from .guard import FileGuard
+
+    policy = ctx.policy
+    private = [ctx.ws.root / f"{DB_NAME}{suffix}" for suffix in ("", "-wal", "-shm", "-journal")]
+    if policy.users is not None:
+        private.append(policy.users.path.resolve())
+    auth = (lambda user, password: policy.users.verify(user, password)) if policy.mode == "local" else None
+    demo = build_app(ctx)
+    demo.launch(server_name=host, server_port=port, auth=auth, allowed_paths=[str(ASSETS_DIR / "ui")],
+                blocked_paths=[str(p) for p in private], show_error=False, auth_message="CrossFaceID Studio: sign in",
+                head=annotate.KEYBOARD_JS, css=annotate.CSS, max_file_size=max_upload_bytes(),
+                prevent_thread_lock=not block,
+                app_kwargs={"middleware": [Middleware(FileGuard, policy=policy, grants=ctx.grants)]})
     return demo

@@ -20,6 +20,25 @@ from ..workspace import Workspace
 MISSING = ASSETS_DIR / "ui" / "missing.png"
 
 
+def strip_metadata(src: Path, dest: Path) -> Path:
+    """Write ``src``'s pixels (EXIF orientation applied) to ``dest`` as PNG or JPEG with no metadata at all."""
+    from PIL import Image, ImageOps
+
+    with Image.open(src) as im:
+        img = ImageOps.exif_transpose(im)
+        img.load()
+    mode = "RGBA" if dest.suffix == ".png" and "A" in img.getbands() else "RGB"
+    pixels = Image.frombytes(mode, img.size, img.convert(mode).tobytes())  # a new image: no info carried over
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + ".tmp")
+    if dest.suffix == ".png":
+        pixels.save(tmp, format="PNG")
+    else:
+        pixels.save(tmp, format="JPEG", quality=95)
+    os.replace(tmp, dest)
+    return dest
+
+
 class MediaServer:
     """Thumbnails and single-file links of one workspace, in a folder of their own."""
 
@@ -53,6 +72,17 @@ class MediaServer:
                 os.link(src, dest)
             except OSError:
                 shutil.copyfile(src, dest)
+        return str(dest)
+
+    def clean(self, rel: str) -> str | None:
+        """One workspace photo re-encoded without its metadata (EXIF, IPTC, XMP, ICC, text chunks), for a
+        non-admin's page: an input face's press caption or camera serial is not theirs to read."""
+        src = self.ws.media_path(rel)
+        if not src.is_file():
+            return None
+        dest = self._name(rel, "clean", ".png" if src.suffix.lower() == ".png" else ".jpg")
+        if not dest.exists():
+            strip_metadata(src, dest)
         return str(dest)
 
     def download(self, rel: str) -> str | None:

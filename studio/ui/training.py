@@ -198,9 +198,6 @@ def config_from_form(values: dict) -> training.TrainConfig:
         extra = shlex.split(values.get("extra") or "")
     except ValueError as exc:
         raise ValueError(f"more script arguments: {exc}") from None
-    for reserved in ("--output_dir", "--train_data", "--pretrained_model_name_or_path"):
-        if reserved in extra:
-            raise ValueError(f"{reserved} is set by the studio; leave it out")
     c = training.TrainConfig(**cfg, extra=extra)
     c.validate()
     return c
