@@ -8,6 +8,7 @@ import threading
 import pytest
 from conftest import USERS, running_app
 from gradio_client import Client
+from gradio_client.exceptions import AppError
 
 from studio import humaneval as he
 from studio.workspace import Workspace
@@ -105,18 +106,27 @@ def test_refusals_for_annotators_and_bad_scores(annotate_app):
     assert set(item) == {"position", "total", "done", "finished", "prompt", "scores", "comment", "missing"}
     assert not any(m in str(item) for m in MODELS)
     for scores, msg in (({"quality": 6}, "0 to 5"), ({"quality": 2.5}, "0 to 5"), ({"quality": "four"}, "0 to 5"),
-                        ({"taste": 3}, "unknown criterion")):
-        with pytest.raises(Exception, match=msg):
+                        ({"taste": 3}, "unknown criterion"), ({"quality": "\uff15"}, "0 to 5"),  # full-width 5
+                        ({"quality": "\u0664"}, "0 to 5"), ({"quality": " 4 "}, "0 to 5"), ({"quality": "04"}, "0 to 5"),
+                        ({"quality": 4.0}, "0 to 5"), ({"quality": True}, "0 to 5"), ({"quality": 2**70}, "0 to 5")):
+        with pytest.raises(AppError, match=msg):
             c.predict(study="blind", position=1, scores=scores, api_name="/annotate_save")
-    with pytest.raises(Exception, match="not one of your items"):
+    for position in (2.9, 1.5, True, 2**70, "2", -1, 0):  # never rounded, never a 500
+        with pytest.raises(AppError, match="item position must be a whole number from 1"):
+            c.predict(study="blind", position=position, scores={"quality": 3}, api_name="/annotate_save")
+        with pytest.raises(AppError, match="item position must be a whole number from 1"):
+            c.predict(study="blind", position=position, api_name="/annotate_item")
+    with pytest.raises(AppError, match="no open study of that name"):
+        c.predict(study="\u0664", position=1, scores={"quality": 3}, api_name="/annotate_save")
+    with pytest.raises(AppError, match="not one of your items"):
         c.predict(study="blind", position=999, scores={"quality": 1}, api_name="/annotate_save")
-    with pytest.raises(Exception, match="draft|assigned to you"):
+    with pytest.raises(AppError, match="draft|assigned to you"):
         c.predict(study="draft-only", position=1, scores={"quality": 1}, api_name="/annotate_save")
     sid = ws.store.study("blind")["id"]
     assert [r for r in ws.store.study_scores(sid) if r["annotator"] == "ann0"] == []  # nothing stored
     for api, kwargs in (("/study_results", {"study": "blind"}), ("/study_status", {"study": "blind", "status": "closed"}),
                         ("/browse", {}), ("/runs", {})):
-        with pytest.raises(Exception):
+        with pytest.raises(AppError, match="Access denied: this needs the admin role"):
             c.predict(**kwargs, api_name=api)
     assert ws.store.study("blind")["status"] == "open"
     admin = client(url, "ada")
@@ -124,7 +134,7 @@ def test_refusals_for_annotators_and_bad_scores(annotate_app):
     ann = client(url, "ann")
     assert ann.predict(study="draft-only", position=1, scores={"quality": 4}, api_name="/annotate_save")["saved"]["done"] is False
     admin.predict(study="draft-only", status="closed", api_name="/study_status")
-    with pytest.raises(Exception, match="closed"):
+    with pytest.raises(AppError, match="closed"):
         ann.predict(study="draft-only", position=1, scores={"quality": 2}, api_name="/annotate_save")
     res = admin.predict(study="draft-only", api_name="/study_results")
     assert res["scores"] == 1 and res["study"]["status"] == "closed"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from conftest import USERS, copy_ws, running_app, wait_run
 from gradio_client import Client
+from gradio_client.exceptions import AppError
 
 
 @pytest.fixture(scope="module")
@@ -51,11 +52,11 @@ def test_start_an_evaluation_and_read_its_table(eval_app):
     assert res["samples"] == 8 and res["generated"] == 8 and len(res["table"]) == 4
     assert {r["model"] for r in res["table"]} == {"tiny", "tiny-b"} and res["baseline"] == "tiny"
     assert all((ws.root / f).is_file() for f in res["files"].values())
-    with pytest.raises(Exception, match="no test set named"):
+    with pytest.raises(AppError, match="no test set named"):
         c.predict(config=config(clip_dir, testsets=["nope"]), api_name="/eval_start")
-    with pytest.raises(Exception, match="unknown evaluation settings"):
+    with pytest.raises(AppError, match="unknown evaluation settings"):
         c.predict(config={**config(clip_dir), "shell": "rm -rf /"}, api_name="/eval_start")
-    with pytest.raises(Exception, match="missing weights"):
+    with pytest.raises(AppError, match="missing weights"):
         c.predict(config=config(clip_dir, models=["CrossFaceID"]), api_name="/eval_start")
 
 
@@ -67,7 +68,7 @@ def test_annotator_and_visitor_are_refused(eval_app):
     before = len(ws.store.runs())
     for api, kwargs in (("/testsets", {}), ("/eval_status", {"run_id": 1}),
                         ("/eval_start", {"config": config(clip_dir)})):
-        with pytest.raises(Exception):
+        with pytest.raises(AppError, match="Access denied: this needs the admin role"):
             c.predict(**kwargs, api_name=api)
     for endpoint, data in (("testsets", []), ("eval_start", [config(clip_dir)])):
         r = httpx.post(f"{url}gradio_api/call/{endpoint}", json={"data": data}, timeout=30)

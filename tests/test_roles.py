@@ -67,6 +67,48 @@ def test_annotator_cannot_reach_admin_data(served, curated_ws, endpoint, kwargs)
     assert len(curated_ws.store.runs()) == runs_before  # nothing was started on the annotator's behalf
 
 
+def example_value(param: dict):
+    """A well-formed value for an API parameter, from its JSON schema type, so only the role check can refuse it."""
+    kind = param["type"].get("type") or next((t["type"] for t in param["type"].get("oneOf", []) if t["type"] != "null"),
+                                             "string")
+    return {"integer": 1, "number": 1, "string": "x", "object": {}, "array": [], "boolean": False}.get(kind, "x")
+
+
+def test_every_registered_api_name_refuses_an_annotator_but_annotate(served, curated_ws):
+    """Read from the running app, so an endpoint added later cannot be left off a hand-written list."""
+    from gradio_client.exceptions import AppError
+
+    ann = client(served, "ann")
+    endpoints = ann.view_api(return_format="dict", print_info=False)["named_endpoints"]
+    assert {"/models", "/caption_bulk_approve", "/train_start", "/run_start", "/annotate_save"} <= set(endpoints)
+    runs_before = len(curated_ws.store.runs())
+    refused = []
+    for name, info in sorted(endpoints.items()):
+        kwargs = {p["parameter_name"]: example_value(p) for p in info["parameters"] if not p["parameter_has_default"]}
+        if name.startswith("/annotate_"):
+            continue
+        with pytest.raises(AppError, match="Access denied: this needs the admin role"):
+            ann.predict(**kwargs, api_name=name)
+        refused.append(name)
+    assert len(refused) == len(endpoints) - 3
+    assert ann.predict(api_name="/annotate_studies") == []  # the annotator's own endpoints answer
+    assert len(curated_ws.store.runs()) == runs_before
+
+
+@pytest.mark.parametrize("args", ["--workspace=/tmp/other-ws --author=someone", "--workspace /tmp/other-ws",
+                                  "--works /tmp/other-ws", "--author someone", "--run-id=3", "-- --workspace=/x"])
+def test_run_start_refuses_the_studios_own_options_in_every_spelling(served, curated_ws, tmp_path, args):
+    from gradio_client.exceptions import AppError
+
+    args = args.replace("/tmp/other-ws", str(tmp_path / "other-ws"))
+    runs_before = len(curated_ws.store.runs())
+    with pytest.raises(AppError, match="set by the studio; leave it out|unrecognized arguments"):
+        client(served, "ada").predict(kind="curate", args=args, api_name="/run_start")
+    assert len(curated_ws.store.runs()) == runs_before and not (tmp_path / "other-ws").exists()
+    with pytest.raises(AppError, match="arguments must be one line of text"):
+        client(served, "ada").predict(kind="curate", args=["--workspace", "/x"], api_name="/run_start")
+
+
 @pytest.mark.parametrize("endpoint", ["runs", "run", "run_start", "run_cancel", "run_rerun"])
 def test_visitor_without_login_cannot_call_run_endpoints(served, endpoint):
     import httpx

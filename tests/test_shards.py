@@ -116,3 +116,30 @@ def test_person_pattern_is_for_shards_only(tmp_path, photos):
     ws = Workspace.open(tmp_path / "ws")
     with pytest.raises(ValueError, match="--person-pattern applies to webdataset .tar shards only"):
         ingest(ws, photos["obama"].parent.parent, person_pattern="(.*)")
+
+
+def test_every_shard_member_that_is_not_ingested_has_a_reason(tmp_path, photos):
+    """A key used twice with different photos, a hard link, a directory, a file without an extension, and
+    persons named like paths: each is named with its reason, and the counts add up to the members read."""
+    from test_guard import ODD_MEMBERS, ODD_REASONS, write_odd_shard
+
+    shard = tmp_path / "odd.tar"
+    write_odd_shard(shard, photos)
+    ws = Workspace.open(tmp_path / "ws")
+    report = ingest(ws, shard)
+    assert report.added == 1 and dict(report.reasons) == ODD_REASONS
+    assert report.added + report.duplicates + report.already + report.rejected == ODD_MEMBERS
+    [row] = image_list(ws)
+    assert row["person"] == "obama" and row["source"].endswith("#obama/0001")
+    from studio.images import sha256_bytes
+
+    assert row["sha256"] == sha256_bytes(photos["obama"].read_bytes())  # the first of the two, as the reason says
+    problems = {(p["code"], p["source"].split("#", 1)[1].split("@")[0]) for p in ws.store.ingest_problems()}
+    assert problems == {("not_a_file", "obama"), ("duplicate_key", "obama/0001.jpg"), ("not_a_file", "obama/0002.jpg"),
+                        ("no_extension", "obama/README"), ("bad_person", "x1"), ("bad_person", "x2")}
+    details = " ".join(p["detail"] for p in ws.store.ingest_problems())
+    assert "'../../x': contains a path separator" in details and "'/etc/y'" in details and "a hard link" in details
+    # read again: the one photo is already there, every problem is reported again, nothing is added
+    again = ingest(ws, shard)
+    assert again.added == 0 and again.already == 1 and dict(again.reasons) == ODD_REASONS
+    assert not any(p.name in ("x", "y") for p in (ws.root).rglob("*"))

@@ -1,11 +1,13 @@
 """The Training tab's API as a browser-less client drives it: start, follow the loss, stop, finish, refuse."""
 from __future__ import annotations
 
+import shlex
 import time
 
 import pytest
 from conftest import USERS, copy_ws, running_app, wait_run
 from gradio_client import Client
+from gradio_client.exceptions import AppError
 
 TINY = {"model": "tiny", "devices": "cpu", "precision": "no", "batch_size": 2, "resolution": 64,
         "missing_caption": "template", "learning_rate": 1e-3}
@@ -50,7 +52,7 @@ def test_start_follow_stop_and_finish(train_app):
     steps = [step for step, _ in s["losses"]]
     assert steps == sorted(steps) and steps[0] == 1
     # one run per device set: a second start while the first trains is refused, naming it
-    with pytest.raises(Exception, match=f"training run {long} .*is using cpu"):
+    with pytest.raises(AppError, match=f"training run {long} .*is using cpu"):
         c.predict(config={**TINY, "name": "ui-second", "max_steps": 2}, api_name="/train_start")
     assert c.predict(run_id=long, api_name="/run_cancel") is True
     stopped = wait_run(c, long, timeout=180)
@@ -79,16 +81,47 @@ def test_start_follow_stop_and_finish(train_app):
     status = c.predict(run_id=done, api_name="/train_status")
     assert [step for step, _ in status["losses"]] == [1, 2, 3] and len(status["validation"]) == 1
     assert c.predict(api_name="/models")["ui-short"] == []  # listed, nothing missing: the Generate tab offers it
-    with pytest.raises(Exception, match="exists already"):
+    with pytest.raises(AppError, match="exists already"):
         c.predict(config={**TINY, "name": "ui-short", "max_steps": 2}, api_name="/train_start")
     before = len(ws.store.runs(kind="train"))
-    with pytest.raises(Exception, match="starting model 'InstantID' is missing weights"):  # no hub here
+    with pytest.raises(AppError, match="starting model 'InstantID' is missing weights"):  # no hub here
         c.predict(config={**TINY, "model": "InstantID", "name": "real", "max_steps": 2}, api_name="/train_start")
     assert len(ws.store.runs(kind="train")) == before  # refused before any run was made
-    with pytest.raises(Exception, match="unknown training settings"):
+    with pytest.raises(AppError, match="unknown training settings"):
         c.predict(config={"name": "x", "rm -rf": 1}, api_name="/train_start")
-    with pytest.raises(Exception, match="max_steps must be"):
+    with pytest.raises(AppError, match="max_steps must be"):
         c.predict(config={**TINY, "name": "bad", "max_steps": 0}, api_name="/train_start")
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--output_dir", "ELSEWHERE"], "--output_dir is set by the studio"),
+    (["--output_dir=ELSEWHERE"], "--output_dir is set by the studio"),
+    (["--output_d", "ELSEWHERE"], "--output_dir is set by the studio"),  # an abbreviation argparse would take
+    (["--data_root=ELSEWHERE"], "--data_root is set by the studio"),
+    ("--output_dir ELSEWHERE", "must be a list of strings"),  # a string is not split into characters
+    (["--lr_warmup_steps", "x"], "invalid int value"),
+    (["--no-such-option"], "unrecognized arguments"),
+])
+def test_extra_script_options_cannot_set_the_studios_own(train_app, tmp_path, extra, message):
+    """Through the API and through the form's own parsing: nothing is started, nothing written elsewhere."""
+    from studio.ui.training import config_from_form
+
+    ws, url = train_app
+    elsewhere = tmp_path / "elsewhere"
+    extra = [a.replace("ELSEWHERE", str(elsewhere)) for a in extra] if isinstance(extra, list) else \
+        extra.replace("ELSEWHERE", str(elsewhere))
+    before = len(ws.store.runs())
+    with pytest.raises(AppError, match=message):
+        client(url).predict(config={**TINY, "name": "smuggle", "max_steps": 1, "extra": extra}, api_name="/train_start")
+    if isinstance(extra, list):  # the form takes one line of text
+        with pytest.raises(AppError, match=message):
+            client(url).predict(kind="train", args=" ".join(["--name", "smuggle2", "--devices", "cpu", "--", *extra]),
+                                api_name="/run_start")
+        form = {**TINY, "name": "smuggle3", "max_steps": 1, "checkpoint_every": 500, "validation_every": 0,
+                "extra": shlex.join(extra)}
+        with pytest.raises(ValueError, match=message):
+            config_from_form(form)
+    assert len(ws.store.runs()) == before and not elsewhere.exists()
 
 
 def test_annotator_cannot_train(train_app):
@@ -97,7 +130,7 @@ def test_annotator_cannot_train(train_app):
     before = len(ws.store.runs(kind="train"))
     for api, kwargs in (("/gpus", {}), ("/train_status", {"run_id": 1}),
                         ("/train_start", {"config": {**TINY, "name": "sneaky", "max_steps": 1}})):
-        with pytest.raises(Exception):
+        with pytest.raises(AppError, match="Access denied: this needs the admin role"):
             c.predict(**kwargs, api_name=api)
     assert len(ws.store.runs(kind="train")) == before
 
@@ -132,6 +165,13 @@ def test_browser_starts_a_run_sees_the_loss_and_stops_it(train_app, tmp_path):
         page.locator("#train-devices input, #train-devices textarea").first.fill("cpu")
         page.locator("#train-precision").get_by_label("no", exact=True).check()
         page.locator("#train-missing").get_by_label("template", exact=True).check()
+        extra = page.locator("#train-extra input, #train-extra textarea").first
+        extra.fill(f"--output_dir={tmp_path / 'elsewhere'}")  # refused with a warning; the form stays filled
+        page.locator("#train-start").click()
+        page.get_by_text("--output_dir is set by the studio; leave it out").first.wait_for(timeout=60_000)
+        assert not (tmp_path / "elsewhere").exists()
+        assert page.locator("#train-name input, #train-name textarea").first.input_value() == "ui-browser"
+        extra.fill("")
         page.locator("#train-start").click()
         status = page.locator("#train-status")
         status.get_by_text("Last loss").wait_for(timeout=240_000)
