@@ -143,7 +143,7 @@ class TrainConfig:
 
 
 #: training-script options the studio sets from a run's settings (launch_command); never from "extra"
-SCRIPT_OPTIONS = ("pretrained_model_name_or_path", "identitynet", "ip_adapter", "train_data", "data_root",
+SCRIPT_OPTIONS = ("pretrained_model_name_or_path", "identitynet", "ip_adapter", "train_data",
                   "validation_data", "output_dir", "seed", "resolution", "train_batch_size", "max_train_steps",
                   "gradient_accumulation_steps", "learning_rate", "checkpointing_steps", "checkpoints_total_limit",
                   "validation_steps", "resume_from_checkpoint", "mixed_precision", "gradient_checkpointing",

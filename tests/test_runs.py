@@ -138,6 +138,10 @@ def test_bad_run_requests_are_clear(photos_ws):
             runs.submit(ws, "caption", caption_args(server), "bob", secrets_env={"OPENAI_API_KEY": "sk-run"})
         runs.cancel(ws, first)
         wait(ws, first, lambda r: r["status"] not in ("queued", "running"))
-    bad = runs.submit(ws, "analyze", ["--no-such-flag"], "ada")
+    before = len(ws.store.runs())
+    with pytest.raises(ValueError, match="analyze arguments: unrecognized arguments: --no-such-flag"):
+        runs.submit(ws, "analyze", ["--no-such-flag"], "ada")  # the worker's parser refuses it before any run
+    assert len(ws.store.runs()) == before
+    bad = runs.submit(ws, "analyze", ["--face-pack", "/nonexistent/pack"], "ada")  # parses, fails in the worker
     failed = wait(ws, bad, lambda r: r["status"] != "queued" and r["status"] != "running")
-    assert failed["status"] == "failed" and "unrecognized arguments" in runs.log_tail(ws, bad)
+    assert failed["status"] == "failed" and "/nonexistent/pack does not exist" in runs.log_tail(ws, bad)

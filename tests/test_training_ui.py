@@ -97,7 +97,7 @@ def test_start_follow_stop_and_finish(train_app):
     (["--output_dir", "ELSEWHERE"], "--output_dir is set by the studio"),
     (["--output_dir=ELSEWHERE"], "--output_dir is set by the studio"),
     (["--output_d", "ELSEWHERE"], "--output_dir is set by the studio"),  # an abbreviation argparse would take
-    (["--data_root=ELSEWHERE"], "--data_root is set by the studio"),
+    (["--pretrained_model_name_or_path=ELSEWHERE"], "--pretrained_model_name_or_path is set by the studio"),
     ("--output_dir ELSEWHERE", "must be a list of strings"),  # a string is not split into characters
     (["--lr_warmup_steps", "x"], "invalid int value"),
     (["--no-such-option"], "unrecognized arguments"),
