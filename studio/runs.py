@@ -125,7 +125,8 @@ def execute(ws: Workspace, kind: str, settings: dict, author: str, body: Callabl
 
 # -- the app's side: submit, watch, cancel ----------------------------------------------------------
 
-_children: dict[int, subprocess.Popen] = {}  # run id -> worker started by this process (reaped on poll)
+#: (workspace, run id) -> worker started by this process (reaped on poll); run ids are per workspace
+_children: dict[tuple[str, int], subprocess.Popen] = {}
 
 
 def log_path(ws: Workspace, run_id: int) -> Path:
@@ -177,7 +178,7 @@ def submit(ws: Workspace, kind: str, args: list[str], author: str, *, settings: 
     with open(path, "ab") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                 cwd=Path(__file__).resolve().parent.parent, start_new_session=True)
-    _children[run_id] = proc
+    _children[(str(ws.root), run_id)] = proc
     return run_id
 
 
@@ -242,9 +243,9 @@ def _alive(pid: int | None) -> bool:
 
 def reap(ws: Workspace) -> list[int]:
     """Mark runs whose worker died without finishing as failed; returns their ids."""
-    for run_id, proc in list(_children.items()):
-        if proc.poll() is not None:
-            del _children[run_id]
+    for (root, run_id), proc in list(_children.items()):
+        if root == str(ws.root) and proc.poll() is not None:
+            del _children[(root, run_id)]
             ws.store.finish_run(run_id, "failed", exit_code=proc.returncode,
                                 error=f"the worker exited with code {proc.returncode} without finishing the run")
     dead = []

@@ -19,6 +19,21 @@ REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "assets" / "demo"
 
 
+def pytest_collection_modifyitems(config, items):
+    """Browser and Ray tests are slow too (so `-m "not slow"` leaves them out); `gpu` tests need CUDA."""
+    cuda = None
+    for item in items:
+        if item.get_closest_marker("browser") or item.get_closest_marker("ray"):
+            item.add_marker(pytest.mark.slow)
+        if item.get_closest_marker("gpu"):
+            if cuda is None:
+                import torch
+
+                cuda = torch.cuda.is_available()
+            if not cuda:
+                item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU (none on this machine)"))
+
+
 def _wheel_file(package: str, *parts: str) -> Path:
     spec = importlib.util.find_spec(package)
     assert spec is not None and spec.submodule_search_locations, f"{package} is not installed"
@@ -104,6 +119,39 @@ def by_file():
     return find
 
 
+def wait_for(check, what, timeout: float = 300, interval: float = 0.1):
+    """Poll ``check()`` until it returns something truthy, and return that: the one way a test waits for
+    an event (a run's status in the store, a server accepting connections, a counter reaching n).
+
+    ``timeout`` only bounds a hang, it is never what a test relies on: it is generous, so a busy CI
+    machine is slow, not failing. ``what`` names the event (a callable may describe the state then).
+    """
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        got = check()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"waited {timeout:.0f} s for {what() if callable(what) else what}")
+        time.sleep(interval)
+
+
+def studio_cli(*args, env: dict | None = None, background: bool = False, timeout: float = 600, **popen):
+    """``python -m studio ARGS`` as a user runs it (from the repository, offline): the finished process,
+    or with ``background`` the running one (its output in pipes)."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+    cmd = [sys.executable, "-m", "studio", *map(str, args)]
+    if background:
+        return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                **popen)
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, **popen)
+
+
 def free_port() -> int:
     import socket
 
@@ -117,7 +165,6 @@ def launch_app(workspace: Path, *args: str, env: dict | None = None):
     import socket
     import subprocess
     import sys
-    import time
 
     port = free_port()
     env = {**os.environ, "STUDIO_FACE_PACK": "bundled", "GRADIO_TEMP_DIR": str(Path(workspace).parent / f"{Path(workspace).name}_gradio_tmp"),
@@ -127,17 +174,22 @@ def launch_app(workspace: Path, *args: str, env: dict | None = None):
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "app.py", "--workspace", str(workspace), "--port", str(port), *args],
                                 cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 120
-    while time.time() < deadline:
+
+    def accepting() -> bool:
         if proc.poll() is not None:
             raise RuntimeError(f"app.py exited with {proc.returncode}: {log.read_text()}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return proc, f"http://127.0.0.1:{port}/"
+                return True
         except OSError:
-            time.sleep(0.3)
-    proc.kill()
-    raise RuntimeError(f"app.py did not start within 120 s: {log.read_text()}")
+            return False
+
+    try:
+        wait_for(accepting, lambda: f"app.py to accept connections:\n{log.read_text()}", timeout=300, interval=0.3)
+    except AssertionError:
+        proc.kill()
+        raise
+    return proc, f"http://127.0.0.1:{port}/"
 
 
 @contextlib.contextmanager
@@ -201,18 +253,16 @@ def tiny_model(tiny_spec):
     return load_instantid(tiny_spec, "cpu")
 
 
-def wait_run(client, run_id: int, timeout: float = 120, until=("done", "failed", "cancelled")) -> dict:
+def wait_run(client, run_id: int, timeout: float = 300, until=("done", "failed", "cancelled")) -> dict:
     """Poll /run until the run reaches one of ``until``; returns its last state."""
-    import time
+    last = {}
 
-    deadline = time.time() + timeout
-    while True:
-        r = client.predict(run_id=run_id, api_name="/run")
-        if r["status"] in until:
-            return r
-        if time.time() > deadline:
-            raise AssertionError(f"run {run_id} still {r['status']} after {timeout} s:\n{r['log']}")
-        time.sleep(0.3)
+    def reached():
+        last.update(client.predict(run_id=run_id, api_name="/run"))
+        return last if last["status"] in until else None
+
+    return wait_for(reached, lambda: f"run {run_id} to end (still {last.get('status')}):\n{last.get('log')}",
+                    timeout=timeout, interval=0.3)
 
 
 def make_pair_photos(photos, dest: Path) -> Path:

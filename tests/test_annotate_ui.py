@@ -13,6 +13,8 @@ from gradio_client.exceptions import AppError
 from studio import humaneval as he
 from studio.workspace import Workspace
 
+pytestmark = pytest.mark.slow  # a served app with an 84-item study for 8 annotators
+
 MODELS = ["zebra-model-x", "quokka-model-y"]  # names that must never reach an annotator
 CROWD = {f"ann{i}": f"crowd-password-{i}" for i in range(8)}
 
@@ -141,6 +143,7 @@ def test_refusals_for_annotators_and_bad_scores(annotate_app):
     assert [(r["criterion"], r["n"]) for r in res["table3"]] == [("quality", 1)] and res["table3"][0]["model"] in MODELS
 
 
+@pytest.mark.browser
 def test_annotator_scores_with_the_keyboard_resumes_after_reload_and_never_sees_a_model(annotate_app, tmp_path):
     from pathlib import Path
 

@@ -16,6 +16,7 @@ def demo(tmp_path_factory):
         yield url, ws
 
 
+@pytest.mark.slow
 def test_demo_workspace_built_and_served(demo):
     from gradio_client import Client
 
@@ -43,6 +44,7 @@ def test_existing_workspace_not_refilled_with_demo_photos(tmp_path, photos):
     assert ws.store.counts() ["images"] == 1 and ws.store.counts()["analyzed"] == 0
 
 
+@pytest.mark.slow
 def test_open_host_without_accounts_is_refused(tmp_path):
     proc = subprocess.run([sys.executable, "app.py", "--workspace", str(tmp_path), "--host", "0.0.0.0"], cwd=REPO,
                           capture_output=True, text=True, timeout=120, env={**os.environ, "SPACE_ID": ""})

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import logging
 import random
-import time
 
 import numpy as np
 import pytest
 
-from conftest import clone_ws
+from conftest import clone_ws, wait_for
 from studio.browse import SORTS, BrowseFilter, browse
 from studio.codes import REASONS
 from studio.curate import curate
@@ -171,9 +170,7 @@ def test_stale_snapshot_is_rebuilt_in_the_background(synth, tmp_path):
     ws.store.browse_columns_min_rows = 0
     holder = columns.holder_for(str(ws.store.path.resolve()))
     assert ws.store.browse_columns() is None  # none yet: SQLite answers, a build starts
-    deadline = time.monotonic() + 60  # a busy CI machine: the build takes well under a second when quiet
-    while time.monotonic() < deadline and not (holder.columns is not None and not holder.building):
-        time.sleep(0.05)
+    wait_for(lambda: holder.columns is not None and not holder.building, "the background build", interval=0.05)
     assert ws.store.browse_columns() is holder.columns is not None
 
 

@@ -3,13 +3,9 @@ batches endpoints (upload, create, poll, download), a partly failing batch, and 
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
-import time
 
-from conftest import REPO
+from conftest import studio_cli, wait_for
 from oai_server import LocalOpenAI, Reply, image_key
 from test_captions import KEY
 
@@ -71,26 +67,23 @@ def test_a_partly_failing_batch_is_retried_synchronously_or_reported(ws):
         assert len(server.requests) == 4
 
 
-def _cli(ws, server, *extra):
-    env = {**os.environ, "OPENAI_API_KEY": KEY}
-    cmd = [sys.executable, "-m", "studio", "caption", "--workspace", str(ws.root), "--all", "--base-url", server.url,
-           "--max-retries", "0", "--batch", "--poll-seconds", "0.1", "--json", *extra]
-    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def batch_caption(ws, server):
+    """`python -m studio caption --batch` against the local server, running in the background."""
+    return studio_cli("caption", "--workspace", ws.root, "--all", "--base-url", server.url, "--max-retries", "0",
+                      "--batch", "--poll-seconds", "0.1", "--json", env={"OPENAI_API_KEY": KEY}, background=True)
 
 
 def test_a_restart_while_the_batch_is_in_progress_polls_the_same_batch(ws):
     with LocalOpenAI() as server:
         server.hold_batches.set()
-        proc = _cli(ws, server)
-        deadline = time.time() + 120
-        while not (batches(ws) and batches(ws)[0]["batch_id"]) and time.time() < deadline:
-            time.sleep(0.1)
+        proc = batch_caption(ws, server)
+        wait_for(lambda: batches(ws) and batches(ws)[0]["batch_id"], "the batch to be submitted")
         assert batches(ws) and batches(ws)[0]["status"] == "in_progress", proc.communicate(timeout=5)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=20)
         assert model_rows(ws) == [] and len(server.batches) == 1
         server.hold_batches.clear()
-        proc = _cli(ws, server)
+        proc = batch_caption(ws, server)
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err
         result = json.loads(out)

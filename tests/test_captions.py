@@ -2,15 +2,12 @@
 from __future__ import annotations
 
 import logging
-import os
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 
 import pytest
-from conftest import REPO
+from conftest import studio_cli, wait_for
 from oai_server import LocalOpenAI, Reply, decode_image, image_key
 
 from studio.captions import PROMPT, CaptionSettings, caption_workspace, check_caption
@@ -129,22 +126,21 @@ def test_missing_key_is_a_clear_error(ws):
         caption_workspace(ws, CaptionSettings(), None, kept_only=False)
 
 
-def _cli(ws, server, env_extra=None, **popen):
-    env = {**os.environ, "OPENAI_API_KEY": KEY, **(env_extra or {})}
-    cmd = [sys.executable, "-m", "studio", "caption", "--workspace", str(ws.root), "--all", "--base-url", server.url,
-           "--concurrency", "2", "--max-retries", "0", "-v"]
-    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+def caption_cli(ws, server, env: dict | None = None):
+    """`python -m studio caption` against the local server, running in the background."""
+    return studio_cli("caption", "--workspace", ws.root, "--all", "--base-url", server.url, "--concurrency", "2",
+                      "--max-retries", "0", "-v", env={"OPENAI_API_KEY": KEY, **(env or {})}, background=True)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_without_asking_again(ws):
     def responder(n, body):
         return Reply() if n <= 2 else Reply(hang=True)  # two answers, then the server stalls
 
     with LocalOpenAI(responder) as server:
-        proc = _cli(ws, server)
-        deadline = time.time() + 120
-        while ws.store.caption_usage()["model_captions"] < 2 and time.time() < deadline:
-            time.sleep(0.1)
+        proc = caption_cli(ws, server)
+        wait_for(lambda: ws.store.caption_usage()["model_captions"] >= 2 or proc.poll() is not None,
+                 "two captions stored")
         if ws.store.caption_usage()["model_captions"] != 2:
             proc.kill()
             pytest.fail(f"{len(server.requests)} requests, answered {server.answered}: {proc.communicate()[1][-3000:]}")
@@ -153,7 +149,7 @@ def test_killed_run_resumes_without_asking_again(ws):
         first = list(server.answered)
         server.responder = lambda n, body: Reply()
         server.release.set()
-        proc = _cli(ws, server)
+        proc = caption_cli(ws, server)
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err
     assert len(first) == 2
@@ -166,7 +162,7 @@ def test_key_never_written_or_logged(ws, caplog):
     caplog.set_level(logging.DEBUG)
     with LocalOpenAI(lambda n, body: Reply(status=401) if n == 1 else Reply()) as server:
         report = run(ws, server, max_retries=0, concurrency=1)
-        proc = _cli(ws, server, env_extra={"OPENAI_LOG": "debug"})
+        proc = caption_cli(ws, server, env={"OPENAI_LOG": "debug"})
         out, err = proc.communicate(timeout=120)
     assert report.failed == 1  # the 401 is recorded ...
     assert KEY not in " ".join(report.errors)  # ... without the key

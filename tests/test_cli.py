@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -18,6 +20,7 @@ def studio(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return proc
 
 
+@pytest.mark.slow
 def test_full_chain(tmp_path, curation_source):
     ws = str(tmp_path / "ws")
     ing = json.loads(studio("ingest", str(curation_source), "--workspace", ws, "--json").stdout)

@@ -5,6 +5,8 @@ import random
 import threading
 import time
 
+import pytest
+
 from studio import review
 from studio.curate import curate
 from studio.workspace import Workspace
@@ -31,6 +33,7 @@ def build(ws: Workspace, n: int, captioned: int) -> list[int]:
     return ids
 
 
+@pytest.mark.slow
 def test_approvals_during_a_long_curation_wait_under_a_second(tmp_path):
     ws = Workspace.open(tmp_path / "ws")
     ids = build(ws, N_IMAGES, captioned=4 * 300)

@@ -4,14 +4,11 @@ tables, trade-off curve, report, and resuming a killed run without regenerating 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 from PIL import Image
 
-from conftest import REPO
+from conftest import studio_cli
 from studio.evaluate import EvalConfig, evaluate
 from studio.generate import register_model
 from studio.instantid import ModelSpec
@@ -34,12 +31,7 @@ def _run(ws, cfg, track=None):
                    lambda h: evaluate(ws, cfg, h.run_id, author="tester", track=track or h.track))
 
 
-def _cli(ws, *args) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "studio", *args, "--workspace", str(ws.root)], capture_output=True,
-                          text=True, env=env, cwd=REPO, timeout=600)
-
-
+@pytest.mark.slow
 def test_two_models_two_lambdas_three_items_table_curve_report_and_resume(eval_ws, tiny_clip_dir):
     ws = eval_ws
     made = build_testset(ws, "custom", "customization", persons=["obama"], ask=["smiling"], per_person=3)
@@ -58,7 +50,7 @@ def test_two_models_two_lambdas_three_items_table_curve_report_and_resume(eval_w
     assert len(ws.store.generations()) == 5
 
     # the CLI resumes it: only the 7 missing samples are generated
-    out = _cli(ws, "evaluate", *cfg.to_cli(), "--json")
+    out = studio_cli("evaluate", "--workspace", ws.root, *cfg.to_cli(), "--json")
     assert out.returncode == 0, out.stderr[-3000:]
     res = json.loads(out.stdout)
     assert (res["samples"], res["generated"], res["reused"]) == (12, 7, 5)
@@ -94,7 +86,7 @@ def test_two_models_two_lambdas_three_items_table_curve_report_and_resume(eval_w
     report = report_markdown(ws)
     assert "## Table 1" in report and "## Table 2" in report and f"Evaluation run {run_id + 1}" in report
     assert "tiny-b" in report and "No human evaluation scores" in report
-    out = _cli(ws, "report", "--quiet")
+    out = studio_cli("report", "--workspace", ws.root, "--quiet")
     assert out.returncode == 0 and (ws.root / "exports" / "report.md").is_file()
 
     # a human-evaluation study of this run's samples, and of every generated sample, from the CLI
@@ -165,6 +157,7 @@ def test_testsets_from_a_split_and_from_a_file_with_bad_rows(eval_ws, photos, tm
     assert main(["testset", "delete", "--name", "imported", *w]) == 2  # named, refused
 
 
+@pytest.mark.slow
 def test_evaluate_refuses_what_it_cannot_do(eval_ws, tiny_clip_dir):
     ws = eval_ws
     build_testset(ws, "custom", "customization", persons=["obama"], ask=["smiling"], per_person=1)
@@ -178,7 +171,7 @@ def test_evaluate_refuses_what_it_cannot_do(eval_ws, tiny_clip_dir):
         _config(tiny_clip_dir, baseline="ghost").validate()
     with pytest.raises(ValueError, match="λ"):
         _config(tiny_clip_dir, lambdas=[2.5]).validate()
-    out = _cli(ws, "evaluate", "--testset", "custom", "--model", "tiny", "--steps", "2", "--width", "64", "--height", "64",
+    out = studio_cli("evaluate", "--workspace", ws.root, "--testset", "custom", "--model", "tiny", "--steps", "2", "--width", "64", "--height", "64",
                "--clip-model", "ViT-L-14", "--device", "cpu")
     assert out.returncode == 2 and "ViT-L-14/openai could not be loaded" in out.stderr and "hf download" in out.stderr
     assert ws.store.generations() == []  # refused before any sample was generated
@@ -200,7 +193,7 @@ def test_evaluate_refuses_a_face_pack_the_model_was_not_trained_on(eval_ws, tiny
     _run(ws, _config(tiny_clip_dir, models=["tiny-ante"], lambdas=[0.8], allow_pack_mismatch=True))
     rows = ws.store.generations()
     assert rows and all(r["face"]["pack_mismatch"] == {"model_expects": "antelopev2", "used": "bundled"} for r in rows)
-    out = _cli(ws, "evaluate", "--testset", "custom", "--model", "tiny-ante", "--steps", "2", "--width", "64",
+    out = studio_cli("evaluate", "--workspace", ws.root, "--testset", "custom", "--model", "tiny-ante", "--steps", "2", "--width", "64",
                "--height", "64", "--clip-model", str(tiny_clip_dir), "--clip-pretrained", "", "--device", "cpu",
                "--lambdas", "0.5")
     assert out.returncode == 2 and "trained on 'antelopev2' face embeddings" in out.stderr

@@ -7,6 +7,8 @@ from conftest import USERS, copy_ws, running_app, wait_run
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 
+pytestmark = pytest.mark.slow  # a served app that generates and scores
+
 
 @pytest.fixture(scope="module")
 def eval_app(pairs_ws_template, tmp_path_factory, tiny_spec, tiny_clip_dir, users_file):
@@ -76,6 +78,7 @@ def test_annotator_and_visitor_are_refused(eval_app):
     assert len(ws.store.runs()) == before
 
 
+@pytest.mark.browser
 def test_browser_builds_a_test_set_and_evaluates_it(eval_app, tmp_path):
     import shutil
     from pathlib import Path

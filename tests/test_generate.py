@@ -130,6 +130,7 @@ def test_sweep_two_models_saved_with_settings(curated_ws, tiny_spec):
         generate(curated_ws, ModelCache("cpu"), [tiny_spec] * 3, face, GenerationSettings(prompt="x", **SMALL))
 
 
+@pytest.mark.slow
 def test_cli_generate(curated_ws, tiny_spec, photos, tmp_path):
     env = {**os.environ, "STUDIO_FACE_PACK": "bundled", "OMP_NUM_THREADS": "1"}
 
@@ -164,6 +165,7 @@ def test_cli_generate(curated_ws, tiny_spec, photos, tmp_path):
             "'ip-adapter.bin' 'pytorch_model.bin'" in offline.stderr)
 
 
+@pytest.mark.slow
 def test_generate_tab_api(served_generate):
     from gradio_client import Client
     from gradio_client.exceptions import AppError
@@ -203,6 +205,7 @@ def served_dtype(request, served_generate, users_file):
         yield url2, ws, "bfloat16"
 
 
+@pytest.mark.slow
 def test_generate_api_parity_with_the_demo(served_dtype):
     """Pose reference, style template, fast mode (the tiny LCM-LoRA through diffusers' loader), face choice
     and the face-pack refusal, through gradio_client as a user's script would call them; in float32 and bfloat16."""

@@ -196,6 +196,7 @@ def test_uploads_are_capped_and_for_admins_only(guarded):
     assert r.status_code == 413, (r.status_code, r.text)
 
 
+@pytest.mark.slow
 def test_bad_upload_limit_stops_the_app_with_its_name(monkeypatch, tmp_path):
     import subprocess
     import sys

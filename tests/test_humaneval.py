@@ -164,3 +164,17 @@ def test_table3_alpha_and_exports_against_hand_computed_values(study_ws):
     assert len(first["annotations"]) == 3 and first["annotations"][0]["result"][0]["type"] == "rating"
     assert {x["value"]["rating"] for a in first["annotations"] for x in a["result"] if x["from_name"] == "quality"} == {3, 2}
     assert "| zebra-model | customization | 4 | 5 |" in (ws.root / files["table3.md"]).read_text()
+
+
+@pytest.mark.parametrize("value", [6, -1, 2.5, 4.0, True, "\uff15", "\u0664", " 4 ", "04", "4.0", "", None, [4], 2**70])
+def test_a_score_is_an_int_or_one_of_the_strings_the_radios_send(value):
+    with pytest.raises(ValueError, match="a score is a whole number from 0 to 5"):
+        he.parse_score(value, "quality")
+
+
+def test_scores_and_positions_that_are_accepted():
+    assert [he.parse_score(v, "fidelity") for v in (0, 5, "0", "3", "5")] == [0, 5, 0, 3, 5]
+    assert he.parse_position(1) == 1 and he.parse_position(2**31 - 1) == 2**31 - 1
+    for bad in (0, -1, 2.9, 1.5, 2.0, True, "2", 2**70, None):
+        with pytest.raises(ValueError, match="item position must be a whole number from 1"):
+            he.parse_position(bad)

@@ -167,6 +167,7 @@ def test_missing_weights_say_what_and_how(tmp_path):
     assert "neither ip-adapter.bin (InstantID layout) nor pytorch_model.bin (CrossFaceID release layout)" in named[2]
 
 
+@pytest.mark.slow
 def test_crossfaceid_release_layout_loads(tiny_spec, tmp_path):
     """The paper's training script saves pytorch_model.bin + controlnet/: loaded like the InstantID layout."""
     import shutil
@@ -288,6 +289,7 @@ def test_out_of_memory_is_a_message(tiny_spec):
     assert pixels(model(EMB, kps_image(), S)).shape == (64, 64, 3)
 
 
+@pytest.mark.slow
 def test_models_on_one_base_share_it(tiny_spec, tmp_path):
     """Two models on one SDXL base: one UNet, VAE and text encoders in memory; each still generates
     exactly what it generates when loaded alone, in any order (each puts its own adapter in place)."""
@@ -349,6 +351,20 @@ def test_reduced_precision_pipeline_generates(tiny_spec):
     assert np.abs(a - b).mean() > 1.0
     masked = model(EMB, kps_image(), dataclasses.replace(S, face_region_only=True), mask=torch.ones(64, 64))
     assert np.asarray(masked).shape == (64, 64, 3)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_on_cuda_in_half_precision_near_the_cpu_image(tiny_spec, dtype):
+    """What a GPU runs: the same loader on CUDA in float16 / bfloat16; λ steers, and the image stays near the
+    CPU's float32 one (half precision rounds, it does not redraw)."""
+    model = load_instantid(tiny_spec, "cuda", dtype=getattr(torch, dtype))
+    assert model.pipe.unet.dtype == getattr(torch, dtype) and model.pipe.unet.device.type == "cuda"
+    a = pixels(model(EMB, kps_image(), S))
+    b = pixels(model(EMB, kps_image(), dataclasses.replace(S, ip_scale=0.0)))
+    assert np.abs(a - b).mean() > 1.0
+    cpu = pixels(load_instantid(tiny_spec, "cpu")(EMB, kps_image(), S))
+    assert np.abs(a - cpu).mean() < np.abs(a - b).mean()  # closer to float32 than to a different λ
 
 
 def test_memory_options_for_small_gpus(tiny_spec, monkeypatch):

@@ -2,13 +2,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, copy_ws
+from conftest import copy_ws, studio_cli
 
 from studio.export import ExportError
 from studio.pairs import PairingError, assign_splits, export_manifest, make_pairs, parse_shares
@@ -145,8 +143,7 @@ def test_manifest_to_an_unwritable_dir_names_it(ws, tmp_path):
 
 def test_cli_split_pairs_manifest_are_runs(ws, tmp_path):
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "studio", *args, "--workspace", str(ws.root), "--json"],
-                              capture_output=True, text=True, cwd=REPO, timeout=120)
+        return studio_cli(*args, "--workspace", ws.root, "--json", timeout=120)
 
     r = cli("pairs")
     assert r.returncode == 2 and "split` first" in r.stderr

@@ -7,12 +7,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import REPO, wait_for
 from PIL import Image
 
 from studio.analyze import analyze
@@ -21,6 +20,8 @@ from studio.ingest import ingest
 from studio.workspace import Workspace
 
 pytest.importorskip("ray")
+
+pytestmark = pytest.mark.ray
 
 
 def _name(source: str) -> str:
@@ -75,9 +76,7 @@ def test_ray_run_killed_midway_resumes_without_analysing_twice(tmp_path, curatio
         return ws.store.conn.execute("SELECT COUNT(*) FROM analyses").fetchone()[0]
 
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while analysed() == 0 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
+    wait_for(lambda: analysed() > 0 or proc.poll() is not None, "the first analysis stored", interval=0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     # a SIGKILLed driver cannot shut its local Ray down; its reaper stops most of it, `ray stop` the rest

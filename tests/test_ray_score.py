@@ -20,6 +20,8 @@ from studio.score_ray import score_on_ray
 from studio.testsets import build_testset
 
 pytest.importorskip("ray")
+pytestmark = pytest.mark.ray
+
 
 def _same(a: dict, b: dict) -> None:
     assert a.keys() == b.keys(), (a, b)

@@ -87,6 +87,7 @@ def served_captions(ws, users_file):
         yield url, ws
 
 
+@pytest.mark.slow
 def test_captions_api_end_to_end(served_captions):
     from gradio_client import Client
     from gradio_client.exceptions import AppError

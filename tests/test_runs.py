@@ -7,11 +7,10 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 
 import pytest
-from conftest import REPO
+from conftest import REPO, wait_for
 from oai_server import LocalOpenAI, Reply, image_key
 
 from studio import runs
@@ -58,21 +57,22 @@ def photos_ws(tmp_path, photos):
     return ws
 
 
-def wait(ws, run_id, check, timeout=90):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
+def wait(ws, run_id, check, timeout=300):
+    """The run's row once ``check`` holds for it (dead workers reaped on the way)."""
+    def state():
         runs.reap(ws)
         r = ws.store.run(run_id)
-        if check(r):
-            return r
-        time.sleep(0.2)
-    raise AssertionError(f"run {run_id}: {ws.store.run(run_id)}\n{runs.log_tail(ws, run_id)}")
+        return r if check(r) else None
+
+    return wait_for(state, lambda: f"run {run_id}: {ws.store.run(run_id)}\n{runs.log_tail(ws, run_id)}",
+                    timeout=timeout, interval=0.2)
 
 
 def caption_args(server) -> list[str]:
     return ["--all", "--base-url", server.url, "--concurrency", "1", "--max-retries", "0"]
 
 
+@pytest.mark.slow
 def test_cancel_stops_at_the_next_item_and_rerun_resumes(photos_ws):
     ws = photos_ws
     # two quick answers, then slow ones: the cancel lands while the run is inside item 3 or 4, however
@@ -95,6 +95,7 @@ def test_cancel_stops_at_the_next_item_and_rerun_resumes(photos_ws):
     assert "sk-run" not in runs.log_tail(ws, again) and "sk-run" not in json.dumps(ws.store.run(again))
 
 
+@pytest.mark.slow
 def test_killed_worker_is_marked_failed_and_rerun_resumes(photos_ws):
     ws = photos_ws
     with LocalOpenAI(lambda n, body: Reply(delay=0.4)) as server:

@@ -68,6 +68,7 @@ def space_app(curated_ws, tmp_path_factory):
         proc.wait(timeout=20)
 
 
+@pytest.mark.slow
 def test_space_mode_starts_with_login_and_guards_files(space_app, curated_ws):
     from gradio_client import Client
     from gradio_client.exceptions import AppError
@@ -83,6 +84,7 @@ def test_space_mode_starts_with_login_and_guards_files(space_app, curated_ws):
         Client(url, verbose=False).predict(api_name="/statistics")
 
 
+@pytest.mark.slow
 def test_startup_says_workspace_pack_and_url(curated_ws, users_file, tmp_path):
     port = free_port()
     env = {**os.environ, "STUDIO_FACE_PACK": "bundled", "GRADIO_TEMP_DIR": str(tmp_path / "tmp")}

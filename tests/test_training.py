@@ -83,6 +83,7 @@ def test_ip_adapter_layout_round_trip(tiny_spec):
     assert torch.equal(fresh["ip_adapter"]["1.to_k_ip.weight"], attn.to_k.weight)  # initialised from to_k
 
 
+@pytest.mark.slow
 def test_steps_move_only_the_trainable_parts(train_ws, tiny_spec):
     """The script's own model building and step: UNet, VAE and text encoders stay bit-identical (bf16 too)."""
     from training.data import PairDataset, collate, read_manifest
@@ -139,6 +140,7 @@ def test_keypoint_image_follows_resize_and_crop(train_ws):
         assert item["pixel_values"].shape == (3, 128, 128) and item["face_embed"].shape == (512,)
 
 
+@pytest.mark.slow
 def test_studio_train_run_bf16_loads_and_changes_output(train_ws, tiny_spec, tiny_model):
     """`python -m studio train` -> accelerate launch (CPU, bf16): a run in history, checkpoints, a new model."""
     r = subprocess.run([sys.executable, "-m", "studio", "train", "--workspace", str(train_ws.root), "--json",
@@ -186,6 +188,7 @@ def test_studio_train_run_bf16_loads_and_changes_output(train_ws, tiny_spec, tin
     assert again.returncode == 2 and "already trained" in again.stderr
 
 
+@pytest.mark.slow
 def test_resume_gives_the_same_weights_as_straight(train_ws, tiny_spec, tmp_path):
     manifest = train_ws.root / "manifest" / "train.jsonl"
     straight = launch(*script_args(tiny_spec, manifest, tmp_path / "a", 4))
@@ -205,6 +208,7 @@ def test_resume_gives_the_same_weights_as_straight(train_ws, tiny_spec, tmp_path
     assert [r["step"] for r in losses if "loss" in r] == [1, 2, 3, 4]
 
 
+@pytest.mark.slow
 def test_two_process_data_parallel_on_cpu(train_ws, tiny_spec, tmp_path):
     """torchrun --nproc_per_node 2: accelerate's MULTI_CPU over gloo; different samples, one writer."""
     out = tmp_path / "ddp"
@@ -228,6 +232,7 @@ def test_two_process_data_parallel_on_cpu(train_ws, tiny_spec, tmp_path):
     assert model.pipe.unet.encoder_hid_proj is not None
 
 
+@pytest.mark.slow
 def test_bad_inputs_are_named(train_ws, tiny_spec, tmp_path):
     manifest = train_ws.root / "manifest" / "train.jsonl"
     lines = manifest.read_text().splitlines()

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import shlex
-import time
 
 import pytest
-from conftest import USERS, copy_ws, running_app, wait_run
+from conftest import USERS, copy_ws, running_app, wait_for, wait_run
 from gradio_client import Client
 from gradio_client.exceptions import AppError
+
+pytestmark = pytest.mark.slow  # a served app that trains
 
 TINY = {"model": "tiny", "devices": "cpu", "precision": "no", "batch_size": 2, "resolution": 64,
         "missing_caption": "template", "learning_rate": 1e-3}
@@ -31,14 +32,13 @@ def client(url, who="ada"):
     return Client(url, auth=(who, USERS[who][1]), verbose=False)
 
 
-def wait_losses(c, run_id: int, n: int, timeout: float = 240) -> dict:
-    deadline = time.time() + timeout
-    while True:
+def wait_losses(c, run_id: int, n: int, timeout: float = 300) -> dict:
+    """The run's status once it logged ``n`` losses (or ended)."""
+    def status():
         s = c.predict(run_id=run_id, api_name="/train_status")
-        if len(s["losses"]) >= n or s["status"] in ("done", "failed", "cancelled"):
-            return s
-        assert time.time() < deadline, s
-        time.sleep(1)
+        return s if len(s["losses"]) >= n or s["status"] in ("done", "failed", "cancelled") else None
+
+    return wait_for(status, f"{n} losses of run {run_id}", timeout=timeout, interval=0.5)
 
 
 def test_start_follow_stop_and_finish(train_app):
@@ -64,12 +64,12 @@ def test_start_follow_stop_and_finish(train_app):
     # Rerun (the Runs tab's button) goes on from the checkpoint the stop saved
     last_step = max(step for step, _ in c.predict(run_id=long, api_name="/train_status")["losses"])
     again = c.predict(run_id=long, api_name="/run_rerun")
-    s = wait_losses(c, again, 0)
-    deadline = time.time() + 180
-    while "resuming from" not in s["log"] or max(step for step, _ in s["losses"]) <= last_step:
-        assert time.time() < deadline and s["status"] in ("queued", "running"), s
-        time.sleep(1)
+    def resumed():
         s = c.predict(run_id=again, api_name="/train_status")
+        assert s["status"] in ("queued", "running"), s
+        return s if "resuming from" in s["log"] and max((step for step, _ in s["losses"]), default=0) > last_step else None
+
+    s = wait_for(resumed, f"run {again} to resume past step {last_step}", interval=0.5)
     assert f"checkpoint-{last_step}" in s["log"]
     assert c.predict(run_id=again, api_name="/run_cancel") is True
     assert wait_run(c, again, timeout=180)["status"] == "cancelled"
@@ -135,6 +135,7 @@ def test_annotator_cannot_train(train_app):
     assert len(ws.store.runs(kind="train")) == before
 
 
+@pytest.mark.browser
 def test_browser_starts_a_run_sees_the_loss_and_stops_it(train_app, tmp_path):
     """A real browser: fill the Training form, start, watch the loss plot draw, stop."""
     import shutil

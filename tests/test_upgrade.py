@@ -83,6 +83,7 @@ def test_old_workspace_upgrades_and_matches_a_fresh_one(version, fresh, tmp_path
     assert dict(ws.store.tag_counts()).get("hat") == 1
 
 
+@pytest.mark.slow
 def test_upgraded_workspace_serves_every_endpoint(tmp_path, users_file):
     from gradio_client import Client
 
