@@ -206,6 +206,17 @@ def running_app(workspace: Path, *args: str, env: dict | None = None):
 USERS = {"ada": ("admin", "ada-password-1"), "ann": ("annotator", "ann-password-1")}
 
 
+def http_session(url: str, user: str | None):
+    """An httpx client of a served app, signed in as ``user`` through the login form (None: a visitor)."""
+    import httpx
+
+    c = httpx.Client(base_url=url, timeout=60)
+    if user:
+        r = c.post("login", data={"username": user, "password": USERS[user][1]})
+        assert r.status_code == 200, r.text
+    return c
+
+
 @pytest.fixture(scope="session")
 def users_file(tmp_path_factory) -> Path:
     from studio.auth import UsersFile

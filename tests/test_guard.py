@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import USERS, free_port
+from conftest import http_session as session
 from PIL import Image, PngImagePlugin
 
 from studio import humaneval as he
@@ -72,14 +73,6 @@ def guarded(tmp_path_factory, photos, users_file):
         yield {"demo": demo, "ctx": ctx, "ws": ws, "url": f"http://127.0.0.1:{port}/", "secret": secret}
     finally:
         demo.close()
-
-
-def session(url: str, user: str | None) -> httpx.Client:
-    c = httpx.Client(base_url=url, timeout=60)
-    if user:
-        r = c.post("login", data={"username": user, "password": USERS[user][1]})
-        assert r.status_code == 200, r.text
-    return c
 
 
 def app_routes(routes) -> list:

@@ -8,15 +8,8 @@ import time
 
 import httpx
 import pytest
-from conftest import REPO, USERS, free_port
-
-
-def session(url: str, user: str | None) -> httpx.Client:
-    c = httpx.Client(base_url=url, timeout=30)
-    if user:
-        r = c.post("login", data={"username": user, "password": USERS[user][1]})
-        assert r.status_code == 200, r.text
-    return c
+from conftest import REPO, free_port
+from conftest import http_session as session
 
 
 def private_files(ws, users_file) -> dict:
