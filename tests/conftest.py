@@ -19,6 +19,25 @@ REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "assets" / "demo"
 
 
+def pytest_addoption(parser):
+    parser.addoption("--burn-cpus", type=int, default=0, metavar="N",
+                     help="keep N processes spinning on the CPU for the whole run: the suite as a busy CI machine sees it")
+
+
+def pytest_configure(config):
+    import subprocess
+    import sys
+
+    config.burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+                      for _ in range(config.getoption("--burn-cpus") or 0)]
+
+
+def pytest_unconfigure(config):
+    for proc in getattr(config, "burners", ()):
+        proc.kill()
+        proc.wait()
+
+
 def pytest_collection_modifyitems(config, items):
     """Browser and Ray tests are slow too (so `-m "not slow"` leaves them out); `gpu` tests need CUDA."""
     cuda = None
