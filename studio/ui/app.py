@@ -27,7 +27,7 @@ def _env_number(name: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         value = -1.0
-    if not value > 0:
+    if not 0 < value < 1e9:  # NaN and inf too
         raise ValueError(f"{name} must be a positive number, got {raw!r}")
     return value
 
