@@ -7,6 +7,7 @@ scrypt hashes; nothing here logs a password.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import json
@@ -42,14 +43,10 @@ def check_password(password: str, stored: str) -> bool:
     return hmac.compare_digest(actual, base64.b64decode(digest))
 
 
-_dummy: list[str] = []
-
-
+@functools.cache
 def _dummy_hash() -> str:
     """A hash of a random password with the same parameters, checked for names that are not users."""
-    if not _dummy:
-        _dummy.append(hash_password(secrets.token_urlsafe(16)))
-    return _dummy[0]
+    return hash_password(secrets.token_urlsafe(16))
 
 
 class SignInThrottle:

@@ -554,8 +554,9 @@ def _store(ws: Workspace, p: _Prepared, report: IngestReport, tags, run_id: int 
     store, item = ws.store, p.item
     if p.error is None and not item.person:
         p.error = ImageError(item.source, "no_person", "no person for this image")
-    if p.error is None and person_problem(item.person):
-        p.error = ImageError(item.source, "bad_person", f"person {item.person[:80]!r}: {person_problem(item.person)}")
+    problem = person_problem(item.person) if p.error is None else None
+    if problem:
+        p.error = ImageError(item.source, "bad_person", f"person {item.person[:80]!r}: {problem}")
     if p.error is not None:
         _reject(store, report, item.source, p.error)
         return

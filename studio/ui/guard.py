@@ -185,11 +185,12 @@ class FileGuard:
 
     async def __call__(self, scope, receive, send):
         if scope["type"] in ("http", "websocket"):
+            route = matched_route(scope)  # once per request: the route table is walked on the hot path
             if (scope["type"] == "http" and scope.get("method") == "POST" and self.policy.mode == "local"
-                    and matched_route(scope)[0] in LOGIN_ROUTES):
+                    and route[0] in LOGIN_ROUTES):
                 await self.sign_in(scope, receive, send)
                 return
-            refusal = self.refusal(scope)
+            refusal = self.refusal(scope, *route)
             if refusal is not None:
                 log.warning("refused %s %s (%s)", scope.get("method", "WS"), refusal, scope.get("path", "")[:200])
                 if scope["type"] == "websocket":
@@ -239,9 +240,8 @@ class FileGuard:
         elif status.get("code") == 400:
             self.throttle.failed(user, address)
 
-    def refusal(self, scope: dict) -> str | None:
-        """Why this request is refused (the route it reached), or None when it may go on."""
-        template, params = matched_route(scope)
+    def refusal(self, scope: dict, template: str | None, params: dict) -> str | None:
+        """Why this request, reaching ``template`` with ``params``, is refused; None when it may go on."""
         if template is None or template in OPEN_ROUTES:
             return None
         user = user_from_scope(self.policy, scope)
