@@ -273,7 +273,8 @@ def caption_workspace(ws: Workspace, settings: CaptionSettings, api_key: str | N
         report.stored(flags, current, p_tok, c_tok, settings.cost(p_tok, c_tok))
 
     with ThreadPoolExecutor(settings.concurrency) as pool:
-        mapper = BoundedMap(pool, work, todo, ahead=2 * settings.concurrency)  # keep the pool busy
+        # keep the pool busy; store each answer as it arrives, so a hung request holds back no paid answer
+        mapper = BoundedMap(pool, work, todo, ahead=2 * settings.concurrency, ordered=False)
         results: Iterable = mapper
         if progress is not None:
             results = progress(results, total=len(todo), desc="caption", unit="img")

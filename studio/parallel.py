@@ -1,14 +1,16 @@
-"""How many CPUs to use, and an ordered parallel map with a bounded look-ahead.
+"""How many CPUs to use, and a parallel map with a bounded look-ahead.
 
 ``Executor.map`` submits the whole input at once, which for 40K photos means holding every
-decoded image in memory. This keeps at most ``ahead`` tasks in flight and yields in order.
+decoded image in memory. This keeps at most ``ahead`` tasks in flight and yields in order, or
+as tasks finish (``ordered=False``): for paid requests, where one slow answer must not hold back
+storing the answers behind it.
 """
 from __future__ import annotations
 
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Executor
+from concurrent.futures import FIRST_COMPLETED, Executor, wait
 from typing import Generic, TypeVar
 
 
@@ -25,19 +27,28 @@ R = TypeVar("R")
 
 
 class BoundedMap(Generic[T, R]):
-    """Iterate ``fn(item)`` results in order; :meth:`settle` ends early without losing started work."""
+    """Iterate ``fn(item)`` results, in input order or (``ordered=False``) as they finish;
+    :meth:`settle` ends early without losing started work."""
 
-    def __init__(self, pool: Executor, fn: Callable[[T], R], items: Iterable[T], ahead: int):
-        self.pool, self.fn, self.items, self.ahead = pool, fn, iter(items), ahead
+    def __init__(self, pool: Executor, fn: Callable[[T], R], items: Iterable[T], ahead: int, ordered: bool = True):
+        self.pool, self.fn, self.items, self.ahead, self.ordered = pool, fn, iter(items), ahead, ordered
         self.pending: deque = deque()
 
     def __iter__(self) -> Iterator[R]:
         for item in self.items:
             self.pending.append(self.pool.submit(self.fn, item))
             if len(self.pending) >= self.ahead:
-                yield self.pending.popleft().result()
+                yield self._next()
         while self.pending:
-            yield self.pending.popleft().result()
+            yield self._next()
+
+    def _next(self) -> R:
+        if self.ordered:
+            return self.pending.popleft().result()
+        done, _ = wait(self.pending, return_when=FIRST_COMPLETED)
+        first = next(f for f in self.pending if f in done)  # of those finished, the oldest
+        self.pending.remove(first)
+        return first.result()
 
     def settle(self) -> list[R]:
         """Stop: cancel the tasks not started yet and return the results of those already running.

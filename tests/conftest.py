@@ -28,6 +28,9 @@ def pytest_configure(config):
     import subprocess
     import sys
 
+    if hasattr(config, "workerinput"):
+        config.burners = []  # an xdist worker: the controller keeps the machine busy, once
+        return
     config.burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
                       for _ in range(config.getoption("--burn-cpus") or 0)]
 
@@ -38,12 +41,22 @@ def pytest_unconfigure(config):
         proc.wait()
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config, items):
-    """Browser and Ray tests are slow too (so `-m "not slow"` leaves them out); `gpu` tests need CUDA."""
+    """Browser and Ray tests are slow too (so `-m "not slow"` leaves them out); `gpu` tests need CUDA.
+
+    For parallel runs (`-n N --dist loadgroup`) a module is one unit of work, so its module-scoped
+    served app starts once; the Ray modules are one unit, as both use the machine's one local Ray.
+    Modules with the most slow tests go first, so the longest units do not start last.
+    """
     cuda = None
+    weight: dict[str, int] = {}
     for item in items:
         if item.get_closest_marker("browser") or item.get_closest_marker("ray"):
             item.add_marker(pytest.mark.slow)
+        module = item.nodeid.split("::", 1)[0]
+        item.add_marker(pytest.mark.xdist_group("ray" if item.get_closest_marker("ray") else module))
+        weight[module] = weight.get(module, 0) + (1 if item.get_closest_marker("slow") else 0)
         if item.get_closest_marker("gpu"):
             if cuda is None:
                 import torch
@@ -51,6 +64,7 @@ def pytest_collection_modifyitems(config, items):
                 cuda = torch.cuda.is_available()
             if not cuda:
                 item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU (none on this machine)"))
+    items.sort(key=lambda item: -weight[item.nodeid.split("::", 1)[0]])
 
 
 def _wheel_file(package: str, *parts: str) -> Path:

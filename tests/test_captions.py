@@ -62,12 +62,38 @@ def test_slow_reply_times_out_and_is_retried(ws):
 
     def responder(n, body):
         seen[image_key(body)] += 1
-        return Reply(delay=1.5) if seen[image_key(body)] == 1 else Reply()
+        return Reply(hang=True) if seen[image_key(body)] == 1 else Reply()  # held until the test ends
 
     with LocalOpenAI(responder) as server:
-        report = run(ws, server, timeout=0.5)
+        report = run(ws, server, timeout=2.0)
     assert report.captioned == 4
     assert sorted(seen.values()) == [2, 2, 2, 2]
+
+
+def test_a_held_request_holds_back_no_other_answer(ws):
+    """Answers are stored as they arrive: while one image's request hangs, the others' are already kept
+    (a run killed then loses no answer it paid for)."""
+    import threading
+
+    held = {}
+
+    def responder(n, body):  # the first answer tells the rate limiter there are no limits; the next one hangs
+        if n == 2:
+            held["key"] = image_key(body)
+        return Reply(hang=True) if image_key(body) == held.get("key") else Reply()
+
+    with LocalOpenAI(responder) as server:
+        reports = []
+        worker = threading.Thread(target=lambda: reports.append(run(ws, server, timeout=600, max_retries=0,
+                                                                    concurrency=2)))
+        worker.start()
+        try:
+            wait_for(lambda: ws.store.caption_usage()["model_captions"] == 3, "the three answered images stored")
+            assert worker.is_alive()  # the held request is still out
+        finally:
+            server.release.set()  # the held one gets a 503
+            worker.join(timeout=120)
+    assert reports[0].captioned == 3 and reports[0].failed == 1
 
 
 def test_exhausted_retries_are_recorded_and_the_batch_goes_on(ws, caplog):
