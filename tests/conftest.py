@@ -238,6 +238,69 @@ def running_app(workspace: Path, *args: str, env: dict | None = None):
 
 USERS = {"ada": ("admin", "ada-password-1"), "ann": ("annotator", "ann-password-1")}
 
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+# every browser wait is for an element or a state; this only bounds a hang (a busy machine is slow, not failing)
+BROWSER_WAIT_MS = 300_000
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Debian's chromium through playwright: one per test process (each xdist worker has its own)."""
+    if not Path(CHROMIUM).exists() and not os.environ.get("CI"):
+        pytest.skip("Debian chromium not installed (.ci/run installs it)")
+    from playwright.sync_api import expect, sync_playwright
+
+    expect.set_options(timeout=BROWSER_WAIT_MS)
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+        yield b
+        b.close()
+
+
+_pages: list = []
+
+
+@pytest.fixture(autouse=True)
+def _close_pages():
+    """Close each test's pages when it ends.
+
+    A page left open keeps its Gradio frontend polling (and retrying a server that a test has stopped);
+    a dozen of them on a 2-core machine starve the page under test.
+    """
+    yield
+    while _pages:
+        page = _pages.pop()
+        if page.context.browser.is_connected() and not page.is_closed():
+            page.close()
+
+
+def login(browser, url: str, user: str):
+    """A new page signed in as ``user`` through the login form, once the studio has rendered its header."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1600})
+    page.set_default_timeout(BROWSER_WAIT_MS)
+    _pages.append(page)
+    page.goto(url)
+    page.get_by_label("username").fill(user)
+    page.get_by_label("password").fill(USERS[user][1])
+    page.get_by_role("button", name="Login").click()
+    page.wait_for_selector("#who")
+    return page
+
+
+def settled(page) -> None:
+    """Wait until no Gradio event of the page is in progress (no status tracker shows), e.g. after a warning
+    toast, before asserting that what was on screen stayed: the event's outputs have arrived by then."""
+    page.wait_for_function("document.querySelectorAll('.wrap.full:not(.hide), .wrap.minimal:not(.hide)').length === 0")
+
+
+def artifacts_dir(tmp_path) -> Path:
+    """Where a browser test leaves its screenshots ($STUDIO_TEST_ARTIFACTS, or the test's temp folder)."""
+    out = Path(os.environ.get("STUDIO_TEST_ARTIFACTS", tmp_path))
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
 
 def http_session(url: str, user: str | None):
     """An httpx client of a served app, signed in as ``user`` through the login form (None: a visitor)."""

@@ -144,14 +144,9 @@ def test_refusals_for_annotators_and_bad_scores(annotate_app):
 
 
 @pytest.mark.browser
-def test_annotator_scores_with_the_keyboard_resumes_after_reload_and_never_sees_a_model(annotate_app, tmp_path):
-    from pathlib import Path
-
-    chromium = shutil.which("chromium") or "/usr/bin/chromium"
-    if not Path(chromium).exists():
-        pytest.skip("Debian chromium not installed (.ci/run installs it)")
-    from playwright.sync_api import expect, sync_playwright
-    from test_browser import ARGS, artifacts_dir, login
+def test_annotator_scores_with_the_keyboard_resumes_after_reload_and_never_sees_a_model(browser, annotate_app, tmp_path):
+    from playwright.sync_api import expect
+    from conftest import artifacts_dir, login, settled
 
     ws, url = annotate_app
     seen: list[str] = []
@@ -164,29 +159,27 @@ def test_annotator_scores_with_the_keyboard_resumes_after_reload_and_never_sees_
         except Exception:  # noqa: BLE001 - bodies of redirects and images are not text
             seen.append(response.url)
 
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=ARGS)
-        page = login(browser, url, "ann")
-        page.on("response", keep)
-        progress = page.locator("#annotate-progress")
-        expect(progress).to_contain_text("0 / 6 done", timeout=30_000)
-        page.locator("#annotate-image img").wait_for(timeout=30_000)
-        page.locator("body").click(position={"x": 5, "y": 5})  # focus the page, not a field
-        for n, keys in enumerate(("453", "210", "555"), start=1):
-            expect(page.locator("#annotate-position input")).to_have_value(str(n), timeout=30_000)
-            for k in keys:
-                page.keyboard.press(k)
-                page.wait_for_timeout(150)
-            expect(progress).to_contain_text("saved", timeout=30_000)
-            page.keyboard.press("Enter")
-            expect(progress).to_contain_text(f"{n} / 6 done", timeout=30_000)
-        page.reload()
-        expect(page.locator("#annotate-progress")).to_contain_text("3 / 6 done", timeout=30_000)
-        expect(page.locator("#annotate-position input")).to_have_value("4", timeout=30_000)
-        page.wait_for_timeout(500)
-        html = page.content()
-        page.screenshot(path=str(artifacts_dir(tmp_path) / "annotate_tab.png"), full_page=True)
-        browser.close()
+    page = login(browser, url, "ann")
+    page.on("response", keep)
+    progress = page.locator("#annotate-progress")
+    expect(progress).to_contain_text("0 / 6 done")
+    page.locator("#annotate-image img").wait_for()
+    page.locator("body").click(position={"x": 5, "y": 5})  # focus the page, not a field
+    for n, keys in enumerate(("453", "210", "555"), start=1):
+        expect(page.locator("#annotate-position input")).to_have_value(str(n))
+        for criterion, k in zip(("customization", "fidelity", "quality"), keys):
+            page.keyboard.press(k)
+            expect(page.locator(f"#scale-{criterion} input[value='{k}']")).to_be_checked()
+        expect(progress).to_contain_text("saved")
+        page.keyboard.press("Enter")
+        expect(progress).to_contain_text(f"{n} / 6 done")
+    page.reload()
+    expect(page.locator("#annotate-progress")).to_contain_text("3 / 6 done")
+    expect(page.locator("#annotate-position input")).to_have_value("4")
+    page.locator("#annotate-image img").wait_for()
+    settled(page)
+    html = page.content()
+    page.screenshot(path=str(artifacts_dir(tmp_path) / "annotate_tab.png"), full_page=True)
     sid = ws.store.study("blind")["id"]
     mine = [r for r in ws.store.study_scores(sid) if r["annotator"] == "ann"]
     by_item: dict = {}

@@ -2,19 +2,17 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import studio_cli
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def studio(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "STUDIO_FACE_PACK": "bundled", "STUDIO_MODELS_DIR": "/nonexistent"}
-    proc = subprocess.run([sys.executable, "-m", "studio", *args], cwd=REPO, env=env, capture_output=True, text=True)
+    proc = studio_cli(*args, env={"STUDIO_FACE_PACK": "bundled", "STUDIO_MODELS_DIR": "/nonexistent"})
     if check:
         assert proc.returncode == 0, proc.stderr
     return proc

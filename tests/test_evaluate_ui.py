@@ -79,15 +79,8 @@ def test_annotator_and_visitor_are_refused(eval_app):
 
 
 @pytest.mark.browser
-def test_browser_builds_a_test_set_and_evaluates_it(eval_app, tmp_path):
-    import shutil
-    from pathlib import Path
-
-    chromium = shutil.which("chromium") or "/usr/bin/chromium"
-    if not Path(chromium).exists():
-        pytest.skip("Debian chromium not installed (.ci/run installs it)")
-    from playwright.sync_api import sync_playwright
-    from test_browser import ARGS, artifacts_dir, login
+def test_browser_builds_a_test_set_and_evaluates_it(browser, eval_app, tmp_path):
+    from conftest import artifacts_dir, login
 
     ws, url, clip_dir = eval_app
 
@@ -96,32 +89,29 @@ def test_browser_builds_a_test_set_and_evaluates_it(eval_app, tmp_path):
         box.fill(value)
         box.press("Tab")
 
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=ARGS)
-        page = login(browser, url, "ada")
-        page.get_by_role("tab", name="Evaluate").click()
-        fill(page, "#ts-name", "ui-fid")
-        fill(page, "#ts-persons", "biden")
-        page.get_by_label("fidelity", exact=True).check()
-        page.locator("#ts-build").click()
-        page.locator("#ts-list").get_by_text("ui-fid").wait_for(timeout=120_000)
-        page.locator("#ev-sets").get_by_label("ui-fid", exact=True).check(timeout=30_000)
-        page.locator("#ev-models").get_by_label("tiny", exact=True).check()
-        page.locator("#ev-models").get_by_label("tiny-b", exact=True).check()
-        for elem, value in (("#ev-steps", "2"), ("#ev-width", "64"), ("#ev-height", "64"), ("#ev-lambdas", "0.8"),
-                            ("#ev-clip", str(clip_dir)), ("#ev-clip-pretrained", ""), ("#ev-device", "cpu")):
-            fill(page, elem, value)
-        page.locator("#ev-start").click()
-        page.locator("#ev-status").get_by_text("done").wait_for(timeout=240_000)
-        page.locator("#ev-table").get_by_text("tiny-b").first.wait_for(timeout=30_000)
-        page.screenshot(path=str(artifacts_dir(tmp_path) / "evaluate_tab.png"), full_page=True)
-        from playwright.sync_api import expect
+    page = login(browser, url, "ada")
+    page.get_by_role("tab", name="Evaluate").click()
+    fill(page, "#ts-name", "ui-fid")
+    fill(page, "#ts-persons", "biden")
+    page.get_by_label("fidelity", exact=True).check()
+    page.locator("#ts-build").click()
+    page.locator("#ts-list").get_by_text("ui-fid").wait_for()
+    page.locator("#ev-sets").get_by_label("ui-fid", exact=True).check()
+    page.locator("#ev-models").get_by_label("tiny", exact=True).check()
+    page.locator("#ev-models").get_by_label("tiny-b", exact=True).check()
+    for elem, value in (("#ev-steps", "2"), ("#ev-width", "64"), ("#ev-height", "64"), ("#ev-lambdas", "0.8"),
+                        ("#ev-clip", str(clip_dir)), ("#ev-clip-pretrained", ""), ("#ev-device", "cpu")):
+        fill(page, elem, value)
+    page.locator("#ev-start").click()
+    page.locator("#ev-status").get_by_text("done").wait_for()
+    page.locator("#ev-table").get_by_text("tiny-b").first.wait_for()
+    page.screenshot(path=str(artifacts_dir(tmp_path) / "evaluate_tab.png"), full_page=True)
+    from playwright.sync_api import expect
 
-        import re
+    import re
 
-        expect(page.locator("#ev-files")).to_contain_text(re.compile(r"table\s*\.md"), timeout=30_000)
-        expect(page.locator("#ev-files")).to_contain_text(re.compile(r"samples\s*\.csv"))
-        browser.close()
+    expect(page.locator("#ev-files")).to_contain_text(re.compile(r"table\s*\.md"))
+    expect(page.locator("#ev-files")).to_contain_text(re.compile(r"samples\s*\.csv"))
     run = ws.store.runs(kind="evaluate")[0]
     assert run["status"] == "done" and run["settings"]["testsets"] == ["ui-fid"]
     assert run["settings"]["models"] == ["tiny", "tiny-b"] and run["result"]["samples"] == 4  # 2 photos x 2 models

@@ -3,12 +3,10 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-from conftest import REPO, USERS, running_app
+from conftest import USERS, running_app, studio_cli
 from PIL import Image
 
 from studio.faces import FaceAnalyzer
@@ -132,11 +130,10 @@ def test_sweep_two_models_saved_with_settings(curated_ws, tiny_spec):
 
 @pytest.mark.slow
 def test_cli_generate(curated_ws, tiny_spec, photos, tmp_path):
-    env = {**os.environ, "STUDIO_FACE_PACK": "bundled", "OMP_NUM_THREADS": "1"}
+    env = {"STUDIO_FACE_PACK": "bundled", "OMP_NUM_THREADS": "1"}
 
     def studio(*args):
-        return subprocess.run([sys.executable, "-m", "studio", *args, "--workspace", str(curated_ws.root)], cwd=REPO,
-                              env=env, capture_output=True, text=True)
+        return studio_cli(*args, "--workspace", curated_ws.root, env=env)
 
     reg = studio("register-model", "tiny", "--base", tiny_spec.base, "--identitynet", tiny_spec.identitynet,
                  "--ip-adapter", tiny_spec.ip_adapter, "--json")
@@ -157,8 +154,7 @@ def test_cli_generate(curated_ws, tiny_spec, photos, tmp_path):
     assert bad.returncode == 2 and "missing weights" in bad.stderr and "Traceback" not in bad.stderr
     nobody = studio("generate", "--model", "nope", "--image-id", "1", "--prompt", "x")
     assert nobody.returncode == 2 and "unknown model" in nobody.stderr
-    offline = subprocess.run([sys.executable, "-m", "studio", "models", "--download", "crossfaceid"], cwd=REPO,
-                             env={**env, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True)
+    offline = studio_cli("models", "--download", "crossfaceid", env=env)
     assert offline.returncode == 2 and "Traceback" not in offline.stderr
     assert ("download of Super-shuhe/CrossFaceID-InstantID failed" in offline.stderr and
             "hf download Super-shuhe/CrossFaceID-InstantID --include 'ControlNetModel/*' 'controlnet/*' "

@@ -256,18 +256,15 @@ def test_a_row_the_database_refuses_leaves_no_file(tmp_path, photos, monkeypatch
 
 def test_two_ingests_of_one_source_at_once(tmp_path, photos):
     """Two processes ingesting the same folder: no crash, each photo once, no 'duplicate of itself'."""
-    import subprocess
-    import sys
-
-    from conftest import REPO
+    from conftest import studio_cli
 
     src = tmp_path / "src"
     for name in ("obama", "obama2", "obama3", "biden", "astronaut"):
         shutil.copy(photos[name], _dir(src / name) / photos[name].name)
     ws_dir = tmp_path / "ws"
     Workspace.open(ws_dir)
-    cmd = [sys.executable, "-m", "studio", "ingest", str(src), "--workspace", str(ws_dir), "--json", "--workers", "1"]
-    procs = [subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    procs = [studio_cli("ingest", src, "--workspace", ws_dir, "--json", "--workers", "1", background=True)
+             for _ in range(3)]
     outs = [p.communicate(timeout=120) for p in procs]
     assert all(p.returncode == 0 for p in procs), [o[1] for o in outs]
     reports = [json.loads(o[0]) for o in outs]

@@ -3,7 +3,6 @@ single-process path; a run killed midway and rerun analyses every image exactly 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, wait_for
+from conftest import studio_cli, wait_for
 from PIL import Image
 
 from studio.analyze import analyze
@@ -68,14 +67,13 @@ def test_ray_run_killed_midway_resumes_without_analysing_twice(tmp_path, curatio
     ws = Workspace.open(tmp_path / "ws")
     ingest(ws, src)
     total = len(ws.store.image_table())
-    env = {**os.environ, "STUDIO_FACE_PACK": "bundled", "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "studio", "analyze", "--workspace", str(ws.root), "--engine", "ray", "--workers", "2",
-           "--no-curate", "--json"]
+    args = ("analyze", "--workspace", ws.root, "--engine", "ray", "--workers", "2", "--no-curate", "--json")
+    env = {"STUDIO_FACE_PACK": "bundled"}
 
     def analysed() -> int:
         return ws.store.conn.execute("SELECT COUNT(*) FROM analyses").fetchone()[0]
 
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = studio_cli(*args, env=env, background=True)
     wait_for(lambda: analysed() > 0 or proc.poll() is not None, "the first analysis stored", interval=0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
@@ -83,7 +81,7 @@ def test_ray_run_killed_midway_resumes_without_analysing_twice(tmp_path, curatio
     subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True, timeout=120)
     first = analysed()
     assert 0 < first < total, f"killed after {first} of {total}"
-    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    done = studio_cli(*args, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout)
     assert result["analyzed"] == total - first and result["already_analyzed"] == first

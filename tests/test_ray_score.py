@@ -4,14 +4,11 @@ is that sample's problem only."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 from PIL import Image
 
-from conftest import REPO
+from conftest import REPO, studio_cli
 from studio.evaluate import EvalConfig, score_input
 from studio.faces import FaceAnalyzer
 from studio.images import load_rgb
@@ -64,10 +61,9 @@ def test_evaluate_cli_scores_on_ray_and_a_local_rerun_reuses_every_score(eval_ws
     build_testset(ws, "custom", "customization", persons=["obama"], ask=["smiling"], per_person=2)
     cfg = EvalConfig(testsets=["custom"], models=["tiny"], lambdas=[0.8], clip_model=str(tiny_clip_dir),
                      clip_pretrained=None, n_boot=50, device="cpu", steps=2, width=64, height=64, guidance=3.0)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
-    out = subprocess.run([sys.executable, "-m", "studio", "evaluate", *cfg.to_cli(), "--engine", "ray", "--workers",
-                          "2", "--json", "--workspace", str(ws.root)], capture_output=True, text=True, env=env,
-                         cwd=REPO, timeout=600)
+    env = {"PYTHONPATH": str(REPO)}
+    out = studio_cli("evaluate", *cfg.to_cli(), "--engine", "ray", "--workers", "2", "--json", "--workspace", ws.root,
+                     env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     res = json.loads(out.stdout)
     assert (res["samples"], res["generated"], res["scored"]) == (2, 2, 2) and not res["score_errors"]
@@ -85,8 +81,7 @@ def test_evaluate_cli_scores_on_ray_and_a_local_rerun_reuses_every_score(eval_ws
         assert r["clip_i"] == pytest.approx(here[r["key"]]["clip_i"], abs=1e-4)
         assert r.get("face_sim") == pytest.approx(here[r["key"]].get("face_sim"), abs=1e-4)
     # a local rerun reuses every score the Ray run stored
-    again = subprocess.run([sys.executable, "-m", "studio", "evaluate", *cfg.to_cli(), "--json", "--workspace",
-                            str(ws.root)], capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+    again = studio_cli("evaluate", *cfg.to_cli(), "--json", "--workspace", ws.root, env=env)
     assert again.returncode == 0, again.stderr[-3000:]
     assert (json.loads(again.stdout)["scored"], json.loads(again.stdout)["scores_reused"]) == (0, 2)
     # with every sample generated and scored nothing loads CLIP: the tables are rebuilt with its weights away
@@ -94,9 +89,7 @@ def test_evaluate_cli_scores_on_ray_and_a_local_rerun_reuses_every_score(eval_ws
     away = weights.with_name(weights.name + "-away")
     weights.rename(away)
     try:
-        third = subprocess.run([sys.executable, "-m", "studio", "evaluate", *cfg.to_cli(), "--engine", "ray", "--json",
-                                "--workspace", str(ws.root)], capture_output=True, text=True, env=env, cwd=REPO,
-                               timeout=600)
+        third = studio_cli("evaluate", *cfg.to_cli(), "--engine", "ray", "--json", "--workspace", ws.root, env=env)
     finally:
         away.rename(weights)
     assert third.returncode == 0, third.stderr[-3000:]

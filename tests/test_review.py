@@ -134,14 +134,11 @@ def test_captions_api_end_to_end(served_captions):
 def test_review_from_the_command_line(ws):
     """The CLI offers the review actions of the Captions tab, with the same stale-version check."""
     import json
-    import subprocess
-    import sys
 
-    from conftest import REPO
+    from conftest import studio_cli
 
     def studio(*args):
-        return subprocess.run([sys.executable, "-m", "studio", *args, "--workspace", str(ws.root)], cwd=REPO,
-                              capture_output=True, text=True)
+        return studio_cli(*args, "--workspace", ws.root)
 
     i = ids(ws)["obama.jpg"]
     ok = studio("review", "--approve", str(i), "--version", "1", "--author", "vera", "--json")

@@ -10,7 +10,7 @@ import sys
 from collections import Counter
 
 import pytest
-from conftest import REPO, wait_for
+from conftest import REPO, studio_cli, wait_for
 from oai_server import LocalOpenAI, Reply, image_key
 
 from studio import runs
@@ -20,8 +20,7 @@ from studio.workspace import Workspace
 
 
 def studio(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "STUDIO_FACE_PACK": "bundled"}
-    proc = subprocess.run([sys.executable, "-m", "studio", *args], cwd=REPO, env=env, capture_output=True, text=True)
+    proc = studio_cli(*args, env={"STUDIO_FACE_PACK": "bundled"})
     assert proc.returncode == 0, proc.stderr
     return proc
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, copy_ws
+from conftest import REPO, copy_ws, free_port, studio_cli
 from PIL import Image
 
 from studio.instantid import (ModelSpec, copy_ip_adapter_state_, init_ip_adapter_state, ip_adapter_state_dict,
@@ -19,7 +19,7 @@ from studio.instantid import (ModelSpec, copy_ip_adapter_state_, init_ip_adapter
 
 SCRIPT = REPO / "training" / "train_instantid.py"
 PINS = {"obama": "train", "eileen_collins": "train", "biden": "validation"}
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+ENV = {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
 @pytest.fixture(scope="session")
@@ -46,7 +46,7 @@ def script_args(spec: ModelSpec, manifest: Path, out: Path, steps: int, *extra: 
 def launch(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "--num_cpu_threads_per_process", "1", str(SCRIPT), *args]
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=ENV, timeout=timeout)
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env={**os.environ, **ENV}, timeout=timeout)
 
 
 def trained(out: Path) -> dict[str, torch.Tensor]:
@@ -143,12 +143,10 @@ def test_keypoint_image_follows_resize_and_crop(train_ws):
 @pytest.mark.slow
 def test_studio_train_run_bf16_loads_and_changes_output(train_ws, tiny_spec, tiny_model):
     """`python -m studio train` -> accelerate launch (CPU, bf16): a run in history, checkpoints, a new model."""
-    r = subprocess.run([sys.executable, "-m", "studio", "train", "--workspace", str(train_ws.root), "--json",
-                        "--name", "tiny-cross", "--model", "tiny", "--devices", "cpu", "--precision", "bf16",
-                        "--steps", "4", "--batch", "2", "--resolution", "64", "--checkpoint-every", "1",
-                        "--keep-checkpoints", "2", "--missing-caption", "template", "--validation-every", "4",
-                        "--lr", "1e-3", "--", "--validation_inference_steps", "2"],
-                       capture_output=True, text=True, cwd=REPO, env=ENV, timeout=400)
+    r = studio_cli("train", "--workspace", train_ws.root, "--json", "--name", "tiny-cross", "--model", "tiny",
+                   "--devices", "cpu", "--precision", "bf16", "--steps", "4", "--batch", "2", "--resolution", "64",
+                   "--checkpoint-every", "1", "--keep-checkpoints", "2", "--missing-caption", "template",
+                   "--validation-every", "4", "--lr", "1e-3", "--", "--validation_inference_steps", "2", env=ENV)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     result = json.loads(r.stdout[r.stdout.rindex("\n{"):])
     out = Path(result["output_dir"])
@@ -182,9 +180,8 @@ def test_studio_train_run_bf16_loads_and_changes_output(train_ws, tiny_spec, tin
     half = np.asarray(load_instantid(spec, "cpu", dtype=torch.bfloat16)(emb, kps, settings))
     assert half.shape == (64, 64, 3) and half.std() > 0
     # the same name again is refused, naming the existing model
-    again = subprocess.run([sys.executable, "-m", "studio", "train", "--workspace", str(train_ws.root), "--name",
-                            "tiny-cross", "--model", "tiny", "--devices", "cpu"], capture_output=True, text=True,
-                           cwd=REPO, env=ENV, timeout=120)
+    again = studio_cli("train", "--workspace", train_ws.root, "--name", "tiny-cross", "--model", "tiny", "--devices",
+                       "cpu", env=ENV)
     assert again.returncode == 2 and "already trained" in again.stderr
 
 
@@ -212,11 +209,12 @@ def test_resume_gives_the_same_weights_as_straight(train_ws, tiny_spec, tmp_path
 def test_two_process_data_parallel_on_cpu(train_ws, tiny_spec, tmp_path):
     """torchrun --nproc_per_node 2: accelerate's MULTI_CPU over gloo; different samples, one writer."""
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
            str(SCRIPT), *script_args(tiny_spec, train_ws.root / "manifest" / "train.jsonl", out, 2, "--log_samples",
                                      "--train_batch_size", "1")]
     # ACCELERATE_USE_CPU: what `accelerate launch --cpu` sets; with torchrun's WORLD_SIZE it means MULTI_CPU
-    r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env={**ENV, "ACCELERATE_USE_CPU": "true"},
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO,
+                       env={**os.environ, **ENV, "ACCELERATE_USE_CPU": "true"},
                        timeout=400)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     assert "on 2 process(es)" in r.stdout
@@ -256,10 +254,9 @@ def test_bad_inputs_are_named(train_ws, tiny_spec, tmp_path):
     assert r.returncode != 0 and "error: " in r.stderr and "not an InstantID Resampler" in r.stderr
     assert "--ip_adapter init" in r.stderr
     # through the studio: the failed run is in history, with the cause and its log kept
-    r = subprocess.run([sys.executable, "-m", "studio", "train", "--workspace", str(train_ws.root), "--name", "broken",
-                        "--model", "tiny", "--devices", "cpu", "--manifest", str(broken), "--steps", "1",
-                        "--resolution", "64", "--", "--data_root", str(manifest.parent)],
-                       capture_output=True, text=True, cwd=REPO, env=ENV, timeout=300)
+    r = studio_cli("train", "--workspace", train_ws.root, "--name", "broken", "--model", "tiny", "--devices", "cpu",
+                   "--manifest", broken, "--steps", "1", "--resolution", "64", "--", "--data_root", manifest.parent,
+                   env=ENV)
     assert r.returncode == 2 and "training exited with code" in r.stderr
     run = train_ws.store.runs(kind="train", status="failed")[0]
     assert "line 2: insightface_feature_file" in run["error"]

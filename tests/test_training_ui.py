@@ -136,52 +136,42 @@ def test_annotator_cannot_train(train_app):
 
 
 @pytest.mark.browser
-def test_browser_starts_a_run_sees_the_loss_and_stops_it(train_app, tmp_path):
+def test_browser_starts_a_run_sees_the_loss_and_stops_it(browser, train_app, tmp_path):
     """A real browser: fill the Training form, start, watch the loss plot draw, stop."""
-    import shutil
-    from pathlib import Path
-
-    chromium = shutil.which("chromium") or "/usr/bin/chromium"
-    if not Path(chromium).exists():
-        pytest.skip("Debian chromium not installed (.ci/run installs it)")
-    from playwright.sync_api import sync_playwright
-    from test_browser import ARGS, artifacts_dir, login
+    from conftest import artifacts_dir, login
 
     ws, url = train_app
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=ARGS)
-        page = login(browser, url, "ada")
-        page.get_by_role("tab", name="Training").click()
-        page.locator("#train-gpus").get_by_text("none found").wait_for(timeout=30_000)
-        page.get_by_role("button", name="Make pairs").click()  # a pairs run; its summary arrives when it ends
-        page.locator("#train-data").get_by_text("Last pairing (run").wait_for(timeout=120_000)
-        page.locator("#train-data").get_by_text("eileen_collins (one_usable_image)").wait_for(timeout=10_000)
-        page.locator("#train-name input, #train-name textarea").first.fill("ui-browser")
-        page.locator("#train-model input").first.click()
-        page.get_by_role("option", name="tiny", exact=True).click()
-        for elem, value in (("#train-steps", "5000"), ("#train-res", "64")):
-            box = page.locator(f"{elem} input[type=number]").first
-            box.fill(value)
-            box.press("Tab")
-        page.locator("#train-devices input, #train-devices textarea").first.fill("cpu")
-        page.locator("#train-precision").get_by_label("no", exact=True).check()
-        page.locator("#train-missing").get_by_label("template", exact=True).check()
-        extra = page.locator("#train-extra input, #train-extra textarea").first
-        extra.fill(f"--output_dir={tmp_path / 'elsewhere'}")  # refused with a warning; the form stays filled
-        page.locator("#train-start").click()
-        page.get_by_text("--output_dir is set by the studio; leave it out").first.wait_for(timeout=60_000)
-        assert not (tmp_path / "elsewhere").exists()
-        assert page.locator("#train-name input, #train-name textarea").first.input_value() == "ui-browser"
-        extra.fill("")
-        page.locator("#train-start").click()
-        status = page.locator("#train-status")
-        status.get_by_text("Last loss").wait_for(timeout=240_000)
-        # the loss plot has drawn marks
-        page.locator("#train-loss canvas, #train-loss svg").first.wait_for(timeout=30_000)
-        page.screenshot(path=str(artifacts_dir(tmp_path) / "training_tab.png"), full_page=True)
-        page.locator("#train-stop").click()
-        status.get_by_text("cancelled").wait_for(timeout=180_000)
-        browser.close()
+    page = login(browser, url, "ada")
+    page.get_by_role("tab", name="Training").click()
+    page.locator("#train-gpus").get_by_text("none found").wait_for()
+    page.get_by_role("button", name="Make pairs").click()  # a pairs run; its summary arrives when it ends
+    page.locator("#train-data").get_by_text("Last pairing (run").wait_for()
+    page.locator("#train-data").get_by_text("eileen_collins (one_usable_image)").wait_for()
+    page.locator("#train-name input, #train-name textarea").first.fill("ui-browser")
+    page.locator("#train-model input").first.click()
+    page.get_by_role("option", name="tiny", exact=True).click()
+    for elem, value in (("#train-steps", "5000"), ("#train-res", "64")):
+        box = page.locator(f"{elem} input[type=number]").first
+        box.fill(value)
+        box.press("Tab")
+    page.locator("#train-devices input, #train-devices textarea").first.fill("cpu")
+    page.locator("#train-precision").get_by_label("no", exact=True).check()
+    page.locator("#train-missing").get_by_label("template", exact=True).check()
+    extra = page.locator("#train-extra input, #train-extra textarea").first
+    extra.fill(f"--output_dir={tmp_path / 'elsewhere'}")  # refused with a warning; the form stays filled
+    page.locator("#train-start").click()
+    page.get_by_text("--output_dir is set by the studio; leave it out").first.wait_for()
+    assert not (tmp_path / "elsewhere").exists()
+    assert page.locator("#train-name input, #train-name textarea").first.input_value() == "ui-browser"
+    extra.fill("")
+    page.locator("#train-start").click()
+    status = page.locator("#train-status")
+    status.get_by_text("Last loss").wait_for()
+    # the loss plot has drawn marks
+    page.locator("#train-loss canvas, #train-loss svg").first.wait_for()
+    page.screenshot(path=str(artifacts_dir(tmp_path) / "training_tab.png"), full_page=True)
+    page.locator("#train-stop").click()
+    status.get_by_text("cancelled").wait_for()
     run = ws.store.runs(kind="train")[0]
     assert run["settings"]["name"] == "ui-browser" and run["status"] == "cancelled"
     assert run["settings"]["resolution"] == 64 and run["settings"]["devices"] == "cpu"
