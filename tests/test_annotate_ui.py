@@ -176,7 +176,6 @@ def test_annotator_scores_with_the_keyboard_resumes_after_reload_and_never_sees_
     page.reload()
     expect(page.locator("#annotate-progress")).to_contain_text("3 / 6 done")
     expect(page.locator("#annotate-position input")).to_have_value("4")
-    page.locator("#annotate-image img").wait_for()
     settled(page)
     html = page.content()
     page.screenshot(path=str(artifacts_dir(tmp_path) / "annotate_tab.png"), full_page=True)

@@ -341,3 +341,10 @@ def test_quoted_traversal_is_the_same_file_to_the_guard(guarded):
         for prefix in ("gradio_api/file=", "gradio_api/file/", "gradio_api/file//"):
             status, body = fetch(ann, prefix + path)
             assert status == 403 and MARKER.encode() not in body, (prefix, path, status)
+
+
+def test_an_idle_app_checks_its_queue_every_20_ms_not_every_millisecond(guarded):
+    """Gradio's empty-queue loop sleeps 1 ms on Linux (7% of a core per idle app, measured); the studio's
+    running queue sleeps 20 ms. Fails if a Gradio upgrade renames what idle_politely sets."""
+    queue = guarded["demo"]._queue
+    assert queue.sleep_when_free == 0.02 and queue.progress_update_sleep_when_free == 0.1
