@@ -41,13 +41,12 @@ def pytest_unconfigure(config):
         proc.wait()
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config, items):
     """Browser and Ray tests are slow too (so `-m "not slow"` leaves them out); `gpu` tests need CUDA.
 
-    For parallel runs (`-n N --dist loadgroup`) a module is one unit of work, so its module-scoped
-    served app starts once; the Ray modules are one unit, as both use the machine's one local Ray.
-    Modules with the most slow tests go first, so the longest units do not start last.
+    A parallel run (`-n N`; `--dist loadfile` from pyproject) gives each worker whole modules, so a
+    module-scoped served app starts once; the modules with the most slow tests go first, so the longest
+    units do not start last.
     """
     cuda = None
     weight: dict[str, int] = {}
@@ -55,7 +54,6 @@ def pytest_collection_modifyitems(config, items):
         if item.get_closest_marker("browser") or item.get_closest_marker("ray"):
             item.add_marker(pytest.mark.slow)
         module = item.nodeid.split("::", 1)[0]
-        item.add_marker(pytest.mark.xdist_group("ray" if item.get_closest_marker("ray") else module))
         weight[module] = weight.get(module, 0) + (1 if item.get_closest_marker("slow") else 0)
         if item.get_closest_marker("gpu"):
             if cuda is None:
