@@ -41,6 +41,15 @@ def pytest_unconfigure(config):
         proc.wait()
 
 
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto`: one worker more than the usable CPUs (at most 8: each holds torch and starts servers).
+
+    Much of the suite's time is waiting (servers starting, browsers, subprocesses), so a third worker
+    keeps both cores of this project's 2-core machine busy while the other two wait.
+    """
+    return min(len(os.sched_getaffinity(0)) + 1, 8)
+
+
 def pytest_collection_modifyitems(config, items):
     """Browser and Ray tests are slow too (so `-m "not slow"` leaves them out); `gpu` tests need CUDA.
 
@@ -488,6 +497,23 @@ def eval_ws(tmp_path, pairs_ws_template, tiny_spec):
     torch.save({part: {k: v * 3 for k, v in d.items()} for part, d in state.items()}, other)
     register_model(ws, ModelSpec("tiny-b", base=tiny_spec.base, identitynet=tiny_spec.identitynet, ip_adapter=str(other),
                                  face_pack="bundled"))
+    return ws
+
+
+TRAIN_PINS = {"obama": "train", "eileen_collins": "train", "biden": "validation"}
+
+
+@pytest.fixture(scope="session")
+def train_ws(pairs_ws_template, tmp_path_factory, tiny_spec):
+    """The pair workspace with obama in train, the tiny model registered, and a train manifest."""
+    from studio.generate import register_model
+    from studio.pairs import assign_splits, export_manifest, make_pairs
+
+    ws = copy_ws(pairs_ws_template, tmp_path_factory.mktemp("train") / "ws")
+    assign_splits(ws, pins=TRAIN_PINS)
+    make_pairs(ws, per_image=2)
+    register_model(ws, tiny_spec)
+    export_manifest(ws, ws.root / "manifest", missing_caption="template", allow_other_pack=True)
     return ws
 
 
