@@ -43,13 +43,26 @@ class RunHandle:
     run_id: int
     every_s: float = 0.5
     _last: float = field(default=0.0, init=False)
+    _latest: tuple[int, int | None] | None = field(default=None, init=False)  # the last count, written or not
+    _written: tuple[int, int | None] | None = field(default=None, init=False)
 
     def report(self, done: int, total: int | None, force: bool = False) -> None:
+        self._latest = (done, total)
         now = time.monotonic()
         if force or now - self._last >= self.every_s:
             self._last = now
+            self._written = (done, total)
             if self.ws.store.run_progress(self.run_id, done, total):
                 raise RunCancelled(f"run {self.run_id} was cancelled")
+
+    def flush(self, store) -> None:
+        """Write a count that the throttle held back (from the heartbeat's thread and connection): while
+        the next item is slow, the run shows the items already done, not the count of half a second
+        before the last one finished."""
+        latest = self._latest
+        if latest is not None and latest != self._written:
+            self._written = latest
+            store.run_progress(self.run_id, *latest)
 
     def track(self, items: Iterable, total: int | None = None, **_: object) -> Iterator:
         """Wrap a stage's item loop (the same signature as tqdm's) to report progress and honour cancel."""
@@ -76,14 +89,15 @@ def combine(*trackers: Callable | None) -> Callable:
 
 
 @contextmanager
-def _heartbeat(ws: Workspace, run_id: int):
-    """A beat every few seconds while the run is alive, even inside one long item."""
+def _heartbeat(ws: Workspace, handle: RunHandle):
+    """A beat every few seconds while the run is alive, even inside one long item, with its latest count."""
     stop = threading.Event()
 
     def beat():
         store = Workspace.open(ws.root).store  # its own connection
         while not stop.wait(HEARTBEAT_S):
-            store.beat(run_id)
+            store.beat(handle.run_id)
+            handle.flush(store)
         store.close()
 
     t = threading.Thread(target=beat, daemon=True)
@@ -108,7 +122,7 @@ def execute(ws: Workspace, kind: str, settings: dict, author: str, body: Callabl
     ws.store.start_run(run_id, os.getpid())
     handle = RunHandle(ws, run_id)
     try:
-        with _heartbeat(ws, run_id):
+        with _heartbeat(ws, handle):
             result = body(handle)
     except RunCancelled:
         ws.store.finish_run(run_id, "cancelled", exit_code=130)

@@ -2,7 +2,7 @@
 
 It speaks the real wire format, so the real ``openai`` client talks to it over HTTP. A
 ``responder(n, body)`` decides each reply: a caption, an HTTP error (429/500 with retry-after),
-a slow answer, or a hang until released. Every request body and Authorization header is kept.
+a slow answer, or a request held until the test releases it (answered then, or failed). Every request body and Authorization header is kept.
 
 It also speaks the Batch API: ``POST /v1/files`` (multipart upload), ``POST /v1/batches``,
 ``GET /v1/batches/{id}``, ``GET /v1/batches``, ``GET /v1/files/{id}/content``. A batch's lines
@@ -29,7 +29,8 @@ class Reply:
     prompt_tokens: int = 1000
     completion_tokens: int = 50
     headers: dict = field(default_factory=dict)
-    hang: bool = False
+    hang: bool = False  # hold until the test sets ``server.release``, then fail with a 503
+    hold: bool = False  # hold until the test sets ``server.release``, then answer as scripted
 
 
 def image_key(body: dict) -> str:
@@ -102,8 +103,9 @@ class LocalOpenAI:
                     server.auth_headers.append(self.headers.get("authorization", ""))
                     n = len(server.requests)
                 reply = server.responder(n, body)
+                if reply.hang or reply.hold:
+                    server.release.wait(timeout=300)  # the bound only ends a forgotten hold
                 if reply.hang:
-                    server.release.wait(timeout=120)
                     return self._send(503, {"error": {"message": "released"}})
                 if reply.delay:
                     time.sleep(reply.delay)

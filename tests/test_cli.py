@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -61,3 +62,36 @@ def test_bad_arguments_are_clear(tmp_path):
     assert proc.returncode == 2 and "max_faces" in proc.stderr
     proc = studio("models", "--face-pack", "antelopev2", check=False)
     assert proc.returncode == 2 and "glintr100.onnx" in proc.stderr
+
+
+@pytest.mark.slow
+def test_cli_generate(curated_ws, tiny_spec, photos, tmp_path):
+    env = {"STUDIO_FACE_PACK": "bundled", "OMP_NUM_THREADS": "1"}
+
+    def studio(*args):
+        return studio_cli(*args, "--workspace", curated_ws.root, env=env)
+
+    reg = studio("register-model", "tiny", "--base", tiny_spec.base, "--identitynet", tiny_spec.identitynet,
+                 "--ip-adapter", tiny_spec.ip_adapter, "--json")
+    assert reg.returncode == 0, reg.stderr
+    assert json.loads(reg.stdout)["missing"] == [] and json.loads(reg.stdout)["registered"]["face_pack"] == "antelopev2"
+    refused = studio("generate", "--model", "tiny", "--reference", str(photos["astronaut"]), "--prompt", "x",
+                     "--steps", "2", "--width", "64", "--height", "64")
+    assert refused.returncode == 2 and "trained on 'antelopev2' face embeddings" in refused.stderr
+    reg = studio("register-model", "tiny", "--base", tiny_spec.base, "--identitynet", tiny_spec.identitynet,
+                 "--ip-adapter", tiny_spec.ip_adapter, "--trained-face-pack", "bundled", "--json")
+    assert reg.returncode == 0 and json.loads(reg.stdout)["registered"]["face_pack"] == "bundled"
+    out = studio("generate", "--model", "tiny", "--reference", str(photos["astronaut"]), "--prompt", "an astronaut smiling",
+                 "--sweep", "0,1", "--steps", "2", "--width", "64", "--height", "64", "--json")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert [r["lambda"] for r in result] == [0.0, 1.0] and all(os.path.exists(r["path"]) for r in result)
+    bad = studio("generate", "--model", "InstantID", "--image-id", "1", "--prompt", "x")
+    assert bad.returncode == 2 and "missing weights" in bad.stderr and "Traceback" not in bad.stderr
+    nobody = studio("generate", "--model", "nope", "--image-id", "1", "--prompt", "x")
+    assert nobody.returncode == 2 and "unknown model" in nobody.stderr
+    offline = studio_cli("models", "--download", "crossfaceid", env=env)
+    assert offline.returncode == 2 and "Traceback" not in offline.stderr
+    assert ("download of Super-shuhe/CrossFaceID-InstantID failed" in offline.stderr and
+            "hf download Super-shuhe/CrossFaceID-InstantID --include 'ControlNetModel/*' 'controlnet/*' "
+            "'ip-adapter.bin' 'pytorch_model.bin'" in offline.stderr)

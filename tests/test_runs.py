@@ -74,12 +74,13 @@ def caption_args(server) -> list[str]:
 @pytest.mark.slow
 def test_cancel_stops_at_the_next_item_and_rerun_resumes(photos_ws):
     ws = photos_ws
-    # two quick answers, then slow ones: the cancel lands while the run is inside item 3 or 4, however
-    # slowly this machine polls (with equal 0.4 s answers a busy CI machine saw all six finish first)
-    with LocalOpenAI(lambda n, body: Reply(delay=0.05 if n <= 2 else 2.5)) as server:
+    # two answers, then the server holds every request until the cancel is in: it lands while the run is
+    # inside item 3 however slowly this machine polls; the held answer is kept, the run stops after it
+    with LocalOpenAI(lambda n, body: Reply(hold=n > 2)) as server:
         run_id = runs.submit(ws, "caption", caption_args(server), "ada", secrets_env={"OPENAI_API_KEY": "sk-run"})
         wait(ws, run_id, lambda r: r["done"] >= 2)
         assert runs.cancel(ws, run_id)
+        server.release.set()
         cancelled = wait(ws, run_id, lambda r: r["status"] in ("cancelled", "done", "failed"))
         assert cancelled["status"] == "cancelled" and cancelled["exit_code"] == 130
         done_before = len(ws.store.current_captions())
@@ -97,10 +98,11 @@ def test_cancel_stops_at_the_next_item_and_rerun_resumes(photos_ws):
 @pytest.mark.slow
 def test_killed_worker_is_marked_failed_and_rerun_resumes(photos_ws):
     ws = photos_ws
-    with LocalOpenAI(lambda n, body: Reply(delay=0.4)) as server:
+    with LocalOpenAI(lambda n, body: Reply(hold=n > 1)) as server:  # one answer, then held: killed mid-run
         run_id = runs.submit(ws, "caption", caption_args(server), "ada", secrets_env={"OPENAI_API_KEY": "sk-run"})
         running = wait(ws, run_id, lambda r: r["done"] >= 1)
         os.killpg(os.getpgid(running["pid"]), signal.SIGKILL)
+        server.release.set()
         failed = wait(ws, run_id, lambda r: r["status"] != "running")
         assert failed["status"] == "failed" and "without finishing" in failed["error"]
         again = runs.rerun(ws, run_id, "ada", secrets_env={"OPENAI_API_KEY": "sk-run"})
@@ -132,11 +134,12 @@ def test_bad_run_requests_are_clear(photos_ws):
         runs.submit(ws, "deploy", [], "ada")
     with pytest.raises(ValueError, match="no run 999"):
         runs.rerun(ws, 999, "ada")
-    with LocalOpenAI(lambda n, body: Reply(delay=0.5)) as server:
+    with LocalOpenAI(lambda n, body: Reply(hold=True)) as server:  # the first run cannot end before the test lets it
         first = runs.submit(ws, "caption", caption_args(server), "ada", secrets_env={"OPENAI_API_KEY": "sk-run"})
         with pytest.raises(ValueError, match=f"a caption run is already going \\(run {first}"):
             runs.submit(ws, "caption", caption_args(server), "bob", secrets_env={"OPENAI_API_KEY": "sk-run"})
         runs.cancel(ws, first)
+        server.release.set()
         wait(ws, first, lambda r: r["status"] not in ("queued", "running"))
     before = len(ws.store.runs())
     with pytest.raises(ValueError, match="analyze arguments: unrecognized arguments: --no-such-flag"):
