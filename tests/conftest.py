@@ -54,8 +54,8 @@ def pytest_collection_modifyitems(config, items):
     """Browser and Ray tests are slow too (so `-m "not slow"` leaves them out); `gpu` tests need CUDA.
 
     A parallel run (`-n N`; `--dist loadfile` from pyproject) gives each worker whole modules, so a
-    module-scoped served app starts once; the modules with the most slow tests go first, so the longest
-    units do not start last.
+    module-scoped served app starts once; the modules with the most slow tests (Ray and browser tests
+    counted thrice) go first, so the longest units do not start last.
     """
     cuda = None
     weight: dict[str, int] = {}
@@ -63,7 +63,9 @@ def pytest_collection_modifyitems(config, items):
         if item.get_closest_marker("browser") or item.get_closest_marker("ray"):
             item.add_marker(pytest.mark.slow)
         module = item.nodeid.split("::", 1)[0]
-        weight[module] = weight.get(module, 0) + (1 if item.get_closest_marker("slow") else 0)
+        # a Ray or browser test waits longest on a busy machine (a Ray start, a page): those modules first
+        heavy = item.get_closest_marker("ray") or item.get_closest_marker("browser")
+        weight[module] = weight.get(module, 0) + (3 if heavy else 1 if item.get_closest_marker("slow") else 0)
         if item.get_closest_marker("gpu"):
             if cuda is None:
                 import torch
