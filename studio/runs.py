@@ -52,8 +52,11 @@ class RunHandle:
         if force or now - self._last >= self.every_s:
             self._last = now
             self._written = (done, total)
-            if self.ws.store.run_progress(self.run_id, done, total):
-                raise RunCancelled(f"run {self.run_id} was cancelled")
+            cancelled = self.ws.store.run_progress(self.run_id, done, total)
+        else:  # the count waits for the throttle (or the heartbeat); a stop request is honoured at once
+            cancelled = self.ws.store.cancel_requested(self.run_id)
+        if cancelled:
+            raise RunCancelled(f"run {self.run_id} was cancelled")
 
     def flush(self, store) -> None:
         """Write a count that the throttle held back (from the heartbeat's thread and connection): while

@@ -51,6 +51,11 @@ class RunsMixin:
                 (status, exit_code, json.dumps(result, default=str) if result is not None else None, error, now(),
                  time.time(), run_id))
 
+    def cancel_requested(self, run_id: int) -> bool:
+        """Whether someone asked the run to stop (a read, for the items between progress writes)."""
+        row = self.conn.execute("SELECT cancel_requested FROM runs WHERE id = ?", (run_id,)).fetchone()
+        return bool(row and row[0])
+
     def request_cancel(self, run_id: int) -> bool:
         """Ask a run to stop at its next item; False when it has already finished."""
         with self.transaction() as conn:
