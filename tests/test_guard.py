@@ -348,3 +348,40 @@ def test_an_idle_app_checks_its_queue_every_20_ms_not_every_millisecond(guarded)
     running queue sleeps 20 ms. Fails if a Gradio upgrade renames what idle_politely sets."""
     queue = guarded["demo"]._queue
     assert queue.sleep_when_free == 0.02 and queue.progress_update_sleep_when_free == 0.1
+
+
+def test_one_photo_asked_for_by_many_events_at_once_reaches_every_one(tmp_path, photos):
+    """A page's load and tab events ask for the same clean copy in parallel threads (queue=False):
+    each must get the photo, not an error that blanks the image (a shared temp name did that)."""
+    import shutil
+    import threading
+
+    from studio.ui.media import MediaServer
+    from studio.workspace import Workspace
+
+    ws = Workspace.open(tmp_path / "ws")
+    (ws.root / "generated").mkdir()
+    _exif_photo(photos["obama"], ws.root / "generated" / "face.jpg")
+    media = MediaServer(ws, tmp_path / "serve")
+    n = 8
+    for _ in range(15):
+        shutil.rmtree(media.dir, ignore_errors=True)
+        start = threading.Barrier(n)
+        got: list = []
+
+        def ask(how):
+            start.wait()
+            try:
+                got.append(how("generated/face.jpg"))
+            except Exception as e:  # noqa: BLE001 - recorded, asserted below
+                got.append(e)
+
+        threads = [threading.Thread(target=ask, args=(m,)) for m in [media.clean, media.download, media.file, media.clean] * (n // 4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert all(isinstance(p, str) for p in got), got
+        for p in set(got):
+            assert Image.open(p).size == Image.open(ws.root / "generated" / "face.jpg").size
+        assert not [f for f in media.dir.rglob("*") if f.is_file() and f.suffix == ".tmp"]

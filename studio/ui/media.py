@@ -15,7 +15,7 @@ from pathlib import Path
 from ..config import ASSETS_DIR
 from ..images import ImageError
 from ..thumbnails import make_thumbnail
-from ..workspace import Workspace
+from ..workspace import Workspace, atomic_writer
 
 MISSING = ASSETS_DIR / "ui" / "missing.png"
 
@@ -30,12 +30,11 @@ def strip_metadata(src: Path, dest: Path) -> Path:
     mode = "RGBA" if dest.suffix == ".png" and "A" in img.getbands() else "RGB"
     pixels = Image.frombytes(mode, img.size, img.convert(mode).tobytes())  # a new image: no info carried over
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + ".tmp")
-    if dest.suffix == ".png":
-        pixels.save(tmp, format="PNG")
-    else:
-        pixels.save(tmp, format="JPEG", quality=95)
-    os.replace(tmp, dest)
+    with atomic_writer(dest) as fh:  # a temp name of its own: two events may clean the same photo at once
+        if dest.suffix == ".png":
+            pixels.save(fh, format="PNG")
+        else:
+            pixels.save(fh, format="JPEG", quality=95)
     return dest
 
 
@@ -70,8 +69,11 @@ class MediaServer:
             dest.parent.mkdir(parents=True, exist_ok=True)
             try:
                 os.link(src, dest)
-            except OSError:
-                shutil.copyfile(src, dest)
+            except FileExistsError:  # another event linked it a moment ago
+                pass
+            except OSError:  # another file system: a copy, appearing whole
+                with atomic_writer(dest) as fh, open(src, "rb") as raw:
+                    shutil.copyfileobj(raw, fh)
         return str(dest)
 
     def clean(self, rel: str) -> str | None:
@@ -92,7 +94,6 @@ class MediaServer:
             return None
         dest = self._name(rel, "downloads", "") / src.name
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(dest.name + ".tmp")
-        shutil.copyfile(src, tmp)  # a copy, refreshed each time: a rerun rewrites the export
-        os.replace(tmp, dest)
+        with atomic_writer(dest) as fh, open(src, "rb") as raw:  # refreshed each time: a rerun rewrites the export
+            shutil.copyfileobj(raw, fh)
         return str(dest)
