@@ -19,6 +19,28 @@ REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "assets" / "demo"
 
 
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """A folder ``build(folder)`` makes once per test run, copied for this worker.
+
+    Under xdist every worker would otherwise build its own (tiny models, curated workspaces): the
+    first takes a file lock and builds in the run's shared temp folder, the others wait for it and
+    copy. Each worker gets its own copy, so a test that changes it changes no other worker's.
+    """
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    shared = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / f"built_{name}"
+    with FileLock(f"{shared}.lock"):
+        if not (shared / ".built").is_file():
+            shutil.rmtree(shared, ignore_errors=True)
+            shared.mkdir()
+            build(shared)
+            (shared / ".built").touch()
+    mine = tmp_path_factory.mktemp(name)
+    shutil.copytree(shared, mine, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".built"))
+    return mine
+
+
 def pytest_addoption(parser):
     parser.addoption("--burn-cpus", type=int, default=0, metavar="N",
                      help="keep N processes spinning on the CPU for the whole run: the suite as a busy CI machine sees it")
@@ -114,10 +136,7 @@ def make_biden_crop(photos, dest: Path) -> Path:
     return dest
 
 
-@pytest.fixture(scope="session")
-def curation_source(tmp_path_factory, photos) -> Path:
-    """Person folders exercising every rule, plus a mislabelled photo in obama/."""
-    src = tmp_path_factory.mktemp("curation_src")
+def _curation_layout(src: Path, photos) -> None:
     layout = {
         "obama": ["obama", "obama2", "obama3", "obama_partial_face"],
         "biden": ["biden"],
@@ -130,22 +149,45 @@ def curation_source(tmp_path_factory, photos) -> Path:
         for n in names:
             shutil.copy(photos[n], src / person / photos[n].name)
     make_biden_crop(photos, src / "obama" / "mislabelled.jpg")
-    return src
 
 
-@pytest.fixture(scope="session")
-def curated_ws(tmp_path_factory, curation_source, pack):
-    """A workspace built from ``curation_source`` through ingest -> analyze -> curate."""
+def _curated(src: Path, dest: Path, pack) -> None:
+    """ingest -> analyze -> curate of ``src`` into a workspace at ``dest`` (closed afterwards)."""
     from studio.analyze import analyze
     from studio.curate import curate
     from studio.ingest import ingest
     from studio.workspace import Workspace
 
-    ws = Workspace.open(tmp_path_factory.mktemp("ws_curated"))
-    ingest(ws, curation_source)
+    ws = Workspace.open(dest)
+    ingest(ws, src)
     analyze(ws, pack=pack)
     curate(ws)
-    return ws
+    ws.store.close()
+
+
+@pytest.fixture(scope="session")
+def curation_source(tmp_path_factory, photos) -> Path:
+    """Person folders exercising every rule, plus a mislabelled photo in obama/ (one path for every worker,
+    which the curated workspaces record as their source)."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    src = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "curation_src"
+    with FileLock(f"{src}.lock"):
+        if not (src / "obama" / "mislabelled.jpg").is_file():
+            shutil.rmtree(src, ignore_errors=True)
+            src.mkdir()
+            _curation_layout(src, photos)
+    return src
+
+
+@pytest.fixture(scope="session")
+def curated_ws(tmp_path_factory, curation_source, pack):
+    """A workspace built from ``curation_source`` through ingest -> analyze -> curate (this worker's copy)."""
+    from studio.workspace import Workspace
+
+    return Workspace.open(built_once(tmp_path_factory, "ws_curated",
+                                     lambda d: _curated(curation_source, d, pack)))
 
 
 @pytest.fixture(scope="session")
@@ -348,7 +390,7 @@ def tiny_spec(tmp_path_factory):
     from tiny_models import build_tiny_instantid
 
     torch.set_num_threads(1)
-    root = build_tiny_instantid(tmp_path_factory.mktemp("tiny_instantid"))
+    root = built_once(tmp_path_factory, "tiny_instantid", build_tiny_instantid)
     # like one of our own training runs on the bundled pack's embeddings (the tests' face pack)
     return ModelSpec("tiny", base=str(root / "base"), identitynet=str(root), ip_adapter=str(root / "ip-adapter.bin"),
                      face_pack="bundled", lcm_lora=str(root / "lcm-lora"))
@@ -359,7 +401,7 @@ def tiny_clip_dir(tmp_path_factory) -> Path:
     """A tiny open_clip model in a folder laid out like a hub repo (config + weights)."""
     from tiny_models import build_tiny_clip
 
-    return build_tiny_clip(tmp_path_factory.mktemp("tiny_clip"))
+    return built_once(tmp_path_factory, "tiny_clip", build_tiny_clip)
 
 
 @pytest.fixture(scope="session")
@@ -403,18 +445,11 @@ def make_pair_photos(photos, dest: Path) -> Path:
 @pytest.fixture(scope="session")
 def pairs_ws_template(tmp_path_factory, photos, pack):
     """A curated workspace of make_pair_photos (copy it with ``copy_ws`` before changing it)."""
-    from studio.analyze import analyze
-    from studio.curate import curate
-    from studio.ingest import ingest
-    from studio.workspace import Workspace
+    def build(dest: Path) -> None:
+        src = make_pair_photos(photos, dest.parent / "built_pair_src")  # beside the shared copy: one source path for all
+        _curated(src, dest, pack)
 
-    src = make_pair_photos(photos, tmp_path_factory.mktemp("pair_src"))
-    ws = Workspace.open(tmp_path_factory.mktemp("ws_pairs"))
-    ingest(ws, src)
-    analyze(ws, pack=pack)
-    curate(ws)
-    ws.store.close()
-    return ws.root
+    return built_once(tmp_path_factory, "ws_pairs", build)
 
 
 def clone_ws(ws, dest: Path):

@@ -181,6 +181,35 @@ def test_8bit_adam_without_bitsandbytes_says_how(train_ws, tiny_spec, tmp_path, 
     assert code == 2 and "pip install bitsandbytes" in capsys.readouterr().err
 
 
+def test_bad_inputs_are_named(train_ws, tiny_spec, tmp_path, capsys):
+    """The script's own checks, called as `accelerate launch` calls it (its main); the launch itself is
+    covered by the resume, data-parallel and failed-run tests."""
+    from training.train_instantid import main
+
+    def run(*args: str) -> str:
+        assert main(list(args)) == 2
+        return capsys.readouterr().err
+
+    manifest = train_ws.root / "manifest" / "train.jsonl"
+    lines = manifest.read_text().splitlines()
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text(lines[0] + "\n" + lines[1].replace(".npy", "-gone.npy") + "\n")
+    err = run(*script_args(tiny_spec, broken, tmp_path / "o1", 1, "--data_root", str(manifest.parent)))
+    assert "line 2: insightface_feature_file" in err and "does not exist" in err
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    assert "has no lines" in run(*script_args(tiny_spec, empty, tmp_path / "o2", 1))
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    assert "cannot write to the output dir" in run(*script_args(tiny_spec, manifest, blocker / "out", 1))
+    no_ip = tmp_path / "not-instantid.bin"
+    torch.save({"image_proj": {}, "ip_adapter": {}}, no_ip)
+    args = script_args(tiny_spec, manifest, tmp_path / "o3", 1)
+    args[args.index("--ip_adapter") + 1] = str(no_ip)
+    err = run(*args)
+    assert "error: " in err and "not an InstantID Resampler" in err and "--ip_adapter init" in err
+
+
 def test_metrics_are_read_incrementally(tmp_path):
     from studio.training import read_metrics
 

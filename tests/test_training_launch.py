@@ -63,29 +63,12 @@ def test_two_process_data_parallel_on_cpu(train_ws, tiny_spec, tmp_path):
 
 
 @pytest.mark.slow
-def test_bad_inputs_are_named(train_ws, tiny_spec, tmp_path):
+def test_a_failed_training_run_keeps_its_cause_in_history(train_ws, tmp_path):
+    """Through the studio and accelerate launch: the script's error reaches the run's record and log."""
     manifest = train_ws.root / "manifest" / "train.jsonl"
     lines = manifest.read_text().splitlines()
     broken = tmp_path / "broken.jsonl"
     broken.write_text(lines[0] + "\n" + lines[1].replace(".npy", "-gone.npy") + "\n")
-    r = launch(*script_args(tiny_spec, broken, tmp_path / "o1", 1, "--data_root", str(manifest.parent)))
-    assert r.returncode != 0 and "line 2: insightface_feature_file" in r.stderr and "does not exist" in r.stderr
-    empty = tmp_path / "empty.jsonl"
-    empty.write_text("")
-    r = launch(*script_args(tiny_spec, empty, tmp_path / "o2", 1))
-    assert r.returncode != 0 and "has no lines" in r.stderr
-    blocker = tmp_path / "a_file"
-    blocker.write_text("x")
-    r = launch(*script_args(tiny_spec, manifest, blocker / "out", 1))
-    assert r.returncode != 0 and "cannot write to the output dir" in r.stderr
-    no_ip = tmp_path / "not-instantid.bin"
-    torch.save({"image_proj": {}, "ip_adapter": {}}, no_ip)
-    args = script_args(tiny_spec, manifest, tmp_path / "o3", 1)
-    args[args.index("--ip_adapter") + 1] = str(no_ip)
-    r = launch(*args)
-    assert r.returncode != 0 and "error: " in r.stderr and "not an InstantID Resampler" in r.stderr
-    assert "--ip_adapter init" in r.stderr
-    # through the studio: the failed run is in history, with the cause and its log kept
     r = studio_cli("train", "--workspace", train_ws.root, "--name", "broken", "--model", "tiny", "--devices", "cpu",
                    "--manifest", broken, "--steps", "1", "--resolution", "64", "--", "--data_root", manifest.parent,
                    env=ENV)
