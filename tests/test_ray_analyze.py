@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 
 import numpy as np
@@ -72,6 +73,13 @@ def test_ray_run_killed_midway_resumes_without_analysing_twice(tmp_path, curatio
     def analysed() -> int:
         return ws.store.conn.execute("SELECT COUNT(*) FROM analyses").fetchone()[0]
 
+    # the last photo is held: a named pipe in its place blocks the actor reading it until the test writes
+    # to it, so the run is midway for certain when it is killed (the others are stored, that one is not)
+    last_id, last_rel = ws.store.conn.execute("SELECT id, media_path FROM images ORDER BY id DESC LIMIT 1").fetchone()
+    held = ws.media_path(last_rel)
+    photo = held.read_bytes()
+    held.unlink()
+    os.mkfifo(held)
     proc = studio_cli(*args, env=env, background=True)
     wait_for(lambda: analysed() > 0 or proc.poll() is not None, "the first analysis stored", interval=0.05)
     # a SIGKILLed driver cannot shut its local Ray down: stop that Ray's processes (its descendants), and no
@@ -85,6 +93,9 @@ def test_ray_run_killed_midway_resumes_without_analysing_twice(tmp_path, curatio
     psutil.wait_procs(ray_processes, timeout=60)
     first = analysed()
     assert 0 < first < total, f"killed after {first} of {total}"
+    assert ws.store.conn.execute("SELECT COUNT(*) FROM analyses WHERE image_id = ?", (last_id,)).fetchone()[0] == 0
+    held.unlink()
+    held.write_bytes(photo)  # released: the rerun reads the photo itself
     done = studio_cli(*args, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout)
