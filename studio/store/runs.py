@@ -39,8 +39,7 @@ class RunsMixin:
         with self.transaction() as conn:
             conn.execute("UPDATE runs SET done = ?, total = ?, heartbeat = ? WHERE id = ?",
                          (done, total, time.time(), run_id))
-            row = conn.execute("SELECT cancel_requested FROM runs WHERE id = ?", (run_id,)).fetchone()
-        return bool(row and row[0])
+            return self.cancel_requested(run_id)  # same connection: read inside the write's transaction
 
     def finish_run(self, run_id: int, status: str, *, exit_code: int | None = None, result: dict | None = None,
                    error: str | None = None) -> None:
