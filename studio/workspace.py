@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -73,6 +74,12 @@ def atomic_write_bytes(dest: Path, data: bytes) -> None:
     """Write via a temp file in the same folder and rename: readers never see half a file."""
     with atomic_writer(dest) as fh:
         fh.write(data)
+
+
+def atomic_copy(src: Path, dest: Path) -> None:
+    """Copy ``src`` to ``dest`` through a temp file of its own: concurrent copies never see half a file."""
+    with atomic_writer(dest) as fh, open(src, "rb") as raw:
+        shutil.copyfileobj(raw, fh)
 
 
 @contextlib.contextmanager

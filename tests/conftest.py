@@ -19,25 +19,29 @@ REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "assets" / "demo"
 
 
-def built_once(tmp_path_factory, name: str, build) -> Path:
-    """A folder ``build(folder)`` makes once per test run, copied for this worker.
-
-    Under xdist every worker would otherwise build its own (tiny models, curated workspaces): the
-    first takes a file lock and builds in the run's shared temp folder, the others wait for it and
-    copy. Each worker gets its own copy, so a test that changes it changes no other worker's.
-    """
+def shared_once(tmp_path_factory, name: str, build) -> Path:
+    """``build(folder)`` run once per test run, in the run's temp folder that every xdist worker shares:
+    the first worker takes a file lock and builds, the others wait for it and reuse the folder."""
     from filelock import FileLock
 
     base = tmp_path_factory.getbasetemp()
-    shared = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / f"built_{name}"
+    shared = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / name
+    done = shared.with_name(f"{name}.built")  # beside the folder: nothing extra inside it
     with FileLock(f"{shared}.lock"):
-        if not (shared / ".built").is_file():
+        if not done.is_file():
             shutil.rmtree(shared, ignore_errors=True)
             shared.mkdir()
             build(shared)
-            (shared / ".built").touch()
+            done.touch()
+    return shared
+
+
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """A folder ``build(folder)`` makes once per test run (:func:`shared_once`), copied for this worker:
+    a test that changes its copy changes no other worker's (tiny models, curated workspaces)."""
+    shared = shared_once(tmp_path_factory, f"built_{name}", build)
     mine = tmp_path_factory.mktemp(name)
-    shutil.copytree(shared, mine, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".built"))
+    shutil.copytree(shared, mine, dirs_exist_ok=True)
     return mine
 
 
@@ -169,16 +173,7 @@ def _curated(src: Path, dest: Path, pack) -> None:
 def curation_source(tmp_path_factory, photos) -> Path:
     """Person folders exercising every rule, plus a mislabelled photo in obama/ (one path for every worker,
     which the curated workspaces record as their source)."""
-    from filelock import FileLock
-
-    base = tmp_path_factory.getbasetemp()
-    src = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "curation_src"
-    with FileLock(f"{src}.lock"):
-        if not (src / "obama" / "mislabelled.jpg").is_file():
-            shutil.rmtree(src, ignore_errors=True)
-            src.mkdir()
-            _curation_layout(src, photos)
-    return src
+    return shared_once(tmp_path_factory, "curation_src", lambda src: _curation_layout(src, photos))
 
 
 @pytest.fixture(scope="session")

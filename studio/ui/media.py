@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
 from ..config import ASSETS_DIR
 from ..images import ImageError
 from ..thumbnails import make_thumbnail
-from ..workspace import Workspace, atomic_writer
+from ..workspace import Workspace, atomic_copy, atomic_writer
 
 MISSING = ASSETS_DIR / "ui" / "missing.png"
 
@@ -72,8 +71,7 @@ class MediaServer:
             except FileExistsError:  # another event linked it a moment ago
                 pass
             except OSError:  # another file system: a copy, appearing whole
-                with atomic_writer(dest) as fh, open(src, "rb") as raw:
-                    shutil.copyfileobj(raw, fh)
+                atomic_copy(src, dest)
         return str(dest)
 
     def clean(self, rel: str) -> str | None:
@@ -94,6 +92,5 @@ class MediaServer:
             return None
         dest = self._name(rel, "downloads", "") / src.name
         dest.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_writer(dest) as fh, open(src, "rb") as raw:  # refreshed each time: a rerun rewrites the export
-            shutil.copyfileobj(raw, fh)
+        atomic_copy(src, dest)  # refreshed each time: a rerun rewrites the export
         return str(dest)
