@@ -13,6 +13,12 @@ from pathlib import Path
 
 from .parallel import usable_cpus
 
+# A local Ray the studio starts for one stage: the actors run at the priority the single-process path
+# would (Ray nices its workers to 15: beside two CPU-bound processes on a 2-core machine, a stage waited
+# minutes for its first item), and no idle task workers are started ahead (the work is all actors, each
+# its own process).
+LOCAL_RAY = {"worker_niceness": 0, "enable_worker_prestart": False}
+
 
 def map_on_ray(rows: list[dict], actor: type, ctor_args: tuple, *, address: str | None = None,
                workers: int | None = None, gpus_per_worker: float = 0.0, batch_size: int = 8,
@@ -30,7 +36,8 @@ def map_on_ray(rows: list[dict], actor: type, ctor_args: tuple, *, address: str 
         local = address is None  # "local": always a fresh local instance, never one left by another process
         ray.init(address="local" if local else address, num_cpus=max(workers or 0, usable_cpus()) if local else None,
                  include_dashboard=False, log_to_driver=False, configure_logging=False,
-                 runtime_env={"py_modules": [str(Path(studio.__file__).parent)]})
+                 runtime_env={"py_modules": [str(Path(studio.__file__).parent)]},
+                 _system_config=LOCAL_RAY if local else None)
     try:
         size = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
         # Small blocks (about 16 per actor, at least a batch each): results stream back block by block

@@ -202,6 +202,30 @@ def test_bad_upload_limit_stops_the_app_with_its_name(monkeypatch, tmp_path):
     assert done.returncode == 2 and "STUDIO_MAX_UPLOAD_MB must be a positive number, got 'lots'" in done.stderr
 
 
+def test_a_slow_first_page_does_not_stop_the_studio(monkeypatch, tmp_path, users_file):
+    """Gradio's last start-up check is a HEAD of "/" with a 3 s timeout; on a busy machine it times out and
+    Gradio stops with "When localhost is not accessible...". The studio starts and serves regardless."""
+    import gradio.networking
+
+    from studio.auth import AccessPolicy, UsersFile
+    from studio.ui.access import StudioContext
+    from studio.ui.app import launch
+    from studio.workspace import Workspace
+
+    probes: list[str] = []
+    monkeypatch.setattr(gradio.networking, "url_ok", lambda url: probes.append(url) or False)  # the probe timed out
+    ctx = StudioContext(ws=Workspace.open(tmp_path / "ws"), policy=AccessPolicy("local", users=UsersFile(users_file)),
+                        face_pack="bundled")
+    port = free_port()
+    demo = launch(ctx, "127.0.0.1", port, block=False)
+    try:
+        page = httpx.get(f"http://127.0.0.1:{port}/", timeout=60)
+        assert page.status_code == 200 and "CrossFaceID Studio" in page.text
+    finally:
+        demo.close()
+    assert probes == []  # not asked: a slow answer to it can no longer stop the studio
+
+
 def test_annotation_photos_reach_the_annotator_without_metadata(guarded):
     from studio.ui.annotate import item_outputs
 

@@ -85,6 +85,10 @@ def test_ray_run_killed_midway_resumes_without_analysing_twice(tmp_path, curatio
     # a SIGKILLed driver cannot shut its local Ray down: stop that Ray's processes (its descendants), and no
     # other (`ray stop` would also stop the Ray of a test running beside this one)
     ray_processes = psutil.Process(proc.pid).children(recursive=True)
+    # the studio's local Ray runs its actors at the priority of the single-process path (Ray's own default
+    # nices them to 15, and on a busy machine a stage then waited minutes for its first item)
+    actors = [p for p in ray_processes if "MapWorker" in " ".join(p.cmdline())]
+    assert actors and {p.nice() for p in actors} == {0}
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     for p in ray_processes:

@@ -22,6 +22,7 @@ from .. import humaneval as he
 from ..store import CRITERIA
 from .access import StudioContext, require_admin, role, username
 from .feedback import api_errors, keep_on_mistake
+from .pages import PageMemory, session_of
 
 SCALE = [str(v) for v in range(6)]
 STUDIES = ["name", "status", "items", "annotators", "done", "assigned", "per_item", "source", "created_by"]
@@ -200,6 +201,14 @@ def wire(ctx: StudioContext, t: AnnotateTab, demo: gr.Blocks) -> None:
     item_out = [t.position, t.progress, t.instructions, t.face, t.image, t.prompt, *t.scales.values(), t.comment]
     n_item = len(item_out)
     skip_item = tuple(gr.skip() for _ in range(n_item))
+    # Page load and the tab's select event both fill the view, and on a page that opens on this tab both
+    # fire at once: the later reply, computed before the annotator's first key was saved, blanked the
+    # scales (and the comment) they had just set. So a page is filled once per item it shows.
+    shown = PageMemory()
+
+    def showing(request: gr.Request, name: str, item: tuple) -> tuple:
+        shown.changed(session_of(request), "item", (name, item[0]))
+        return item
 
     def on_load(request: gr.Request):
         r = role(ctx, request)
@@ -210,6 +219,8 @@ def wire(ctx: StudioContext, t: AnnotateTab, demo: gr.Blocks) -> None:
         info = (f"Signed in as **{user}**. " if username(ctx, request) else "") + (
             "" if names else "No open human-evaluation study is assigned to you yet.")
         first = item_outputs(ctx, user, he.annotator_study(ctx.ws, names[0], user)) if names else skip_item
+        if names and not shown.changed(session_of(request), "item", (names[0], first[0])):
+            first = skip_item  # this page shows that item already: keep what the annotator has set on it
         return (gr.Column(visible=bool(names)), gr.Column(visible=r == "admin"), info,
                 gr.Dropdown(choices=names, value=names[0] if names else None), *first)
 
@@ -222,7 +233,7 @@ def wire(ctx: StudioContext, t: AnnotateTab, demo: gr.Blocks) -> None:
         user = _who(ctx, request)
         if not name:
             return skip_item
-        return item_outputs(ctx, user, he.annotator_study(ctx.ws, name, user))
+        return showing(request, name, item_outputs(ctx, user, he.annotator_study(ctx.ws, name, user)))
 
     t.study.input(on_study, [t.study], item_out, **fast)
 
@@ -250,7 +261,7 @@ def wire(ctx: StudioContext, t: AnnotateTab, demo: gr.Blocks) -> None:
         scores = {c: v for c, v in zip(CRITERIA, values) if v not in (None, "")}
         if scores or comment:
             he.save(ctx.ws, study["id"], user, position, scores, comment or None)
-        return item_outputs(ctx, user, study, after=int(position or 0))
+        return showing(request, name, item_outputs(ctx, user, study, after=int(position or 0)))
 
     t.save.click(on_save, [t.study, t.position, t.comment, *t.scales.values()], item_out, **fast)
 
@@ -260,7 +271,7 @@ def wire(ctx: StudioContext, t: AnnotateTab, demo: gr.Blocks) -> None:
         if not name:
             return skip_item
         study = he.annotator_study(ctx.ws, name, user)
-        return item_outputs(ctx, user, study, max(1, int(position or 1) - 1))
+        return showing(request, name, item_outputs(ctx, user, study, max(1, int(position or 1) - 1)))
 
     t.back.click(on_back, [t.study, t.position], item_out, **fast)
 

@@ -11,6 +11,7 @@ import gradio as gr  # noqa: E402
 from . import annotate, browse, captions, evaluate, generate, runs, statistics, training  # noqa: E402
 from ..config import ASSETS_DIR  # noqa: E402
 from .access import StudioContext, role, username  # noqa: E402
+from .pages import follow  # noqa: E402
 
 
 #: the largest upload (a reference or pose photo in Generate) in MB, unless STUDIO_MAX_UPLOAD_MB says otherwise
@@ -51,7 +52,9 @@ def build_app(ctx: StudioContext) -> gr.Blocks:
             if ctx.policy.mode == "hf":
                 gr.LoginButton()
         notice = gr.Markdown(visible=bool(ctx.note), value=f"> {ctx.note}" if ctx.note else "")
-        clock = gr.Timer(2.0)  # refreshes run progress; outside the tabs so it ticks on every tab
+        # refreshes run progress; outside the tabs so it ticks on every tab; started by the page load for
+        # admins only (an annotator's page has no run to follow)
+        clock = gr.Timer(2.0, active=False)
         # tabs start hidden; the page-load event reveals those of the caller's role
         with gr.Tabs() as tabs:
             b = browse.build()
@@ -64,11 +67,8 @@ def build_app(ctx: StudioContext) -> gr.Blocks:
             a = annotate.build()
         browse.wire(ctx, b)
         statistics.wire(ctx, s)
-        captions.wire(ctx, c, clock)
         generate.wire(ctx, g)
-        training.wire(ctx, tr, clock)
-        evaluate.wire(ctx, ev, clock)
-        runs.wire(ctx, r, clock)
+        follow(clock, [captions.wire(ctx, c), training.wire(ctx, tr), evaluate.wire(ctx, ev), runs.wire(ctx, r)])
         annotate.wire(ctx, a, demo)
 
         persons, poses, tags = b.filters[0], b.filters[3], b.filters[4]
@@ -86,9 +86,9 @@ def build_app(ctx: StudioContext) -> gr.Blocks:
                         captions.readiness(ctx)]
             else:
                 data = [gr.update()] * len(admin_outputs)
-            return [header, gr.Markdown(visible=is_admin and bool(ctx.note)), *shown, *data]
+            return [header, gr.Markdown(visible=is_admin and bool(ctx.note)), gr.Timer(active=is_admin), *shown, *data]
 
-        demo.load(on_load, None, [who, notice, b.tab, s.tab, c.tab, g.tab, tr.tab, ev.tab, r.tab, a.tab, tabs, *admin_outputs],
+        demo.load(on_load, None, [who, notice, clock, b.tab, s.tab, c.tab, g.tab, tr.tab, ev.tab, r.tab, a.tab, tabs, *admin_outputs],
                   api_visibility="private")
     return demo
 
@@ -121,7 +121,10 @@ def launch(ctx: StudioContext, host: str, port: int, *, block: bool = True) -> g
     auth = (lambda user, password: policy.users.verify(user, password)) if policy.mode == "local" else None
     demo = build_app(ctx)
     idle_politely(demo)
-    demo.launch(server_name=host, server_port=port, auth=auth, allowed_paths=[str(ASSETS_DIR / "ui")],
+    # _frontend=False skips only Gradio's last start-up probe: a HEAD of "/" with a 3 s timeout that, on a
+    # busy machine, raises "When localhost is not accessible..." and stops a healthy studio. The request
+    # to the app's own start-up events just before it (no timeout) has already reached the server.
+    demo.launch(_frontend=False, server_name=host, server_port=port, auth=auth, allowed_paths=[str(ASSETS_DIR / "ui")],
                 blocked_paths=[str(p) for p in private], show_error=False, auth_message="CrossFaceID Studio: sign in",
                 head=annotate.KEYBOARD_JS, css=annotate.CSS, max_file_size=max_upload_bytes(),
                 prevent_thread_lock=not block,

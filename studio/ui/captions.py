@@ -16,6 +16,7 @@ from ..captions import FLAGS, CaptionSettings, regenerate
 from ..validate import parse_id, plural
 from .access import StudioContext, require_admin, username
 from .feedback import api_errors, keep_on_mistake
+from .pages import Refresh
 
 ACTIONS = ("approve", "reject", "edit", "regenerate")
 
@@ -218,8 +219,8 @@ def act(ctx: StudioContext, image_id, version, action: str, text: str, author: s
     return review.edit(ctx.ws, image_id, version, text, author)
 
 
-def wire(ctx: StudioContext, t: CaptionsTab, timer: gr.Timer) -> None:
-    """``timer``: the page's refresh clock, which updates a caption run's progress."""
+def wire(ctx: StudioContext, t: CaptionsTab) -> Refresh:
+    """Returns the tab's part of the page's refresh clock: a caption run's progress."""
     private = {"api_visibility": "private"}
 
     def who(request) -> str:
@@ -239,7 +240,7 @@ def wire(ctx: StudioContext, t: CaptionsTab, timer: gr.Timer) -> None:
             return gr.skip()
         return run_status_text(ctx, run_id)
 
-    timer.tick(on_tick, [t.run_id], [t.run_summary], show_progress="hidden", **private)
+    refresh = Refresh(on_tick, [t.run_id], [t.run_summary])
 
     def queue_view(status, flag, person):
         rows, total = queue_data(ctx, status, flag, person)
@@ -332,3 +333,4 @@ def wire(ctx: StudioContext, t: CaptionsTab, timer: gr.Timer) -> None:
     gr.api(caption_action_api, api_name="caption_action")
     gr.api(caption_history_api, api_name="caption_history")
     gr.api(bulk_approve_api, api_name="caption_bulk_approve")
+    return refresh

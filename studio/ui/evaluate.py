@@ -19,6 +19,7 @@ from ..testsets import KINDS, NEUTRAL_PROMPT, item_rows, parse_attributes, summa
 from ..validate import parse_id
 from .access import StudioContext, require_admin, username
 from .feedback import api_errors, keep_on_mistake
+from .pages import PageMemory, Refresh, session_of
 
 SETS = ["name", "kind", "items", "persons", "with_target_photo", "pack", "source", "created_at"]
 HISTORY = ["id", "status", "progress", "test sets", "models", "λ", "author", "started"]
@@ -205,7 +206,8 @@ def start_evaluation(ctx: StudioContext, cfg: EvalConfig, author: str) -> int:
     return runs.submit(ctx.ws, "evaluate", cfg.to_cli(), author, settings=cfg.to_dict())
 
 
-def wire(ctx: StudioContext, t: EvaluateTab, timer: gr.Timer) -> None:
+def wire(ctx: StudioContext, t: EvaluateTab) -> Refresh:
+    """Returns the tab's part of the page's refresh clock: the run shown, the history, the test sets."""
     private = {"api_visibility": "private"}
     build_keys, form_keys = list(t.build), list(t.form)
 
@@ -249,7 +251,7 @@ def wire(ctx: StudioContext, t: EvaluateTab, timer: gr.Timer) -> None:
     view = [t.status, t.table, t.curve, t.files]
     t.start.click(on_start, list(t.form.values()), [t.run_id, *view, t.history], **private)
 
-    shown: dict[str, tuple] = {}  # page session -> (run id, status) its view shows
+    shown = PageMemory()  # per page: the (run, status, progress, test sets) its view shows
 
     @keep_on_mistake(7)
     def on_refresh(request: gr.Request, run_id):
@@ -259,15 +261,12 @@ def wire(ctx: StudioContext, t: EvaluateTab, timer: gr.Timer) -> None:
         sets = [s["name"] for s in ctx.ws.store.testsets()]
         # a test set built by its own run changes the list too, whatever the evaluation run shown
         key = (run_id, r["status"] if r else None, r["done"] if r else None, tuple(sets))
-        session = request.session_hash or ""
-        if shown.get(session) == key:  # nothing changed: keep the page as it is
+        if not shown.changed(session_of(request), "view", key):  # nothing changed: keep the page as it is
             return tuple(gr.skip() for _ in range(7))
-        shown[session] = key
         names = gr.CheckboxGroup(choices=sets)
         return (*run_view(ctx, run_id), history_frame(ctx), sets_frame(ctx), names)
 
     refresh_out = [*view, t.history, t.sets, t.form["testsets"]]
-    timer.tick(on_refresh, [t.run_id], refresh_out, show_progress="hidden", **private)
     t.run_id.submit(on_refresh, [t.run_id], refresh_out, **private)
 
     @keep_on_mistake(5)
@@ -322,3 +321,4 @@ def wire(ctx: StudioContext, t: EvaluateTab, timer: gr.Timer) -> None:
     gr.api(testsets_api, api_name="testsets")
     gr.api(eval_start_api, api_name="eval_start")
     gr.api(eval_status_api, api_name="eval_status")
+    return Refresh(on_refresh, [t.run_id], refresh_out)

@@ -17,6 +17,7 @@ from ..store import RUN_STATUSES
 from ..validate import parse_id
 from .access import StudioContext, require_admin, username
 from .feedback import api_errors, keep_on_mistake
+from .pages import PageMemory, Refresh
 
 COLUMNS = ["id", "kind", "status", "progress", "author", "started", "ended", "exit_code"]
 
@@ -99,8 +100,8 @@ def start_run(ctx: StudioContext, kind: str, arg_text: str, author: str, secrets
     return runs.submit(ctx.ws, kind, args, author, secrets_env=secrets_env)
 
 
-def wire(ctx: StudioContext, t: RunsTab, timer: gr.Timer) -> None:
-    """``timer``: the page's refresh clock (outside the tabs, so it ticks whichever tab is shown)."""
+def wire(ctx: StudioContext, t: RunsTab) -> Refresh:
+    """Returns the tab's part of the page's refresh clock (re-sending only a table or log that changed)."""
     private = {"api_visibility": "private"}
 
     def who(request) -> str:
@@ -122,7 +123,6 @@ def wire(ctx: StudioContext, t: RunsTab, timer: gr.Timer) -> None:
         return (runs_frame(ctx, kind_filter, status_filter), *run_view(ctx, run_id))
 
     refresh_io = ([t.kind_filter, t.status_filter, t.run_id], [t.table, t.summary, t.log])
-    timer.tick(on_refresh, *refresh_io, show_progress="hidden", **private)
     t.tab.select(on_refresh, *refresh_io, **private)
     t.kind_filter.change(on_refresh, *refresh_io, **private)
     t.status_filter.change(on_refresh, *refresh_io, **private)
@@ -195,3 +195,4 @@ def wire(ctx: StudioContext, t: RunsTab, timer: gr.Timer) -> None:
     gr.api(run_start_api, api_name="run_start")
     gr.api(run_cancel_api, api_name="run_cancel")
     gr.api(run_rerun_api, api_name="run_rerun")
+    return Refresh(PageMemory().only_changes("runs")(on_refresh), *refresh_io)

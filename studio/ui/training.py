@@ -19,6 +19,7 @@ from ..pairs import STRATEGIES, pair_statistics
 from ..validate import parse_id
 from .access import StudioContext, require_admin, username
 from .feedback import api_errors, keep_on_mistake
+from .pages import PageMemory, Refresh, session_of
 
 HISTORY = ["id", "status", "progress", "model", "author", "started", "ended", "exit_code"]
 
@@ -210,7 +211,8 @@ def start_training(ctx: StudioContext, cfg: training.TrainConfig, author: str) -
                        settings={**cfg.to_dict(), "device_set": sorted(cfg.device_set())})
 
 
-def wire(ctx: StudioContext, t: TrainingTab, timer: gr.Timer) -> None:
+def wire(ctx: StudioContext, t: TrainingTab) -> Refresh:
+    """Returns the tab's part of the page's refresh clock (re-sending only what changed)."""
     private = {"api_visibility": "private"}
     form_keys = list(t.form)
 
@@ -260,24 +262,20 @@ def wire(ctx: StudioContext, t: TrainingTab, timer: gr.Timer) -> None:
     view = [t.status, t.loss, t.validation, t.log]
     t.start.click(on_start, list(t.form.values()), [t.run_id, *view, t.history], **private)
 
-    seen: dict[str, tuple] = {}  # page session -> the split/pairs runs its summary shows
+    pages = PageMemory()
 
-    def summary_if_changed(session: str):
+    def summary_if_changed(session: str | None):
         """The split/pair summary only when a split or pairs run changed: pair statistics are not free."""
         key = tuple((r["id"], r["status"]) for kind in ("split", "pairs") for r in ctx.ws.store.runs(kind=kind, limit=1))
-        if seen.get(session) == key:
-            return gr.skip()
-        seen[session] = key
-        return data_summary(ctx)
+        return data_summary(ctx) if pages.changed(session, "split/pairs", key) else gr.skip()
 
     @keep_on_mistake(6)
     def on_refresh(request: gr.Request, run_id):
         if not admin(request):
             return tuple(gr.skip() for _ in range(6))
-        return (*metrics_view(ctx, run_id), history_frame(ctx), summary_if_changed(request.session_hash or ""))
+        return (*metrics_view(ctx, run_id), history_frame(ctx), summary_if_changed(session_of(request)))
 
     refresh_out = [*view, t.history, t.data_summary]
-    timer.tick(on_refresh, [t.run_id], refresh_out, show_progress="hidden", **private)
     t.run_id.submit(on_refresh, [t.run_id], refresh_out, **private)
 
     @keep_on_mistake(5)
@@ -331,3 +329,4 @@ def wire(ctx: StudioContext, t: TrainingTab, timer: gr.Timer) -> None:
     gr.api(gpus_api, api_name="gpus")
     gr.api(train_start_api, api_name="train_start")
     gr.api(train_status_api, api_name="train_status")
+    return Refresh(pages.only_changes("training")(on_refresh), [t.run_id], refresh_out)
