@@ -5,78 +5,75 @@ import argparse
 import sys
 from pathlib import Path
 
+from .common import as_run, author, open_workspace, print_result, report_run
+
 
 def cmd_split(args) -> int:
-    from .cli import _as_run, _report_run, _workspace
-    from .pairs import assign_splits, parse_pins
+    from ..pairs import assign_splits, parse_pins
 
-    ws = _workspace(args)
+    ws = open_workspace(args)
     pins = parse_pins(args.person)
-    run_id, result = _as_run(args, ws, "split", lambda track, run: assign_splits(
+    run_id, result = as_run(args, ws, "split", lambda track, run: assign_splits(
         ws, args.shares, seed=args.seed, reassign=args.reassign, pins=pins, run_id=run))
     if result and not args.json:
         rows = "\n".join(f"{r['split']:<11} {r['persons']:>7} {r['images']:>7} {r['kept']:>7}" for r in result["splits"])
         print(f"{'split':<11} {'persons':>7} {'images':>7} {'kept':>7}\n{rows}")
         return 0
-    return _report_run(run_id, result, args.json)
+    return report_run(run_id, result, args.json)
 
 
 def cmd_pairs(args) -> int:
-    from .cli import _as_run, _report_run, _workspace
-    from .pairs import make_pairs
+    from ..pairs import make_pairs
 
-    ws = _workspace(args)
-    run_id, result = _as_run(args, ws, "pairs", lambda track, run: make_pairs(
+    ws = open_workspace(args)
+    run_id, result = as_run(args, ws, "pairs", lambda track, run: make_pairs(
         ws, args.split, args.strategy, per_image=args.per_image, seed=args.seed,
         max_hash_distance=args.max_hash_distance, max_face_cos=args.max_face_cos, run_id=run, track=track))
     if result:
         print(f"{result['pairs']} pairs over {result['persons_paired']} persons; "
               f"{result['excluded_near_duplicates']} near-duplicate pairs excluded {result['excluded_by']}; "
               f"{len(result['left_out_persons'])} persons left out", file=sys.stderr)
-    return _report_run(run_id, result, args.json)
+    return report_run(run_id, result, args.json)
 
 
 def cmd_manifest(args) -> int:
-    from .cli import _as_run, _author, _report_run, _workspace
-    from .pairs import export_manifest
+    from ..pairs import export_manifest
 
-    ws = _workspace(args)
-    run_id, result = _as_run(args, ws, "manifest", lambda track, run: export_manifest(
+    ws = open_workspace(args)
+    run_id, result = as_run(args, ws, "manifest", lambda track, run: export_manifest(
         ws, args.out, args.split, captions=args.captions, missing_caption=args.missing_caption, template=args.template,
-        allow_other_pack=args.allow_other_pack, run_id=run, author=_author(args)))
+        allow_other_pack=args.allow_other_pack, run_id=run, author=author(args)))
     if result and result.get("warning"):
         print(f"warning: {result['warning']}", file=sys.stderr)
-    return _report_run(run_id, result, args.json)
+    return report_run(run_id, result, args.json)
 
 
 def cmd_train(args) -> int:
-    from .cli import _author, _report_run, _workspace
-    from .runs import execute
-    from .training import TrainConfig, train
+    from ..runs import execute
+    from ..training import TrainConfig, train
 
-    ws = _workspace(args)
+    ws = open_workspace(args)
     cfg = TrainConfig.from_args(args)
     cfg.validate()  # before the run is recorded: its settings name the devices
     settings = {**cfg.to_dict(), "device_set": sorted(cfg.device_set())}
-    run_id, result = execute(ws, "train", settings, _author(args),
-                             lambda handle: train(ws, cfg, handle, _author(args)), run_id=args.run_id,
+    run_id, result = execute(ws, "train", settings, author(args),
+                             lambda handle: train(ws, cfg, handle, author(args)), run_id=args.run_id,
                              inputs={"workspace": str(ws.root)})
-    return _report_run(run_id, result, args.json)
+    return report_run(run_id, result, args.json)
 
 
 def cmd_gpus(args) -> int:
-    from .cli import _print
-    from .training import gpus
+    from ..training import gpus
 
     found = gpus()
-    _print(found, args.json, "\n".join(f"{g['index']}: {g['name']} ({g['memory_gb']:.1f} GB)" for g in found)
+    print_result(found, args.json, "\n".join(f"{g['index']}: {g['name']} ({g['memory_gb']:.1f} GB)" for g in found)
            or "No CUDA GPU found: training runs on the CPU (tiny models only) or on a machine with GPUs.")
     return 0
 
 
 def add_commands(sub, common: argparse.ArgumentParser) -> None:
-    from .pairs import DEFAULT_TEMPLATE, STRATEGIES
-    from .training import add_train_arguments
+    from ..pairs import DEFAULT_TEMPLATE, STRATEGIES
+    from ..training import add_train_arguments
 
     p = sub.add_parser("split", parents=[common], help="assign persons (never single images) to train/validation/test")
     p.add_argument("--shares", default="0.8,0.1,0.1", help="train,validation,test shares of persons (default 0.8,0.1,0.1)")

@@ -5,15 +5,16 @@ import argparse
 import sys
 from pathlib import Path
 
+from .common import as_run, author, open_workspace, print_result, progress, report_run
+
 
 def cmd_testset(args) -> int:
-    from .cli import _as_run, _print, _report_run, _workspace
-    from .testsets import build_testset, import_testset, item_rows, summary
+    from ..testsets import build_testset, import_testset, item_rows, summary
 
-    ws = _workspace(args)
+    ws = open_workspace(args)
     if args.action == "list":
         rows = [summary(ws, t["name"]) for t in ws.store.testsets()]
-        _print(rows, args.json, "\n".join(f"{r['name']:<24} {r['kind']:<14} {r['items']:>5} items  {r['persons']:>4} persons"
+        print_result(rows, args.json, "\n".join(f"{r['name']:<24} {r['kind']:<14} {r['items']:>5} items  {r['persons']:>4} persons"
                                           f"  pack {r['pack']}  from {r['source']}" for r in rows) or "No test sets yet.")
         return 0
     if args.action in ("show", "delete"):
@@ -25,7 +26,7 @@ def cmd_testset(args) -> int:
             print(f"deleted test set {args.name!r}", file=sys.stderr)
             return 0
         data = {**summary(ws, args.name), "rows": item_rows(ws, args.name)}
-        _print(data, args.json, "\n".join(f"{r['idx']:>4}  {r['person'] or '':<16} {r['attribute'] or '':<13} {r['prompt']}"
+        print_result(data, args.json, "\n".join(f"{r['idx']:>4}  {r['person'] or '':<16} {r['attribute'] or '':<13} {r['prompt']}"
                                           for r in data["rows"]))
         return 0
     if not args.name or not args.kind:
@@ -33,20 +34,20 @@ def cmd_testset(args) -> int:
     if args.action == "import":
         if not args.file:
             raise ValueError("testset import needs --file (CSV or JSONL)")
-        run_id, result = _as_run(args, ws, "testset", lambda track, run: import_testset(
+        run_id, result = as_run(args, ws, "testset", lambda track, run: import_testset(
             ws, args.file, args.name, args.kind, face_pack=args.face_pack, replace=args.replace, run_id=run, track=track))
         for p in (result or {}).get("left_out", []):
             print(f"left out: {p}", file=sys.stderr)
     else:
-        run_id, result = _as_run(args, ws, "testset", lambda track, run: build_testset(
+        run_id, result = as_run(args, ws, "testset", lambda track, run: build_testset(
             ws, args.name, args.kind, split=args.split, persons=args.person, ask=args.ask, prompt=args.prompt,
             per_person=args.per_person, seed=args.seed, replace=args.replace, run_id=run))
-    return _report_run(run_id, result, args.json)
+    return report_run(run_id, result, args.json)
 
 
 def eval_config(args):
-    from .evaluate import EvalConfig
-    from .generate import parse_sweep
+    from ..evaluate import EvalConfig
+    from ..generate import parse_sweep
 
     return EvalConfig(testsets=args.testset or [], models=args.model or [], lambdas=parse_sweep(args.lambdas),
                       baseline=args.baseline, steps=args.steps, guidance=args.guidance,
@@ -57,15 +58,14 @@ def eval_config(args):
 
 
 def cmd_evaluate(args) -> int:
-    from .cli import _author, _progress, _report_run, _workspace
-    from .evaluate import evaluate, table_markdown
-    from .runs import combine, execute
+    from ..evaluate import evaluate, table_markdown
+    from ..runs import combine, execute
 
-    ws = _workspace(args)
+    ws = open_workspace(args)
     cfg = eval_config(args)
     cfg.validate()
-    run_id, result = execute(ws, "evaluate", cfg.to_dict(), _author(args), lambda handle: evaluate(
-        ws, cfg, handle.run_id, author=_author(args), track=combine(handle.track, _progress()), engine=args.engine,
+    run_id, result = execute(ws, "evaluate", cfg.to_dict(), author(args), lambda handle: evaluate(
+        ws, cfg, handle.run_id, author=author(args), track=combine(handle.track, progress()), engine=args.engine,
         address=args.address, workers=args.workers, gpus_per_worker=args.gpus_per_worker),
         run_id=args.run_id, inputs={"workspace": str(ws.root)})
     if result and not args.json:
@@ -73,22 +73,21 @@ def cmd_evaluate(args) -> int:
         print(f"{result['generated']} samples generated, {result['reused']} reused; {result['scored']} scored, "
               f"{result['scores_reused']} scores reused; files: {', '.join(result['files'].values())}", file=sys.stderr)
         return 0
-    return _report_run(run_id, result, args.json)
+    return report_run(run_id, result, args.json)
 
 
 def cmd_report(args) -> int:
-    from .cli import _workspace
-    from .report import write_report
+    from ..report import write_report
 
-    out = write_report(_workspace(args), args.out, args.run)
+    out = write_report(open_workspace(args), args.out, args.run)
     print(out.read_text(encoding="utf-8") if not args.quiet else out)
     print(f"written to {out}", file=sys.stderr)
     return 0
 
 
 def add_commands(sub, common: argparse.ArgumentParser) -> None:
-    from .metrics import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED, SCORED_ATTRIBUTES
-    from .testsets import KINDS, NEUTRAL_PROMPT
+    from ..metrics import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED, SCORED_ATTRIBUTES
+    from ..testsets import KINDS, NEUTRAL_PROMPT
 
     p = sub.add_parser("testset", parents=[common], help="evaluation test sets: build from a split, import, list, show")
     p.add_argument("action", choices=["build", "import", "list", "show", "delete"])

@@ -5,15 +5,16 @@ import argparse
 import sys
 from pathlib import Path
 
+from .common import author, open_workspace, print_result
+
 
 def cmd_study(args) -> int:
-    from . import humaneval as he
-    from .cli import _author, _print, _workspace
+    from .. import humaneval as he
 
-    ws = _workspace(args)
+    ws = open_workspace(args)
     if args.action == "list":
         rows = ws.store.studies()
-        _print(rows, args.json, "\n".join(f"{s['name']:<24} {s['status']:<7} {s['items']:>5} items  {s['annotators']:>3} "
+        print_result(rows, args.json, "\n".join(f"{s['name']:<24} {s['status']:<7} {s['items']:>5} items  {s['annotators']:>3} "
                                           f"annotators  {s['done']}/{s['assigned']} done" for s in rows) or "No studies yet.")
         return 0
     if not args.name:
@@ -33,8 +34,8 @@ def cmd_study(args) -> int:
         annotators = [a for a in (args.annotators or "").split(",") if a.strip()]
         result = he.create_study(ws, args.name, samples, annotators, per_item=args.per_item, duplicates=args.duplicates,
                                  seed=args.seed, instructions=args.instructions or he.DEFAULT_INSTRUCTIONS, source=source,
-                                 created_by=_author(args))
-        _print(result, args.json)
+                                 created_by=author(args))
+        print_result(result, args.json)
         return 0
     if args.action in ("open", "close"):
         s = he.set_status(ws, args.name, "open" if args.action == "open" else "closed")
@@ -42,13 +43,13 @@ def cmd_study(args) -> int:
         return 0
     if args.action == "results":
         res = he.results(ws, args.name)
-        _print(res, args.json, he.table3_markdown(res))
+        print_result(res, args.json, he.table3_markdown(res))
         return 0
     if args.action == "export":
-        _print(he.export(ws, args.name, args.out), args.json)
+        print_result(he.export(ws, args.name, args.out), args.json)
         return 0
     s = he.get_study(ws, args.name)
-    _print(s, args.json)
+    print_result(s, args.json)
     return 0
 
 
