@@ -28,7 +28,6 @@ from .metrics import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED
 from .workspace import Workspace, atomic_write_bytes
 
 METRICS = ("clip_t", "clip_i", "face_sim", "attr_acc")
-LABELS = {"clip_t": "CLIP-T", "clip_i": "CLIP-I", "face_sim": "Face Sim", "attr_acc": "Attribute acc."}
 
 
 @dataclass
@@ -155,8 +154,9 @@ def evaluate(ws: Workspace, cfg: EvalConfig, run_id: int, *, author: str = "stud
     name = scorer_name(clip_spec, pack.name)
     existing = ws.store.eval_samples(keys)
     reused = [k for k in keys if k in existing and (ws.root / existing[k]["output_path"]).is_file()]
+    reused_set = set(reused)
     ws.store.link_eval_samples(run_id, reused)
-    todo = [p for p in plan if p[0] not in set(reused)]
+    todo = [p for p in plan if p[0] not in reused_set]
     # CLIP first: a missing model fails the run before any GPU time is spent on samples. On Ray the
     # actors load their own, so this process loads it only for that check and drops it before scoring;
     # with every sample already scored it is not loaded at all.

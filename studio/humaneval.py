@@ -33,7 +33,6 @@ DEFINITIONS = {
 }
 DEFAULT_INSTRUCTIONS = ("Score each image on the three scales from 0 to 5. Keys: 0-5 score the highlighted scale, "
                         "Tab moves to the next scale, Enter saves and shows the next image, Backspace goes back.")
-STATUSES = ("draft", "open", "closed")
 
 
 # -- creating a study -----------------------------------------------------------------------------

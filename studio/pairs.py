@@ -288,8 +288,9 @@ def export_manifest(ws: Workspace, out_dir: str | Path, split: str = "train", *,
     table = {r["id"]: r for r in ws.store.image_table(ids)}
     check_packs(sorted({r["pack"] for r in table.values() if r["pack"]}), allow_other_pack)
     current = ws.store.current_caption_flags()
-    without = sorted({p["target_id"] for p in pairs
-                      if not (table[p["target_id"]]["caption"] and caption_counts(*current.get(p["target_id"], (None, [])), captions))})
+    without_set = {p["target_id"] for p in pairs
+                   if not (table[p["target_id"]]["caption"] and caption_counts(*current.get(p["target_id"], (None, [])), captions))}
+    without = sorted(without_set)
     if without and missing_caption == "error":
         raise ExportError(f"{len(without)} target image(s) have no {captions} caption ({CAPTION_POLICIES[captions]}); "
                           f"first ids: {without[:10]}. Review them, or choose --missing-caption skip|template.")
@@ -308,7 +309,7 @@ def export_manifest(ws: Workspace, out_dir: str | Path, split: str = "train", *,
                                "error": "no subject face or embedding (analyze and curate again)"})
             continue
         caption, source = target["caption"] or "", "caption"
-        if p["target_id"] in without:
+        if p["target_id"] in without_set:
             if missing_caption == "skip":
                 skipped += 1
                 continue

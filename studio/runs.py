@@ -113,7 +113,8 @@ def _heartbeat(ws: Workspace, handle: RunHandle):
 
 def execute(ws: Workspace, kind: str, settings: dict, author: str, body: Callable[[RunHandle], dict], *,
             run_id: int | None = None, inputs: dict | None = None) -> tuple[int, dict | None]:
-    """Run ``body`` as run ``run_id`` (made here when None); returns (run id, result, None if cancelled).
+    """Run ``body`` as run ``run_id`` (made here when None); returns (run id, result), the result None if
+    cancelled.
 
     Exceptions other than a cancel are recorded on the run and raised again.
     """
@@ -227,7 +228,8 @@ def _strip_run_args(args: list[str]) -> list[str]:
 
 
 def refuse_if_busy(ws: Workspace, kind: str) -> None:
-    """A second caption or analyze run on one workspace is refused, naming the one that is going."""
+    """A second run of an ``EXCLUSIVE`` kind (caption, analyze, evaluate) on one workspace is refused, naming
+    the one that is going."""
     if kind not in EXCLUSIVE:
         return
     busy = [r for r in ws.store.active_runs() if r["kind"] == kind]

@@ -38,10 +38,6 @@ class Workspace:
     def media_dir(self) -> Path:
         return self.root / "media"
 
-    @property
-    def exports_dir(self) -> Path:
-        return self.root / "exports"
-
     def media_path(self, relative: str) -> Path:
         return self.root / relative
 

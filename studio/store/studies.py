@@ -45,10 +45,6 @@ class StudiesMixin:
     def study(self, name: str) -> dict | None:
         return next((s for s in self.studies() if s["name"] == name), None)
 
-    def study_by_id(self, study_id: int) -> dict | None:
-        r = self.conn.execute("SELECT * FROM studies WHERE id = ?", (study_id,)).fetchone()
-        return dict(r) if r else None
-
     def set_study_status(self, study_id: int, status: str) -> None:
         column = {"open": "opened_at", "closed": "closed_at"}[status]
         with self.transaction() as conn:
