@@ -1,12 +1,16 @@
-"""The studio's fixed vocabularies, defined once: curation status and reasons, caption status.
+"""The studio's fixed vocabularies, defined once: curation status and reasons, caption status, run
+and study status, the human-evaluation criteria.
 
 Stored values: a verdict's status is an integer in the browse index (``CurationStatus``), a
 caption's status is text (``CaptionStatus``), rejection reasons are bits in ``reasons_mask``
-(position in ``REASONS``). Every module that filters or shows them imports them from here.
+(position in ``REASONS``), run and study statuses are text (``RunStatus``, ``StudyStatus``: string
+enums, so they compare, format and store as their text). Every module that filters or shows them
+imports them from here; the Annotate page's keyboard script is written from ``CRITERIA``.
 """
 from __future__ import annotations
 
-from enum import Enum, IntEnum
+from dataclasses import dataclass
+from enum import Enum, IntEnum, StrEnum
 
 
 class CurationStatus(IntEnum):
@@ -42,3 +46,46 @@ REASONS = (
 def reasons_mask(reasons) -> int:
     """Reasons as bits (position in REASONS), so browsing can filter on any of them with one test."""
     return sum(1 << REASONS.index(r) for r in set(reasons))
+
+
+class RunStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+RUN_STATUSES = tuple(s.value for s in RunStatus)
+#: a run in one of these has ended (its worker is gone)
+RUN_FINISHED = (RunStatus.DONE.value, RunStatus.FAILED.value, RunStatus.CANCELLED.value)
+
+
+class StudyStatus(StrEnum):
+    DRAFT = "draft"  # being set up: annotators do not see it
+    OPEN = "open"  # annotators score it
+    CLOSED = "closed"  # scores are final; results stay readable
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """One scale of a human study (paper §5.3): its stored name, what it asks, the scores it takes."""
+    name: str
+    definition: str
+    low: int = 0
+    high: int = 5
+
+    @property
+    def scale(self) -> list[str]:
+        return [str(v) for v in range(self.low, self.high + 1)]
+
+
+SCALES = (
+    Criterion("customization", "Does the image do what the prompt asks (expression, pose, attribute, scene)? "
+                               "0: ignores it · 3: partly · 5: exactly as asked."),
+    Criterion("fidelity", "Is the person in the image the person of the input face? "
+                          "0: someone else · 3: a resemblance · 5: unmistakably the same person."),
+    Criterion("quality", "How good is the image itself (anatomy, artefacts, realism)? "
+                         "0: broken · 3: usable with flaws · 5: flawless."),
+)
+CRITERIA = tuple(c.name for c in SCALES)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .codes import RunStatus
 from .instantid import GenerationSettings
 from .metrics import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED
 from .workspace import Workspace, atomic_write_bytes
@@ -407,5 +408,5 @@ def latest_result(ws: Workspace, run_id: int | None = None) -> dict | None:
         if r is None or r["kind"] != "evaluate":
             raise ValueError(f"no evaluation run {run_id}")
         return r
-    done = [r for r in ws.store.runs(kind="evaluate") if r["status"] == "done" and r["result"]]
+    done = [r for r in ws.store.runs(kind="evaluate") if r["status"] == RunStatus.DONE and r["result"]]
     return done[0] if done else None

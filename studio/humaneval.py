@@ -19,18 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .store import CRITERIA
+from .codes import CRITERIA, StudyStatus
 from .workspace import Workspace, atomic_write_bytes
 
-#: what each criterion asks, shown beside its scale
-DEFINITIONS = {
-    "customization": "Does the image do what the prompt asks (expression, pose, attribute, scene)? "
-                     "0: ignores it · 3: partly · 5: exactly as asked.",
-    "fidelity": "Is the person in the image the person of the input face? "
-                "0: someone else · 3: a resemblance · 5: unmistakably the same person.",
-    "quality": "How good is the image itself (anatomy, artefacts, realism)? "
-               "0: broken · 3: usable with flaws · 5: flawless.",
-}
 DEFAULT_INSTRUCTIONS = ("Score each image on the three scales from 0 to 5. Keys: 0-5 score the highlighted scale, "
                         "Tab moves to the next scale, Enter saves and shows the next image, Backspace goes back.")
 
@@ -162,7 +153,7 @@ def get_study(ws: Workspace, name: str) -> dict:
 
 def set_status(ws: Workspace, name: str, status: str) -> dict:
     s = get_study(ws, name)
-    if status not in ("open", "closed"):
+    if status not in (StudyStatus.OPEN, StudyStatus.CLOSED):
         raise ValueError("a study can be opened or closed")
     if s["status"] == status:
         raise ValueError(f"study {name!r} is already {status}")
@@ -211,7 +202,7 @@ def annotator_study(ws: Workspace, study: str, annotator: str) -> dict:
     s = ws.store.annotator_study(key, annotator)
     if s is None or not s["assigned"]:
         raise ValueError("no open study of that name is assigned to you")
-    if s["status"] != "open":
+    if s["status"] != StudyStatus.OPEN:
         raise ValueError(f"study {s['name']!r} is {s['status']}")
     return s
 

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .codes import RunStatus
 from .workspace import Workspace
 
 #: the stages that run as runs, and the CLI command each one is
@@ -129,15 +130,15 @@ def execute(ws: Workspace, kind: str, settings: dict, author: str, body: Callabl
         with _heartbeat(ws, handle):
             result = body(handle)
     except RunCancelled:
-        ws.store.finish_run(run_id, "cancelled", exit_code=130)
+        ws.store.finish_run(run_id, RunStatus.CANCELLED, exit_code=130)
         return run_id, None
     except KeyboardInterrupt:
-        ws.store.finish_run(run_id, "cancelled", exit_code=130, error="interrupted")
+        ws.store.finish_run(run_id, RunStatus.CANCELLED, exit_code=130, error="interrupted")
         raise
     except BaseException as exc:
-        ws.store.finish_run(run_id, "failed", exit_code=1, error=f"{type(exc).__name__}: {exc}"[:2000])
+        ws.store.finish_run(run_id, RunStatus.FAILED, exit_code=1, error=f"{type(exc).__name__}: {exc}"[:2000])
         raise
-    ws.store.finish_run(run_id, "done", exit_code=0, result=result)
+    ws.store.finish_run(run_id, RunStatus.DONE, exit_code=0, result=result)
     return run_id, result
 
 
@@ -205,7 +206,7 @@ def rerun(ws: Workspace, run_id: int, author: str, secrets_env: dict[str, str] |
     old = ws.store.run(run_id)
     if old is None:
         raise ValueError(f"no run {run_id}")
-    if old["status"] in ("queued", "running"):
+    if old["status"] in (RunStatus.QUEUED, RunStatus.RUNNING):
         raise ValueError(f"run {run_id} is still {old['status']}")
     argv = old["argv"] or []
     if not argv or argv[0] not in KINDS:
@@ -265,15 +266,15 @@ def reap(ws: Workspace) -> list[int]:
     for (root, run_id), proc in list(_children.items()):
         if root == str(ws.root) and proc.poll() is not None:
             del _children[(root, run_id)]
-            ws.store.finish_run(run_id, "failed", exit_code=proc.returncode,
+            ws.store.finish_run(run_id, RunStatus.FAILED, exit_code=proc.returncode,
                                 error=f"the worker exited with code {proc.returncode} without finishing the run")
     dead = []
     for r in ws.store.active_runs():
-        if r["status"] == "queued" and r["pid"] is None and time.time() - _created_ts(r) < STALE_AFTER_S:
+        if r["status"] == RunStatus.QUEUED and r["pid"] is None and time.time() - _created_ts(r) < STALE_AFTER_S:
             continue  # still starting
         stale = r["heartbeat"] is not None and time.time() - r["heartbeat"] > STALE_AFTER_S
         if not _alive(r["pid"]) or stale:
-            ws.store.finish_run(r["id"], "failed", error="the worker stopped without finishing (killed or crashed); "
+            ws.store.finish_run(r["id"], RunStatus.FAILED, error="the worker stopped without finishing (killed or crashed); "
                                                           "rerun it to resume")
             dead.append(r["id"])
     return dead

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..codes import RUN_STATUSES
 from .common import author, open_workspace, print_result
 
 
@@ -41,6 +42,6 @@ def add_commands(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("action", choices=["list", "show", "cancel", "rerun"], help="what to do")
     p.add_argument("id", type=int, nargs="?", help="run id (show, cancel, rerun)")
     p.add_argument("--kind", default=None, help="only runs of this kind (list)")
-    p.add_argument("--status", default=None, choices=["queued", "running", "done", "failed", "cancelled"])
+    p.add_argument("--status", default=None, choices=list(RUN_STATUSES))
     p.add_argument("--limit", type=int, default=50, help="rows to list")
     p.set_defaults(func=cmd_runs)

@@ -10,6 +10,7 @@ from .common import author, open_workspace, print_result
 
 def cmd_study(args) -> int:
     from .. import humaneval as he
+    from ..codes import StudyStatus
 
     ws = open_workspace(args)
     if args.action == "list":
@@ -38,7 +39,7 @@ def cmd_study(args) -> int:
         print_result(result, args.json)
         return 0
     if args.action in ("open", "close"):
-        s = he.set_status(ws, args.name, "open" if args.action == "open" else "closed")
+        s = he.set_status(ws, args.name, StudyStatus.OPEN if args.action == "open" else StudyStatus.CLOSED)
         print(f"study {s['name']!r} is {s['status']}", file=sys.stderr)
         return 0
     if args.action == "results":

@@ -9,6 +9,8 @@ schema versions of :mod:`.migrations`.
 """
 from __future__ import annotations
 
+from ..codes import CRITERIA, RUN_STATUSES
+from ..codes import RUN_FINISHED as FINISHED
 from ..codes import HUMAN_REVIEWED
 from .base import StoreBase, StoreBusyError
 from .browse import BrowseMixin
@@ -18,8 +20,8 @@ from .generations import GenerationsMixin
 from .images import FaceRow, ImagesMixin
 from .migrations import SCHEMA_VERSION
 from .pairs import SPLITS, PairsMixin
-from .runs import FINISHED, RUN_STATUSES, RunsMixin
-from .studies import CRITERIA, StudiesMixin
+from .runs import RunsMixin
+from .studies import StudiesMixin
 
 
 class Store(ImagesMixin, BrowseMixin, CaptionsMixin, GenerationsMixin, RunsMixin, PairsMixin, EvaluationsMixin,

@@ -4,15 +4,14 @@ from __future__ import annotations
 import json
 import time
 
+from ..codes import RunStatus
 from .base import now
 
-RUN_STATUSES = ("queued", "running", "done", "failed", "cancelled")
-FINISHED = ("done", "failed", "cancelled")
 
 
 class RunsMixin:
     def create_run(self, *, kind: str, settings: dict, inputs: dict, author: str, argv: list[str] | None = None,
-                   log_path: str | None = None, status: str = "queued", resumes: int | None = None) -> int:
+                   log_path: str | None = None, status: str = RunStatus.QUEUED, resumes: int | None = None) -> int:
         with self.transaction() as conn:
             cur = conn.execute(
                 """INSERT INTO runs(kind, status, settings, inputs, argv, author, created_at, log_path, resumes)

@@ -4,9 +4,9 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
+from ..codes import CRITERIA, StudyStatus
 from .base import now
 
-CRITERIA = ("customization", "fidelity", "quality")
 
 
 class StudiesMixin:
@@ -46,7 +46,7 @@ class StudiesMixin:
         return next((s for s in self.studies() if s["name"] == name), None)
 
     def set_study_status(self, study_id: int, status: str) -> None:
-        column = {"open": "opened_at", "closed": "closed_at"}[status]
+        column = {StudyStatus.OPEN: "opened_at", StudyStatus.CLOSED: "closed_at"}[status]
         with self.transaction() as conn:
             conn.execute(f"UPDATE studies SET status = ?, {column} = ? WHERE id = ?", (status, now(), study_id))
 
@@ -117,7 +117,7 @@ class StudiesMixin:
             status = conn.execute("SELECT status FROM studies WHERE id = ?", (study_id,)).fetchone()
             if status is None:
                 raise ValueError(f"no study {study_id}")
-            if status[0] != "open":
+            if status[0] != StudyStatus.OPEN:
                 raise ValueError(f"the study is {status[0]}: scores are accepted only while it is open")
             a = conn.execute("SELECT item_id, shown_at FROM study_assignments WHERE study_id = ? AND annotator = ? "
                              "AND position = ?", (study_id, annotator, position)).fetchone()

@@ -13,24 +13,25 @@ behind someone else's generation or evaluation.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import gradio as gr
 import pandas as pd
 
 from .. import humaneval as he
-from ..store import CRITERIA
+from ..codes import CRITERIA, SCALES, StudyStatus
 from .access import StudioContext, require_admin, role, username
 from .feedback import api_errors, keep_on_mistake
 from .pages import PageMemory, session_of
 
-SCALE = [str(v) for v in range(6)]
 STUDIES = ["name", "status", "items", "annotators", "done", "assigned", "per_item", "source", "created_by"]
 
+#: the page's keys (written from ``codes.SCALES``: the criteria in order, a digit scores the highlighted one)
 KEYBOARD_JS = """
 <script>
 (() => {
-  const crit = ["customization", "fidelity", "quality"];
+  const crit = __CRITERIA__;
   let cur = 0;
   const visible = () => { const v = document.getElementById("annotate-view"); return v && v.offsetParent !== null; };
   const mark = () => crit.forEach((c, i) => {
@@ -41,7 +42,7 @@ KEYBOARD_JS = """
     if (!visible() || e.altKey || e.metaKey || e.ctrlKey) return;
     const t = e.target, tag = (t.tagName || "").toLowerCase();
     if (tag === "textarea" || (tag === "input" && t.type !== "radio")) return;  // typing a comment
-    if (/^[0-5]$/.test(e.key)) {
+    if (/^[0-9]$/.test(e.key)) {  // a digit outside the highlighted scale finds no input
       const input = document.querySelector(`#scale-${crit[cur]} input[value="${e.key}"]`);
       if (input) { input.click(); cur = Math.min(cur + 1, crit.length - 1); mark(); e.preventDefault(); }
     } else if (e.key === "Tab") {
@@ -55,7 +56,7 @@ KEYBOARD_JS = """
   new MutationObserver(mark).observe(document.documentElement, {childList: true, subtree: true});
 })();
 </script>
-"""
+""".replace("__CRITERIA__", json.dumps(list(CRITERIA)))
 CSS = ".scale-active { box-shadow: 0 0 0 3px var(--color-accent, #f97316) !important; border-radius: 6px; }"
 
 
@@ -102,8 +103,8 @@ def build() -> AnnotateTab:
                 face = gr.Image(label="Input face", interactive=False, height=360, elem_id="annotate-face")
                 image = gr.Image(label="Generated image", interactive=False, height=360, elem_id="annotate-image")
             prompt = gr.Markdown(elem_id="annotate-prompt")
-            scales = {c: gr.Radio(SCALE, label=c.capitalize(), info=he.DEFINITIONS[c], elem_id=f"scale-{c}")
-                      for c in CRITERIA}
+            scales = {c.name: gr.Radio(c.scale, label=c.name.capitalize(), info=c.definition, elem_id=f"scale-{c.name}")
+                      for c in SCALES}
             comment = gr.Textbox(label="Comment (optional)", lines=1, elem_id="annotate-comment")
             with gr.Row():
                 position = gr.Number(label="Item", precision=0, interactive=False, elem_id="annotate-position")
@@ -307,8 +308,8 @@ def wire(ctx: StudioContext, t: AnnotateTab, demo: gr.Blocks) -> None:
         return on_status
 
     admin_results = [t.results, t.table3, t.annotators, t.chart]
-    t.open_btn.click(status_setter("open"), [t.chosen], [t.studies, *admin_results], **private)
-    t.close_btn.click(status_setter("closed"), [t.chosen], [t.studies, *admin_results], **private)
+    t.open_btn.click(status_setter(StudyStatus.OPEN), [t.chosen], [t.studies, *admin_results], **private)
+    t.close_btn.click(status_setter(StudyStatus.CLOSED), [t.chosen], [t.studies, *admin_results], **private)
 
     @keep_on_mistake(5)
     def on_pick(request: gr.Request, frame: pd.DataFrame, evt: gr.SelectData):

@@ -13,6 +13,7 @@ import pandas as pd
 
 from .. import review, runs
 from ..captions import FLAGS, CaptionSettings, regenerate
+from ..codes import RunStatus
 from ..validate import parse_id, plural
 from .access import StudioContext, require_admin, username
 from .feedback import api_errors, keep_on_mistake
@@ -147,12 +148,12 @@ def run_status_text(ctx: StudioContext, run_id) -> str:
     if r is None:
         return ""
     d = runs.describe(r)
-    if r["status"] == "done" and r["result"]:
+    if r["status"] == RunStatus.DONE and r["result"]:
         return f"Run {r['id']} done. " + summary_text(r["result"])
     text = f"Caption run **{r['id']}**: {r['status']}, {d['progress']} (follow it in the Runs tab too)."
     if r["error"]:
         text += f" {r['error']}"
-    if r["status"] == "cancelled":
+    if r["status"] == RunStatus.CANCELLED:
         text += " Click Caption again to resume: finished images are not asked again."
     return text
 

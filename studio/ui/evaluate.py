@@ -12,6 +12,7 @@ import gradio as gr
 import pandas as pd
 
 from .. import runs
+from ..codes import RunStatus
 from ..evaluate import METRICS, EvalConfig, cell
 from ..generate import parse_sweep, registered_models
 from ..metrics import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED, SCORED_ATTRIBUTES
@@ -139,7 +140,7 @@ def run_view(ctx: StudioContext, run_id) -> tuple:
         text.append(f"**Error:** {d['error']}")
     res = r["result"]
     if not res:
-        if d["status"] in ("failed", "cancelled"):
+        if d["status"] in (RunStatus.FAILED, RunStatus.CANCELLED):
             text.append("Rerun it in the Runs tab: finished samples and scores are reused.")
         return ("\n\n".join(text), *empty)
     text.append(f"{res['samples']} samples ({res['generated']} generated, {res['reused']} reused) · scored with "

@@ -15,6 +15,7 @@ import gradio as gr
 import pandas as pd
 
 from .. import runs, training
+from ..codes import RunStatus
 from ..pairs import STRATEGIES, pair_statistics
 from ..validate import parse_id
 from .access import StudioContext, require_admin, username
@@ -180,9 +181,9 @@ def metrics_view(ctx: StudioContext, run_id) -> tuple[str, pd.DataFrame, list, s
                     f"{losses[-1].get('peak_memory_gb', 0):.2f} GB")
     if d["error"]:
         text.append(f"**Error:** {d['error']}")
-    if d["status"] == "done":
+    if d["status"] == RunStatus.DONE:
         text.append("Listed as a model in the Generate tab.")
-    elif d["status"] == "cancelled":
+    elif d["status"] == RunStatus.CANCELLED:
         text.append("Stopped with a checkpoint: Rerun it in the Runs tab to go on from there.")
     return "\n\n".join(text), frame, images, runs.log_tail(ctx.ws, r["id"])
 
