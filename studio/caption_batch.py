@@ -14,8 +14,8 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 
-from .captions import (CaptionReport, CaptionSettings, _redact, _store_model_caption, build_messages, cache_key,
-                       describe_error, make_client, media_data_url, pending_captions, request_caption)
+from .captions import (CaptionReport, CaptionSettings, build_messages, cache_key, describe_error, make_client,
+                       media_data_url, pending_captions, redact_secret, request_caption, store_model_caption)
 from .images import ImageError
 from .workspace import Workspace
 
@@ -112,7 +112,7 @@ def caption_batch(ws: Workspace, settings: CaptionSettings, api_key: str | None,
     pid = _params_id(settings)
 
     def keep(image_id: int, key: str, text: str, p_tok: int, c_tok: int, discount: float) -> None:
-        flags, current = _store_model_caption(ws, image_id, key, settings, text, p_tok, c_tok, author, compiled,
+        flags, current = store_model_caption(ws, image_id, key, settings, text, p_tok, c_tok, author, compiled,
                                               overwrite_reviewed, run_id)
         report.stored(flags, current, p_tok, c_tok, settings.cost(p_tok, c_tok) * discount)
 
@@ -127,7 +127,7 @@ def caption_batch(ws: Workspace, settings: CaptionSettings, api_key: str | None,
         except ImageError as exc:
             return fail(image_id, str(exc))
         except Exception as exc:  # the client retried already
-            return fail(image_id, _redact(describe_error(exc, settings), api_key))
+            return fail(image_id, redact_secret(describe_error(exc, settings), api_key))
         keep(image_id, key, text, p, c, 1.0)
 
     def finish(record: dict) -> None:

@@ -198,9 +198,9 @@ def request_caption(client, settings: CaptionSettings, data_url: str, limiter=No
     return text, prompt, int(getattr(usage, "completion_tokens", 0) or 0)
 
 
-def _store_model_caption(ws: Workspace, image_id: int, key: str, settings: CaptionSettings, text: str,
-                         prompt_tokens: int, completion_tokens: int, author: str, vocabulary=None,
-                         overwrite_reviewed: bool = False, run_id: int | None = None) -> tuple[list[str], bool]:
+def store_model_caption(ws: Workspace, image_id: int, key: str, settings: CaptionSettings, text: str,
+                        prompt_tokens: int, completion_tokens: int, author: str, vocabulary=None,
+                        overwrite_reviewed: bool = False, run_id: int | None = None) -> tuple[list[str], bool]:
     """Store a model answer as a new version; returns (flags, whether it became current)."""
     from .attributes import tag_image
 
@@ -259,7 +259,7 @@ def caption_workspace(ws: Workspace, settings: CaptionSettings, api_key: str | N
         except ImageError as exc:
             return job, None, str(exc)
         except Exception as exc:  # the client has retried already: record and go on with the batch
-            return job, None, _redact(describe_error(exc, settings), api_key)
+            return job, None, redact_secret(describe_error(exc, settings), api_key)
 
     def keep(result) -> None:
         (image_id, key, _), answer, error = result
@@ -268,7 +268,7 @@ def caption_workspace(ws: Workspace, settings: CaptionSettings, api_key: str | N
             log.warning("caption failed for image %s: %s", image_id, error)
             return
         text, p_tok, c_tok = answer
-        flags, current = _store_model_caption(ws, image_id, key, settings, text, p_tok, c_tok, author, compiled,
+        flags, current = store_model_caption(ws, image_id, key, settings, text, p_tok, c_tok, author, compiled,
                                               overwrite_reviewed, run_id)
         report.stored(flags, current, p_tok, c_tok, settings.cost(p_tok, c_tok))
 
@@ -303,8 +303,8 @@ def regenerate(ws: Workspace, image_id: int, settings: CaptionSettings, api_key:
     except ImageError as exc:
         raise ValueError(str(exc)) from None
     except Exception as exc:
-        raise ValueError(_redact(describe_error(exc, settings), api_key)) from None
-    _store_model_caption(ws, image_id, cache_key(rows[0]["sha256"], settings), settings, text, p_tok, c_tok, author,
+        raise ValueError(redact_secret(describe_error(exc, settings), api_key)) from None
+    store_model_caption(ws, image_id, cache_key(rows[0]["sha256"], settings), settings, text, p_tok, c_tok, author,
                          overwrite_reviewed=True)
     return ws.store.current_caption(image_id)
 
@@ -320,7 +320,8 @@ def describe_error(exc: Exception, settings: CaptionSettings) -> str:
     return f"{type(exc).__name__}: {_first_line(exc)}"
 
 
-def _redact(text: str, secret: str | None) -> str:
+def redact_secret(text: str, secret: str | None) -> str:
+    """An error message without the API key in it (a server may echo the key back)."""
     return text.replace(secret, "[key]") if secret else text
 
 

@@ -291,7 +291,7 @@ def _hub_cached(repo: str, filename: str) -> Path | None:
     return Path(found) if isinstance(found, str) else None
 
 
-def _identitynet_dir(source: str) -> Path | None:
+def local_identitynet_dir(source: str) -> Path | None:
     """The IdentityNet folder: the source itself, or its ``ControlNetModel/`` (InstantID) or ``controlnet/`` (release)."""
     p = _local(source)
     if p is not None:
@@ -308,7 +308,7 @@ def _identitynet_dir(source: str) -> Path | None:
     return None
 
 
-def _ip_adapter_file(source: str) -> Path | None:
+def local_ip_adapter_file(source: str) -> Path | None:
     """``ip-adapter.bin`` (InstantID layout) or ``pytorch_model.bin`` (the paper's release layout)."""
     p = _local(source)
     if p is not None:
@@ -325,7 +325,8 @@ def _ip_adapter_file(source: str) -> Path | None:
     return None
 
 
-def _base_dir(source: str) -> Path | None:
+def local_base_dir(source: str) -> Path | None:
+    """The SDXL base folder (a folder, or a hub id already in the cache), None when it is not on this machine."""
     p = _local(source)
     if p is not None:
         return p
@@ -373,18 +374,18 @@ _WHERE = ("into the hub cache ($HF_HOME, where the studio looks), or add --local
 def missing_weights(spec: ModelSpec) -> list[str]:
     """What of ``spec`` is not on this machine, each with how to get it. Looks, never downloads."""
     out = []
-    base = _base_dir(spec.base)
+    base = local_base_dir(spec.base)
     if base is None or not (base / "model_index.json").exists():
         how = (f"local folder {spec.base} has no model_index.json" if _looks_local(spec.base)
                else f"{hf_command(spec.base, BASE_FILES)} ({_WHERE}; for {SDXL_BASE}: python -m studio models --download sdxl)")
         out.append(f"SDXL base '{spec.base}': {how}")
-    cn = _identitynet_dir(spec.identitynet)
+    cn = local_identitynet_dir(spec.identitynet)
     if cn is None or not (cn / "config.json").exists():
         how = (f"local folder {spec.identitynet} holds no config.json, {IDENTITYNET_SUBFOLDER}/config.json "
                f"(InstantID layout) or {RELEASE_IDENTITYNET_SUBFOLDER}/config.json (CrossFaceID release layout)"
                if _looks_local(spec.identitynet) else f"{hf_command(spec.identitynet, IDENTITYNET_FILES)} ({_WHERE})")
         out.append(f"IdentityNet '{spec.identitynet}': {how}")
-    ip = _ip_adapter_file(spec.ip_adapter)
+    ip = local_ip_adapter_file(spec.ip_adapter)
     if ip is None or not ip.is_file():
         how = (f"{spec.ip_adapter} holds neither {IP_ADAPTER_FILE} (InstantID layout) nor {RELEASE_IP_ADAPTER_FILE} "
                f"(CrossFaceID release layout)" if _looks_local(spec.ip_adapter)
@@ -469,7 +470,7 @@ def load_base(source: str, device: str | None = None, dtype=None, vae_tiling: bo
     import torch
     from diffusers import StableDiffusionXLPipeline
 
-    base_dir = _base_dir(source)
+    base_dir = local_base_dir(source)
     if base_dir is None or not (base_dir / "model_index.json").exists():
         raise MissingWeightsError(f"SDXL base '{source}' is not on this machine")
     dev = pick_device(device)
@@ -513,11 +514,11 @@ def load_instantid(spec: ModelSpec, device: str | None = None, dtype=None, base:
     dtype = dtype or (torch.float16 if dev.type == "cuda" else torch.float32)
     if base is None:
         base = load_base(spec.base, "cpu" if offload else str(dev), dtype, vae_tiling)
-    state = load_ip_adapter_state(_ip_adapter_file(spec.ip_adapter))
+    state = load_ip_adapter_state(local_ip_adapter_file(spec.ip_adapter))
     check_ip_adapter(state, base.components["unet"])
     # our own runs save fp32 weights; the loader keeps a checkpoint's dtype, the pipeline runs in ``dtype``
     state = {part: {k: v.to(dtype) for k, v in d.items()} for part, d in state.items()}
-    controlnet = ControlNetModel.from_pretrained(str(_identitynet_dir(spec.identitynet)), dtype=dtype)
+    controlnet = ControlNetModel.from_pretrained(str(local_identitynet_dir(spec.identitynet)), dtype=dtype)
     pipe = StableDiffusionXLControlNetPipeline(**base.components, controlnet=controlnet,
                                                force_zeros_for_empty_prompt=base.force_zeros_for_empty_prompt)
     with base.lock:

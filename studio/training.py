@@ -239,9 +239,9 @@ def launch_command(cfg: TrainConfig, spec, out: Path, manifest: Path, validation
             launch += ["--num_processes", str(len(devices)), "--gpu_ids", ",".join(sorted(devices, key=int))]
         precision = cfg.precision
     launch += ["--mixed_precision", precision]
-    from .instantid import _base_dir
+    from .instantid import local_base_dir
 
-    base = _base_dir(spec.base)
+    base = local_base_dir(spec.base)
     script = [str(SCRIPT), "--pretrained_model_name_or_path", str(base or spec.base),
               "--identitynet", "unet" if cfg.start == "base" else spec.identitynet,
               "--ip_adapter", "init" if cfg.start == "base" else spec.ip_adapter,

@@ -71,10 +71,11 @@ def load_models(args):
     from diffusers import AutoencoderKL, ControlNetModel, DDPMScheduler, UNet2DConditionModel
     from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection
 
-    from studio.instantid import (CheckpointError, MissingWeightsError, ResamplerShape, _base_dir, _identitynet_dir,
-                                  _ip_adapter_file, check_ip_adapter, init_ip_adapter_state, load_ip_adapter_state)
+    from studio.instantid import (CheckpointError, MissingWeightsError, ResamplerShape, check_ip_adapter,
+                                  init_ip_adapter_state, load_ip_adapter_state, local_base_dir, local_identitynet_dir,
+                                  local_ip_adapter_file)
 
-    base = _base_dir(args.pretrained_model_name_or_path)
+    base = local_base_dir(args.pretrained_model_name_or_path)
     if base is None or not (base / "model_index.json").is_file():
         raise MissingWeightsError(f"SDXL base {args.pretrained_model_name_or_path!r} is not on this machine "
                                   "(a diffusers folder with model_index.json, or a downloaded hub id)")
@@ -92,7 +93,7 @@ def load_models(args):
         channels = tuple(int(c) for c in args.identitynet_conditioning_channels.split(","))
         controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=channels)
     else:
-        cn_dir = _identitynet_dir(args.identitynet)
+        cn_dir = local_identitynet_dir(args.identitynet)
         if cn_dir is None or not (cn_dir / "config.json").is_file():
             raise MissingWeightsError(f"IdentityNet {args.identitynet!r} has no ControlNetModel/config.json here; "
                                       "pass a folder, a downloaded hub id, or 'unet' to start from the UNet")
@@ -101,7 +102,7 @@ def load_models(args):
         state = init_ip_adapter_state(unet, ResamplerShape(hidden_dims=args.resampler_dim,
                                                            num_queries=args.resampler_queries), seed=args.seed)
     else:
-        path = _ip_adapter_file(args.ip_adapter)
+        path = local_ip_adapter_file(args.ip_adapter)
         if path is None or not path.is_file():
             raise MissingWeightsError(f"IP-adapter {args.ip_adapter!r} has no ip-adapter.bin here; "
                                       "pass the file, a folder holding it, or 'init' to start a fresh adapter")
