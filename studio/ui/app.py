@@ -71,7 +71,7 @@ def build_app(ctx: StudioContext) -> gr.Blocks:
         follow(clock, [captions.wire(ctx, c), training.wire(ctx, tr), evaluate.wire(ctx, ev), runs.wire(ctx, r)])
         annotate.wire(ctx, a, demo)
 
-        persons, poses, tags = b.filters[0], b.filters[3], b.filters[4]
+        persons, poses, tags = b.filters["persons"], b.filters["pose"], b.filters["tags"]
         admin_outputs = [persons, poses, tags, b.summary, b.gallery, b.ids, b.page, g.weights, g.models, c.readiness]
 
         def on_load(request: gr.Request):

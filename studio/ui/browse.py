@@ -18,7 +18,7 @@ PAGE_SIZES = [24, 48, 96]
 @dataclass
 class BrowseTab:
     tab: gr.Tab
-    filters: list
+    filters: dict  # name -> component, in the order of _filter's parameters
     page: gr.Number
     page_size: gr.Dropdown
     summary: gr.Markdown
@@ -77,8 +77,10 @@ def build() -> BrowseTab:
         detail_same = gr.Gallery(label="Other photos of this person (click to open)", columns=8, height="auto",
                                  allow_preview=False, object_fit="contain", elem_id="same-person")
         same_ids = gr.State([])
-    filters = [persons, status, reason, pose, tags, min_side, max_side, min_ratio, max_ratio, outlier,
-               caption_text, caption_status, sort, descending, split]
+    filters = dict(persons=persons, status=status, reason=reason, pose=pose, tags=tags, min_side=min_side,
+                   max_side=max_side, min_ratio=min_ratio, max_ratio=max_ratio, outlier=outlier,
+                   caption_text=caption_text, caption_status=caption_status, sort=sort, descending=descending,
+                   split=split)
     return BrowseTab(tab, filters, page, page_size, summary, gallery, ids, apply, prev, nxt,
                      detail_image, detail_problem, detail_text, detail_meta, detail_same, same_ids)
 
@@ -216,7 +218,7 @@ def wire(ctx: StudioContext, t: BrowseTab) -> None:
             return _detail_outputs(ctx, ids[evt.index])
         return select
 
-    inputs = [*t.filters, t.page, t.page_size]
+    inputs = [*t.filters.values(), t.page, t.page_size]
     private = {"api_visibility": "private"}
     t.apply.click(on_apply, inputs, page_outputs, **private)
     t.page.submit(on_page, inputs, page_outputs, **private)
