@@ -20,15 +20,25 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from .codes import RunStatus
-from .instantid import GenerationSettings
+from .instantid import GenerationSettings, ModelSpec
 from .metrics import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED
 from .workspace import Workspace, atomic_write_bytes
 
 METRICS = ("clip_t", "clip_i", "face_sim", "attr_acc")
+
+
+class PlanEntry(NamedTuple):
+    """One sample an evaluation needs: its content key, test set (row), item, model and generation settings."""
+    key: str
+    testset: dict
+    item: dict
+    spec: ModelSpec
+    settings: GenerationSettings
 
 
 @dataclass
@@ -143,21 +153,21 @@ def evaluate(ws: Workspace, cfg: EvalConfig, run_id: int, *, author: str = "stud
         raise ValueError(f"the test sets' face pack {packs[0]!r} is needed for Face Sim: {exc}") from None
     track = track or (lambda items, **_: items)
 
-    plan = []
+    plan: list[PlanEntry] = []
     for t, items in sets:
         for spec in specs:
             for lam in cfg.lambdas:
                 for item in items:
                     s = cfg.settings(item["prompt"], lam, item["idx"])
-                    plan.append((sample_key(spec.weights_key(), item, s), t, item, spec, s))
-    keys = [p[0] for p in plan]
+                    plan.append(PlanEntry(sample_key(spec.weights_key(), item, s), t, item, spec, s))
+    keys = [p.key for p in plan]
     clip_spec = clip.spec if clip is not None else ClipSpec(cfg.clip_model, cfg.clip_pretrained)
     name = scorer_name(clip_spec, pack.name)
     existing = ws.store.eval_samples(keys)
     reused = [k for k in keys if k in existing and (ws.root / existing[k]["output_path"]).is_file()]
     reused_set = set(reused)
     ws.store.link_eval_samples(run_id, reused)
-    todo = [p for p in plan if p[0] not in reused_set]
+    todo = [p for p in plan if p.key not in reused_set]
     # CLIP first: a missing model fails the run before any GPU time is spent on samples. On Ray the
     # actors load their own, so this process loads it only for that check and drops it before scoring;
     # with every sample already scored it is not loaded at all.
@@ -196,12 +206,12 @@ def evaluate(ws: Workspace, cfg: EvalConfig, run_id: int, *, author: str = "stud
             "tradeoff": curve, "files": files}
 
 
-def generate_samples(ws: Workspace, todo: list, cfg: EvalConfig, run_id: int, author: str, track, cache=None) -> None:
+def generate_samples(ws: Workspace, todo: list[PlanEntry], cfg: EvalConfig, run_id: int, author: str, track, cache=None) -> None:
     """Generate and record each missing sample (one commit per sample: a killed run keeps what it made)."""
     from .generate import FaceCondition, control_inputs
     from .instantid import load_instantid
 
-    todo = sorted(todo, key=lambda p: p[3].name)  # model by model: one SDXL in memory at a time
+    todo = sorted(todo, key=lambda p: p.spec.name)  # model by model: one SDXL in memory at a time
     loaded: dict = {}
     for key, t, item, spec, s in track(todo, desc="generating"):
         if cache is not None:
