@@ -206,7 +206,8 @@ def evaluate(ws: Workspace, cfg: EvalConfig, run_id: int, *, author: str = "stud
             "tradeoff": curve, "files": files}
 
 
-def generate_samples(ws: Workspace, todo: list[PlanEntry], cfg: EvalConfig, run_id: int, author: str, track, cache=None) -> None:
+def generate_samples(ws: Workspace, todo: list[PlanEntry], cfg: EvalConfig, run_id: int, author: str, track,
+                     cache=None) -> None:
     """Generate and record each missing sample (one commit per sample: a killed run keeps what it made)."""
     from .generate import FaceCondition, control_inputs
     from .instantid import load_instantid

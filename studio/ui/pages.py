@@ -31,6 +31,11 @@ def fingerprint(value) -> Hashable:
     return ("value", repr(value))
 
 
+def session_of(request: gr.Request | None) -> str | None:
+    """The page a request comes from (None for a client without a session)."""
+    return getattr(request, "session_hash", None)
+
+
 def _is_skip(value) -> bool:
     return isinstance(value, dict) and value == gr.skip()
 
@@ -67,18 +72,13 @@ class PageMemory:
             @functools.wraps(fn)
             def wrapper(*args, **kwargs):
                 out = fn(*args, **kwargs)
-                request = next((a for a in (*args, *kwargs.values()) if isinstance(a, gr.Request)), None)
-                session = getattr(request, "session_hash", None)
+                session = session_of(next((a for a in (*args, *kwargs.values()) if isinstance(a, gr.Request)), None))
                 values = out if isinstance(out, tuple) else (out,)
                 kept = tuple(v if _is_skip(v) or self.changed(session, (name, i), fingerprint(v)) else gr.skip()
                              for i, v in enumerate(values))
                 return kept if isinstance(out, tuple) else kept[0]
             return wrapper
         return deco
-
-
-def session_of(request: gr.Request | None) -> str | None:
-    return getattr(request, "session_hash", None)
 
 
 @dataclass(frozen=True)
