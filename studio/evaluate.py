@@ -27,6 +27,7 @@ import numpy as np
 from .codes import RunStatus
 from .instantid import GenerationSettings, ModelSpec
 from .metrics import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED
+from .settings import RunSettings
 from .workspace import Workspace, atomic_write_bytes
 
 METRICS = ("clip_t", "clip_i", "face_sim", "attr_acc")
@@ -42,8 +43,12 @@ class PlanEntry(NamedTuple):
 
 
 @dataclass
-class EvalConfig:
-    """What an evaluation run compares, and how its samples are generated and scored."""
+class EvalConfig(RunSettings):
+    """What an evaluation run compares, how its samples are generated and scored, and where it scores."""
+
+    KIND = "evaluate"
+    LABEL = "evaluation"
+    CLI_NAMES = {"testsets": "testset", "models": "model"}
 
     testsets: list[str]
     models: list[str]
@@ -61,8 +66,25 @@ class EvalConfig:
     n_boot: int = 1000
     device: str | None = None
     allow_pack_mismatch: bool = False
+    engine: str = "local"  # local: score in the worker; ray: on a Ray actor pool
+    address: str | None = None  # engine ray: the cluster to join (None: start one locally)
+    workers: int | None = None  # engine ray: scoring actors
+    gpus_per_worker: float = 0.0
+
+    @classmethod
+    def from_args(cls, args) -> "EvalConfig":
+        """From `python -m studio evaluate`: repeated --testset / --model, λ as a comma-separated sweep."""
+        from .generate import parse_sweep
+
+        values = {k: getattr(args, cls.CLI_NAMES.get(k, k)) for k in cls.__dataclass_fields__
+                  if getattr(args, cls.CLI_NAMES.get(k, k), None) is not None}
+        values.update(testsets=args.testset or [], models=args.model or [], lambdas=parse_sweep(args.lambdas),
+                      clip_pretrained=args.clip_pretrained or None)
+        return cls.from_dict(values)
 
     def validate(self) -> None:
+        if self.engine not in ("local", "ray"):
+            raise ValueError(f"engine must be local or ray, got {self.engine!r}")
         if not self.testsets:
             raise ValueError("choose at least one test set")
         if not self.models:
@@ -83,26 +105,21 @@ class EvalConfig:
                                   identitynet_scale=self.identitynet_scale, steps=self.steps, guidance=self.guidance,
                                   seed=int(self.seed) + int(idx), width=self.width, height=self.height)
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
-    def to_cli(self) -> list[str]:
-        """The `python -m studio evaluate` arguments of this configuration (what the app submits)."""
-        args = [a for t in self.testsets for a in ("--testset", t)] + [a for m in self.models for a in ("--model", m)]
-        args += ["--lambdas", ",".join(str(v) for v in self.lambdas), "--steps", str(self.steps),
-                 "--guidance", str(self.guidance), "--identitynet-scale", str(self.identitynet_scale),
-                 "--width", str(self.width), "--height", str(self.height), "--seed", str(self.seed),
-                 "--negative-prompt", self.negative_prompt, "--clip-model", self.clip_model,
-                 "--n-boot", str(self.n_boot)]
-        if self.clip_pretrained:
-            args += ["--clip-pretrained", self.clip_pretrained]
-        if self.baseline:
-            args += ["--baseline", self.baseline]
-        if self.device:
-            args += ["--device", self.device]
-        if self.allow_pack_mismatch:
-            args += ["--allow-pack-mismatch"]
-        return args
+def check_start(ws: Workspace, cfg: EvalConfig) -> None:
+    """Refuse what the run would refuse: an unknown test set or model, missing weights, a face-pack mismatch."""
+    from .generate import check_face_pack, resolve_models
+
+    cfg.validate()
+    specs = resolve_models(ws, cfg.models)
+    known = {t["name"] for t in ws.store.testsets()}
+    unknown = [t for t in cfg.testsets if t not in known]
+    if unknown:
+        raise ValueError(f"no test set named {unknown}; existing: {sorted(known)}")
+    packs = {ws.store.testset(t)["pack"] for t in cfg.testsets}
+    for spec in specs:
+        for pack in packs:
+            check_face_pack(spec, pack, cfg.allow_pack_mismatch)
 
 
 #: Settings added after evaluation runs existed, with the values those runs used: left out of a

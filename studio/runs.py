@@ -1,11 +1,13 @@
 """Runs: every long stage executes as a recorded run, in-process (CLI) or in a worker subprocess (app).
 
-A run row holds the kind, settings, inputs, author, status, progress, log and outcome. The CLI
-runs a stage in-process and records it; the app submits the same CLI command (an argument list,
-never a shell) as a worker subprocess in its own session, so closing the browser, or even the
-app, does not stop it. Cancelling sets a flag that the stage sees at its next item; each item is
-committed on its own, so a cancelled or killed run is resumed by running it again. A run whose
-worker died without saying so is marked failed the next time runs are listed or started.
+A run row holds the kind, its settings (the stage's settings object, see :mod:`studio.stages`),
+inputs, author, status, progress, log and outcome. The CLI runs a stage in-process and records it;
+the app records the run first and starts ``python -m studio worker RUN_ID`` in its own session,
+which reads the settings from the row, so closing the browser, or even the app, does not stop it
+and nothing a form or the API typed reaches the worker's command line. Cancelling sets a flag that
+the stage sees at its next item; each item is committed on its own, so a cancelled or killed run
+is resumed by running it again. A run whose worker died without saying so is marked failed the
+next time runs are listed or started.
 """
 from __future__ import annotations
 
@@ -20,13 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .codes import RunStatus
+from .settings import RunSettings
 from .workspace import Workspace
 
-#: the stages that run as runs, and the CLI command each one is
+#: the stages that run as runs, and the CLI command each one is (studio.stages.STAGES has their settings)
 KINDS = ("ingest", "analyze", "curate", "caption", "tag", "export", "split", "pairs", "manifest", "train",
          "testset", "evaluate")
-#: kinds of which one run at a time per workspace: two would ask for (and pay for) the same items
-EXCLUSIVE = ("caption", "analyze", "evaluate")
 HEARTBEAT_S = 5.0
 STALE_AFTER_S = 60.0
 LOG_TAIL_BYTES = 8000
@@ -152,70 +153,139 @@ def log_path(ws: Workspace, run_id: int) -> Path:
     return ws.root / "runs" / f"{run_id}.log"
 
 
-#: the worker options only the studio sets: a run's workspace, its row and its author (the signed-in user)
-STUDIO_OPTIONS = {"workspace": "--workspace", "run_id": "--run-id", "author": "--author"}
+#: the options only the studio sets: a run's workspace and its author (the signed-in user)
+STUDIO_OPTIONS = {"workspace": "--workspace", "author": "--author"}
 
 
-def check_args(kind: str, args: list[str]) -> None:
-    """Refuse what the worker's own parser would refuse, and the studio's own options in any spelling
-    (``--workspace=X``, ``--works X``); a training run's settings, extra script options included, are
-    validated as the worker validates them."""
+def settings_from_args(kind: str, args: list[str]) -> RunSettings:
+    """A run's settings from a line of `python -m studio <kind>` arguments (the Runs tab, old runs): parsed
+    by the stage's own parser, the studio's own options refused in any spelling (``--workspace=X``,
+    ``--works X``), then built and validated as the CLI builds them."""
     from .argcheck import parse, refuse_reserved
     from .cli import stage_parser
+    from .stages import stage
 
+    st = stage(kind)
     what = f"{kind} arguments"
     refuse_reserved(stage_parser(kind), args, STUDIO_OPTIONS, what)
-    parsed = parse(stage_parser(kind), args, what)
-    if kind == "train":
-        from .training import TrainConfig
-
-        TrainConfig.from_args(parsed).validate()
+    return st.settings.from_args(parse(stage_parser(kind), args, what))
 
 
-def submit(ws: Workspace, kind: str, args: list[str], author: str, *, settings: dict | None = None,
-           secrets_env: dict[str, str] | None = None, resumes: int | None = None) -> int:
-    """Start ``python -m studio <kind> <args>`` as a worker for a new run; returns the run id.
+check_args = settings_from_args  # what reaches a worker is checked by building its settings
 
-    ``args`` are checked first (:func:`check_args`): nothing from a form or the API sets the
-    workspace, the run or the author. ``secrets_env`` (an API key) reaches the worker through its
-    environment only: it is not in the argument list, the run row or the log.
+
+def start(ws: Workspace, settings: RunSettings, author: str, *, run_id: int | None = None,
+          track: Callable | None = None) -> tuple[int, dict | None]:
+    """Run a stage in this process as a recorded run (the CLI; the worker with ``run_id``): returns
+    (run id, result), the result None when cancelled."""
+    from .stages import StageRun, stage
+
+    st = stage(settings.KIND)
+    if run_id is None:
+        settings = st.resolve(ws, settings)
+        st.check_start(ws, settings)
+    else:  # the worker: the world may have changed since the app checked; a refusal fails this run
+        try:
+            st.check_start(ws, settings, run_id)
+        except BaseException as exc:
+            ws.store.finish_run(run_id, RunStatus.FAILED, exit_code=2, error=f"{type(exc).__name__}: {exc}"[:2000])
+            raise
+    return execute(ws, settings.KIND, settings.to_dict(), author,
+                   lambda handle: st.run(ws, settings, StageRun(handle, combine(handle.track, track), author)),
+                   run_id=run_id, inputs=_inputs(ws, settings))
+
+
+def _inputs(ws: Workspace, settings: RunSettings) -> dict:
+    inputs = {"workspace": str(ws.root)}
+    if settings.KIND == "train":  # the GPU set it holds: one training run per set
+        inputs["device_set"] = sorted(settings.device_set())  # type: ignore[attr-defined]
+    return inputs
+
+
+def submit(ws: Workspace, settings: RunSettings, author: str, *, secrets_env: dict[str, str] | None = None,
+           resumes: int | None = None) -> int:
+    """Record a run of ``settings`` and start ``python -m studio worker RUN_ID`` for it; returns the run id.
+
+    The settings are checked first (the stage's ``check_start``, as the CLI and the worker check
+    them). The worker's command line holds only the workspace and the run id: it reads the settings
+    and the author from the run. ``secrets_env`` (an API key) reaches the worker through its
+    environment only: it is not in the command line, the run row or the log.
     """
-    if kind not in KINDS:
-        raise ValueError(f"unknown run kind {kind!r}; one of {KINDS}")
-    check_args(kind, args)
+    from .stages import stage
+
+    if not isinstance(settings, RunSettings):
+        raise ValueError(f"a run needs a settings object, got {type(settings).__name__}")
+    st = stage(settings.KIND)
+    settings = st.resolve(ws, settings)
+    st.check_start(ws, settings)
     reap(ws)
-    refuse_if_busy(ws, kind)
-    run_id = ws.store.create_run(kind=kind, settings=settings or {"args": args}, inputs={"workspace": str(ws.root)},
-                                 author=author, argv=[kind, *args], resumes=resumes)
+    refuse_if_busy(ws, settings.KIND)
+    run_id = ws.store.create_run(kind=settings.KIND, settings=settings.to_dict(), inputs=_inputs(ws, settings),
+                                 author=author, argv=None, resumes=resumes)
+    cmd = ["worker", "--workspace", str(ws.root), str(run_id)]
     path = log_path(ws, run_id)
     path.parent.mkdir(parents=True, exist_ok=True)
-    ws.store.set_run_log(run_id, str(path))
-    # the studio's own options first: a stage's args may end with `-- <passed through>`
-    cmd = [sys.executable, "-m", "studio", kind, "--workspace", str(ws.root), "--run-id", str(run_id),
-           "--author", author, *args]
+    ws.store.set_run_worker(run_id, cmd, str(path))
     env = {**os.environ, **(secrets_env or {}), "PYTHONUNBUFFERED": "1"}
     with open(path, "ab") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                cwd=Path(__file__).resolve().parent.parent, start_new_session=True)
+        proc = subprocess.Popen([sys.executable, "-m", "studio", *cmd], stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env=env, cwd=Path(__file__).resolve().parent.parent,
+                                start_new_session=True)
     _children[(str(ws.root), run_id)] = proc
     return run_id
 
 
+def submit_args(ws: Workspace, kind: str, args: list[str], author: str, **kw) -> int:
+    """:func:`submit` a run whose settings come as a line of CLI arguments (the Runs tab's form and API)."""
+    return submit(ws, settings_from_args(kind, args), author, **kw)
+
+
+def work(ws: Workspace, run_id: int, track: Callable | None = None) -> tuple[int, dict | None]:
+    """The worker: run the queued run ``run_id`` with the settings and author of its row."""
+    from .stages import stage
+
+    r = ws.store.run(run_id)
+    if r is None:
+        raise ValueError(f"no run {run_id}")
+    if r["status"] != RunStatus.QUEUED or r["pid"] is not None:
+        raise ValueError(f"run {run_id} is {r['status']}: a worker starts a queued run once (rerun it instead)")
+    try:
+        settings = stage(r["kind"]).settings.from_dict(r["settings"])
+    except ValueError as exc:
+        ws.store.finish_run(run_id, RunStatus.FAILED, exit_code=2, error=str(exc)[:2000])
+        raise
+    print(f"run {run_id}: {r['kind']} by {r['author']}", flush=True)
+    return start(ws, settings, r["author"], run_id=run_id, track=track)
+
+
+def recorded_settings(r: dict) -> RunSettings:
+    """A finished run's settings object: from its row, or, for a run recorded before settings objects,
+    from the command line it was started with."""
+    from .stages import stage
+
+    try:
+        return stage(r["kind"]).settings.from_dict(r["settings"])
+    except ValueError:
+        argv = r["argv"] or []
+        if not argv or argv[0] != r["kind"]:
+            raise ValueError(f"run {r['id']}'s settings cannot be read back, so it cannot be rerun here") from None
+        return settings_from_args(r["kind"], _strip_studio_options(argv[1:]))
+
+
 def rerun(ws: Workspace, run_id: int, author: str, secrets_env: dict[str, str] | None = None) -> int:
-    """Start the same command again; finished items are skipped, so this resumes the run."""
+    """Start the same settings again; finished items are skipped, so this resumes the run."""
     old = ws.store.run(run_id)
     if old is None:
         raise ValueError(f"no run {run_id}")
     if old["status"] in (RunStatus.QUEUED, RunStatus.RUNNING):
         raise ValueError(f"run {run_id} is still {old['status']}")
-    argv = old["argv"] or []
-    if not argv or argv[0] not in KINDS:
-        raise ValueError(f"run {run_id} was not started from the app and cannot be rerun here")
-    return submit(ws, argv[0], _strip_run_args(argv[1:]), author, settings=old["settings"], secrets_env=secrets_env,
-                  resumes=run_id)
+    if old["kind"] not in KINDS:
+        raise ValueError(f"run {run_id} ({old['kind']}) is not a stage run and cannot be rerun here")
+    return submit(ws, recorded_settings(old), author, secrets_env=secrets_env, resumes=run_id)
 
 
-def _strip_run_args(args: list[str]) -> list[str]:
+def _strip_studio_options(args: list[str]) -> list[str]:
+    """An old run's command line without what the studio added (workspace, run id, author)."""
     out, skip = [], False
     for a in args:
         if skip:
@@ -229,9 +299,11 @@ def _strip_run_args(args: list[str]) -> list[str]:
 
 
 def refuse_if_busy(ws: Workspace, kind: str) -> None:
-    """A second run of an ``EXCLUSIVE`` kind (caption, analyze, evaluate) on one workspace is refused, naming
+    """A second run of an exclusive kind (caption, analyze, evaluate) on one workspace is refused, naming
     the one that is going."""
-    if kind not in EXCLUSIVE:
+    from .stages import STAGES
+
+    if kind not in STAGES or not STAGES[kind].exclusive:
         return
     busy = [r for r in ws.store.active_runs() if r["kind"] == kind]
     if busy:
@@ -301,6 +373,19 @@ def log_tail(ws: Workspace, run_id: int, max_bytes: int = LOG_TAIL_BYTES) -> str
         text = fh.read().decode("utf-8", "replace")
     lines = [line.rsplit("\r", 1)[-1] for line in text.splitlines()]
     return "\n".join(lines)
+
+
+def equivalent_command(r: dict) -> str | None:
+    """The `python -m studio <kind> ...` command that asks for a run's settings (None for a run that is not a
+    stage run or whose settings cannot be read back)."""
+    import shlex
+
+    if r["kind"] not in KINDS:
+        return None
+    try:
+        return shlex.join(["python", "-m", "studio", r["kind"], *recorded_settings(r).to_cli()])
+    except ValueError:
+        return None
 
 
 def describe(r: dict) -> dict:

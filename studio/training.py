@@ -17,9 +17,10 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from .settings import RunSettings
 from .workspace import Workspace, writable_dir
 
 REPO = Path(__file__).resolve().parent.parent
@@ -50,8 +51,11 @@ def accelerate_configs() -> dict[str, Path]:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(RunSettings):
     """What a training run is asked to do; stored with the run and shown in its history."""
+
+    KIND = "train"
+    LABEL = "training"
 
     name: str
     model: str = "InstantID"
@@ -77,31 +81,13 @@ class TrainConfig:
     encode_in_loop: bool = False
     extra: list[str] = field(default_factory=list)  # further script arguments, passed as they are
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "TrainConfig":
+        """From `python -m studio train`: the options, and what follows ``--`` as the script's extra options."""
         names = {f for f in cls.__dataclass_fields__}
         values = {k: v for k, v in vars(args).items() if k in names and v is not None}
         values["extra"] = [a for a in (args.extra or []) if a != "--"]
-        return cls(**values)
-
-    def to_cli(self) -> list[str]:
-        """The `python -m studio train` arguments that ask for this (the app's worker runs them)."""
-        d = TrainConfig(name=self.name)
-        flags = {"learning_rate": "--lr", "max_steps": "--steps", "batch_size": "--batch",
-                 "gradient_accumulation": "--accumulate"}
-        out: list[str] = []
-        for key, value in self.to_dict().items():
-            if key == "extra" or value == getattr(d, key) and key != "name":
-                continue
-            flag = flags.get(key, "--" + key.replace("_", "-"))
-            if isinstance(value, bool):
-                out += [flag] if value else []
-            elif value is not None:
-                out += [flag, str(value)]
-        return out + (["--", *self.extra] if self.extra else [])
+        return cls.from_dict(values)
 
     def validate(self) -> None:
         problems = []
@@ -208,16 +194,20 @@ def busy_with(ws: Workspace, devices: set[str], run_id: int | None = None) -> di
     for r in ws.store.active_runs():
         if r["kind"] != "train" or r["id"] == run_id or (run_id is not None and r["id"] > run_id):
             continue
-        theirs = set((r["settings"] or {}).get("device_set") or ["cpu"])
-        if theirs & devices:
+        if held_devices(r) & devices:
             return r
     return None
+
+
+def held_devices(r: dict) -> set[str]:
+    """The GPU set a training run holds (its inputs; runs recorded before kept it in their settings)."""
+    return set((r["inputs"] or {}).get("device_set") or (r["settings"] or {}).get("device_set") or ["cpu"])
 
 
 def refuse_if_gpus_busy(ws: Workspace, cfg: TrainConfig, run_id: int | None = None) -> None:
     other = busy_with(ws, cfg.device_set(), run_id)
     if other:
-        held = ", ".join(sorted(set((other["settings"] or {}).get("device_set") or ["cpu"])))
+        held = ", ".join(sorted(held_devices(other)))
         raise TrainingError(f"training run {other['id']} (started by {other['author']}) is using {held}; "
                             "one training run per GPU set at a time: wait for it, stop it, or pick other devices")
 

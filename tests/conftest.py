@@ -126,6 +126,22 @@ def photos() -> dict[str, Path]:
     }
 
 
+@pytest.fixture()
+def photos_ws(tmp_path, photos):
+    """A fresh workspace with six photos of three persons ingested (not analysed)."""
+    from studio.ingest import ingest
+    from studio.workspace import Workspace
+
+    src = tmp_path / "src"
+    names = ("obama", "obama2", "obama3", "obama_partial_face", "biden", "astronaut")
+    for name in names:
+        (src / name).mkdir(parents=True)
+        shutil.copy(photos[name], src / name / photos[name].name)
+    ws = Workspace.open(tmp_path / "ws")
+    ingest(ws, src)
+    return ws
+
+
 @pytest.fixture(scope="session")
 def pack():
     from studio.faces import resolve_pack

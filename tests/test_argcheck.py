@@ -13,7 +13,7 @@ from studio.training import TrainConfig, check_extra
     (["--workspace", "/other"], "--workspace is set by the studio"),
     (["--works", "/other"], "--workspace is set by the studio"),  # an abbreviation argparse takes
     (["--author=someone"], "--author is set by the studio"),
-    (["--run-i", "3"], "--run-id is set by the studio"),
+    (["--run-id", "3"], "unrecognized arguments: --run-id"),  # the worker takes its run id as its only argument
     (["--workspace=/x", "--author=y"], "--author, --workspace are set by the studio"),
     (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
     (["--help"], "--help is not an argument for a run"),

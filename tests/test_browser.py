@@ -233,8 +233,8 @@ def test_runs_outlive_the_page_and_cancelled_runs_resume(browser, runs_app, tmp_
         page = login(browser, url, "ada")
         _start_captioning(page, server.url, concurrency=1)
         page.locator("#caption-run-summary").get_by_text("Caption run").wait_for()
-        argv = next(r for r in ws.store.runs() if r["kind"] == "caption")["argv"]
-        assert argv[argv.index("--concurrency") + 1] == "1" and "sk-browser-key-0001" not in argv
+        run = next(r for r in ws.store.runs() if r["kind"] == "caption")
+        assert run["settings"]["concurrency"] == 1 and "sk-browser-key-0001" not in run["argv"] + [str(run["settings"])]
         page.get_by_role("tab", name="Runs").click()
         page.locator("#run-args textarea, #run-args input").first.fill("--face-pack bundled")
         page.get_by_role("button", name="Start run").click()

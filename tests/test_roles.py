@@ -109,6 +109,53 @@ def test_run_start_refuses_the_studios_own_options_in_every_spelling(served, cur
         client(served, "ada").predict(kind="curate", args=["--workspace", "/x"], api_name="/run_start")
 
 
+#: the fewest arguments each kind's command needs, so a refusal is about the studio's option alone
+NEEDS = {"ingest": "/data/photos", "export": "--out exports/a", "manifest": "--out exports/m", "train": "--name m",
+         "testset": "build --name t --kind fidelity", "evaluate": "--testset t --model InstantID"}
+#: the studio's own options in every spelling argparse takes, before and after `--`
+SMUGGLED = ["--workspace OTHER", "--workspace=OTHER", "--works OTHER", "--author someone", "--author=someone",
+            "--run-id 3", "-- --workspace=OTHER", "-- --output_dir OTHER", "-- --output_dir=OTHER",
+            "-- --train_data=OTHER/x.jsonl"]
+
+
+@pytest.mark.parametrize("kind", ["ingest", "analyze", "curate", "caption", "tag", "export", "split", "pairs",
+                                  "manifest", "train", "testset", "evaluate"])
+def test_no_studio_option_reaches_the_worker_of_any_kind(served, curated_ws, tmp_path, kind):
+    """Every run kind from the API, the studio's options in every spelling: refused, nothing recorded or written."""
+    from gradio_client.exceptions import AppError
+
+    from studio import runs
+
+    assert kind in runs.KINDS
+    other = tmp_path / "other-ws"
+    c, runs_before = client(served, "ada"), len(curated_ws.store.runs())
+    for smuggled in SMUGGLED:
+        line = f"{NEEDS.get(kind, '')} {smuggled.replace('OTHER', str(other))}".strip()
+        with pytest.raises(AppError, match="set by the studio; leave it out|unrecognized arguments"):
+            c.predict(kind=kind, args=line, api_name="/run_start")
+    with pytest.raises(AppError, match="arguments must be one line of text"):  # a list is not taken apart
+        c.predict(kind=kind, args=[*NEEDS.get(kind, "").split(), "--workspace", str(other)], api_name="/run_start")
+    assert len(curated_ws.store.runs()) == runs_before and not other.exists()
+
+
+def test_a_run_from_the_api_reaches_its_worker_as_a_run_id(served, curated_ws):
+    """The worker's command line holds the workspace and the run id; the settings and the author come from the row."""
+    from conftest import wait_for
+
+    from studio import runs
+
+    run_id = client(served, "ada").predict(kind="curate", args="--min-faces 1", api_name="/run_start")
+    r = curated_ws.store.run(run_id)
+    assert r["argv"] == ["worker", "--workspace", str(curated_ws.root), str(run_id)] and r["author"] == "ada"
+    assert r["settings"]["min_faces"] == 1
+    done = wait_for(lambda: (x := curated_ws.store.run(run_id))["status"] in ("done", "failed") and x,
+                    lambda: runs.log_tail(curated_ws, run_id))
+    assert done["status"] == "done", runs.log_tail(curated_ws, run_id)
+    assert runs.log_tail(curated_ws, run_id).startswith(f"run {run_id}: curate by ada")
+    shown = client(served, "ada").predict(run_id=run_id, api_name="/run")
+    assert shown["command"] == f"python -m studio worker --workspace {curated_ws.root} {run_id}"
+
+
 @pytest.mark.parametrize("endpoint", ["runs", "run", "run_start", "run_cancel", "run_rerun"])
 def test_visitor_without_login_cannot_call_run_endpoints(served, endpoint):
     import httpx

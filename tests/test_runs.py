@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -15,7 +14,6 @@ from oai_server import LocalOpenAI, Reply, image_key
 
 from studio import runs
 from studio.browse import image_detail
-from studio.ingest import ingest
 from studio.workspace import Workspace
 
 
@@ -44,18 +42,6 @@ def test_cli_stages_are_runs_with_provenance(tmp_path, curation_source):
     assert '"status": "done"' in shown and "analyze" in shown
 
 
-@pytest.fixture()
-def photos_ws(tmp_path, photos):
-    src = tmp_path / "src"
-    names = ("obama", "obama2", "obama3", "obama_partial_face", "biden", "astronaut")
-    for name in names:
-        (src / name).mkdir(parents=True)
-        shutil.copy(photos[name], src / name / photos[name].name)
-    ws = Workspace.open(tmp_path / "ws")
-    ingest(ws, src)
-    return ws
-
-
 def wait(ws, run_id, check, timeout=300):
     """The run's row once ``check`` holds for it (dead workers reaped on the way)."""
     def state():
@@ -77,7 +63,7 @@ def test_cancel_stops_at_the_next_item_and_rerun_resumes(photos_ws):
     # two answers, then the server holds every request until the cancel is in: it lands while the run is
     # inside item 3 however slowly this machine polls; the held answer is kept, the run stops after it
     with LocalOpenAI(lambda n, body: Reply(hold=n > 2)) as server:
-        run_id = runs.submit(ws, "caption", caption_args(server), "ada", secrets_env={"OPENAI_API_KEY": "sk-run"})
+        run_id = runs.submit_args(ws, "caption", caption_args(server), "ada", secrets_env={"OPENAI_API_KEY": "sk-run"})
         wait(ws, run_id, lambda r: r["done"] >= 2)
         assert runs.cancel(ws, run_id)
         server.release.set()
@@ -99,7 +85,7 @@ def test_cancel_stops_at_the_next_item_and_rerun_resumes(photos_ws):
 def test_killed_worker_is_marked_failed_and_rerun_resumes(photos_ws):
     ws = photos_ws
     with LocalOpenAI(lambda n, body: Reply(hold=n > 1)) as server:  # one answer, then held: killed mid-run
-        run_id = runs.submit(ws, "caption", caption_args(server), "ada", secrets_env={"OPENAI_API_KEY": "sk-run"})
+        run_id = runs.submit_args(ws, "caption", caption_args(server), "ada", secrets_env={"OPENAI_API_KEY": "sk-run"})
         running = wait(ws, run_id, lambda r: r["done"] >= 1)
         os.killpg(os.getpgid(running["pid"]), signal.SIGKILL)
         server.release.set()
@@ -118,7 +104,7 @@ def test_worker_started_from_a_process_outlives_it(photos_ws, tmp_path):
     """The app's worker is in its own session: the process that started it can go away."""
     ws = photos_ws
     code = ("import sys; from studio import runs; from studio.workspace import Workspace; "
-            "print(runs.submit(Workspace.open(sys.argv[1]), 'analyze', ['--face-pack', 'bundled'], 'ada'))")
+            "print(runs.submit_args(Workspace.open(sys.argv[1]), 'analyze', ['--face-pack', 'bundled'], 'ada'))")
     starter = subprocess.run([sys.executable, "-c", code, str(ws.root)], cwd=REPO, capture_output=True, text=True,
                              env={**os.environ, "STUDIO_FACE_PACK": "bundled"})
     assert starter.returncode == 0, starter.stderr
@@ -131,20 +117,20 @@ def test_worker_started_from_a_process_outlives_it(photos_ws, tmp_path):
 def test_bad_run_requests_are_clear(photos_ws):
     ws = photos_ws
     with pytest.raises(ValueError, match="unknown run kind 'deploy'"):
-        runs.submit(ws, "deploy", [], "ada")
+        runs.submit_args(ws, "deploy", [], "ada")
     with pytest.raises(ValueError, match="no run 999"):
         runs.rerun(ws, 999, "ada")
     with LocalOpenAI(lambda n, body: Reply(hold=True)) as server:  # the first run cannot end before the test lets it
-        first = runs.submit(ws, "caption", caption_args(server), "ada", secrets_env={"OPENAI_API_KEY": "sk-run"})
+        first = runs.submit_args(ws, "caption", caption_args(server), "ada", secrets_env={"OPENAI_API_KEY": "sk-run"})
         with pytest.raises(ValueError, match=f"a caption run is already going \\(run {first}"):
-            runs.submit(ws, "caption", caption_args(server), "bob", secrets_env={"OPENAI_API_KEY": "sk-run"})
+            runs.submit_args(ws, "caption", caption_args(server), "bob", secrets_env={"OPENAI_API_KEY": "sk-run"})
         runs.cancel(ws, first)
         server.release.set()
         wait(ws, first, lambda r: r["status"] not in ("queued", "running"))
     before = len(ws.store.runs())
     with pytest.raises(ValueError, match="analyze arguments: unrecognized arguments: --no-such-flag"):
-        runs.submit(ws, "analyze", ["--no-such-flag"], "ada")  # the worker's parser refuses it before any run
+        runs.submit_args(ws, "analyze", ["--no-such-flag"], "ada")  # the worker's parser refuses it before any run
     assert len(ws.store.runs()) == before
-    bad = runs.submit(ws, "analyze", ["--face-pack", "/nonexistent/pack"], "ada")  # parses, fails in the worker
+    bad = runs.submit_args(ws, "analyze", ["--face-pack", "/nonexistent/pack"], "ada")  # parses, fails in the worker
     failed = wait(ws, bad, lambda r: r["status"] != "queued" and r["status"] != "running")
     assert failed["status"] == "failed" and "/nonexistent/pack does not exist" in runs.log_tail(ws, bad)

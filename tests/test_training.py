@@ -148,7 +148,7 @@ def test_studio_train_run_bf16_loads_and_changes_output(train_ws, tiny_spec, tin
     assert card["data_sha256"] == hashlib.sha256(manifest.read_bytes()).hexdigest()
     assert card["steps"] == 4 and card["split"] == "train" and card["mixed_precision"] == "bf16"
     run = train_ws.store.run(result["run_id"])
-    assert run["kind"] == "train" and run["status"] == "done" and run["settings"]["device_set"] == ["cpu"]
+    assert run["kind"] == "train" and run["status"] == "done" and run["inputs"]["device_set"] == ["cpu"]
     from studio.generate import registered_models
 
     spec = registered_models(train_ws)["tiny-cross"]

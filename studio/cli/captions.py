@@ -3,60 +3,19 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
-from .common import as_run, author, open_workspace, print_result, report_run
-
-
-def _caption_settings(args):
-    from ..captions import CaptionSettings
-
-    kw = {k: v for k, v in {"model": args.model, "base_url": args.base_url, "concurrency": args.concurrency,
-                            "timeout": args.timeout, "max_retries": args.max_retries,
-                            "price_input_per_mtok": args.price_input, "price_output_per_mtok": args.price_output}.items()
-          if v is not None}
-    return CaptionSettings(**kw)
+from ..stages import CaptionRunSettings, TagSettings
+from .common import author, open_workspace, print_result, report_run, run_stage
 
 
 def cmd_caption(args) -> int:
-    import os
-
-    from ..captions import caption_workspace
-
-    ws = open_workspace(args)
-    settings = _caption_settings(args)
-    key = os.environ.get("OPENAI_API_KEY")
-
-    def work(track, run):
-        if not args.batch:
-            return caption_workspace(ws, settings, key, kept_only=not args.all, author=author(args), progress=track,
-                                     overwrite_reviewed=args.overwrite_reviewed, run_id=run).as_dict() | {"mode": "sync"}
-        from ..caption_batch import BATCH_DISCOUNT, batches, caption_batch
-
-        report = caption_batch(ws, settings, key, kept_only=not args.all, author=author(args), progress=track,
-                               overwrite_reviewed=args.overwrite_reviewed, run_id=run, poll_seconds=args.poll_seconds,
-                               retry_failed=not args.no_retry)
-        return report.as_dict() | {"mode": f"batch (Batch API price: {BATCH_DISCOUNT:g} x the synchronous one)",
-                                   "batches": [b["batch_id"] for b in batches(ws)]}
-
-    run_id, result = as_run(args, ws, "caption", work,
-        settings={**settings.key_params(), "base_url": settings.base_url, "concurrency": settings.concurrency,
-                  "all": args.all, "overwrite_reviewed": args.overwrite_reviewed, "batch": args.batch})
+    run_id, result = run_stage(args, open_workspace(args), CaptionRunSettings.from_args(args))
     code = report_run(run_id, result, args.json)
     return code if code or result is None else (0 if result["failed"] == 0 else 1)
 
 
 def cmd_tag(args) -> int:
-    from ..attributes import set_vocabulary, tag_workspace
-
-    ws = open_workspace(args)
-    if args.vocabulary:
-        try:
-            vocab = json.loads(Path(args.vocabulary).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"--vocabulary {args.vocabulary}: {exc}") from None
-        set_vocabulary(ws, vocab)
-    run_id, result = as_run(args, ws, "tag", lambda track, run: {"tags": tag_workspace(ws)})
+    run_id, result = run_stage(args, open_workspace(args), TagSettings.from_args(args))
     return report_run(run_id, result, args.json)
 
 
@@ -72,7 +31,7 @@ def cmd_review(args) -> int:
 
         from ..captions import regenerate
 
-        cur = regenerate(ws, args.regenerate, _caption_settings(args), os.environ.get("OPENAI_API_KEY"), author(args))
+        cur = regenerate(ws, args.regenerate, CaptionRunSettings.from_args(args).client_settings(), os.environ.get("OPENAI_API_KEY"), author(args))
         print_result(cur, args.json, f"image {args.regenerate}: version {cur['version']} generated: {cur['text']}")
         return 0
     actions = [a for a in ("approve", "reject", "edit") if getattr(args, a) is not None]

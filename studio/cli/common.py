@@ -42,18 +42,11 @@ def author(args) -> str:
         return "cli"
 
 
-def as_run(args, ws, kind: str, body, settings: dict | None = None):
-    """Execute a stage as a recorded run (attached to --run-id when the app started this worker).
+def run_stage(args, ws, settings):
+    """Run a stage in this process as a recorded run, with a tqdm bar; returns (run id, result), None when cancelled."""
+    from ..runs import start
 
-    ``body(track, run_id)`` gets a progress wrapper (the run's, plus a tqdm bar for the log) and
-    the run id (for provenance), and returns a dict. Returns (run id, result), None when cancelled.
-    """
-    from ..runs import combine, execute
-
-    settings = settings if settings is not None else {k: v for k, v in vars(args).items()
-                                                     if k not in ("func", "workspace", "json", "verbose", "run_id")}
-    return execute(ws, kind, settings, author(args), lambda handle: body(combine(handle.track, progress()), handle.run_id),
-                   run_id=args.run_id, inputs={"workspace": str(ws.root)})
+    return start(ws, settings, author(args), track=progress())
 
 
 def report_run(run_id: int, result, as_json: bool) -> int:
@@ -73,5 +66,4 @@ def common_options() -> argparse.ArgumentParser:
     common.add_argument("--json", action="store_true", help="print machine-readable JSON")
     common.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     common.add_argument("--author", default=None, help="name recorded with what this command writes (default: $USER)")
-    common.add_argument("--run-id", type=int, default=None, help=argparse.SUPPRESS)  # set by the app's worker
     return common

@@ -4,58 +4,24 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from ..config import face_pack_spec
-from .common import as_run, author, open_workspace, print_result, report_run
+from ..stages import AnalyzeSettings, CurateSettings, ExportSettings, IngestSettings
+from .common import open_workspace, print_result, report_run, run_stage
 
 
 def cmd_ingest(args) -> int:
-    from ..ingest import ingest
-
-    ws = open_workspace(args)
-    run_id, result = as_run(args, ws, "ingest", lambda track, run: ingest(
-        ws, args.source, workers=args.workers, progress=track, file_column=args.file_column,
-        person_column=args.person_column, caption_column=args.caption_column, person_pattern=args.person_pattern,
-        run_id=run).as_dict())
+    run_id, result = run_stage(args, open_workspace(args), IngestSettings.from_args(args))
     return report_run(run_id, result, args.json)
 
 
 def cmd_analyze(args) -> int:
-    from ..analyze import analyze
-
-    from ..curate import curate
-
-    ws = open_workspace(args)
-
-    def body(track, run):
-        report = analyze(ws, args.face_pack, redo=args.redo, workers=args.workers, progress=track, run_id=run,
-                         engine=args.engine, address=args.address, gpus_per_worker=args.gpus_per_worker)
-        if report.note:
-            print(f"note: {report.note}", file=sys.stderr)
-        result = report.as_dict()
-        touched = report.analyzed + report.failed
-        if touched and args.curate:  # verdicts depend on the analyses just written: bring them up to date
-            result["curation"] = curate(ws, run_id=run).as_dict()
-        elif touched:
-            print("note: analyses changed; run `python -m studio curate` to update the verdicts", file=sys.stderr)
-        return result
-
-    run_id, result = as_run(args, ws, "analyze", body)
+    run_id, result = run_stage(args, open_workspace(args), AnalyzeSettings.from_args(args))
     return report_run(run_id, result, args.json)
 
 
 def cmd_curate(args) -> int:
-    from ..curate import curate, curation_rules
-
-    ws = open_workspace(args)
-    rules = curation_rules(
-        ws, min_faces=args.min_faces, max_faces=args.max_faces, min_side=args.min_side,
-        min_face_ratio=args.min_face_ratio, identity_threshold=args.identity_threshold,
-        min_person_images=args.min_person_images, reject_outliers=args.reject_outliers,
-    )
-    run_id, result = as_run(args, ws, "curate", lambda track, run: curate(ws, rules, run_id=run, track=track).as_dict(),
-                             settings=rules.to_dict())
+    run_id, result = run_stage(args, open_workspace(args), CurateSettings.from_args(args))
     return report_run(run_id, result, args.json)
 
 
@@ -129,12 +95,7 @@ def cmd_problems(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from ..export import export_training_set
-
-    ws = open_workspace(args)
-    run_id, result = as_run(args, ws, "export", lambda track, run: export_training_set(
-        ws, args.out, include_failed=args.include_failed, captions=args.captions, missing_caption=args.missing_caption,
-        allow_other_pack=args.allow_other_pack, run_id=run, author=author(args), track=track))
+    run_id, result = run_stage(args, open_workspace(args), ExportSettings.from_args(args))
     if result and result.get("warning"):
         print(f"warning: {result['warning']}", file=sys.stderr)
     return report_run(run_id, result, args.json)
@@ -152,7 +113,7 @@ def cmd_demo(args) -> int:
 def add_commands(sub, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("ingest", parents=[common],
                        help="add photos: person folders, CrossFaceID JSONL, a CSV/parquet table, or webdataset shards")
-    p.add_argument("source", type=Path, help="a folder of person folders, a .jsonl (or folder of them), a .csv or "
+    p.add_argument("source", help="a folder of person folders, a .jsonl (or folder of them), a .csv or "
                                              ".parquet, a webdataset .tar or a folder of shards (img2dataset output)")
     p.add_argument("--workers", type=int, default=None, help="decoding threads (default: min(4, cores))")
     p.add_argument("--file-column", default=None, help="table column with file names (default: detected)")
@@ -213,7 +174,7 @@ def add_commands(sub, common: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_problems)
 
     p = sub.add_parser("export", parents=[common], help="write the CrossFaceID training JSONL + .npy embeddings")
-    p.add_argument("--out", type=Path, required=True, help="export directory")
+    p.add_argument("--out", required=True, help="export directory")
     p.add_argument("--include-failed", action="store_true", help="also export images that failed curation")
     p.add_argument("--captions", choices=["approved", "unflagged", "any"], default="approved",
                    help="which captions count: approved/edited by a person (default), also unflagged machine ones, or any")

@@ -5,11 +5,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from .common import as_run, author, open_workspace, print_result, progress, report_run
+from .common import open_workspace, print_result, report_run, run_stage
 
 
 def cmd_testset(args) -> int:
-    from ..testsets import build_testset, import_testset, item_rows, summary
+    from ..stages import TestsetSettings
+    from ..testsets import item_rows, summary
 
     ws = open_workspace(args)
     if args.action == "list":
@@ -31,43 +32,14 @@ def cmd_testset(args) -> int:
         return 0
     if not args.name or not args.kind:
         raise ValueError(f"testset {args.action} needs --name and --kind")
-    if args.action == "import":
-        if not args.file:
-            raise ValueError("testset import needs --file (CSV or JSONL)")
-        run_id, result = as_run(args, ws, "testset", lambda track, run: import_testset(
-            ws, args.file, args.name, args.kind, face_pack=args.face_pack, replace=args.replace, run_id=run, track=track))
-        for p in (result or {}).get("left_out", []):
-            print(f"left out: {p}", file=sys.stderr)
-    else:
-        run_id, result = as_run(args, ws, "testset", lambda track, run: build_testset(
-            ws, args.name, args.kind, split=args.split, persons=args.person, ask=args.ask, prompt=args.prompt,
-            per_person=args.per_person, seed=args.seed, replace=args.replace, run_id=run))
+    run_id, result = run_stage(args, ws, TestsetSettings.from_args(args))
     return report_run(run_id, result, args.json)
 
 
-def eval_config(args):
-    from ..evaluate import EvalConfig
-    from ..generate import parse_sweep
-
-    return EvalConfig(testsets=args.testset or [], models=args.model or [], lambdas=parse_sweep(args.lambdas),
-                      baseline=args.baseline, steps=args.steps, guidance=args.guidance,
-                      identitynet_scale=args.identitynet_scale, width=args.width, height=args.height, seed=args.seed,
-                      negative_prompt=args.negative_prompt, clip_model=args.clip_model,
-                      clip_pretrained=args.clip_pretrained or None, n_boot=args.n_boot, device=args.device,
-                      allow_pack_mismatch=args.allow_pack_mismatch)
-
-
 def cmd_evaluate(args) -> int:
-    from ..evaluate import evaluate, table_markdown
-    from ..runs import combine, execute
+    from ..evaluate import EvalConfig, table_markdown
 
-    ws = open_workspace(args)
-    cfg = eval_config(args)
-    cfg.validate()
-    run_id, result = execute(ws, "evaluate", cfg.to_dict(), author(args), lambda handle: evaluate(
-        ws, cfg, handle.run_id, author=author(args), track=combine(handle.track, progress()), engine=args.engine,
-        address=args.address, workers=args.workers, gpus_per_worker=args.gpus_per_worker),
-        run_id=args.run_id, inputs={"workspace": str(ws.root)})
+    run_id, result = run_stage(args, open_workspace(args), EvalConfig.from_args(args))
     if result and not args.json:
         print(table_markdown(result["table"], result["baseline"]))
         print(f"{result['generated']} samples generated, {result['reused']} reused; {result['scored']} scored, "
@@ -102,7 +74,7 @@ def add_commands(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt", default=NEUTRAL_PROMPT, help=f"prompt (fidelity) or its start (default {NEUTRAL_PROMPT!r})")
     p.add_argument("--per-person", type=int, default=0, help="at most this many items per person (0: all)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--file", type=Path, help="import: CSV or JSONL with input, prompt[, attribute, target, person]")
+    p.add_argument("--file", help="import: CSV or JSONL with input, prompt[, attribute, target, person]")
     p.add_argument("--face-pack", default="auto", help="import: face pack for the photos (default auto)")
     p.add_argument("--replace", action="store_true", help="replace a test set of the same name")
     p.set_defaults(func=cmd_testset)

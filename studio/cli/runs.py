@@ -37,6 +37,15 @@ def cmd_runs(args) -> int:
     return 0
 
 
+def cmd_worker(args) -> int:
+    """The only way a run's worker starts: the settings and the author come from the run's row."""
+    from .. import runs
+    from .common import progress, report_run
+
+    run_id, result = runs.work(open_workspace(args), args.run, track=progress())
+    return report_run(run_id, result, args.json)
+
+
 def add_commands(sub, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("runs", parents=[common], help="long stages: list, show (with log), cancel, rerun (resume)")
     p.add_argument("action", choices=["list", "show", "cancel", "rerun"], help="what to do")
@@ -45,3 +54,7 @@ def add_commands(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--status", default=None, choices=list(RUN_STATUSES))
     p.add_argument("--limit", type=int, default=50, help="rows to list")
     p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("worker", parents=[common], help="run a queued run recorded by the app (what the app starts)")
+    p.add_argument("run", type=int, help="run id")
+    p.set_defaults(func=cmd_worker)

@@ -3,18 +3,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-from .common import as_run, author, open_workspace, print_result, report_run
+from ..stages import ManifestSettings, PairsSettings, SplitSettings
+from .common import open_workspace, print_result, report_run, run_stage
 
 
 def cmd_split(args) -> int:
-    from ..pairs import assign_splits, parse_pins
-
-    ws = open_workspace(args)
-    pins = parse_pins(args.person)
-    run_id, result = as_run(args, ws, "split", lambda track, run: assign_splits(
-        ws, args.shares, seed=args.seed, reassign=args.reassign, pins=pins, run_id=run))
+    run_id, result = run_stage(args, open_workspace(args), SplitSettings.from_args(args))
     if result and not args.json:
         rows = "\n".join(f"{r['split']:<11} {r['persons']:>7} {r['images']:>7} {r['kept']:>7}" for r in result["splits"])
         print(f"{'split':<11} {'persons':>7} {'images':>7} {'kept':>7}\n{rows}")
@@ -23,12 +18,7 @@ def cmd_split(args) -> int:
 
 
 def cmd_pairs(args) -> int:
-    from ..pairs import make_pairs
-
-    ws = open_workspace(args)
-    run_id, result = as_run(args, ws, "pairs", lambda track, run: make_pairs(
-        ws, args.split, args.strategy, per_image=args.per_image, seed=args.seed,
-        max_hash_distance=args.max_hash_distance, max_face_cos=args.max_face_cos, run_id=run, track=track))
+    run_id, result = run_stage(args, open_workspace(args), PairsSettings.from_args(args))
     if result:
         print(f"{result['pairs']} pairs over {result['persons_paired']} persons; "
               f"{result['excluded_near_duplicates']} near-duplicate pairs excluded {result['excluded_by']}; "
@@ -37,28 +27,16 @@ def cmd_pairs(args) -> int:
 
 
 def cmd_manifest(args) -> int:
-    from ..pairs import export_manifest
-
-    ws = open_workspace(args)
-    run_id, result = as_run(args, ws, "manifest", lambda track, run: export_manifest(
-        ws, args.out, args.split, captions=args.captions, missing_caption=args.missing_caption, template=args.template,
-        allow_other_pack=args.allow_other_pack, run_id=run, author=author(args)))
+    run_id, result = run_stage(args, open_workspace(args), ManifestSettings.from_args(args))
     if result and result.get("warning"):
         print(f"warning: {result['warning']}", file=sys.stderr)
     return report_run(run_id, result, args.json)
 
 
 def cmd_train(args) -> int:
-    from ..runs import execute
-    from ..training import TrainConfig, train
+    from ..training import TrainConfig
 
-    ws = open_workspace(args)
-    cfg = TrainConfig.from_args(args)
-    cfg.validate()  # before the run is recorded: its settings name the devices
-    settings = {**cfg.to_dict(), "device_set": sorted(cfg.device_set())}
-    run_id, result = execute(ws, "train", settings, author(args),
-                             lambda handle: train(ws, cfg, handle, author(args)), run_id=args.run_id,
-                             inputs={"workspace": str(ws.root)})
+    run_id, result = run_stage(args, open_workspace(args), TrainConfig.from_args(args))
     return report_run(run_id, result, args.json)
 
 
@@ -96,7 +74,7 @@ def add_commands(sub, common: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_pairs)
 
     p = sub.add_parser("manifest", parents=[common], help="write a split's pairs as CrossFaceID/InstantID training JSONL")
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", required=True)
     p.add_argument("--split", choices=["train", "validation"], default="train")
     p.add_argument("--captions", choices=["approved", "unflagged", "any"], default="approved")
     p.add_argument("--missing-caption", choices=["skip", "template", "error"], default="skip",

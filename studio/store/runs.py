@@ -20,9 +20,10 @@ class RunsMixin:
                  json.dumps(argv) if argv is not None else None, author, now(), log_path, resumes))
             return int(cur.lastrowid)
 
-    def set_run_log(self, run_id: int, log_path: str) -> None:
+    def set_run_worker(self, run_id: int, argv: list[str], log_path: str) -> None:
+        """The worker's command line (``python -m studio`` + argv) and its log, known once the run has an id."""
         with self.transaction() as conn:
-            conn.execute("UPDATE runs SET log_path = ? WHERE id = ?", (log_path, run_id))
+            conn.execute("UPDATE runs SET argv = ?, log_path = ? WHERE id = ?", (json.dumps(argv), log_path, run_id))
 
     def start_run(self, run_id: int, pid: int) -> None:
         with self.transaction() as conn:

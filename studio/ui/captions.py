@@ -14,6 +14,7 @@ import pandas as pd
 from .. import review, runs
 from ..captions import FLAGS, CaptionSettings, regenerate
 from ..codes import RunStatus
+from ..stages import CaptionRunSettings
 from ..validate import parse_id, plural
 from .access import StudioContext, require_admin, username
 from .feedback import api_errors, keep_on_mistake
@@ -125,18 +126,17 @@ def readiness(ctx: StudioContext) -> str:
 
 def start_captioning(ctx: StudioContext, api_key, base_url, model, concurrency, kept_only, author,
                      overwrite_reviewed: bool = False) -> int:
-    """Submit a caption run (a worker running `python -m studio caption`); returns its id.
+    """Submit a caption run (a worker reading its settings from the run); returns its id.
 
     The key reaches the worker through its environment only."""
-    settings = _settings(base_url, model, concurrency)
+    client = _settings(base_url, model, concurrency)
     key = _key(api_key)
     if not key:
         raise ValueError("no API key: enter one above (used for this run only) or set OPENAI_API_KEY on the server")
-    args = ["--model", settings.model, "--concurrency", str(settings.concurrency)]
-    args += ["--base-url", settings.base_url] if settings.base_url else []
-    args += [] if kept_only else ["--all"]
-    args += ["--overwrite-reviewed"] if overwrite_reviewed else []
-    return runs.submit(ctx.ws, "caption", args, author, secrets_env={"OPENAI_API_KEY": key})
+    settings = CaptionRunSettings.from_dict({"model": client.model, "concurrency": client.concurrency,
+                                             "base_url": client.base_url, "all": not kept_only,
+                                             "overwrite_reviewed": bool(overwrite_reviewed)})
+    return runs.submit(ctx.ws, settings, author, secrets_env={"OPENAI_API_KEY": key})
 
 
 def run_status_text(ctx: StudioContext, run_id) -> str:

@@ -16,7 +16,8 @@ from ..codes import RunStatus
 from ..evaluate import METRICS, EvalConfig, cell
 from ..generate import parse_sweep, registered_models
 from ..metrics import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED, SCORED_ATTRIBUTES
-from ..testsets import KINDS, NEUTRAL_PROMPT, item_rows, parse_attributes, summary
+from ..stages import TestsetSettings
+from ..testsets import KINDS, NEUTRAL_PROMPT, item_rows, summary
 from ..validate import parse_id
 from .access import StudioContext, require_admin, username
 from .feedback import api_errors, keep_on_mistake
@@ -159,52 +160,31 @@ def _persons(text: str) -> list[str] | None:
     return names or None
 
 
-def build_args(values: dict) -> list[str]:
-    """`python -m studio testset build` arguments from the form (checked here so a mistake is a warning)."""
+def testset_from_form(values: dict) -> TestsetSettings:
+    """The Build form's test set (checked here so a mistake is a warning)."""
     name = (values.get("name") or "").strip()
     if not name:
         raise ValueError("give the test set a name")
-    parse_attributes(values.get("ask"))
-    args = ["build", "--name", name, "--kind", values["kind"], "--ask", values.get("ask") or "",
-            "--prompt", values.get("prompt") or NEUTRAL_PROMPT, "--per-person", str(int(values.get("per_person") or 0))]
-    for p in _persons(values.get("persons")) or []:
-        args += ["--person", p]
-    return args
+    return TestsetSettings.from_dict({
+        "action": "build", "name": name, "kind": values["kind"], "ask": values.get("ask") or "",
+        "prompt": values.get("prompt") or NEUTRAL_PROMPT, "per_person": int(values.get("per_person") or 0),
+        "person": _persons(values.get("persons"))})
 
 
 def config_from_form(values: dict) -> EvalConfig:
-    cfg = EvalConfig(testsets=list(values.get("testsets") or []), models=list(values.get("models") or []),
-                     lambdas=parse_sweep(str(values.get("lambdas") or "")), baseline=values.get("baseline") or None,
-                     steps=int(values.get("steps") or 0), guidance=float(values.get("guidance") or 0),
-                     identitynet_scale=float(values.get("identitynet_scale") or 0), width=int(values.get("width") or 0),
-                     height=int(values.get("height") or 0), seed=int(values.get("seed") or 0),
-                     clip_model=(values.get("clip_model") or DEFAULT_CLIP_MODEL).strip(),
-                     clip_pretrained=(values.get("clip_pretrained") or "").strip() or None,
-                     n_boot=int(values.get("n_boot") or 0), device=(values.get("device") or "").strip() or None,
-                     allow_pack_mismatch=bool(values.get("allow_pack_mismatch")))
-    if cfg.baseline and cfg.baseline not in cfg.models:
-        cfg.baseline = None  # a baseline left over from an earlier choice: the first model instead
-    cfg.validate()
-    return cfg
-
-
-def start_evaluation(ctx: StudioContext, cfg: EvalConfig, author: str) -> int:
-    """Refuse what the worker would refuse (unknown test set or model, missing weights), then submit it."""
-    from ..generate import resolve_models
-
-    cfg.validate()
-    resolve_models(ctx.ws, cfg.models)
-    known = {t["name"] for t in ctx.ws.store.testsets()}
-    unknown = [t for t in cfg.testsets if t not in known]
-    if unknown:
-        raise ValueError(f"no test set named {unknown}; existing: {sorted(known)}")
-    from ..generate import check_face_pack
-
-    packs = {ctx.ws.store.testset(t)["pack"] for t in cfg.testsets}
-    for spec in resolve_models(ctx.ws, cfg.models):
-        for pack in packs:
-            check_face_pack(spec, pack, cfg.allow_pack_mismatch)
-    return runs.submit(ctx.ws, "evaluate", cfg.to_cli(), author, settings=cfg.to_dict())
+    models = list(values.get("models") or [])
+    baseline = values.get("baseline") or None
+    return EvalConfig.from_dict({
+        "testsets": list(values.get("testsets") or []), "models": models,
+        "lambdas": parse_sweep(str(values.get("lambdas") or "")),
+        "baseline": baseline if baseline in models else None,  # one left over from an earlier choice: the first model
+        "steps": int(values.get("steps") or 0), "guidance": float(values.get("guidance") or 0),
+        "identitynet_scale": float(values.get("identitynet_scale") or 0), "width": int(values.get("width") or 0),
+        "height": int(values.get("height") or 0), "seed": int(values.get("seed") or 0),
+        "clip_model": (values.get("clip_model") or DEFAULT_CLIP_MODEL).strip(),
+        "clip_pretrained": (values.get("clip_pretrained") or "").strip() or None,
+        "n_boot": int(values.get("n_boot") or 0), "device": (values.get("device") or "").strip() or None,
+        "allow_pack_mismatch": bool(values.get("allow_pack_mismatch"))})
 
 
 def wire(ctx: StudioContext, t: EvaluateTab) -> Refresh:
@@ -230,7 +210,7 @@ def wire(ctx: StudioContext, t: EvaluateTab) -> Refresh:
     @keep_on_mistake(4)
     def on_build(request: gr.Request, *values):
         require_admin(ctx, request)
-        run = runs.submit(ctx.ws, "testset", build_args(dict(zip(build_keys, values))), who(request))
+        run = runs.submit(ctx.ws, testset_from_form(dict(zip(build_keys, values))), who(request))
         gr.Info(f"Building the test set as run {run}; it appears in the list when done.")
         return (sets_frame(ctx), *choices()[:1], gr.skip(), gr.skip())
 
@@ -246,7 +226,7 @@ def wire(ctx: StudioContext, t: EvaluateTab) -> Refresh:
     @keep_on_mistake(6)
     def on_start(request: gr.Request, *values):
         require_admin(ctx, request)
-        run_id = start_evaluation(ctx, config_from_form(dict(zip(form_keys, values))), who(request))
+        run_id = runs.submit(ctx.ws, config_from_form(dict(zip(form_keys, values))), who(request))
         return (run_id, *run_view(ctx, run_id), history_frame(ctx))
 
     view = [t.status, t.table, t.curve, t.files]
@@ -298,16 +278,7 @@ def wire(ctx: StudioContext, t: EvaluateTab) -> Refresh:
     def eval_start_api(request: gr.Request, config: dict) -> int:
         """Start an evaluation run from EvalConfig fields (testsets, models, lambdas, ...); returns the run id."""
         require_admin(ctx, request)
-        if not isinstance(config, dict):
-            raise ValueError("config must be an object of evaluation settings")
-        unknown = set(config) - set(EvalConfig.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown evaluation settings: {sorted(unknown)}")
-        try:
-            cfg = EvalConfig(**config)
-        except TypeError as exc:
-            raise ValueError(f"evaluation settings: {exc}") from None
-        return start_evaluation(ctx, cfg, who(request))
+        return runs.submit(ctx.ws, EvalConfig.from_dict(config), who(request))
 
     @api_errors
     def eval_status_api(request: gr.Request, run_id: int) -> dict:

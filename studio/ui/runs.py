@@ -1,7 +1,8 @@
 """Runs tab (admin): start a long stage as a worker, follow its progress and log, cancel it, rerun it.
 
-A run started here is `python -m studio <stage> ...` in its own process: closing the page (or
-the app) does not stop it, and reopening the page shows it again. The list and the open run
+A run started here is recorded with its settings (typed as `python -m studio <stage>` arguments,
+built into the stage's settings object) and runs as `python -m studio worker RUN_ID` in its own
+process: closing the page (or the app) does not stop it, and reopening the page shows it again. The list and the open run
 refresh on a timer.
 """
 from __future__ import annotations
@@ -42,7 +43,7 @@ def build() -> RunsTab:
     with gr.Tab("Runs", id="runs", visible=False) as tab:
         with gr.Row():
             kind = gr.Dropdown(list(runs.KINDS), value="analyze", label="Stage")
-            args = gr.Textbox(label="Arguments (as for `python -m studio <stage>`; the workspace is added)",
+            args = gr.Textbox(label="Settings as `python -m studio <stage>` arguments (the studio adds the workspace and you as author)",
                               placeholder="e.g. --face-pack bundled   ·   ingest: /data/photos   ·   export: --out exports/a",
                               scale=3, elem_id="run-args")
             start = gr.Button("Start run", variant="primary")
@@ -78,7 +79,10 @@ def run_view(ctx: StudioContext, run_id) -> tuple[str, str]:
     lines = [f"### Run {d['id']} · {d['kind']} · **{d['status']}**",
              f"Progress {d['progress']} · by {d['author']} · started {d['started']}"
              + (f" · ended {d['ended']} (exit code {d['exit_code']})" if d["ended"] else ""),
-             f"`{d['command']}`"]
+             f"Worker: `{d['command']}`"]
+    same = runs.equivalent_command(r)
+    if same:
+        lines.append(f"The same from a shell: `{same}`")
     if d["resumes"]:
         lines.append(f"Resumes run {d['resumes']}.")
     if d["error"]:
@@ -90,14 +94,15 @@ def run_view(ctx: StudioContext, run_id) -> tuple[str, str]:
 
 
 def start_run(ctx: StudioContext, kind: str, arg_text: str, author: str, secrets_env: dict | None = None) -> int:
-    """A run of ``kind`` with the arguments typed in the form (one shell-quoted line); checked by runs.submit."""
+    """A run of ``kind`` whose settings are typed as `python -m studio <kind>` arguments (one shell-quoted
+    line): built into the stage's settings object (runs.settings_from_args); the worker gets only the run id."""
     if not isinstance(arg_text, str):
         raise ValueError("arguments must be one line of text")
     try:
         args = shlex.split(arg_text or "")
     except ValueError as exc:
         raise ValueError(f"arguments: {exc}") from None
-    return runs.submit(ctx.ws, kind, args, author, secrets_env=secrets_env)
+    return runs.submit_args(ctx.ws, kind, args, author, secrets_env=secrets_env)
 
 
 def wire(ctx: StudioContext, t: RunsTab) -> Refresh:

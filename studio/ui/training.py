@@ -17,6 +17,7 @@ import pandas as pd
 from .. import runs, training
 from ..codes import RunStatus
 from ..pairs import STRATEGIES, pair_statistics
+from ..stages import PairsSettings, SplitSettings
 from ..validate import parse_id
 from .access import StudioContext, require_admin, username
 from .feedback import api_errors, keep_on_mistake
@@ -200,16 +201,13 @@ def config_from_form(values: dict) -> training.TrainConfig:
         extra = shlex.split(values.get("extra") or "")
     except ValueError as exc:
         raise ValueError(f"more script arguments: {exc}") from None
-    c = training.TrainConfig(**cfg, extra=extra)
-    c.validate()
-    return c
+    return training.TrainConfig.from_dict({**cfg, "extra": extra})
 
 
 def start_training(ctx: StudioContext, cfg: training.TrainConfig, author: str) -> int:
-    """Refuse what the worker would refuse (busy devices, a taken name, missing weights), then submit it."""
-    training.check_start(ctx.ws, cfg)
-    return runs.submit(ctx.ws, "train", cfg.to_cli(), author,
-                       settings={**cfg.to_dict(), "device_set": sorted(cfg.device_set())})
+    """Submit a training run; refused first as the worker would refuse it (busy devices, a taken name,
+    missing weights: training.check_start)."""
+    return runs.submit(ctx.ws, cfg, author)
 
 
 def wire(ctx: StudioContext, t: TrainingTab) -> Refresh:
@@ -238,7 +236,7 @@ def wire(ctx: StudioContext, t: TrainingTab) -> Refresh:
     @keep_on_mistake(1)
     def on_split(request: gr.Request, shares, seed):
         require_admin(ctx, request)
-        run = runs.submit(ctx.ws, "split", ["--shares", str(shares), "--seed", str(int(seed or 0))], who(request))
+        run = runs.submit(ctx.ws, SplitSettings.from_dict({"shares": str(shares), "seed": int(seed or 0)}), who(request))
         gr.Info(f"Split started as run {run}.")
         return data_summary(ctx)
 
@@ -247,8 +245,8 @@ def wire(ctx: StudioContext, t: TrainingTab) -> Refresh:
     @keep_on_mistake(1)
     def on_pairs(request: gr.Request, strategy, per_image, split):
         require_admin(ctx, request)
-        run = runs.submit(ctx.ws, "pairs", ["--strategy", strategy, "--per-image", str(int(per_image or 1)),
-                                            "--split", split], who(request))
+        run = runs.submit(ctx.ws, PairsSettings.from_dict({"strategy": strategy, "per_image": int(per_image or 1),
+                                                           "split": split}), who(request))
         gr.Info(f"Pairing started as run {run}.")
         return data_summary(ctx)
 
@@ -307,12 +305,7 @@ def wire(ctx: StudioContext, t: TrainingTab) -> Refresh:
     def train_start_api(request: gr.Request, config: dict) -> int:
         """Start a training run from TrainConfig fields (name, model, max_steps, ...); returns the run id."""
         require_admin(ctx, request)
-        if not isinstance(config, dict):
-            raise ValueError("config must be an object of training settings")
-        unknown = set(config) - set(training.TrainConfig.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown training settings: {sorted(unknown)}")
-        return start_training(ctx, training.TrainConfig(**config), who(request))
+        return start_training(ctx, training.TrainConfig.from_dict(config), who(request))
 
     @api_errors
     def train_status_api(request: gr.Request, run_id: int) -> dict:
