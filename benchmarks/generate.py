@@ -1,7 +1,7 @@
 """Overhead of our InstantID call over a stock diffusers SDXL-ControlNet call on the same tiny parts.
 
 Both run the same loaded pipeline (tiny SDXL + IdentityNet + IP-adapter, built locally from
-configs and loaded through ``studio.instantid.load_instantid``), same prompt, size, steps and
+configs and loaded through ``studio.models.load_instantid``), same prompt, size, steps and
 seed, with the same face embedding as ``ip_adapter_image_embeds``:
 * baseline: ``StableDiffusionXLControlNetPipeline.__call__`` as diffusers ships it (its
   IdentityNet sees the text embeddings);
@@ -39,7 +39,7 @@ def main() -> None:
     from tiny_models import build_tiny_instantid
 
     from studio.draw import draw_kps
-    from studio.instantid import GenerationSettings, ModelSpec, load_instantid
+    from studio.models import GenerationSettings, ModelSpec, load_instantid
 
     torch.set_num_threads(1)
     ratios = []

@@ -57,7 +57,7 @@ def full_size_parts(root: Path, tokenizer_from: Path) -> Path:
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from studio.instantid import SDXL_UNET_CONFIG
+    from studio.models import SDXL_UNET_CONFIG
 
     base = root / "sdxl-random"
     if (base / "model_index.json").exists():

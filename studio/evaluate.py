@@ -25,7 +25,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .codes import RunStatus
-from .instantid import GenerationSettings, ModelSpec
+from .models import GenerationSettings, ModelSpec
 from .metrics import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED
 from .settings import RunSettings
 from .workspace import Workspace, atomic_write_bytes
@@ -227,7 +227,7 @@ def generate_samples(ws: Workspace, todo: list[PlanEntry], cfg: EvalConfig, run_
                      cache=None) -> None:
     """Generate and record each missing sample (one commit per sample: a killed run keeps what it made)."""
     from .generate import FaceCondition, control_inputs
-    from .instantid import load_instantid
+    from .models import load_instantid
 
     todo = sorted(todo, key=lambda p: p.spec.name)  # model by model: one SDXL in memory at a time
     loaded: dict = {}

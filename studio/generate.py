@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from .draw import draw_kps
-from .instantid import DEFAULT_MODELS, GenerationSettings, ModelCache, ModelSpec, photo_framing
+from .models import DEFAULT_MODELS, GenerationSettings, ModelCache, ModelSpec, photo_framing
 from .workspace import Workspace, atomic_write_bytes
 
 DEFAULT_SWEEP = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -249,7 +249,7 @@ def _slug(name: str) -> str:
 
 def resolve_models(ws: Workspace, names: list[str]) -> list[ModelSpec]:
     """Registered models by name, each with all of its weights on this machine (else ValueError saying what is missing)."""
-    from .instantid import missing_weights
+    from .models import missing_weights
 
     registry = registered_models(ws)
     if not names:
@@ -303,7 +303,7 @@ def generate_run(ws: Workspace, cache: ModelCache, model_names: list[str], setti
 
     ``runner(fn)`` runs the model calls (the app passes its ZeroGPU wrapper); default: call directly.
     """
-    from .instantid import missing_lcm_lora
+    from .models import missing_lcm_lora
     from .runs import execute
 
     settings.validate()

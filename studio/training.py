@@ -229,7 +229,7 @@ def launch_command(cfg: TrainConfig, spec, out: Path, manifest: Path, validation
             launch += ["--num_processes", str(len(devices)), "--gpu_ids", ",".join(sorted(devices, key=int))]
         precision = cfg.precision
     launch += ["--mixed_precision", precision]
-    from .instantid import local_base_dir
+    from .models import local_base_dir
 
     base = local_base_dir(spec.base)
     script = [str(SCRIPT), "--pretrained_model_name_or_path", str(base or spec.base),
@@ -306,7 +306,7 @@ def check_start(ws: Workspace, cfg: TrainConfig, run_id: int | None = None):
     and a name no model has.
     """
     from .generate import registered_models
-    from .instantid import missing_weights
+    from .models import missing_weights
 
     cfg.validate()
     refuse_if_gpus_busy(ws, cfg, run_id)
@@ -345,7 +345,7 @@ def manifest_face_pack(manifest: Path) -> str | None:
 def train(ws: Workspace, cfg: TrainConfig, handle, author: str, log=print) -> dict:
     """Run training as run ``handle.run_id``: launch, watch, stop on cancel, register the result."""
     from .generate import register_model
-    from .instantid import ModelSpec
+    from .models import ModelSpec
     from .runs import RunCancelled
 
     spec = check_start(ws, cfg, handle.run_id)

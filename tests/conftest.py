@@ -397,7 +397,7 @@ def tiny_spec(tmp_path_factory):
     """A tiny InstantID written to disk in the production layout, as a ModelSpec of local paths."""
     import torch
 
-    from studio.instantid import ModelSpec
+    from studio.models import ModelSpec
     from tiny_models import build_tiny_instantid
 
     torch.set_num_threads(1)
@@ -417,7 +417,7 @@ def tiny_clip_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_spec):
-    from studio.instantid import load_instantid
+    from studio.models import load_instantid
 
     return load_instantid(tiny_spec, "cpu")
 
@@ -536,7 +536,7 @@ def eval_ws(tmp_path, pairs_ws_template, tiny_spec):
     import torch
 
     from studio.generate import register_model
-    from studio.instantid import ModelSpec
+    from studio.models import ModelSpec
 
     ws = copy_ws(pairs_ws_template, tmp_path / "ws")
     register_model(ws, tiny_spec)

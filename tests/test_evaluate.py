@@ -11,7 +11,7 @@ from PIL import Image
 from conftest import studio_cli
 from studio.evaluate import EvalConfig, evaluate
 from studio.generate import register_model
-from studio.instantid import ModelSpec
+from studio.models import ModelSpec
 from studio.pairs import assign_splits
 from studio.report import report_markdown
 from studio.runs import execute

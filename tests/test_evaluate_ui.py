@@ -15,7 +15,7 @@ def eval_app(pairs_ws_template, tmp_path_factory, tiny_spec, tiny_clip_dir, user
     import torch
 
     from studio.generate import register_model
-    from studio.instantid import ModelSpec
+    from studio.models import ModelSpec
     from studio.pairs import assign_splits
     from studio.testsets import build_testset
 

@@ -9,7 +9,7 @@ from PIL import Image
 from studio.faces import FaceAnalyzer
 from studio.generate import FramingError, NoFaceError, control_inputs, face_from_photo, face_from_workspace, generate
 from studio.images import load_rgb
-from studio.instantid import GenerationSettings, ModelCache, photo_framing
+from studio.models import GenerationSettings, ModelCache, photo_framing
 
 SMALL = dict(steps=2, width=64, height=64)
 

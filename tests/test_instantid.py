@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from studio.instantid import (SDXL_UNET_CONFIG, STYLES, CheckpointError, GenerationSettings, MissingWeightsError,
+from studio.models import (SDXL_UNET_CONFIG, STYLES, CheckpointError, GenerationSettings, MissingWeightsError,
                               ModelCache, ModelSpec, OutOfMemory, ResamplerShape, apply_style, check_ip_adapter,
                               ip_adapter_layout, load_instantid, missing_weights, photo_framing, route_face_tokens)
 

@@ -13,7 +13,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from studio.instantid import SDXL_UNET_CONFIG, ip_adapter_layout
+from studio.models import SDXL_UNET_CONFIG, ip_adapter_layout
 
 TOL = 1e-5
 

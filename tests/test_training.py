@@ -14,7 +14,7 @@ import torch
 from conftest import REPO, studio_cli
 from PIL import Image
 
-from studio.instantid import (ModelSpec, copy_ip_adapter_state_, init_ip_adapter_state, ip_adapter_state_dict,
+from studio.models import (ModelSpec, copy_ip_adapter_state_, init_ip_adapter_state, ip_adapter_state_dict,
                               load_instantid)
 
 SCRIPT = REPO / "training" / "train_instantid.py"
@@ -47,7 +47,7 @@ def test_ip_adapter_layout_round_trip(tiny_spec):
     """Saving converts diffusers' modules back to the official layout exactly; a fresh adapter fits."""
     from diffusers import UNet2DConditionModel
 
-    from studio.instantid import check_ip_adapter, load_ip_adapter_state
+    from studio.models import check_ip_adapter, load_ip_adapter_state
 
     unet = UNet2DConditionModel.from_pretrained(Path(tiny_spec.base) / "unet")
     official = load_ip_adapter_state(Path(tiny_spec.ip_adapter))
@@ -59,7 +59,7 @@ def test_ip_adapter_layout_round_trip(tiny_spec):
     copy_ip_adapter_state_(unet, shifted)
     assert all(torch.equal(ip_adapter_state_dict(unet)[p][k], shifted[p][k]) for p in shifted for k in shifted[p])
     fresh_unet = UNet2DConditionModel.from_pretrained(Path(tiny_spec.base) / "unet")
-    from studio.instantid import ResamplerShape
+    from studio.models import ResamplerShape
     from tiny_models import TINY_RESAMPLER
 
     fresh = init_ip_adapter_state(fresh_unet, ResamplerShape(**TINY_RESAMPLER))
@@ -153,7 +153,7 @@ def test_studio_train_run_bf16_loads_and_changes_output(train_ws, tiny_spec, tin
 
     spec = registered_models(train_ws)["tiny-cross"]
     model = load_instantid(spec, "cpu")
-    from studio.instantid import GenerationSettings
+    from studio.models import GenerationSettings
 
     settings = GenerationSettings(prompt="a man", steps=2, width=64, height=64, guidance=1.0)
     emb = np.random.default_rng(0).standard_normal(512).astype(np.float32)

@@ -14,7 +14,7 @@ import torch
 from conftest import REPO, free_port, studio_cli
 from test_training import ENV, SCRIPT, launch, script_args, trained
 
-from studio.instantid import ModelSpec, load_instantid
+from studio.models import ModelSpec, load_instantid
 
 
 @pytest.mark.slow

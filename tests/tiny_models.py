@@ -71,7 +71,7 @@ def random_ip_adapter(unet, seed: int = 0, scale: float = 0.2) -> dict:
     """Random weights in the official InstantID ip-adapter.bin key layout for ``unet``."""
     import torch
 
-    from studio.instantid import ResamplerShape, ip_adapter_layout
+    from studio.models import ResamplerShape, ip_adapter_layout
 
     g = torch.Generator().manual_seed(seed)
     layout = ip_adapter_layout(unet, ResamplerShape(**TINY_RESAMPLER))

@@ -12,7 +12,7 @@ the IP layers. Loss: MSE on the noise (or velocity). Launch it the way accelerat
         --train_data pairs/train.jsonl --output_dir out/crossfaceid
 
 Final weights: ``<output_dir>/ip-adapter.bin`` (the official layout) and
-``<output_dir>/ControlNetModel/``, which ``studio.instantid.load_instantid`` loads, plus a
+``<output_dir>/ControlNetModel/``, which ``studio.models.load_instantid`` loads, plus a
 training card. Writing a file named ``STOP`` into the output dir (or SIGTERM) makes every process
 save a checkpoint and exit cleanly; ``--resume_from_checkpoint latest`` goes on from there.
 """
@@ -71,7 +71,7 @@ def load_models(args):
     from diffusers import AutoencoderKL, ControlNetModel, DDPMScheduler, UNet2DConditionModel
     from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection
 
-    from studio.instantid import (CheckpointError, MissingWeightsError, ResamplerShape, check_ip_adapter,
+    from studio.models import (CheckpointError, MissingWeightsError, ResamplerShape, check_ip_adapter,
                                   init_ip_adapter_state, load_ip_adapter_state, local_base_dir, local_identitynet_dir,
                                   local_ip_adapter_file)
 
@@ -154,17 +154,15 @@ def encode_images(vae, pixels: torch.Tensor) -> torch.Tensor:
 
 def save_trainable(model: InstantIDTrainer, out: Path) -> None:
     """``ip-adapter.bin`` in the official layout and ``ControlNetModel/``: what load_instantid reads."""
-    from studio.instantid import ip_adapter_state_dict
+    from studio.models import FAMILIES
 
-    out.mkdir(parents=True, exist_ok=True)
-    torch.save(ip_adapter_state_dict(model.unet), out / "ip-adapter.bin")
-    model.controlnet.save_pretrained(out / "ControlNetModel")
+    FAMILIES["InstantID"].save_official(out, model.unet, model.controlnet)
 
 
 def load_trainable(model: InstantIDTrainer, src: Path) -> None:
     from diffusers import ControlNetModel
 
-    from studio.instantid import copy_ip_adapter_state_
+    from studio.models import copy_ip_adapter_state_
 
     copy_ip_adapter_state_(model.unet, torch.load(src / "ip-adapter.bin", map_location="cpu", weights_only=True))
     loaded = ControlNetModel.from_pretrained(src / "ControlNetModel")
@@ -212,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
-    from studio.instantid import CheckpointError, MissingWeightsError
+    from studio.models import CheckpointError, MissingWeightsError
 
     try:
         parts = load_models(args)
@@ -457,7 +455,7 @@ def validate(args, parts, model: InstantIDTrainer, samples, step: int, output_di
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLControlNetPipeline
     from PIL import Image
 
-    from studio.instantid import GenerationSettings, InstantID, ModelSpec
+    from studio.models import GenerationSettings, InstantID, ModelSpec
 
     if offloaded:
         for name in ("vae", "text_encoder", "text_encoder_2"):

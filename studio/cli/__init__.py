@@ -31,7 +31,7 @@ def stage_parser(kind: str) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from ..faces import MissingModelError
-    from ..instantid import MissingWeightsError
+    from ..models import MissingWeightsError
     from ..training import TrainingError
 
     args = build_parser().parse_args(argv)

@@ -11,7 +11,7 @@ from .common import author, open_workspace, print_result
 
 def cmd_models(args) -> int:
     from ..faces import resolve_pack
-    from ..instantid import download_weights
+    from ..models import download_weights
 
     if args.download and args.download != "antelopev2":
         folders = download_weights(args.download)
@@ -24,7 +24,7 @@ def cmd_models(args) -> int:
 
 def cmd_register_model(args) -> int:
     from ..generate import register_model
-    from ..instantid import ModelSpec, missing_weights
+    from ..models import ModelSpec, missing_weights
 
     spec = ModelSpec(args.name, base=args.base, identitynet=args.identitynet, ip_adapter=args.ip_adapter,
                      face_pack=args.trained_face_pack, lcm_lora=args.lcm_lora)
@@ -34,7 +34,7 @@ def cmd_register_model(args) -> int:
 
 
 def _style_names() -> list[str]:
-    from ..instantid import STYLES
+    from ..models import STYLES
 
     return list(STYLES)
 
@@ -42,9 +42,9 @@ def _style_names() -> list[str]:
 def cmd_generate(args) -> int:
     from ..generate import generate_run
     from ..images import load_rgb
-    from ..instantid import GenerationSettings, ModelCache
+    from ..models import GenerationSettings, ModelCache
 
-    from ..instantid import DEMO_NEGATIVE_PROMPT, FAST_GUIDANCE, FAST_STEPS
+    from ..models import DEMO_NEGATIVE_PROMPT, FAST_GUIDANCE, FAST_STEPS
 
     ws = open_workspace(args)
     if (args.reference is None) == (args.image_id is None):

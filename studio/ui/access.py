@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import gradio as gr
 
 from ..auth import AccessPolicy
-from ..instantid import ModelCache
+from ..models import ModelCache
 from ..workspace import Workspace
 from .guard import Grants
 from .media import MediaServer

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import gradio as gr
 
 from ..generate import DEFAULT_SWEEP, generate_run, registered_models
-from ..instantid import (DEFAULT_STYLE, DEMO_NEGATIVE_PROMPT, FAST_GUIDANCE, FAST_STEPS, SCHEDULERS, STYLES,
+from ..models import (DEFAULT_STYLE, DEMO_NEGATIVE_PROMPT, FAST_GUIDANCE, FAST_STEPS, SCHEDULERS, STYLES,
                          GenerationSettings, missing_weights)
 from ..validate import parse_id
 from ..zerogpu import gpu_function

@@ -1,0 +1,53 @@
+"""Assembling InstantID on diffusers: SDXL + IdentityNet (a ControlNetModel) + the IP-adapter, checked
+and loaded with diffusers' own loader, on a shared SDXL base or its own."""
+from __future__ import annotations
+
+from ..base import SharedBase, load_base, pick_device
+from ..errors import MissingWeightsError
+from ..spec import ModelSpec
+from .convert import load_ip_adapter_state
+from .layout import check_ip_adapter
+from .pipeline import AdapterSlot, InstantID
+from .weights import local_identitynet_dir, local_ip_adapter_file, missing_weights
+
+
+def load_instantid(spec: ModelSpec, device: str | None = None, dtype=None, base: SharedBase | None = None,
+                   offload: bool = False, vae_tiling: bool = False) -> InstantID:
+    """Assemble SDXL + IdentityNet + IP-adapter from hub ids or local paths (fp16 on GPU, fp32 on CPU).
+
+    ``base``: an SDXL already in memory to build on (see :class:`ModelCache`); ``offload``:
+    diffusers' model CPU offload, for 12-16 GB GPUs (needs an accelerator).
+    """
+    import torch
+    from diffusers import ControlNetModel, StableDiffusionXLControlNetPipeline
+
+    missing = missing_weights(spec)
+    if missing:
+        raise MissingWeightsError(f"model '{spec.name}' is missing weights:\n- " + "\n- ".join(missing))
+    dev = pick_device(device)
+    if offload and dev.type == "cpu":
+        raise ValueError("CPU offload moves parts between the GPU and the CPU: it needs a GPU (device cuda)")
+    dtype = dtype or (torch.float16 if dev.type == "cuda" else torch.float32)
+    if base is None:
+        base = load_base(spec.base, "cpu" if offload else str(dev), dtype, vae_tiling)
+    state = load_ip_adapter_state(local_ip_adapter_file(spec.ip_adapter))
+    check_ip_adapter(state, base.components["unet"])
+    # our own runs save fp32 weights; the loader keeps a checkpoint's dtype, the pipeline runs in ``dtype``
+    state = {part: {k: v.to(dtype) for k, v in d.items()} for part, d in state.items()}
+    controlnet = ControlNetModel.from_pretrained(str(local_identitynet_dir(spec.identitynet)), dtype=dtype)
+    pipe = StableDiffusionXLControlNetPipeline(**base.components, controlnet=controlnet,
+                                               force_zeros_for_empty_prompt=base.force_zeros_for_empty_prompt)
+    with base.lock:
+        if pipe.unet.encoder_hid_proj is not None:  # another model's adapter is in the shared UNet
+            pipe.unload_ip_adapter()
+        pipe.load_ip_adapter(state, subfolder="", weight_name="", image_encoder_folder=None)
+        if offload:
+            pipe.enable_model_cpu_offload(device=dev)
+        else:
+            pipe.to(dev)
+        slot = AdapterSlot(pipe.unet.encoder_hid_proj, {name[: -len(".processor")]: proc for name, proc in
+                                                        pipe.unet.attn_processors.items()
+                                                        if not name.startswith("encoder_hid_proj")})
+        base.models += 1
+    pipe.set_progress_bar_config(disable=True)
+    return InstantID(pipe, spec, slot, base)
