@@ -34,8 +34,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from studio.auth import policy_from
-    from studio.faces import MissingModelError, resolve_pack
-    from studio.pipeline import ensure_demo_workspace
+    from studio.dataset.faces import MissingModelError, resolve_pack
+    from studio.dataset.pipeline import ensure_demo_workspace
     from studio.ui.access import StudioContext
     from studio.ui.app import cache_policy, launch, max_upload_bytes
 
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, MissingModelError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    from studio.runs import reap
+    from studio.runs.jobs import reap
 
     reap(ws)  # runs whose worker died while the app was down are marked failed (rerun resumes them)
     ws.store.browse_columns()  # millions of images: Browse's in-memory columns start building in the background

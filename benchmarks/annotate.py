@@ -28,7 +28,7 @@ ANNOTATORS = {f"bench{i}": f"bench-password-{i}" for i in range(8)}
 
 
 def build(root: Path, items: int) -> tuple[Path, Path]:
-    from studio import humaneval as he
+    from studio.human import studies as he
     from studio.auth import UsersFile
     from studio.workspace import Workspace
 

@@ -7,7 +7,7 @@ and a build that is stopped resumes where it stopped (one transaction per 20,000
 build prints its write rate (images/s through those calls).
 
 Measured, in one process:
-* ours: ``studio.browse.browse`` (what the Browse tab and /browse call) on random filter
+* ours: ``studio.dataset.browse.browse`` (what the Browse tab and /browse call) on random filter
   combinations and a random page of each result: p50 / p95 per size against the goals
   (40,596 images: p95 <= 30 ms; the large one, --rows, default 1,000,000, FaceID-6M 6,000,000:
   p95 <= 300 ms), broken down by filter kind, and the first page of each filter; at the large
@@ -38,9 +38,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from studio.browse import BrowseFilter, browse  # noqa: E402
-from studio.curate import curate  # noqa: E402
-from studio.stats import distribution_frames, image_list  # noqa: E402
+from studio.dataset.browse import BrowseFilter, browse  # noqa: E402
+from studio.dataset.curate import curate  # noqa: E402
+from studio.dataset.stats import distribution_frames, image_list  # noqa: E402
 from studio.workspace import Workspace  # noqa: E402
 
 WORDS = ["smiling", "neutral", "glasses", "beard", "hat", "outdoors", "suit", "laughing", "serious", "profile",

@@ -27,8 +27,8 @@ import numpy as np  # noqa: E402
 from oai_server import LocalOpenAI, Reply  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from studio.captions import CaptionSettings, build_messages, caption_workspace, media_data_url  # noqa: E402
-from studio.ingest import ingest  # noqa: E402
+from studio.captions.captioner import CaptionSettings, build_messages, caption_workspace, media_data_url  # noqa: E402
+from studio.dataset.ingest import ingest  # noqa: E402
 from studio.workspace import Workspace  # noqa: E402
 
 

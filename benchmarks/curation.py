@@ -5,7 +5,7 @@ Baselines: what a script usually does: ``FaceAnalysis`` over a folder holding th
 then ``cv2.imread`` + ``app.get`` per image and the paper's rules in Python; once loading every
 model of the folder (detector, recognizer, 106-point landmarks: the common copy-paste), once with
 ``allowed_modules=["detection", "recognition"]`` (what a careful user writes).
-Ours: ``studio.analyze.analyze`` + ``studio.curate.curate`` on a workspace holding the same images.
+Ours: ``studio.dataset.analyze.analyze`` + ``studio.dataset.curate.curate`` on a workspace holding the same images.
 
 Images: the real photos in assets/demo plus yaoming.jpg / players.jpg / t1.jpg from the installed
 wheels, each re-encoded into ``--copies`` distinct JPEGs (so that content dedupe keeps them all).
@@ -68,8 +68,8 @@ def naive(files: list[Path], pack_dir: Path, rules, allowed_modules=None) -> tup
 
 
 def ours(ws, pack, rules) -> tuple[float, int]:
-    from studio.analyze import analyze
-    from studio.curate import curate
+    from studio.dataset.analyze import analyze
+    from studio.dataset.curate import curate
 
     start = time.perf_counter()
     analyze(ws, pack=pack)
@@ -85,8 +85,8 @@ def main() -> None:
     import onnxruntime as ort
 
     from studio.config import CurationRules
-    from studio.faces import resolve_pack
-    from studio.ingest import ingest
+    from studio.dataset.faces import resolve_pack
+    from studio.dataset.ingest import ingest
     from studio.workspace import Workspace
 
     ort.set_default_logger_severity(3)

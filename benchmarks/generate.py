@@ -38,7 +38,7 @@ def main() -> None:
     import torch
     from tiny_models import build_tiny_instantid
 
-    from studio.draw import draw_kps
+    from studio.dataset.draw import draw_kps
     from studio.models import GenerationSettings, ModelSpec, load_instantid
 
     torch.set_num_threads(1)

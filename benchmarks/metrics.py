@@ -8,7 +8,7 @@ attribute score (zero-shot CLIP on the face crop).
 Baseline: what evaluation code usually is: four scripts, one per metric, each looping over the
 samples and decoding what it needs itself (the sample, and the reference photo for CLIP-I and
 Face Sim), one image per CLIP forward pass, the reference face detected again for every sample.
-Ours: ``studio.metrics.Scorer``: each sample decoded once for every metric, its faces detected once,
+Ours: ``studio.evaluation.metrics.Scorer``: each sample decoded once for every metric, its faces detected once,
 each reference photo's face embedded once per item and its CLIP features once, CLIP batched,
 decoding and preprocessing in threads.
 
@@ -86,7 +86,7 @@ def script_clip_i(clip, rows):
 
 
 def script_face_sim(analyzer, rows):
-    from studio.faces import cosine
+    from studio.dataset.faces import cosine
 
     out = []
     for r in rows:
@@ -97,7 +97,7 @@ def script_face_sim(analyzer, rows):
 
 
 def script_attribute(clip, analyzer, rows):
-    from studio.metrics import CLIP_ATTRIBUTES, face_crop
+    from studio.evaluation.metrics import CLIP_ATTRIBUTES, face_crop
 
     out = []
     for r in rows:
@@ -125,7 +125,7 @@ def baseline(clip, analyzer, rows) -> tuple[float, list]:
 
 def ours(clip, analyzer, rows, batch: int) -> tuple[float, list]:
     from studio.images import load_rgb
-    from studio.metrics import ScoreInput, Scorer
+    from studio.evaluation.metrics import ScoreInput, Scorer
 
     start = time.perf_counter()
     refs = {}
@@ -140,8 +140,8 @@ def ours(clip, analyzer, rows, batch: int) -> tuple[float, list]:
 
 
 def main() -> None:
-    from studio.faces import FaceAnalyzer, resolve_pack
-    from studio.metrics import ClipSpec, load_clip
+    from studio.dataset.faces import FaceAnalyzer, resolve_pack
+    from studio.evaluation.metrics import ClipSpec, load_clip
     from tiny_models import build_tiny_clip
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

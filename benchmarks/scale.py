@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 
 def run(template: Path, where: Path, pack, engine: str, workers: int | None) -> dict:
-    from studio.analyze import analyze
+    from studio.dataset.analyze import analyze
     from studio.workspace import Workspace
 
     shutil.copytree(template, where)
@@ -59,8 +59,8 @@ def main() -> None:
 
     from curation import make_dataset
 
-    from studio.faces import resolve_pack
-    from studio.ingest import ingest
+    from studio.dataset.faces import resolve_pack
+    from studio.dataset.ingest import ingest
     from studio.workspace import Workspace
 
     logging.getLogger("ray").setLevel(logging.WARNING)

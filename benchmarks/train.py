@@ -34,11 +34,11 @@ sys.path.insert(0, str(REPO / "tests"))
 
 def demo_manifest(root: Path) -> Path:
     """assets/demo through ingest -> analyze -> curate -> split -> pairs -> manifest (template captions)."""
-    from studio.analyze import analyze
-    from studio.curate import curate
-    from studio.faces import resolve_pack
-    from studio.ingest import ingest
-    from studio.pairs import assign_splits, export_manifest, make_pairs
+    from studio.dataset.analyze import analyze
+    from studio.dataset.curate import curate
+    from studio.dataset.faces import resolve_pack
+    from studio.dataset.ingest import ingest
+    from studio.train.pairs import assign_splits, export_manifest, make_pairs
     from studio.workspace import Workspace
 
     ws = Workspace.open(root / "ws")

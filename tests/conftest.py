@@ -129,7 +129,7 @@ def photos() -> dict[str, Path]:
 @pytest.fixture()
 def photos_ws(tmp_path, photos):
     """A fresh workspace with six photos of three persons ingested (not analysed)."""
-    from studio.ingest import ingest
+    from studio.dataset.ingest import ingest
     from studio.workspace import Workspace
 
     src = tmp_path / "src"
@@ -144,7 +144,7 @@ def photos_ws(tmp_path, photos):
 
 @pytest.fixture(scope="session")
 def pack():
-    from studio.faces import resolve_pack
+    from studio.dataset.faces import resolve_pack
 
     return resolve_pack("bundled")
 
@@ -173,9 +173,9 @@ def _curation_layout(src: Path, photos) -> None:
 
 def _curated(src: Path, dest: Path, pack) -> None:
     """ingest -> analyze -> curate of ``src`` into a workspace at ``dest`` (closed afterwards)."""
-    from studio.analyze import analyze
-    from studio.curate import curate
-    from studio.ingest import ingest
+    from studio.dataset.analyze import analyze
+    from studio.dataset.curate import curate
+    from studio.dataset.ingest import ingest
     from studio.workspace import Workspace
 
     ws = Workspace.open(dest)
@@ -204,7 +204,7 @@ def curated_ws(tmp_path_factory, curation_source, pack):
 @pytest.fixture(scope="session")
 def by_file():
     """Look an image row up by the file name it was ingested from."""
-    from studio.stats import image_list
+    from studio.dataset.stats import image_list
 
     def find(ws, name: str) -> dict:
         matches = [r for r in image_list(ws) if Path(r["source"]).name == name]
@@ -490,7 +490,7 @@ def copy_ws(template: Path, dest: Path):
 @pytest.fixture()
 def ws(tmp_path, photos):
     """The captioning tests' workspace: four real photos of four persons, ingested (covered with --all)."""
-    from studio.ingest import ingest
+    from studio.dataset.ingest import ingest
     from studio.workspace import Workspace
 
     src = tmp_path / "src"
@@ -508,10 +508,10 @@ def served_generate(tmp_path_factory, curation_source, pack, users_file, tiny_sp
     the bundled pack ('tiny') and, as the released weights, on antelopev2 ('tiny-ante')."""
     import dataclasses
 
-    from studio.analyze import analyze
-    from studio.curate import curate
-    from studio.generate import register_model
-    from studio.ingest import ingest
+    from studio.dataset.analyze import analyze
+    from studio.dataset.curate import curate
+    from studio.models.generate import register_model
+    from studio.dataset.ingest import ingest
     from studio.workspace import Workspace
 
     ws = Workspace.open(tmp_path_factory.mktemp("ws_generate"))
@@ -535,7 +535,7 @@ def eval_ws(tmp_path, pairs_ws_template, tiny_spec):
     """The cross-training workspace with two tiny models: 'tiny' and 'tiny-b' (same base, another adapter)."""
     import torch
 
-    from studio.generate import register_model
+    from studio.models.generate import register_model
     from studio.models import ModelSpec
 
     ws = copy_ws(pairs_ws_template, tmp_path / "ws")
@@ -554,8 +554,8 @@ TRAIN_PINS = {"obama": "train", "eileen_collins": "train", "biden": "validation"
 @pytest.fixture(scope="session")
 def train_ws(pairs_ws_template, tmp_path_factory, tiny_spec):
     """The pair workspace with obama in train, the tiny model registered, and a train manifest."""
-    from studio.generate import register_model
-    from studio.pairs import assign_splits, export_manifest, make_pairs
+    from studio.models.generate import register_model
+    from studio.train.pairs import assign_splits, export_manifest, make_pairs
 
     ws = copy_ws(pairs_ws_template, tmp_path_factory.mktemp("train") / "ws")
     assign_splits(ws, pins=TRAIN_PINS)

@@ -10,7 +10,7 @@ from conftest import USERS, running_app
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 
-from studio import humaneval as he
+from studio.human import studies as he
 from studio.workspace import Workspace
 
 pytestmark = pytest.mark.slow  # a served app with an 84-item study for 8 annotators

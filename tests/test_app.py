@@ -33,8 +33,8 @@ def test_demo_workspace_built_and_served(demo):
 
 
 def test_existing_workspace_not_refilled_with_demo_photos(tmp_path, photos):
-    from studio.ingest import ingest
-    from studio.pipeline import ensure_demo_workspace
+    from studio.dataset.ingest import ingest
+    from studio.dataset.pipeline import ensure_demo_workspace
     from studio.workspace import Workspace
 
     (tmp_path / "src" / "someone").mkdir(parents=True)

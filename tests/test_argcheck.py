@@ -1,11 +1,11 @@
 """What reaches a worker: a stage's arguments and the training script's extra options, parsed by the
-worker's own parser (studio.argcheck), refused in every spelling when they set the studio's own options."""
+worker's own parser (studio.runs.argcheck), refused in every spelling when they set the studio's own options."""
 from __future__ import annotations
 
 import pytest
 
-from studio.runs import check_args
-from studio.training import TrainConfig, check_extra
+from studio.runs.jobs import check_args
+from studio.train.launch import TrainConfig, check_extra
 
 
 @pytest.mark.parametrize("args, message", [

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 
 from conftest import clone_ws
-from studio.browse import BrowseError, BrowseFilter, browse, filter_choices, image_detail
-from studio.ingest import ingest
+from studio.dataset.browse import BrowseError, BrowseFilter, browse, filter_choices, image_detail
+from studio.dataset.ingest import ingest
 from studio.workspace import Workspace
 
 

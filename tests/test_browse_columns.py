@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from conftest import clone_ws, wait_for
-from studio.browse import SORTS, BrowseFilter, browse
+from studio.dataset.browse import SORTS, BrowseFilter, browse
 from studio.codes import REASONS
-from studio.curate import curate
+from studio.dataset.curate import curate
 from studio.store import columns
 from studio.workspace import Workspace
 
@@ -260,9 +260,9 @@ def test_updates_read_only_the_changed_rows_and_equal_a_full_read(synth, tmp_pat
     """Tag edits, a caption review, a re-curation that flips verdicts, a renamed person and new
     images: each update reads just the rows the change log names and gives the same snapshot
     as reading everything, and Browse from it the same pages as SQLite."""
-    from studio.analyze import analyze
+    from studio.dataset.analyze import analyze
     from studio.config import CurationRules
-    from studio.ingest import ingest
+    from studio.dataset.ingest import ingest
 
     ws = clone_ws(synth, tmp_path / "ws")
     store = ws.store

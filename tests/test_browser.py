@@ -64,7 +64,7 @@ def captioned_app(tmp_path_factory, photos, users_file):
     import pandas as pd
     from conftest import running_app
 
-    from studio.ingest import ingest
+    from studio.dataset.ingest import ingest
     from studio.workspace import Workspace
 
     src = tmp_path_factory.mktemp("captioned_src")
@@ -179,7 +179,7 @@ def runs_app(tmp_path, photos, users_file):
     """A workspace with six ingested photos (not analyzed), served with accounts."""
     from conftest import running_app
 
-    from studio.ingest import ingest
+    from studio.dataset.ingest import ingest
     from studio.workspace import Workspace
 
     src = tmp_path / "src"

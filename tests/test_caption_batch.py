@@ -9,8 +9,8 @@ from conftest import studio_cli, wait_for
 from oai_server import LocalOpenAI, Reply, image_key
 from test_captions import KEY
 
-from studio.caption_batch import BATCH_DISCOUNT, batches, caption_batch
-from studio.captions import PROMPT, CaptionSettings, caption_workspace
+from studio.captions.batch import BATCH_DISCOUNT, batches, caption_batch
+from studio.captions.captioner import PROMPT, CaptionSettings, caption_workspace
 
 
 def settings(server) -> CaptionSettings:

@@ -10,7 +10,7 @@ import pytest
 from conftest import studio_cli, wait_for
 from oai_server import LocalOpenAI, Reply, decode_image, image_key
 
-from studio.captions import PROMPT, CaptionSettings, caption_workspace, check_caption
+from studio.captions.captioner import PROMPT, CaptionSettings, caption_workspace, check_caption
 
 KEY = "sk-test-0123456789-SECRET-abcdef"
 FAST = dict(max_retries=3, timeout=5.0)
@@ -234,7 +234,7 @@ def test_captioning_keeps_under_the_keys_rate_limit(ws):
 
 
 def test_reset_headers_are_read_as_openai_writes_them():
-    from studio.ratelimit import parse_reset
+    from studio.captions.ratelimit import parse_reset
 
     assert parse_reset("1s") == 1.0 and parse_reset("6m0s") == 360.0 and parse_reset("120ms") == 0.12
     assert parse_reset("1h2m3.5s") == 3723.5 and parse_reset("0.5") == 0.5

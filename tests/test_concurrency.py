@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from studio import review
-from studio.curate import curate
+from studio.captions import review
+from studio.dataset.curate import curate
 from studio.workspace import Workspace
 
 N_IMAGES = 40_596  # the paper's Table 1 after curation

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from studio.config import CurationRules
-from studio.curate import curate, curation_rules
-from studio.faces import cosine
-from studio.stats import dataset_stats, image_list
+from studio.dataset.curate import curate, curation_rules
+from studio.dataset.faces import cosine
+from studio.dataset.stats import dataset_stats, image_list
 
 
 def main_embedding(ws, row):
@@ -130,7 +130,7 @@ def test_rules_validate_their_fields():
 
 
 def test_robust_centroid_ignores_a_minority():
-    from studio.curate import robust_centroid
+    from studio.dataset.curate import robust_centroid
 
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=512), rng.normal(size=512)
@@ -144,7 +144,7 @@ def test_robust_centroid_ignores_a_minority():
 def test_curating_person_by_person_gives_the_same_verdicts(curated_ws, tmp_path, monkeypatch):
     """At millions of images curation reads, judges and writes a part of whole persons at a time: parts
     of one person each give the verdicts (identity check included) of one part holding everyone."""
-    import studio.curate as curate_module
+    import studio.dataset.curate as curate_module
     from conftest import clone_ws
 
     def verdicts(ws):

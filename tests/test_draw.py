@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from studio.draw import draw_kps
+from studio.dataset.draw import draw_kps
 
 
 def reference_rendering(width, height, kps):

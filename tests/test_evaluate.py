@@ -9,13 +9,13 @@ import pytest
 from PIL import Image
 
 from conftest import studio_cli
-from studio.evaluate import EvalConfig, evaluate
-from studio.generate import register_model
+from studio.evaluation.evaluate import EvalConfig, evaluate
+from studio.models.generate import register_model
 from studio.models import ModelSpec
-from studio.pairs import assign_splits
-from studio.report import report_markdown
-from studio.runs import execute
-from studio.testsets import build_testset, import_testset, item_rows
+from studio.train.pairs import assign_splits
+from studio.evaluation.report import report_markdown
+from studio.runs.jobs import execute
+from studio.evaluation.testsets import build_testset, import_testset, item_rows
 
 SMALL = dict(steps=2, width=64, height=64, guidance=3.0)
 

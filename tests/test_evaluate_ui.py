@@ -14,10 +14,10 @@ pytestmark = pytest.mark.slow  # a served app that generates and scores
 def eval_app(pairs_ws_template, tmp_path_factory, tiny_spec, tiny_clip_dir, users_file):
     import torch
 
-    from studio.generate import register_model
+    from studio.models.generate import register_model
     from studio.models import ModelSpec
-    from studio.pairs import assign_splits
-    from studio.testsets import build_testset
+    from studio.train.pairs import assign_splits
+    from studio.evaluation.testsets import build_testset
 
     root = tmp_path_factory.mktemp("eval_ui")
     ws = copy_ws(pairs_ws_template, root / "ws")

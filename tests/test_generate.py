@@ -6,8 +6,9 @@ import pytest
 from conftest import USERS, running_app
 from PIL import Image
 
-from studio.faces import FaceAnalyzer
-from studio.generate import FramingError, NoFaceError, control_inputs, face_from_photo, face_from_workspace, generate
+from studio.dataset.faces import FaceAnalyzer
+from studio.models.generate import (FramingError, NoFaceError, control_inputs, face_from_photo, face_from_workspace,
+                                    generate)
 from studio.images import load_rgb
 from studio.models import GenerationSettings, ModelCache, photo_framing
 

@@ -19,7 +19,7 @@ from conftest import USERS, free_port
 from conftest import http_session as session
 from PIL import Image, PngImagePlugin
 
-from studio import humaneval as he
+from studio.human import studies as he
 
 MARKER = "admin-only-6f1c2a: model zebra-x vs quokka-y"
 PRESS = "PRESS CAPTION: the 2026 gala, photographed by J. Doe"

@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
-from studio import humaneval as he
+from studio.human import studies as he
 from studio.workspace import Workspace
 
 MODELS = ["zebra-model", "quokka-model"]

@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from studio.analyze import analyze
+from studio.dataset.analyze import analyze
 from studio.images import MAX_PIXELS
-from studio.ingest import ingest
-from studio.stats import image_list
+from studio.dataset.ingest import ingest
+from studio.dataset.stats import image_list
 from studio.workspace import Workspace
 
 
@@ -297,6 +297,6 @@ def test_other_formats_keep_a_proper_extension(tmp_path, photos, fmt, suffix):
     ingest(ws, src)
     paths = sorted(r["media_path"] for r in ws.store.image_table())
     assert len(paths) == 1 and paths[0].endswith(suffix)  # the second is the same content
-    from studio.ingest import _suffix
+    from studio.dataset.ingest import _suffix
 
     assert _suffix("", fmt) == suffix and _suffix(".weird", fmt) == suffix

@@ -17,7 +17,7 @@ EMB = np.random.default_rng(0).normal(size=512).astype(np.float32) * 8
 
 
 def kps_image():
-    from studio.draw import draw_kps
+    from studio.dataset.draw import draw_kps
 
     return draw_kps(64, 64, [[22, 26], [42, 26], [32, 36], [24, 46], [40, 46]], radius=3, stick_width=1)
 

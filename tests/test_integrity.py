@@ -9,14 +9,14 @@ import pytest
 from oai_server import LocalOpenAI, Reply
 from PIL import Image
 
-from studio import review
-from studio.analyze import analyze
-from studio.captions import CaptionSettings, caption_workspace
+from studio.captions import review
+from studio.dataset.analyze import analyze
+from studio.captions.captioner import CaptionSettings, caption_workspace
 from studio.config import CurationRules
-from studio.curate import curate
-from studio.export import ExportError, export_training_set
-from studio.ingest import ingest
-from studio.stats import dataset_stats, image_list
+from studio.dataset.curate import curate
+from studio.dataset.export import ExportError, export_training_set
+from studio.dataset.ingest import ingest
+from studio.dataset.stats import dataset_stats, image_list
 from studio.store import StaleCaptionError
 from studio.workspace import Workspace
 
@@ -103,7 +103,7 @@ def test_concurrent_approvals_of_one_version_write_once(captioned):
 
 def test_review_during_regenerate_cannot_approve_unseen_text(captioned):
     ws, i = captioned, by_name(captioned)["astronaut"]
-    from studio.captions import regenerate
+    from studio.captions.captioner import regenerate
 
     with LocalOpenAI(lambda n, body: Reply(text="A new text nobody reviewed.")) as server:
         regenerate(ws, i, CaptionSettings(base_url=server.url, model="model-a", max_retries=0), "sk-x", "bot")
@@ -170,13 +170,13 @@ def test_subject_of_a_group_photo_is_the_person_not_the_largest_face(group_ws, t
     assert row["face_count"] == 2 and faces[0].bbox[0] < 900  # the largest face is Biden's, on the left
     assert row["subject_face"] == 1 and faces[1].bbox[0] > 1000  # the subject is Obama's, on the right
     assert row["status"] == "pass" and not row["outlier"] and row["identity_sim"] > 0.5
-    detail = __import__("studio.browse", fromlist=["image_detail"]).image_detail(ws, row["id"])
+    detail = __import__("studio.dataset.browse", fromlist=["image_detail"]).image_detail(ws, row["id"])
     assert detail["metadata"]["subject_face"] == 1 and "centroid" in detail["metadata"]["subject_chosen_by"]
     export_training_set(ws, tmp_path / "out", allow_other_pack=True)
     line = next(json.loads(x) for x in (tmp_path / "out" / "train.jsonl").read_text().splitlines()
                 if x and json.loads(x)["face_index"] == 1)
     assert line["bbox"] == [round(v, 2) for v in faces[1].bbox]
-    from studio.generate import face_from_workspace
+    from studio.models.generate import face_from_workspace
 
     face = face_from_workspace(ws, row["id"])
     assert face.bbox == faces[1].bbox and "subject chosen by curation" in face.note

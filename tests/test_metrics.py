@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from studio.evaluate import bootstrap_ci, summarize, tradeoff
-from studio.faces import FaceAnalyzer
+from studio.evaluation.evaluate import bootstrap_ci, summarize, tradeoff
+from studio.dataset.faces import FaceAnalyzer
 from studio.images import load_rgb
-from studio.metrics import (ClipSpec, MissingClipError, ScoreInput, Scorer, face_similarity, load_clip)
+from studio.evaluation.metrics import ClipSpec, MissingClipError, ScoreInput, Scorer, face_similarity, load_clip
 
 
 @pytest.fixture(scope="module")

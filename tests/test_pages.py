@@ -7,7 +7,7 @@ import gradio as gr
 import pandas as pd
 import pytest
 
-from studio import humaneval as he
+from studio.human import studies as he
 from studio.ui.pages import PageMemory
 
 SKIP = gr.skip()

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from conftest import copy_ws, studio_cli
 
-from studio.export import ExportError
-from studio.pairs import PairingError, assign_splits, export_manifest, make_pairs, parse_shares
+from studio.dataset.export import ExportError
+from studio.train.pairs import PairingError, assign_splits, export_manifest, make_pairs, parse_shares
 
 PINS = {"obama": "train", "eileen_collins": "train", "biden": "test"}
 
@@ -161,8 +161,8 @@ def test_cli_split_pairs_manifest_are_runs(ws, tmp_path):
 
 
 def test_split_shows_in_browse_and_statistics(ws):
-    from studio.browse import BrowseError, BrowseFilter, browse, image_detail
-    from studio.stats import dataset_stats
+    from studio.dataset.browse import BrowseError, BrowseFilter, browse, image_detail
+    from studio.dataset.stats import dataset_stats
 
     assert "table1_by_split" in dataset_stats(ws) and dataset_stats(ws)["table1_by_split"] == {}
     assert browse(ws, BrowseFilter(split="unassigned")).total == len(ws.store.image_table())

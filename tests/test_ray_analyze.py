@@ -13,9 +13,9 @@ import pytest
 from conftest import studio_cli, wait_for
 from PIL import Image
 
-from studio.analyze import analyze
-from studio.curate import curate
-from studio.ingest import ingest
+from studio.dataset.analyze import analyze
+from studio.dataset.curate import curate
+from studio.dataset.ingest import ingest
 from studio.workspace import Workspace
 
 pytest.importorskip("ray")

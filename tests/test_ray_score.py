@@ -9,12 +9,12 @@ import pytest
 from PIL import Image
 
 from conftest import REPO, studio_cli
-from studio.evaluate import EvalConfig, score_input
-from studio.faces import FaceAnalyzer
+from studio.evaluation.evaluate import EvalConfig, score_input
+from studio.dataset.faces import FaceAnalyzer
 from studio.images import load_rgb
-from studio.metrics import ClipSpec, ScoreInput, Scorer, load_clip
-from studio.score_ray import score_on_ray
-from studio.testsets import build_testset
+from studio.evaluation.metrics import ClipSpec, ScoreInput, Scorer, load_clip
+from studio.evaluation.score_ray import score_on_ray
+from studio.evaluation.testsets import build_testset
 
 pytest.importorskip("ray")
 pytestmark = pytest.mark.ray

@@ -8,10 +8,10 @@ import pytest
 from conftest import USERS, running_app, wait_run
 from oai_server import LocalOpenAI, Reply
 
-from studio import review
-from studio.attributes import DEFAULT_VOCABULARY, compile_vocabulary, tags_for
-from studio.browse import BrowseFilter, browse
-from studio.ingest import ingest
+from studio.captions import review
+from studio.dataset.attributes import DEFAULT_VOCABULARY, compile_vocabulary, tags_for
+from studio.dataset.browse import BrowseFilter, browse
+from studio.dataset.ingest import ingest
 from studio.workspace import Workspace
 
 

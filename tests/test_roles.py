@@ -124,7 +124,7 @@ def test_no_studio_option_reaches_the_worker_of_any_kind(served, curated_ws, tmp
     """Every run kind from the API, the studio's options in every spelling: refused, nothing recorded or written."""
     from gradio_client.exceptions import AppError
 
-    from studio import runs
+    from studio.runs import jobs as runs
 
     assert kind in runs.KINDS
     other = tmp_path / "other-ws"
@@ -142,7 +142,7 @@ def test_a_run_from_the_api_reaches_its_worker_as_a_run_id(served, curated_ws):
     """The worker's command line holds the workspace and the run id; the settings and the author come from the row."""
     from conftest import wait_for
 
-    from studio import runs
+    from studio.runs import jobs as runs
 
     run_id = client(served, "ada").predict(kind="curate", args="--min-faces 1", api_name="/run_start")
     r = curated_ws.store.run(run_id)

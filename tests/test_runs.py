@@ -12,8 +12,8 @@ import pytest
 from conftest import REPO, studio_cli, wait_for
 from oai_server import LocalOpenAI, Reply, image_key
 
-from studio import runs
-from studio.browse import image_detail
+from studio.runs import jobs as runs
+from studio.dataset.browse import image_detail
 from studio.workspace import Workspace
 
 
@@ -103,7 +103,7 @@ def test_killed_worker_is_marked_failed_and_rerun_resumes(photos_ws):
 def test_worker_started_from_a_process_outlives_it(photos_ws, tmp_path):
     """The app's worker is in its own session: the process that started it can go away."""
     ws = photos_ws
-    code = ("import sys; from studio import runs; from studio.workspace import Workspace; "
+    code = ("import sys; from studio.runs import jobs as runs; from studio.workspace import Workspace; "
             "print(runs.submit_args(Workspace.open(sys.argv[1]), 'analyze', ['--face-pack', 'bundled'], 'ada'))")
     starter = subprocess.run([sys.executable, "-c", code, str(ws.root)], cwd=REPO, capture_output=True, text=True,
                              env={**os.environ, "STUDIO_FACE_PACK": "bundled"})

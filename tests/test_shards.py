@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from conftest import REPO
 
-from studio.ingest import ingest
-from studio.stats import image_list
+from studio.dataset.ingest import ingest
+from studio.dataset.stats import image_list
 from studio.workspace import Workspace
 
 CORRUPT = b"\xff\xd8\xff\xe0" + b"\x00" * 300  # a JPEG header and nothing decodable

@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 
 from conftest import clone_ws, direct_counts, tallies
-from studio.analyze import analyze
-from studio.ingest import ingest
+from studio.dataset.analyze import analyze
+from studio.dataset.ingest import ingest
 from studio.store import SCHEMA_VERSION, Store
 from studio.workspace import Workspace
 
@@ -87,8 +87,8 @@ def test_tallies_follow_every_write_of_a_real_pipeline(tmp_path, curated_ws, cur
     """Statistics read tallies kept by triggers; after ingest, analysis, tagging, re-curation and a
     stale verdict they equal counting every row, and the statistics equal the direct counts."""
 
-    from studio.curate import curate, curation_rules
-    from studio.stats import dataset_stats
+    from studio.dataset.curate import curate, curation_rules
+    from studio.dataset.stats import dataset_stats
 
     ws = clone_ws(curated_ws, tmp_path / "ws")
     conn = ws.store.conn

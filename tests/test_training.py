@@ -149,7 +149,7 @@ def test_studio_train_run_bf16_loads_and_changes_output(train_ws, tiny_spec, tin
     assert card["steps"] == 4 and card["split"] == "train" and card["mixed_precision"] == "bf16"
     run = train_ws.store.run(result["run_id"])
     assert run["kind"] == "train" and run["status"] == "done" and run["inputs"]["device_set"] == ["cpu"]
-    from studio.generate import registered_models
+    from studio.models.generate import registered_models
 
     spec = registered_models(train_ws)["tiny-cross"]
     model = load_instantid(spec, "cpu")
@@ -211,7 +211,7 @@ def test_bad_inputs_are_named(train_ws, tiny_spec, tmp_path, capsys):
 
 
 def test_metrics_are_read_incrementally(tmp_path):
-    from studio.training import read_metrics
+    from studio.train.launch import read_metrics
 
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"step": 1, "loss": 0.5}\n{"step": 2, "lo')  # the second line is being written

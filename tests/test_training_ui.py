@@ -16,8 +16,8 @@ TINY = {"model": "tiny", "devices": "cpu", "precision": "no", "batch_size": 2, "
 
 @pytest.fixture(scope="module")
 def train_app(pairs_ws_template, tmp_path_factory, tiny_spec, users_file):
-    from studio.generate import register_model
-    from studio.pairs import assign_splits, make_pairs
+    from studio.models.generate import register_model
+    from studio.train.pairs import assign_splits, make_pairs
 
     ws = copy_ws(pairs_ws_template, tmp_path_factory.mktemp("train_ui") / "ws")
     assign_splits(ws, pins={"obama": "train", "eileen_collins": "train", "biden": "test"})

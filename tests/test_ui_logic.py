@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 
 from studio.auth import AccessPolicy
-from studio.browse import BrowseFilter, BrowsePage, browse
-from studio.ingest import ingest
+from studio.dataset.browse import BrowseFilter, BrowsePage, browse
+from studio.dataset.ingest import ingest
 from studio.ui.access import StudioContext
 from studio.workspace import Workspace
 
@@ -57,7 +57,7 @@ def test_captions_tab_says_what_is_missing_before_a_click(ctx, monkeypatch):
 
 
 def test_connection_error_names_the_url_it_tried(ctx):
-    from studio.captions import CaptionSettings, caption_workspace
+    from studio.captions.captioner import CaptionSettings, caption_workspace
 
     from conftest import free_port
 

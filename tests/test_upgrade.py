@@ -8,13 +8,13 @@ import pandas as pd
 import pytest
 from conftest import USERS, direct_counts, running_app, tallies
 
-from studio.analyze import analyze
-from studio.browse import BrowseFilter, browse, image_detail
-from studio.curate import curate
-from studio.export import export_training_set
-from studio.ingest import ingest
-from studio.review import approve
-from studio.stats import dataset_stats
+from studio.dataset.analyze import analyze
+from studio.dataset.browse import BrowseFilter, browse, image_detail
+from studio.dataset.curate import curate
+from studio.dataset.export import export_training_set
+from studio.dataset.ingest import ingest
+from studio.captions.review import approve
+from studio.dataset.stats import dataset_stats
 from studio.store import SCHEMA_VERSION
 from studio.workspace import Workspace
 

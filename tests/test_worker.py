@@ -1,13 +1,13 @@
-"""One settings object per run kind (studio.stages), and `python -m studio worker RUN_ID` as the only
+"""One settings object per run kind (studio.runs.stages), and `python -m studio worker RUN_ID` as the only
 way a run's worker starts: what a worker does comes from its run's row, never from its command line."""
 from __future__ import annotations
 
 import pytest
 from conftest import studio_cli
 
-from studio import runs
+from studio.runs import jobs as runs
 from studio.cli import stage_parser
-from studio.stages import STAGES
+from studio.runs.stages import STAGES
 
 #: the fewest arguments each kind's command needs
 REQUIRED = {"ingest": ["/data/photos"], "export": ["--out", "exports/a"], "manifest": ["--out", "exports/m"],

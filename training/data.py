@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from studio.draw import draw_kps
+from studio.dataset.draw import draw_kps
 
 
 class ManifestError(ValueError):

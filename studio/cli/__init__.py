@@ -30,9 +30,9 @@ def stage_parser(kind: str) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..faces import MissingModelError
+    from ..dataset.faces import MissingModelError
     from ..models import MissingWeightsError
-    from ..training import TrainingError
+    from ..train.launch import TrainingError
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

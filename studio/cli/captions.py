@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..stages import CaptionRunSettings, TagSettings
+from ..runs.stages import CaptionRunSettings, TagSettings
 from .common import author, open_workspace, print_result, report_run, run_stage
 
 
@@ -20,7 +20,7 @@ def cmd_tag(args) -> int:
 
 
 def cmd_review(args) -> int:
-    from .. import review
+    from ..captions import review
 
     ws = open_workspace(args)
     if args.approve_unflagged:
@@ -29,7 +29,7 @@ def cmd_review(args) -> int:
     if args.regenerate is not None:
         import os
 
-        from ..captions import regenerate
+        from ..captions.captioner import regenerate
 
         cur = regenerate(ws, args.regenerate, CaptionRunSettings.from_args(args).client_settings(), os.environ.get("OPENAI_API_KEY"), author(args))
         print_result(cur, args.json, f"image {args.regenerate}: version {cur['version']} generated: {cur['text']}")

@@ -44,7 +44,7 @@ def author(args) -> str:
 
 def run_stage(args, ws, settings):
     """Run a stage in this process as a recorded run, with a tqdm bar; returns (run id, result), None when cancelled."""
-    from ..runs import start
+    from ..runs.jobs import start
 
     return start(ws, settings, author(args), track=progress())
 

@@ -6,7 +6,7 @@ import json
 import sys
 
 from ..config import face_pack_spec
-from ..stages import AnalyzeSettings, CurateSettings, ExportSettings, IngestSettings
+from ..runs.stages import AnalyzeSettings, CurateSettings, ExportSettings, IngestSettings
 from .common import open_workspace, print_result, report_run, run_stage
 
 
@@ -26,7 +26,7 @@ def cmd_curate(args) -> int:
 
 
 def _warn_stale(ws) -> None:
-    from ..stats import stale_message
+    from ..dataset.stats import stale_message
 
     msg = stale_message(ws.store.stale_verdicts())
     if msg:
@@ -34,7 +34,7 @@ def _warn_stale(ws) -> None:
 
 
 def cmd_stats(args) -> int:
-    from ..stats import dataset_stats, format_table1
+    from ..dataset.stats import dataset_stats, format_table1
 
     ws = open_workspace(args)
     _warn_stale(ws)
@@ -46,9 +46,9 @@ def cmd_stats(args) -> int:
 
 
 def cmd_list(args) -> int:
-    from ..stats import image_list
+    from ..dataset.stats import image_list
 
-    from ..browse import BrowseFilter, browse
+    from ..dataset.browse import BrowseFilter, browse
 
     ws = open_workspace(args)
     _warn_stale(ws)
@@ -79,7 +79,7 @@ def cmd_list(args) -> int:
 
 
 def cmd_show(args) -> int:
-    from ..browse import image_detail
+    from ..dataset.browse import image_detail
 
     d = image_detail(open_workspace(args), args.image_id)
     out = {**d["metadata"], "problem": d["problem"], "same_person": [o["image_id"] for o in d["same_person"]]}
@@ -102,8 +102,8 @@ def cmd_export(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from ..pipeline import ensure_demo_workspace
-    from ..stats import dataset_stats, format_table1
+    from ..dataset.pipeline import ensure_demo_workspace
+    from ..dataset.stats import dataset_stats, format_table1
 
     ws = ensure_demo_workspace(args.workspace, args.face_pack)
     print(format_table1(dataset_stats(ws)))

@@ -9,8 +9,8 @@ from .common import open_workspace, print_result, report_run, run_stage
 
 
 def cmd_testset(args) -> int:
-    from ..stages import TestsetSettings
-    from ..testsets import item_rows, summary
+    from ..runs.stages import TestsetSettings
+    from ..evaluation.testsets import item_rows, summary
 
     ws = open_workspace(args)
     if args.action == "list":
@@ -37,7 +37,7 @@ def cmd_testset(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from ..evaluate import EvalConfig, table_markdown
+    from ..evaluation.evaluate import EvalConfig, table_markdown
 
     run_id, result = run_stage(args, open_workspace(args), EvalConfig.from_args(args))
     if result and not args.json:
@@ -49,7 +49,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from ..report import write_report
+    from ..evaluation.report import write_report
 
     out = write_report(open_workspace(args), args.out, args.run)
     print(out.read_text(encoding="utf-8") if not args.quiet else out)
@@ -58,8 +58,8 @@ def cmd_report(args) -> int:
 
 
 def add_commands(sub, common: argparse.ArgumentParser) -> None:
-    from ..metrics import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED, SCORED_ATTRIBUTES
-    from ..testsets import KINDS, NEUTRAL_PROMPT
+    from ..evaluation.metrics import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED, SCORED_ATTRIBUTES
+    from ..evaluation.testsets import KINDS, NEUTRAL_PROMPT
 
     p = sub.add_parser("testset", parents=[common], help="evaluation test sets: build from a split, import, list, show")
     p.add_argument("action", choices=["build", "import", "list", "show", "delete"])

@@ -10,7 +10,7 @@ from .common import author, open_workspace, print_result
 
 
 def cmd_models(args) -> int:
-    from ..faces import resolve_pack
+    from ..dataset.faces import resolve_pack
     from ..models import download_weights
 
     if args.download and args.download != "antelopev2":
@@ -23,7 +23,7 @@ def cmd_models(args) -> int:
 
 
 def cmd_register_model(args) -> int:
-    from ..generate import register_model
+    from ..models.generate import register_model
     from ..models import ModelSpec, missing_weights
 
     spec = ModelSpec(args.name, base=args.base, identitynet=args.identitynet, ip_adapter=args.ip_adapter,
@@ -40,7 +40,7 @@ def _style_names() -> list[str]:
 
 
 def cmd_generate(args) -> int:
-    from ..generate import generate_run
+    from ..models.generate import generate_run
     from ..images import load_rgb
     from ..models import GenerationSettings, ModelCache
 

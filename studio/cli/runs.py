@@ -9,7 +9,7 @@ from .common import author, open_workspace, print_result
 
 
 def cmd_runs(args) -> int:
-    from .. import runs
+    from ..runs import jobs as runs
 
     ws = open_workspace(args)
     runs.reap(ws)
@@ -39,7 +39,7 @@ def cmd_runs(args) -> int:
 
 def cmd_worker(args) -> int:
     """The only way a run's worker starts: the settings and the author come from the run's row."""
-    from .. import runs
+    from ..runs import jobs as runs
     from .common import progress, report_run
 
     run_id, result = runs.work(open_workspace(args), args.run, track=progress())

@@ -9,7 +9,7 @@ from .common import author, open_workspace, print_result
 
 
 def cmd_study(args) -> int:
-    from .. import humaneval as he
+    from ..human import studies as he
     from ..codes import StudyStatus
 
     ws = open_workspace(args)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..stages import ManifestSettings, PairsSettings, SplitSettings
+from ..runs.stages import ManifestSettings, PairsSettings, SplitSettings
 from .common import open_workspace, print_result, report_run, run_stage
 
 
@@ -34,14 +34,14 @@ def cmd_manifest(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from ..training import TrainConfig
+    from ..train.launch import TrainConfig
 
     run_id, result = run_stage(args, open_workspace(args), TrainConfig.from_args(args))
     return report_run(run_id, result, args.json)
 
 
 def cmd_gpus(args) -> int:
-    from ..training import gpus
+    from ..train.launch import gpus
 
     found = gpus()
     print_result(found, args.json, "\n".join(f"{g['index']}: {g['name']} ({g['memory_gb']:.1f} GB)" for g in found)
@@ -50,8 +50,8 @@ def cmd_gpus(args) -> int:
 
 
 def add_commands(sub, common: argparse.ArgumentParser) -> None:
-    from ..pairs import DEFAULT_TEMPLATE, STRATEGIES
-    from ..training import add_train_arguments
+    from ..train.pairs import DEFAULT_TEMPLATE, STRATEGIES
+    from ..train.launch import add_train_arguments
 
     p = sub.add_parser("split", parents=[common], help="assign persons (never single images) to train/validation/test")
     p.add_argument("--shares", default="0.8,0.1,0.1", help="train,validation,test shares of persons (default 0.8,0.1,0.1)")

@@ -2,8 +2,10 @@
 
 ``spec`` (which model is which), ``hub`` (finding and fetching weights), ``base`` (the shared
 SDXL base), ``settings`` (per-request settings, styles, schedulers), ``cache`` (loaded models),
-``errors`` and ``family`` (the interface every family offers, and the registry); ``instantid/``
-is the first family. The rest of the studio imports from here.
+``errors``, ``family`` (the interface every family offers) and ``registry``; ``instantid/`` is the
+first family. ``generate`` turns a reference face and a prompt into images with the registered
+models, and ``zerogpu`` attaches a GPU to it on a ZeroGPU Space. The rest of the studio imports
+from here.
 """
 from __future__ import annotations
 

@@ -522,7 +522,7 @@ def run_backfills(conn: sqlite3.Connection, from_version: int, refresh_browse: C
                    WHERE c.analysis_rev IS NOT a.rev)""")
         fill_tallies(conn)
         return
-    from ..caption_checks import check_caption
+    from ..captions.checks import check_caption
 
     for image_id, reasons in conn.execute("SELECT image_id, reasons FROM curation").fetchall():
         try:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import gradio as gr
 import pandas as pd
 
-from .. import humaneval as he
+from ..human import studies as he
 from ..codes import CRITERIA, SCALES, StudyStatus
 from .access import StudioContext, require_admin, role, username
 from .feedback import api_errors, keep_on_mistake

@@ -5,10 +5,10 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from ..browse import (CAPTION_STATUSES, OUTLIER_CHOICES, SORTS, SPLIT_CHOICES, STATUSES, BrowseError, BrowseFilter,
-                      BrowsePage, browse, filter_choices, image_detail)
+from ..dataset.browse import (CAPTION_STATUSES, OUTLIER_CHOICES, SORTS, SPLIT_CHOICES, STATUSES, BrowseError,
+                              BrowseFilter, BrowsePage, browse, filter_choices, image_detail)
 from ..codes import REASONS
-from ..stats import stale_message
+from ..dataset.stats import stale_message
 from .access import StudioContext, require_admin
 from .feedback import api_errors, keep_on_mistake
 

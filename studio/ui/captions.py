@@ -11,10 +11,11 @@ from dataclasses import dataclass
 import gradio as gr
 import pandas as pd
 
-from .. import review, runs
-from ..captions import FLAGS, CaptionSettings, regenerate
+from ..captions import review
+from ..runs import jobs as runs
+from ..captions.captioner import FLAGS, CaptionSettings, regenerate
 from ..codes import RunStatus
-from ..stages import CaptionRunSettings
+from ..runs.stages import CaptionRunSettings
 from ..validate import parse_id, plural
 from .access import StudioContext, require_admin, username
 from .feedback import api_errors, keep_on_mistake

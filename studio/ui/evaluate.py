@@ -11,13 +11,13 @@ from dataclasses import dataclass
 import gradio as gr
 import pandas as pd
 
-from .. import runs
+from ..runs import jobs as runs
 from ..codes import RunStatus
-from ..evaluate import METRICS, EvalConfig, cell
-from ..generate import parse_sweep, registered_models
-from ..metrics import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED, SCORED_ATTRIBUTES
-from ..stages import TestsetSettings
-from ..testsets import KINDS, NEUTRAL_PROMPT, item_rows, summary
+from ..evaluation.evaluate import METRICS, EvalConfig, cell
+from ..models.generate import parse_sweep, registered_models
+from ..evaluation.metrics import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED, SCORED_ATTRIBUTES
+from ..runs.stages import TestsetSettings
+from ..evaluation.testsets import KINDS, NEUTRAL_PROMPT, item_rows, summary
 from ..validate import parse_id
 from .access import StudioContext, require_admin, username
 from .feedback import api_errors, keep_on_mistake

@@ -11,11 +11,11 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from ..generate import DEFAULT_SWEEP, generate_run, registered_models
+from ..models.generate import DEFAULT_SWEEP, generate_run, registered_models
 from ..models import (DEFAULT_STYLE, DEMO_NEGATIVE_PROMPT, FAST_GUIDANCE, FAST_STEPS, SCHEDULERS, STYLES,
                          GenerationSettings, missing_weights)
 from ..validate import parse_id
-from ..zerogpu import gpu_function
+from ..models.zerogpu import gpu_function
 from .access import StudioContext, require_admin, username
 from .feedback import api_errors, keep_on_mistake
 
@@ -141,7 +141,7 @@ def run_generation(ctx: StudioContext, reference, image_id, prompt, ip_scale, mo
                    face_index=None, pose=None, pose_image_id=None, style: str = DEFAULT_STYLE,
                    scheduler: str = "Euler", long_side=1280, face_margin: float = 0.0,
                    allow_pack_mismatch: bool = False):
-    """Widget values -> :func:`studio.generate.generate_run`; returns (note, [(sample path, label)])."""
+    """Widget values -> :func:`studio.models.generate.generate_run`; returns (note, [(sample path, label)])."""
     if not (prompt or "").strip():
         raise ValueError("write a prompt")
     settings = GenerationSettings(
@@ -163,7 +163,7 @@ def run_generation(ctx: StudioContext, reference, image_id, prompt, ip_scale, mo
 
 def detected_faces(ctx: StudioContext, rgb) -> list[tuple[int, int, int, int]]:
     """Boxes of the faces in an uploaded photo, largest first (the numbering face # uses)."""
-    from ..faces import FaceAnalyzer, MissingModelError, resolve_pack
+    from ..dataset.faces import FaceAnalyzer, MissingModelError, resolve_pack
 
     try:
         analyzer = FaceAnalyzer(resolve_pack(ctx.face_pack))

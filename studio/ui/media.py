@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..config import ASSETS_DIR
 from ..images import ImageError
-from ..thumbnails import make_thumbnail
+from ..dataset.thumbnails import make_thumbnail
 from ..workspace import Workspace, atomic_copy, atomic_writer
 
 MISSING = ASSETS_DIR / "ui" / "missing.png"

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import gradio as gr
 import pandas as pd
 
-from .. import runs
+from ..runs import jobs as runs
 from ..store import RUN_STATUSES
 from ..validate import parse_id
 from .access import StudioContext, require_admin, username

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import gradio as gr
 import pandas as pd
 
-from ..stats import TABLE1_ROWS, distribution_frames, stale_message
+from ..dataset.stats import TABLE1_ROWS, distribution_frames, stale_message
 from .access import StudioContext, require_admin
 from .feedback import api_errors
 

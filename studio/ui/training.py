@@ -14,10 +14,11 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from .. import runs, training
+from ..runs import jobs as runs
+from ..train import launch as training
 from ..codes import RunStatus
-from ..pairs import STRATEGIES, pair_statistics
-from ..stages import PairsSettings, SplitSettings
+from ..train.pairs import STRATEGIES, pair_statistics
+from ..runs.stages import PairsSettings, SplitSettings
 from ..validate import parse_id
 from .access import StudioContext, require_admin, username
 from .feedback import api_errors, keep_on_mistake
@@ -222,7 +223,7 @@ def wire(ctx: StudioContext, t: TrainingTab) -> Refresh:
         return ctx.policy.role_of(username(ctx, request)) == "admin"
 
     def model_choices():
-        from ..generate import registered_models
+        from ..models.generate import registered_models
 
         return gr.Dropdown(choices=list(registered_models(ctx.ws)))
 

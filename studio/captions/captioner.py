@@ -22,10 +22,10 @@ from dataclasses import asdict, dataclass, field
 
 from PIL import Image
 
-from .caption_checks import FLAGS, check_caption  # noqa: F401  (FLAGS re-exported for the UI)
-from .images import ImageError, load_rgb
-from .parallel import BoundedMap
-from .workspace import Workspace
+from .checks import FLAGS, check_caption  # noqa: F401  (FLAGS re-exported for the UI)
+from ..images import ImageError, load_rgb
+from ..runs.parallel import BoundedMap
+from ..workspace import Workspace
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +172,7 @@ def make_client(api_key: str | None, settings: CaptionSettings):
 def request_caption(client, settings: CaptionSettings, data_url: str, limiter=None) -> tuple[str, int, int]:
     """One chat completion; returns (text, prompt tokens, completion tokens).
 
-    ``limiter``: a :class:`studio.ratelimit.RateLimiter` that paces the start by the key's limits
+    ``limiter``: a :class:`studio.captions.ratelimit.RateLimiter` that paces the start by the key's limits
     and reads the ``x-ratelimit-*`` headers of the answer (or of the error).
     """
     estimate = (limiter.prompt_estimate + settings.max_tokens) if limiter is not None else 0
@@ -202,7 +202,7 @@ def store_model_caption(ws: Workspace, image_id: int, key: str, settings: Captio
                         prompt_tokens: int, completion_tokens: int, author: str, vocabulary=None,
                         overwrite_reviewed: bool = False, run_id: int | None = None) -> tuple[list[str], bool]:
     """Store a model answer as a new version; returns (flags, whether it became current)."""
-    from .attributes import tag_image
+    from ..dataset.attributes import tag_image
 
     flags = check_caption(text)
     with ws.store.transaction():
@@ -241,7 +241,7 @@ def caption_workspace(ws: Workspace, settings: CaptionSettings, api_key: str | N
     An image whose current caption a person approved or edited keeps it; the new answer is
     stored as another version to compare, unless ``overwrite_reviewed``.
     """
-    from .attributes import compile_vocabulary, vocabulary
+    from ..dataset.attributes import compile_vocabulary, vocabulary
 
     from .ratelimit import RateLimiter
 

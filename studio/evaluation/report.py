@@ -3,14 +3,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .workspace import Workspace, atomic_write_bytes
+from ..workspace import Workspace, atomic_write_bytes
 
 
 def report_markdown(ws: Workspace, eval_run: int | None = None) -> str:
     """Table 1 (dataset before/after curation, and per split), Table 2 (an evaluation run), Table 3 (human scores)."""
     from .evaluate import latest_result, settings_markdown, table_markdown
-    from .humaneval import results, table3_markdown
-    from .stats import TABLE1_ROWS, dataset_stats, format_table1
+    from ..human.studies import results, table3_markdown
+    from ..dataset.stats import TABLE1_ROWS, dataset_stats, format_table1
 
     stats = dataset_stats(ws)
     parts = [f"# CrossFaceID Studio report: {ws.root.name}", "",

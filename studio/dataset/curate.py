@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .codes import REASONS, reasons_mask  # noqa: F401  (REASONS re-exported for the UI and CLI)
-from .config import CurationRules
-from .workspace import Workspace
+from ..codes import REASONS, reasons_mask  # noqa: F401  (REASONS re-exported for the UI and CLI)
+from ..config import CurationRules
+from ..workspace import Workspace
 
 def rule_reasons(row: dict, rules: CurationRules, subject_ratio: float | None = None) -> list[str]:
     """Reasons one image fails the paper's rules (empty list: it passes).

@@ -24,11 +24,11 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .codes import RunStatus
-from .models import GenerationSettings, ModelSpec
+from ..codes import RunStatus
+from ..models import GenerationSettings, ModelSpec
 from .metrics import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED
-from .settings import RunSettings
-from .workspace import Workspace, atomic_write_bytes
+from ..runs.settings import RunSettings
+from ..workspace import Workspace, atomic_write_bytes
 
 METRICS = ("clip_t", "clip_i", "face_sim", "attr_acc")
 
@@ -74,7 +74,7 @@ class EvalConfig(RunSettings):
     @classmethod
     def from_args(cls, args) -> "EvalConfig":
         """From `python -m studio evaluate`: repeated --testset / --model, λ as a comma-separated sweep."""
-        from .generate import parse_sweep
+        from ..models.generate import parse_sweep
 
         values = {k: getattr(args, cls.CLI_NAMES.get(k, k)) for k in cls.__dataclass_fields__
                   if getattr(args, cls.CLI_NAMES.get(k, k), None) is not None}
@@ -108,7 +108,7 @@ class EvalConfig(RunSettings):
 
 def check_start(ws: Workspace, cfg: EvalConfig) -> None:
     """Refuse what the run would refuse: an unknown test set or model, missing weights, a face-pack mismatch."""
-    from .generate import check_face_pack, resolve_models
+    from ..models.generate import check_face_pack, resolve_models
 
     cfg.validate()
     specs = resolve_models(ws, cfg.models)
@@ -145,8 +145,8 @@ def evaluate(ws: Workspace, cfg: EvalConfig, run_id: int, *, author: str = "stud
     """
     if engine not in ("local", "ray"):
         raise ValueError(f"engine must be 'local' or 'ray', got {engine!r}")
-    from .faces import FaceAnalyzer, MissingModelError, resolve_pack
-    from .generate import resolve_models
+    from ..dataset.faces import FaceAnalyzer, MissingModelError, resolve_pack
+    from ..models.generate import resolve_models
     from .metrics import ClipSpec, Scorer, load_clip, scorer_name
 
     cfg.validate()
@@ -160,7 +160,7 @@ def evaluate(ws: Workspace, cfg: EvalConfig, run_id: int, *, author: str = "stud
     packs = sorted({t["pack"] for t, _ in sets})
     if len(packs) > 1:
         raise ValueError(f"the test sets' faces come from different face packs {packs}: Face Sim needs one")
-    from .generate import check_face_pack
+    from ..models.generate import check_face_pack
 
     for spec in specs:
         check_face_pack(spec, packs[0], cfg.allow_pack_mismatch)
@@ -226,8 +226,8 @@ def evaluate(ws: Workspace, cfg: EvalConfig, run_id: int, *, author: str = "stud
 def generate_samples(ws: Workspace, todo: list[PlanEntry], cfg: EvalConfig, run_id: int, author: str, track,
                      cache=None) -> None:
     """Generate and record each missing sample (one commit per sample: a killed run keeps what it made)."""
-    from .generate import FaceCondition, control_inputs
-    from .models import load_instantid
+    from ..models.generate import FaceCondition, control_inputs
+    from ..models import load_instantid
 
     todo = sorted(todo, key=lambda p: p.spec.name)  # model by model: one SDXL in memory at a time
     loaded: dict = {}

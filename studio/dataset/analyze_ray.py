@@ -1,4 +1,4 @@
-"""Face analysis on Ray: the same detector + recognizer in an actor pool (see :mod:`studio.ray_map`)."""
+"""Face analysis on Ray: the same detector + recognizer in an actor pool (see :mod:`studio.runs.ray_map`)."""
 from __future__ import annotations
 
 import pickle
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .ray_map import map_on_ray
+from ..runs.ray_map import map_on_ray
 
 
 class FaceActor:
@@ -20,7 +20,7 @@ class FaceActor:
                                      session_threads=threads)
 
     def __call__(self, batch: dict) -> dict:
-        from .images import ImageError, load_rgb
+        from ..images import ImageError, load_rgb
 
         faces_out, errors = [], []
         for path in batch["path"]:

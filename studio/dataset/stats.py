@@ -4,7 +4,7 @@ from __future__ import annotations
 import statistics
 from collections import Counter
 
-from .workspace import Workspace
+from ..workspace import Workspace
 
 
 TABLE1_ROWS = [("persons", "Persons"), ("images", "Images"), ("avg_per_person", "Avg images / person"),
@@ -52,7 +52,7 @@ def dataset_stats(ws: Workspace, per_person: tuple[list[int], list[int]] | None 
     Read from the store's tallies (kept by triggers), so it stays fast at millions of images.
     ``per_person``: the images-per-person counts before and after curation, when already read.
     """
-    from .codes import REASONS
+    from ..codes import REASONS
 
     store = ws.store
     status = store.status_counts()

@@ -1,6 +1,6 @@
 """Runs: every long stage executes as a recorded run, in-process (CLI) or in a worker subprocess (app).
 
-A run row holds the kind, its settings (the stage's settings object, see :mod:`studio.stages`),
+A run row holds the kind, its settings (the stage's settings object, see :mod:`studio.runs.stages`),
 inputs, author, status, progress, log and outcome. The CLI runs a stage in-process and records it;
 the app records the run first and starts ``python -m studio worker RUN_ID`` in its own session,
 which reads the settings from the row, so closing the browser, or even the app, does not stop it
@@ -21,11 +21,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .codes import RunStatus
+from ..codes import RunStatus
 from .settings import RunSettings
-from .workspace import Workspace
+from ..workspace import Workspace
 
-#: the stages that run as runs, and the CLI command each one is (studio.stages.STAGES has their settings)
+#: the stages that run as runs, and the CLI command each one is (studio.runs.stages.STAGES has their settings)
 KINDS = ("ingest", "analyze", "curate", "caption", "tag", "export", "split", "pairs", "manifest", "train",
          "testset", "evaluate")
 HEARTBEAT_S = 5.0
@@ -162,7 +162,7 @@ def settings_from_args(kind: str, args: list[str]) -> RunSettings:
     by the stage's own parser, the studio's own options refused in any spelling (``--workspace=X``,
     ``--works X``), then built and validated as the CLI builds them."""
     from .argcheck import parse, refuse_reserved
-    from .cli import stage_parser
+    from ..cli import stage_parser
     from .stages import stage
 
     st = stage(kind)
@@ -229,7 +229,7 @@ def submit(ws: Workspace, settings: RunSettings, author: str, *, secrets_env: di
     env = {**os.environ, **(secrets_env or {}), "PYTHONUNBUFFERED": "1"}
     with open(path, "ab") as log:
         proc = subprocess.Popen([sys.executable, "-m", "studio", *cmd], stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=env, cwd=Path(__file__).resolve().parent.parent,
+                                stdin=subprocess.DEVNULL, env=env, cwd=Path(__file__).resolve().parents[2],
                                 start_new_session=True)
     _children[(str(ws.root), run_id)] = proc
     return run_id

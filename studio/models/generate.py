@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .draw import draw_kps
-from .models import DEFAULT_MODELS, GenerationSettings, ModelCache, ModelSpec, photo_framing
-from .workspace import Workspace, atomic_write_bytes
+from ..dataset.draw import draw_kps
+from . import DEFAULT_MODELS, GenerationSettings, ModelCache, ModelSpec, photo_framing
+from ..workspace import Workspace, atomic_write_bytes
 
 DEFAULT_SWEEP = (0.0, 0.25, 0.5, 0.75, 1.0)
 
@@ -249,7 +249,7 @@ def _slug(name: str) -> str:
 
 def resolve_models(ws: Workspace, names: list[str]) -> list[ModelSpec]:
     """Registered models by name, each with all of its weights on this machine (else ValueError saying what is missing)."""
-    from .models import missing_weights
+    from . import missing_weights
 
     registry = registered_models(ws)
     if not names:
@@ -268,7 +268,7 @@ def resolve_models(ws: Workspace, names: list[str]) -> list[ModelSpec]:
 def reference_face(ws: Workspace, face_pack: str, rgb: np.ndarray | None = None,
                    image_id: int | None = None, index: int | None = None, what: str = "reference") -> FaceCondition:
     """A face from an uploaded photo (analysed with ``face_pack``; ``index`` 0 = largest) or a workspace image."""
-    from .faces import FaceAnalyzer, MissingModelError, resolve_pack
+    from ..dataset.faces import FaceAnalyzer, MissingModelError, resolve_pack
 
     if (rgb is None) == (image_id is None):
         raise ValueError(f"give a {what} photo or a workspace image id (one of them)")
@@ -303,8 +303,8 @@ def generate_run(ws: Workspace, cache: ModelCache, model_names: list[str], setti
 
     ``runner(fn)`` runs the model calls (the app passes its ZeroGPU wrapper); default: call directly.
     """
-    from .models import missing_lcm_lora
-    from .runs import execute
+    from . import missing_lcm_lora
+    from ..runs.jobs import execute
 
     settings.validate()
     specs = resolve_models(ws, model_names)

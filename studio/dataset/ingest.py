@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .attributes import compile_vocabulary, tag_image, vocabulary
-from .captions import check_caption
-from .parallel import bounded_map
-from .images import IMAGE_SUFFIXES, ImageError, decode, read_bytes, sha256_bytes
-from .workspace import Workspace
+from ..captions.captioner import check_caption
+from ..runs.parallel import bounded_map
+from ..images import IMAGE_SUFFIXES, ImageError, decode, read_bytes, sha256_bytes
+from ..workspace import Workspace
 
 log = logging.getLogger(__name__)
 

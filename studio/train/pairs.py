@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .export import CAPTION_POLICIES, ExportError, caption_counts, check_packs, write_embedding, write_image
-from .images import ImageError, load_rgb
-from .store import SPLITS
-from .workspace import Workspace, atomic_write_bytes, writable_dir
+from ..dataset.export import CAPTION_POLICIES, ExportError, caption_counts, check_packs, write_embedding, write_image
+from ..images import ImageError, load_rgb
+from ..store import SPLITS
+from ..workspace import Workspace, atomic_write_bytes, writable_dir
 
 STRATEGIES = {
     "random": "any other photo of the person (the paper's)",

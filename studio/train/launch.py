@@ -20,10 +20,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .settings import RunSettings
-from .workspace import Workspace, writable_dir
+from ..runs.settings import RunSettings
+from ..workspace import Workspace, writable_dir
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "training" / "train_instantid.py"
 CONFIGS = REPO / "training" / "configs"
 PRECISIONS = ("no", "fp16", "bf16")
@@ -141,7 +141,7 @@ def check_extra(extra) -> None:
     every spelling (``--output_dir=X``, ``--output_d X``), and bad values are named before a run starts."""
     from training.args import build_parser, check
 
-    from .argcheck import parse, refuse_reserved
+    from ..runs.argcheck import parse, refuse_reserved
 
     what = "more script arguments"
     refuse_reserved(build_parser(), extra, {d: "--" + d for d in SCRIPT_OPTIONS}, what)
@@ -229,7 +229,7 @@ def launch_command(cfg: TrainConfig, spec, out: Path, manifest: Path, validation
             launch += ["--num_processes", str(len(devices)), "--gpu_ids", ",".join(sorted(devices, key=int))]
         precision = cfg.precision
     launch += ["--mixed_precision", precision]
-    from .models import local_base_dir
+    from ..models import local_base_dir
 
     base = local_base_dir(spec.base)
     script = [str(SCRIPT), "--pretrained_model_name_or_path", str(base or spec.base),
@@ -305,8 +305,8 @@ def check_start(ws: Workspace, cfg: TrainConfig, run_id: int | None = None):
     CLI, or a race): valid settings, free devices, a known starting model with its weights here,
     and a name no model has.
     """
-    from .generate import registered_models
-    from .models import missing_weights
+    from ..models.generate import registered_models
+    from ..models import missing_weights
 
     cfg.validate()
     refuse_if_gpus_busy(ws, cfg, run_id)
@@ -344,9 +344,9 @@ def manifest_face_pack(manifest: Path) -> str | None:
 
 def train(ws: Workspace, cfg: TrainConfig, handle, author: str, log=print) -> dict:
     """Run training as run ``handle.run_id``: launch, watch, stop on cancel, register the result."""
-    from .generate import register_model
-    from .models import ModelSpec
-    from .runs import RunCancelled
+    from ..models.generate import register_model
+    from ..models import ModelSpec
+    from ..runs.jobs import RunCancelled
 
     spec = check_start(ws, cfg, handle.run_id)
     out = output_dir(ws, cfg.name)

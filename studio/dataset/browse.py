@@ -9,11 +9,11 @@ import math
 import re
 from dataclasses import dataclass, field
 
-from .codes import CAPTION_VERSION_STATUSES, REASONS, CaptionStatus, CurationStatus
+from ..codes import CAPTION_VERSION_STATUSES, REASONS, CaptionStatus, CurationStatus
 from .draw import draw_faces
-from .images import ImageError, load_rgb
-from .validate import parse_id, plural
-from .workspace import Workspace
+from ..images import ImageError, load_rgb
+from ..validate import parse_id, plural
+from ..workspace import Workspace
 
 STATUSES = {"all": None, **{s.label: int(s) for s in CurationStatus}}
 STATUS_NAMES = {int(s): s.label for s in CurationStatus}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from .workspace import Workspace
+from ..workspace import Workspace
 
 #: tag -> phrases that mean it (lower case, whole words; a trailing * matches any ending)
 DEFAULT_VOCABULARY: dict[str, list[str]] = {

@@ -5,10 +5,10 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from .analyze import analyze
-from .config import ASSETS_DIR
+from ..config import ASSETS_DIR
 from .curate import curate
 from .ingest import ingest
-from .workspace import Workspace
+from ..workspace import Workspace
 
 DEMO_SOURCE = ASSETS_DIR / "demo"
 

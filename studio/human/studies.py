@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .codes import CRITERIA, StudyStatus
-from .workspace import Workspace, atomic_write_bytes
+from ..codes import CRITERIA, StudyStatus
+from ..workspace import Workspace, atomic_write_bytes
 
 DEFAULT_INSTRUCTIONS = ("Score each image on the three scales from 0 to 5. Keys: 0-5 score the highlighted scale, "
                         "Tab moves to the next scale, Enter saves and shows the next image, Backspace goes back.")
@@ -68,8 +68,8 @@ def samples_from_generations(ws: Workspace, generation_ids: list[int] | None = N
 
 def samples_from_file(ws: Workspace, path: Path, name: str) -> list[dict]:
     """Items from a JSONL file: ``image``, ``face`` (paths relative to the file), ``prompt``, ``model``."""
-    from .images import load_rgb, read_bytes
-    from .testsets import read_rows
+    from ..images import load_rgb, read_bytes
+    from ..evaluation.testsets import read_rows
 
     path = Path(path)
     dest = ws.root / "studies" / hashlib.sha256(name.encode()).hexdigest()[:12]

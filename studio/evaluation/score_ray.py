@@ -1,5 +1,5 @@
 """Evaluation scoring on Ray: each actor loads CLIP and the face pack once and scores batches of
-samples with the same :class:`studio.metrics.Scorer` as the single-process path."""
+samples with the same :class:`studio.evaluation.metrics.Scorer` as the single-process path."""
 from __future__ import annotations
 
 import pickle
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .ray_map import map_on_ray
+from ..runs.ray_map import map_on_ray
 
 
 class ScoreActor:
@@ -16,7 +16,7 @@ class ScoreActor:
 
     def __init__(self, clip_model: str, clip_pretrained: str | None, device: str | None, pack_name: str,
                  detector: str, recognizer: str, threads: int = 1):
-        from .faces import FaceAnalyzer, FacePack, onnx_providers
+        from ..dataset.faces import FaceAnalyzer, FacePack, onnx_providers
         from .metrics import ClipSpec, Scorer, load_clip
 
         analyzer = FaceAnalyzer(FacePack(pack_name, Path(detector), Path(recognizer)), providers=onnx_providers(),

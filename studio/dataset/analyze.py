@@ -13,9 +13,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from .faces import FaceAnalyzer, FacePack, onnx_providers, resolve_pack
-from .images import ImageError, load_rgb
-from .parallel import bounded_map, usable_cpus
-from .workspace import Workspace
+from ..images import ImageError, load_rgb
+from ..runs.parallel import bounded_map, usable_cpus
+from ..workspace import Workspace
 
 log = logging.getLogger(__name__)
 

@@ -14,10 +14,10 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 
-from .captions import (CaptionReport, CaptionSettings, build_messages, cache_key, describe_error, make_client,
-                       media_data_url, pending_captions, redact_secret, request_caption, store_model_caption)
-from .images import ImageError
-from .workspace import Workspace
+from .captioner import (CaptionReport, CaptionSettings, build_messages, cache_key, describe_error, make_client,
+                        media_data_url, pending_captions, redact_secret, request_caption, store_model_caption)
+from ..images import ImageError
+from ..workspace import Workspace
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def caption_batch(ws: Workspace, settings: CaptionSettings, api_key: str | None,
                   overwrite_reviewed: bool = False, run_id: int | None = None, poll_seconds: float = 30.0,
                   retry_failed: bool = True) -> CaptionReport:
     """Caption every image without a caption under ``settings`` through the Batch API; waits for the batches."""
-    from .attributes import compile_vocabulary, vocabulary
+    from ..dataset.attributes import compile_vocabulary, vocabulary
 
     start = time.perf_counter()
     client = client or make_client(api_key, settings)

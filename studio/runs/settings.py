@@ -68,7 +68,7 @@ class RunSettings:
         run the same again; runs are shown with it). Derived from the stage's own parser, not written out."""
         import argparse
 
-        from .cli import stage_parser
+        from ..cli import stage_parser
 
         actions = {a.dest: a for a in stage_parser(self.KIND)._actions}
         defaults = self.defaults()

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .faces import FaceAnalyzer, cosine
+from ..dataset.faces import FaceAnalyzer, cosine
 
 DEFAULT_CLIP_MODEL = "ViT-L-14"
 DEFAULT_CLIP_PRETRAINED = "openai"
@@ -52,7 +52,7 @@ CLIP_ATTRIBUTES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "beard": (("a man with a beard", "a face with a full beard"), ("a clean-shaven face", "a face with no beard")),
     "mustache": (("a man with a mustache", "a face with a moustache"), ("a clean-shaven face", "a face with no mustache")),
 }
-#: attribute -> the pose label (studio.faces.pose_from_kps) that fulfils it
+#: attribute -> the pose label (studio.dataset.faces.pose_from_kps) that fulfils it
 POSE_ATTRIBUTES = {"side profile": "side", "looking up": "looking up", "looking down": "looking down"}
 SCORED_ATTRIBUTES = (*CLIP_ATTRIBUTES, *POSE_ATTRIBUTES)
 
@@ -201,7 +201,7 @@ class Scorer:
         return scorer_name(self.clip.spec, self.analyzer.pack.name)
 
     def _decode(self, path: Path) -> tuple[np.ndarray, object]:
-        from .images import load_rgb
+        from ..images import load_rgb
 
         rgb = load_rgb(path).rgb
         return rgb, self.clip.preprocess(Image.fromarray(rgb))

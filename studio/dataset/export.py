@@ -6,7 +6,7 @@ un-normalised 512-d embedding, as InstantID's training reads it) and ``person``.
 relative to the JSONL. Photos whose stored bytes are not upright RGB (EXIF-rotated, CMYK,
 16-bit, ...) are written as upright PNGs, so the boxes match whatever library reads them.
 
-The face is the photo's subject (the one curation chose, see :func:`studio.curate.choose_subjects`)
+The face is the photo's subject (the one curation chose, see :func:`studio.dataset.curate.choose_subjects`)
 and each line records the face pack that made its embedding: the released InstantID and
 CrossFaceID weights were trained on antelopev2 embeddings, and another pack's 512-d vector looks
 valid but is not, so exporting one takes an explicit ``allow_other_pack``.
@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .codes import CurationStatus
-from .images import load_rgb
-from .workspace import Workspace, atomic_write_bytes, atomic_writer
+from ..codes import CurationStatus
+from ..images import load_rgb
+from ..workspace import Workspace, atomic_write_bytes, atomic_writer
 
 
 def _safe(name: str) -> str:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from .images import load_rgb
-from .workspace import atomic_write_bytes
+from ..images import load_rgb
+from ..workspace import atomic_write_bytes
 
 THUMB_SIDE = 320
 

@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import face_pack_spec
-from .evaluate import EvalConfig
+from ..config import face_pack_spec
+from ..evaluation.evaluate import EvalConfig
 from .settings import RunSettings
-from .training import TrainConfig
-from .workspace import Workspace
+from ..train.launch import TrainConfig
+from ..workspace import Workspace
 
 
 @dataclass
@@ -98,7 +98,7 @@ class CaptionRunSettings(RunSettings):
     no_retry: bool = False
 
     def client_settings(self):
-        from .captions import CaptionSettings
+        from ..captions.captioner import CaptionSettings
 
         kw = {"model": self.model, "base_url": self.base_url, "concurrency": self.concurrency, "timeout": self.timeout,
               "max_retries": self.max_retries, "price_input_per_mtok": self.price_input,
@@ -138,7 +138,7 @@ class SplitSettings(RunSettings):
     reassign: bool = False
 
     def validate(self) -> None:
-        from .pairs import parse_pins, parse_shares
+        from ..train.pairs import parse_pins, parse_shares
 
         parse_shares(self.shares)
         parse_pins(self.person)
@@ -155,7 +155,7 @@ class PairsSettings(RunSettings):
     max_face_cos: float = 0.95
 
     def validate(self) -> None:
-        from .pairs import STRATEGIES
+        from ..train.pairs import STRATEGIES
 
         _one_of("pairs", "split", self.split, ("train", "validation"))
         _one_of("pairs", "strategy", self.strategy, tuple(STRATEGIES))
@@ -199,7 +199,7 @@ class TestsetSettings(RunSettings):
     replace: bool = False
 
     def validate(self) -> None:
-        from .testsets import KINDS, parse_attributes
+        from ..evaluation.testsets import KINDS, parse_attributes
 
         _one_of("testset", "action", self.action, ("build", "import"))
         _one_of("testset", "kind", self.kind, KINDS)
@@ -218,7 +218,7 @@ def _one_of(kind: str, name: str, value: str, allowed: tuple) -> None:
 # -- the work of each kind --------------------------------------------------------------------------
 
 def _ingest(ws: Workspace, s: IngestSettings, run: StageRun) -> dict:
-    from .ingest import ingest
+    from ..dataset.ingest import ingest
 
     return ingest(ws, s.source, workers=s.workers, progress=run.track, file_column=s.file_column,
                   person_column=s.person_column, caption_column=s.caption_column, person_pattern=s.person_pattern,
@@ -226,8 +226,8 @@ def _ingest(ws: Workspace, s: IngestSettings, run: StageRun) -> dict:
 
 
 def _analyze(ws: Workspace, s: AnalyzeSettings, run: StageRun) -> dict:
-    from .analyze import analyze
-    from .curate import curate
+    from ..dataset.analyze import analyze
+    from ..dataset.curate import curate
 
     report = analyze(ws, s.face_pack, redo=s.redo, workers=s.workers, progress=run.track, run_id=run.run_id,
                      engine=s.engine, address=s.address, gpus_per_worker=s.gpus_per_worker)
@@ -244,26 +244,26 @@ def _analyze(ws: Workspace, s: AnalyzeSettings, run: StageRun) -> dict:
 
 def _resolve_curate(ws: Workspace, s: CurateSettings) -> CurateSettings:
     """The rules the run applies, recorded in full: a rerun applies the same ones."""
-    from .curate import curation_rules
+    from ..dataset.curate import curation_rules
 
     return CurateSettings(**curation_rules(ws, **s.to_dict()).to_dict())
 
 
 def _curate(ws: Workspace, s: CurateSettings, run: StageRun) -> dict:
-    from .curate import curate, curation_rules
+    from ..dataset.curate import curate, curation_rules
 
     return curate(ws, curation_rules(ws, **s.to_dict()), run_id=run.run_id, track=run.track).as_dict()
 
 
 def _caption(ws: Workspace, s: CaptionRunSettings, run: StageRun) -> dict:
-    from .captions import caption_workspace
+    from ..captions.captioner import caption_workspace
 
     key = os.environ.get("OPENAI_API_KEY")
     client = s.client_settings()
     if not s.batch:
         return caption_workspace(ws, client, key, kept_only=not s.all, author=run.author, progress=run.track,
                                  overwrite_reviewed=s.overwrite_reviewed, run_id=run.run_id).as_dict() | {"mode": "sync"}
-    from .caption_batch import BATCH_DISCOUNT, batches, caption_batch
+    from ..captions.batch import BATCH_DISCOUNT, batches, caption_batch
 
     report = caption_batch(ws, client, key, kept_only=not s.all, author=run.author, progress=run.track,
                            overwrite_reviewed=s.overwrite_reviewed, run_id=run.run_id, poll_seconds=s.poll_seconds,
@@ -282,7 +282,7 @@ def _read_vocabulary(s: TagSettings) -> dict | None:
 
 
 def _check_tag(ws: Workspace, s: TagSettings, run_id: int | None = None) -> None:
-    from .attributes import compile_vocabulary
+    from ..dataset.attributes import compile_vocabulary
 
     vocab = _read_vocabulary(s)
     if vocab is not None:
@@ -290,7 +290,7 @@ def _check_tag(ws: Workspace, s: TagSettings, run_id: int | None = None) -> None
 
 
 def _tag(ws: Workspace, s: TagSettings, run: StageRun) -> dict:
-    from .attributes import set_vocabulary, tag_workspace
+    from ..dataset.attributes import set_vocabulary, tag_workspace
 
     vocab = _read_vocabulary(s)
     if vocab is not None:
@@ -299,7 +299,7 @@ def _tag(ws: Workspace, s: TagSettings, run: StageRun) -> dict:
 
 
 def _export(ws: Workspace, s: ExportSettings, run: StageRun) -> dict:
-    from .export import export_training_set
+    from ..dataset.export import export_training_set
 
     return export_training_set(ws, s.out, include_failed=s.include_failed, captions=s.captions,
                                missing_caption=s.missing_caption, allow_other_pack=s.allow_other_pack,
@@ -307,39 +307,39 @@ def _export(ws: Workspace, s: ExportSettings, run: StageRun) -> dict:
 
 
 def _split(ws: Workspace, s: SplitSettings, run: StageRun) -> dict:
-    from .pairs import assign_splits, parse_pins
+    from ..train.pairs import assign_splits, parse_pins
 
     return assign_splits(ws, s.shares, seed=s.seed, reassign=s.reassign, pins=parse_pins(s.person), run_id=run.run_id)
 
 
 def _pairs(ws: Workspace, s: PairsSettings, run: StageRun) -> dict:
-    from .pairs import make_pairs
+    from ..train.pairs import make_pairs
 
     return make_pairs(ws, s.split, s.strategy, per_image=s.per_image, seed=s.seed, max_hash_distance=s.max_hash_distance,
                       max_face_cos=s.max_face_cos, run_id=run.run_id, track=run.track)
 
 
 def _manifest(ws: Workspace, s: ManifestSettings, run: StageRun) -> dict:
-    from .pairs import export_manifest
+    from ..train.pairs import export_manifest
 
     return export_manifest(ws, s.out, s.split, captions=s.captions, missing_caption=s.missing_caption,
                            template=s.template, allow_other_pack=s.allow_other_pack, run_id=run.run_id, author=run.author)
 
 
 def _check_train(ws: Workspace, s: TrainConfig, run_id: int | None = None) -> None:
-    from .training import check_start
+    from ..train.launch import check_start
 
     check_start(ws, s, run_id)
 
 
 def _train(ws: Workspace, s: TrainConfig, run: StageRun) -> dict:
-    from .training import train
+    from ..train.launch import train
 
     return train(ws, s, run.handle, run.author)
 
 
 def _testset(ws: Workspace, s: TestsetSettings, run: StageRun) -> dict:
-    from .testsets import build_testset, import_testset
+    from ..evaluation.testsets import build_testset, import_testset
 
     if s.action == "import":
         result = import_testset(ws, Path(s.file or ""), s.name, s.kind, face_pack=s.face_pack, replace=s.replace,
@@ -352,13 +352,13 @@ def _testset(ws: Workspace, s: TestsetSettings, run: StageRun) -> dict:
 
 
 def _check_evaluate(ws: Workspace, s: EvalConfig, run_id: int | None = None) -> None:
-    from .evaluate import check_start
+    from ..evaluation.evaluate import check_start
 
     check_start(ws, s)
 
 
 def _evaluate(ws: Workspace, s: EvalConfig, run: StageRun) -> dict:
-    from .evaluate import evaluate
+    from ..evaluation.evaluate import evaluate
 
     return evaluate(ws, s, run.run_id, author=run.author, track=run.track, engine=s.engine, address=s.address,
                     workers=s.workers, gpus_per_worker=s.gpus_per_worker)

@@ -19,10 +19,10 @@ import random
 from collections import defaultdict
 from pathlib import Path
 
-from .attributes import compile_vocabulary, tags_for
-from .attributes import vocabulary as workspace_vocabulary
+from ..dataset.attributes import compile_vocabulary, tags_for
+from ..dataset.attributes import vocabulary as workspace_vocabulary
 from .metrics import POSE_ATTRIBUTES, SCORED_ATTRIBUTES
-from .workspace import Workspace, atomic_write_bytes
+from ..workspace import Workspace, atomic_write_bytes
 
 KINDS = ("customization", "fidelity")
 NEUTRAL_PROMPT = "a photo of a person"
@@ -174,8 +174,8 @@ def import_testset(ws: Workspace, path: Path, name: str, kind: str, *, face_pack
     Photos are copied into the workspace and analysed with ``face_pack``; a row that cannot be
     used (no face, unreadable photo, missing field) is reported by line and left out.
     """
-    from .faces import FaceAnalyzer, resolve_pack
-    from .images import ImageError, load_rgb, read_bytes
+    from ..dataset.faces import FaceAnalyzer, resolve_pack
+    from ..images import ImageError, load_rgb, read_bytes
 
     if kind not in KINDS:
         raise ValueError(f"test set kind must be one of {KINDS}, got {kind!r}")

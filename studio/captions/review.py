@@ -6,11 +6,11 @@ never approve text nobody saw or put older text back over an edit.
 """
 from __future__ import annotations
 
-from .attributes import tag_image
-from .caption_checks import check_caption
-from .codes import CAPTION_VERSION_STATUSES
-from .store import StaleCaptionError
-from .workspace import Workspace
+from ..dataset.attributes import tag_image
+from .checks import check_caption
+from ..codes import CAPTION_VERSION_STATUSES
+from ..store import StaleCaptionError
+from ..workspace import Workspace
 
 REVIEW_STATUSES = CAPTION_VERSION_STATUSES
 
