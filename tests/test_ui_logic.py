@@ -78,18 +78,53 @@ def test_empty_attribute_plot_is_hidden_and_explained(ctx):
 def test_mistakes_in_ui_events_keep_the_screen(ctx):
     import gradio as gr
 
-    from studio.ui.feedback import keep_on_mistake
+    from studio.ui.wiring import Wiring
 
-    @keep_on_mistake(3)
-    def handler(page):
+    def on_page(page):
         if page == "bad":
             raise ValueError("page must be a whole number")
         return 1, 2, 3
 
+    handler = Wiring(ctx).guard(on_page, ["summary", "gallery", "page"], role=None)  # three outputs, counted
     assert handler("ok") == (1, 2, 3)
     with pytest.warns(UserWarning, match="page must be a whole number"):
         kept = handler("bad")
     assert kept == tuple(gr.skip() for _ in range(3))
+
+
+def test_a_bound_event_checks_the_role_before_its_handler_runs(tmp_path):
+    """The role check is the binding's, not the handler's: an annotator's call never reaches the handler,
+    a refresh of theirs is kept silently, and a handler that cannot be checked is refused when bound."""
+    import gradio as gr
+
+    from studio.auth import UsersFile
+    from studio.ui.wiring import Wiring
+
+    users = UsersFile(tmp_path / "users.json")
+    users.add("ada", "pw-ada-12345", "admin")
+    users.add("ann", "pw-ann-12345", "annotator")
+    w = Wiring(StudioContext(Workspace.open(tmp_path / "ws"), AccessPolicy("local", users=users)))
+    ran = []
+
+    def on_data(request: gr.Request, x):
+        ran.append(x)
+        return x, x
+
+    checked = w.guard(on_data, ["a", "b"])
+    assert checked(gr.Request(username="ada"), 1) == (1, 1)
+    with pytest.raises(gr.Error, match="Access denied: this needs the admin role \\(ann is annotator\\)"):
+        checked(gr.Request(username="ann"), 2)
+    with pytest.raises(gr.Error, match="not signed in is without a role"):
+        checked(gr.Request(), 3)
+    assert w.guard(on_data, ["a", "b"], quiet=True)(gr.Request(username="ann"), 4) == (gr.skip(), gr.skip())
+    assert ran == [1]
+
+    def no_request(x):
+        return x
+
+    with pytest.raises(TypeError, match="bound with a role check but takes no gr.Request"):
+        w.guard(no_request, ["a"])
+    assert w.guard(no_request, ["a"], role=None)(5) == 5  # a handler with no data to guard
 
 
 def test_training_form_becomes_a_checked_config():

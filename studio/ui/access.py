@@ -1,6 +1,7 @@
 """Who is calling: the signed-in user and role for a request, checked on every data handler.
 
-Hiding a tab is not protection: each handler that returns admin data calls :func:`require_admin`
+Hiding a tab is not protection: every event and endpoint is bound through
+:class:`~studio.ui.wiring.Wiring`, which calls :func:`require_admin` before an admin handler runs,
 so that an annotator calling the endpoint through the API is refused too.
 """
 from __future__ import annotations

@@ -21,9 +21,9 @@ import pandas as pd
 
 from ..human import studies as he
 from ..codes import CRITERIA, SCALES, StudyStatus
-from .access import StudioContext, require_admin, role, username
-from .feedback import api_errors, keep_on_mistake
+from .access import StudioContext, role, username
 from .pages import PageMemory, session_of
+from .wiring import Wiring
 
 STUDIES = ["name", "status", "items", "annotators", "done", "assigned", "per_item", "source", "created_by"]
 
@@ -197,8 +197,7 @@ def results_view(ctx: StudioContext, name: str) -> tuple:
 
 
 def wire(ctx: StudioContext, t: AnnotateTab, demo: gr.Blocks) -> None:
-    private = {"api_visibility": "private"}
-    fast = {"api_visibility": "private", "queue": False}  # an annotator never waits behind long jobs
+    w = Wiring(ctx)
     item_out = [t.position, t.progress, t.instructions, t.face, t.image, t.prompt, *t.scales.values(), t.comment]
     n_item = len(item_out)
     skip_item = tuple(gr.skip() for _ in range(n_item))
@@ -226,20 +225,18 @@ def wire(ctx: StudioContext, t: AnnotateTab, demo: gr.Blocks) -> None:
                 gr.Dropdown(choices=names, value=names[0] if names else None), *first)
 
     load_out = [t.view, t.admin, t.info, t.study, *item_out]
-    demo.load(on_load, None, load_out, **fast)
-    t.tab.select(on_load, None, load_out, **fast)
+    w.on(demo.load, on_load, None, load_out, queue=False, role=None)
+    w.on(t.tab.select, on_load, None, load_out, queue=False, role=None)
 
-    @keep_on_mistake(n_item)
     def on_study(request: gr.Request, name):
         user = _who(ctx, request)
         if not name:
             return skip_item
         return showing(request, name, item_outputs(ctx, user, he.annotator_study(ctx.ws, name, user)))
 
-    t.study.input(on_study, [t.study], item_out, **fast)
+    w.on(t.study.input, on_study, [t.study], item_out, queue=False, role=None)
 
     def scale_saver(criterion: str):
-        @keep_on_mistake(1)
         def on_scale(request: gr.Request, name, position, value):
             user = _who(ctx, request)
             if not name or position in (None, 0) or value in (None, ""):
@@ -251,9 +248,8 @@ def wire(ctx: StudioContext, t: AnnotateTab, demo: gr.Blocks) -> None:
         return on_scale
 
     for c, radio in t.scales.items():
-        radio.input(scale_saver(c), [t.study, t.position, radio], [t.progress], **fast)
+        w.on(radio.input, scale_saver(c), [t.study, t.position, radio], [t.progress], queue=False, role=None)
 
-    @keep_on_mistake(n_item)
     def on_save(request: gr.Request, name, position, comment, *values):
         user = _who(ctx, request)
         if not name:
@@ -264,9 +260,8 @@ def wire(ctx: StudioContext, t: AnnotateTab, demo: gr.Blocks) -> None:
             he.save(ctx.ws, study["id"], user, position, scores, comment or None)
         return showing(request, name, item_outputs(ctx, user, study, after=int(position or 0)))
 
-    t.save.click(on_save, [t.study, t.position, t.comment, *t.scales.values()], item_out, **fast)
+    w.on(t.save.click, on_save, [t.study, t.position, t.comment, *t.scales.values()], item_out, queue=False, role=None)
 
-    @keep_on_mistake(n_item)
     def on_back(request: gr.Request, name, position):
         user = _who(ctx, request)
         if not name:
@@ -274,12 +269,10 @@ def wire(ctx: StudioContext, t: AnnotateTab, demo: gr.Blocks) -> None:
         study = he.annotator_study(ctx.ws, name, user)
         return showing(request, name, item_outputs(ctx, user, study, max(1, int(position or 1) - 1)))
 
-    t.back.click(on_back, [t.study, t.position], item_out, **fast)
+    w.on(t.back.click, on_back, [t.study, t.position], item_out, queue=False, role=None)
 
     # -- admin: create, open / close, results, export --------------------------------------------
-    @keep_on_mistake(2)
     def on_create(request: gr.Request, name, source, value, annotators, per_item, duplicates, seed):
-        require_admin(ctx, request)
         value = (value or "").strip()
         if source == "evaluation run":
             if not value.isdigit():
@@ -297,57 +290,48 @@ def wire(ctx: StudioContext, t: AnnotateTab, demo: gr.Blocks) -> None:
         gr.Info(f"Study {made['name']!r} created with {made['items']} items (draft): open it to start annotation.")
         return studies_frame(ctx), made["name"]
 
-    t.create_btn.click(on_create, list(t.create.values()), [t.studies, t.chosen], **private)
+    w.on(t.create_btn.click, on_create, list(t.create.values()), [t.studies, t.chosen])
 
     def status_setter(status: str):
-        @keep_on_mistake(5)
         def on_status(request: gr.Request, name):
-            require_admin(ctx, request)
             he.set_status(ctx.ws, (name or "").strip(), status)
             return (studies_frame(ctx), *results_view(ctx, name.strip()))
         return on_status
 
     admin_results = [t.results, t.table3, t.annotators, t.chart]
-    t.open_btn.click(status_setter(StudyStatus.OPEN), [t.chosen], [t.studies, *admin_results], **private)
-    t.close_btn.click(status_setter(StudyStatus.CLOSED), [t.chosen], [t.studies, *admin_results], **private)
+    w.on(t.open_btn.click, status_setter(StudyStatus.OPEN), [t.chosen], [t.studies, *admin_results])
+    w.on(t.close_btn.click, status_setter(StudyStatus.CLOSED), [t.chosen], [t.studies, *admin_results])
 
-    @keep_on_mistake(5)
     def on_pick(request: gr.Request, frame: pd.DataFrame, evt: gr.SelectData):
-        require_admin(ctx, request)
         name = str(frame.iloc[evt.index[0]]["name"])
         return (name, *results_view(ctx, name))
 
-    t.studies.select(on_pick, [t.studies], [t.chosen, *admin_results], **private)
+    w.on(t.studies.select, on_pick, [t.studies], [t.chosen, *admin_results])
 
-    @keep_on_mistake(1)
     def on_export(request: gr.Request, name):
-        require_admin(ctx, request)
         files = he.export(ctx.ws, (name or "").strip())
         return [p for p in (ctx.media.download(v) for v in files.values()) if p]
 
-    t.export_btn.click(on_export, [t.chosen], [t.files], **private)
+    w.on(t.export_btn.click, on_export, [t.chosen], [t.files])
 
     def admin_load(request: gr.Request):
-        return studies_frame(ctx) if role(ctx, request) == "admin" else gr.skip()
+        return studies_frame(ctx)
 
-    demo.load(admin_load, None, [t.studies], **private)
+    w.on(demo.load, admin_load, None, [t.studies], quiet=True)  # an annotator's page: nothing, silently
 
     # -- API: annotators (blind) and admins -------------------------------------------------------
-    @api_errors
     def annotate_studies_api(request: gr.Request) -> list[dict]:
         """Your open studies: name, done, total."""
         user = _who(ctx, request)
         return [{"name": s["name"], "done": int(s["done"] or 0), "total": s["total"]}
                 for s in ctx.ws.store.annotator_studies(user)]
 
-    @api_errors
     def annotate_item_api(request: gr.Request, study: str, position: int | None = None) -> dict:
         """One of your items (the first unfinished one without a position): prompt, your scores, progress."""
         user = _who(ctx, request)
         s = he.annotator_study(ctx.ws, study, user)
         return {k: v for k, v in item_payload(ctx, user, s["id"], position).items() if not k.startswith("_")}
 
-    @api_errors
     def annotate_save_api(request: gr.Request, study: str, position: int, scores: dict,
                           comment: str | None = None) -> dict:
         """Save your scores (criterion -> 0-5) for your item at ``position``; returns your next item."""
@@ -357,21 +341,17 @@ def wire(ctx: StudioContext, t: AnnotateTab, demo: gr.Blocks) -> None:
         item = {k: v for k, v in item_payload(ctx, user, s["id"], after=int(position)).items() if not k.startswith("_")}
         return {"saved": saved, "next": item}
 
-    @api_errors
     def study_results_api(request: gr.Request, study: str) -> dict:
         """A study's Table 3, Krippendorff's alpha per criterion and per-annotator summary (admin)."""
-        require_admin(ctx, request)
         return he.results(ctx.ws, study)
 
-    @api_errors
     def study_status_api(request: gr.Request, study: str, status: str) -> dict:
         """Open or close a study (admin)."""
-        require_admin(ctx, request)
         return he.set_status(ctx.ws, study, status)
 
-    gr.api(annotate_studies_api, api_name="annotate_studies", queue=False)
-    gr.api(annotate_item_api, api_name="annotate_item", queue=False)
-    gr.api(annotate_save_api, api_name="annotate_save", queue=False)
-    gr.api(study_results_api, api_name="study_results")
-    gr.api(study_status_api, api_name="study_status")
+    w.api(annotate_studies_api, "annotate_studies", queue=False, role=None)
+    w.api(annotate_item_api, "annotate_item", queue=False, role=None)
+    w.api(annotate_save_api, "annotate_save", queue=False, role=None)
+    w.api(study_results_api, "study_results")
+    w.api(study_status_api, "study_status")
 

@@ -9,8 +9,8 @@ from ..dataset.browse import (CAPTION_STATUSES, OUTLIER_CHOICES, SORTS, SPLIT_CH
                               BrowseFilter, BrowsePage, browse, filter_choices, image_detail)
 from ..codes import REASONS
 from ..dataset.stats import stale_message
-from .access import StudioContext, require_admin
-from .feedback import api_errors, keep_on_mistake
+from .access import StudioContext
+from .wiring import Wiring
 
 PAGE_SIZES = [24, 48, 96]
 
@@ -190,44 +190,37 @@ def first_page(ctx: StudioContext):
 
 
 def wire(ctx: StudioContext, t: BrowseTab) -> None:
+    w = Wiring(ctx)
     page_outputs = [t.summary, t.gallery, t.ids, t.page]
     detail_outputs = [t.detail_image, t.detail_problem, t.detail_text, t.detail_meta, t.detail_same, t.same_ids]
 
-    def show(values, page, page_size, request):
-        require_admin(ctx, request)
+    def show(values, page, page_size):
         return _gallery(ctx, _page(ctx, _filter(*values), page, page_size))
 
-    @keep_on_mistake(len(page_outputs))
     def on_apply(request: gr.Request, *values):
-        return show(values[:-2], 1, values[-1], request)
+        return show(values[:-2], 1, values[-1])
 
-    @keep_on_mistake(len(page_outputs))
     def on_page(request: gr.Request, *values):
-        return show(values[:-2], values[-2], values[-1], request)
+        return show(values[:-2], values[-2], values[-1])
 
     def on_step(delta: int):
-        @keep_on_mistake(len(page_outputs))
         def step(request: gr.Request, *values):
-            return show(values[:-2], max(1, _page_number(values[-2]) + delta), values[-1], request)
+            return show(values[:-2], max(1, _page_number(values[-2]) + delta), values[-1])
         return step
 
     def on_select():
-        @keep_on_mistake(len(detail_outputs))
         def select(request: gr.Request, ids: list, evt: gr.SelectData):
-            require_admin(ctx, request)
             return _detail_outputs(ctx, ids[evt.index])
         return select
 
     inputs = [*t.filters.values(), t.page, t.page_size]
-    private = {"api_visibility": "private"}
-    t.apply.click(on_apply, inputs, page_outputs, **private)
-    t.page.submit(on_page, inputs, page_outputs, **private)
-    t.prev.click(on_step(-1), inputs, page_outputs, **private)
-    t.next.click(on_step(+1), inputs, page_outputs, **private)
-    t.gallery.select(on_select(), [t.ids], detail_outputs, **private)
-    t.detail_same.select(on_select(), [t.same_ids], detail_outputs, **private)
+    w.on(t.apply.click, on_apply, inputs, page_outputs)
+    w.on(t.page.submit, on_page, inputs, page_outputs)
+    w.on(t.prev.click, on_step(-1), inputs, page_outputs)
+    w.on(t.next.click, on_step(+1), inputs, page_outputs)
+    w.on(t.gallery.select, on_select(), [t.ids], detail_outputs)
+    w.on(t.detail_same.select, on_select(), [t.same_ids], detail_outputs)
 
-    @api_errors
     def browse_api(request: gr.Request, persons: list[str] | None = None, status: str = "all", reason: str = "any",
                    pose: str = "any", tags: list[str] | None = None, min_side: int | None = None,
                    max_side: int | None = None, min_face_ratio: float | None = None,
@@ -235,7 +228,6 @@ def wire(ctx: StudioContext, t: BrowseTab) -> None:
                    caption_status: str = "any", sort: str = "id", descending: bool = False, page: int = 1,
                    page_size: int = 48, split: str = "any") -> dict:
         """One page of images matching the filters, with their metadata (a page past the end gives the last)."""
-        require_admin(ctx, request)
         f = _filter(persons, status, reason, pose, tags, min_side, max_side, min_face_ratio, max_face_ratio,
                     outlier, caption_text, caption_status, sort, descending, split)
         result = _page(ctx, f, page, page_size)
@@ -244,13 +236,11 @@ def wire(ctx: StudioContext, t: BrowseTab) -> None:
         return {"total": result.total, "page": result.page, "pages": result.pages,
                 "items": [{k: r[k] for k in keep} for r in result.items]}
 
-    @api_errors
     def detail_api(request: gr.Request, image_id: int) -> dict:
         """All metadata of one image, a problem message if its photo cannot be shown, and the person's other photos."""
-        require_admin(ctx, request)
         d = image_detail(ctx.ws, image_id)
         return {"metadata": d["metadata"], "problem": d["problem"],
                 "same_person": [o["image_id"] for o in d["same_person"]]}
 
-    gr.api(browse_api, api_name="browse")
-    gr.api(detail_api, api_name="detail")
+    w.api(browse_api, "browse")
+    w.api(detail_api, "detail")

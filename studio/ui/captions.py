@@ -17,9 +17,9 @@ from ..captions.captioner import FLAGS, CaptionSettings, regenerate
 from ..codes import RunStatus
 from ..runs.stages import CaptionRunSettings
 from ..validate import parse_id, plural
-from .access import StudioContext, require_admin, username
-from .feedback import api_errors, keep_on_mistake
+from .access import StudioContext, username
 from .pages import Refresh
+from .wiring import Wiring
 
 ACTIONS = ("approve", "reject", "edit", "regenerate")
 
@@ -223,26 +223,24 @@ def act(ctx: StudioContext, image_id, version, action: str, text: str, author: s
 
 def wire(ctx: StudioContext, t: CaptionsTab) -> Refresh:
     """Returns the tab's part of the page's refresh clock: a caption run's progress."""
-    private = {"api_visibility": "private"}
+    w = Wiring(ctx)
 
     def who(request) -> str:
         return username(ctx, request) or "local admin"
 
-    @keep_on_mistake(2)
     def on_run(request: gr.Request, api_key, base_url, model, concurrency, kept_only, overwrite):
-        require_admin(ctx, request)
         run_id = start_captioning(ctx, api_key, base_url, model, concurrency, kept_only, who(request), overwrite)
         return run_status_text(ctx, run_id), run_id
 
-    t.run.click(on_run, [t.api_key, t.base_url, t.model, t.concurrency, t.kept_only, t.overwrite],
-                [t.run_summary, t.run_id], **private)
+    w.on(t.run.click, on_run, [t.api_key, t.base_url, t.model, t.concurrency, t.kept_only, t.overwrite],
+         [t.run_summary, t.run_id])
 
     def on_tick(request: gr.Request, run_id):
-        if run_id in (None, "", 0) or ctx.policy.role_of(username(ctx, request)) != "admin":
+        if run_id in (None, "", 0):
             return gr.skip()
         return run_status_text(ctx, run_id)
 
-    refresh = Refresh(on_tick, [t.run_id], [t.run_summary])
+    refresh = Refresh(w.guard(on_tick, [t.run_summary], quiet=True), [t.run_id], [t.run_summary])
 
     def queue_view(status, flag, person):
         rows, total = queue_data(ctx, status, flag, person)
@@ -251,88 +249,70 @@ def wire(ctx: StudioContext, t: CaptionsTab) -> Refresh:
                   + (f" · {', '.join(r['flags'])}" if r["flags"] else "")) for r in rows]
         return f"{plural(total, 'caption')} in this queue (showing {len(items)})", items, [r["image_id"] for r in rows]
 
-    @keep_on_mistake(3)
     def on_load(request: gr.Request, status, flag, person):
-        require_admin(ctx, request)
         return queue_view(status, flag, person)
 
     queue_io = ([t.status, t.flag, t.person], [t.queue_summary, t.queue, t.ids])
-    t.load.click(on_load, *queue_io, **private)
+    w.on(t.load.click, on_load, *queue_io)
 
     detail_outputs = [t.current, t.version, t.photo, t.caption, t.flags, t.history]
 
-    @keep_on_mistake(len(detail_outputs))
     def on_select(request: gr.Request, ids: list, evt: gr.SelectData):
-        require_admin(ctx, request)
         image_id = ids[evt.index]
         return (image_id, *detail(ctx, image_id))
 
-    t.queue.select(on_select, [t.ids], detail_outputs, **private)
+    w.on(t.queue.select, on_select, [t.ids], detail_outputs)
 
     def on_action(action):
-        @keep_on_mistake(len(detail_outputs))
         def handler(request: gr.Request, image_id, version, text, api_key, base_url, model, concurrency):
-            require_admin(ctx, request)
             act(ctx, image_id, version, action, text, who(request), api_key, base_url, model, concurrency)
             return (image_id, *detail(ctx, image_id))
         return handler
 
     action_inputs = [t.current, t.version, t.caption, t.api_key, t.base_url, t.model, t.concurrency]
     for button, action in ((t.approve, "approve"), (t.reject, "reject"), (t.save, "edit"), (t.regen, "regenerate")):
-        button.click(on_action(action), action_inputs, detail_outputs, **private)
+        w.on(button.click, on_action(action), action_inputs, detail_outputs)
 
-    @keep_on_mistake(3)
     def on_bulk(request: gr.Request, status, flag, person):
-        require_admin(ctx, request)
         n = review.bulk_approve_unflagged(ctx.ws, who(request))
         summary, items, ids = queue_view(status, flag, person)
         return f"Approved {plural(n, 'unflagged caption')}. " + summary, items, ids
 
-    t.bulk.click(on_bulk, *queue_io, **private)
+    w.on(t.bulk.click, on_bulk, *queue_io)
 
-    @api_errors
     def caption_run_api(request: gr.Request, api_key: str = "", base_url: str = "", model: str = "gpt-4o",
                         concurrency: int = 8, kept_only: bool = True, overwrite_reviewed: bool = False) -> int:
         """Start a caption run over the images without a caption under these settings; returns the run id (see /run).
 
         Captions a person approved or edited stay current unless overwrite_reviewed."""
-        require_admin(ctx, request)
         return start_captioning(ctx, api_key, base_url, model, concurrency, kept_only, who(request), overwrite_reviewed)
 
-    @api_errors
     def caption_queue_api(request: gr.Request, status: str = "any", flag: str = "any flag", person: str = "") -> dict:
         """Current captions for review, filtered by status, flag and person."""
-        require_admin(ctx, request)
         rows, total = queue_data(ctx, status, flag, person, limit=500)
         return {"total": total, "captions": [{k: r[k] for k in ("image_id", "person", "version", "status", "flags",
                                                                  "text", "author", "created_at")} for r in rows]}
 
-    @api_errors
     def caption_action_api(request: gr.Request, image_id: int, action: str, version: int | None = None, text: str = "",
                            api_key: str = "", base_url: str = "", model: str = "gpt-4o") -> dict:
         """approve | reject | edit (with text) the caption `version` you reviewed, or regenerate one image's caption.
 
         A version that is no longer current is refused; returns the new current version."""
-        require_admin(ctx, request)
         cur = act(ctx, image_id, version, action, text, who(request), api_key, base_url, model, 1)
         return {k: cur[k] for k in ("image_id", "version", "status", "text", "flags", "author", "created_at")}
 
-    @api_errors
     def caption_history_api(request: gr.Request, image_id: int) -> list:
         """Every caption version of one image, oldest first, with who and when."""
-        require_admin(ctx, request)
         return [{k: h[k] for k in ("version", "status", "origin", "text", "flags", "author", "created_at", "model")}
                 for h in ctx.ws.store.caption_history(parse_id(image_id))]
 
-    @api_errors
     def bulk_approve_api(request: gr.Request) -> int:
         """Approve every unflagged current caption; returns how many."""
-        require_admin(ctx, request)
         return review.bulk_approve_unflagged(ctx.ws, who(request))
 
-    gr.api(caption_run_api, api_name="caption_run")
-    gr.api(caption_queue_api, api_name="caption_queue")
-    gr.api(caption_action_api, api_name="caption_action")
-    gr.api(caption_history_api, api_name="caption_history")
-    gr.api(bulk_approve_api, api_name="caption_bulk_approve")
+    w.api(caption_run_api, "caption_run")
+    w.api(caption_queue_api, "caption_queue")
+    w.api(caption_action_api, "caption_action")
+    w.api(caption_history_api, "caption_history")
+    w.api(bulk_approve_api, "caption_bulk_approve")
     return refresh

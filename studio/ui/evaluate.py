@@ -19,9 +19,11 @@ from ..evaluation.metrics import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED, SC
 from ..runs.stages import TestsetSettings
 from ..evaluation.testsets import KINDS, NEUTRAL_PROMPT, item_rows, summary
 from ..validate import parse_id
-from .access import StudioContext, require_admin, username
-from .feedback import api_errors, keep_on_mistake
+from .access import StudioContext, username
 from .pages import PageMemory, Refresh, session_of
+from . import run_panel
+from .run_panel import RunPanel
+from .wiring import Wiring
 
 SETS = ["name", "kind", "items", "persons", "with_target_photo", "pack", "source", "created_at"]
 HISTORY = ["id", "status", "progress", "test sets", "models", "λ", "author", "started"]
@@ -189,7 +191,7 @@ def config_from_form(values: dict) -> EvalConfig:
 
 def wire(ctx: StudioContext, t: EvaluateTab) -> Refresh:
     """Returns the tab's part of the page's refresh clock: the run shown, the history, the test sets."""
-    private = {"api_visibility": "private"}
+    w = Wiring(ctx)
     build_keys, form_keys = list(t.build), list(t.form)
 
     def who(request) -> str:
@@ -200,44 +202,33 @@ def wire(ctx: StudioContext, t: EvaluateTab) -> Refresh:
         models = list(registered_models(ctx.ws))
         return gr.CheckboxGroup(choices=names), gr.CheckboxGroup(choices=models), gr.Dropdown(choices=models)
 
-    @keep_on_mistake(5)
     def on_open(request: gr.Request):
-        require_admin(ctx, request)
         return (sets_frame(ctx), *choices(), history_frame(ctx))
 
-    t.tab.select(on_open, None, [t.sets, t.form["testsets"], t.form["models"], t.form["baseline"], t.history], **private)
+    w.on(t.tab.select, on_open, None, [t.sets, t.form["testsets"], t.form["models"], t.form["baseline"], t.history])
 
-    @keep_on_mistake(4)
     def on_build(request: gr.Request, *values):
-        require_admin(ctx, request)
         run = runs.submit(ctx.ws, testset_from_form(dict(zip(build_keys, values))), who(request))
         gr.Info(f"Building the test set as run {run}; it appears in the list when done.")
         return (sets_frame(ctx), *choices()[:1], gr.skip(), gr.skip())
 
-    t.build_btn.click(on_build, list(t.build.values()), [t.sets, t.form["testsets"], t.items, t.history], **private)
+    w.on(t.build_btn.click, on_build, list(t.build.values()), [t.sets, t.form["testsets"], t.items, t.history])
 
-    @keep_on_mistake(1)
     def on_set(request: gr.Request, frame: pd.DataFrame, evt: gr.SelectData):
-        require_admin(ctx, request)
         return pd.DataFrame(item_rows(ctx.ws, str(frame.iloc[evt.index[0]]["name"])), columns=ITEMS)
 
-    t.sets.select(on_set, [t.sets], [t.items], **private)
+    w.on(t.sets.select, on_set, [t.sets], [t.items])
 
-    @keep_on_mistake(6)
     def on_start(request: gr.Request, *values):
-        require_admin(ctx, request)
         run_id = runs.submit(ctx.ws, config_from_form(dict(zip(form_keys, values))), who(request))
         return (run_id, *run_view(ctx, run_id), history_frame(ctx))
 
     view = [t.status, t.table, t.curve, t.files]
-    t.start.click(on_start, list(t.form.values()), [t.run_id, *view, t.history], **private)
+    w.on(t.start.click, on_start, list(t.form.values()), [t.run_id, *view, t.history])
 
     shown = PageMemory()  # per page: the (run, status, progress, test sets) its view shows
 
-    @keep_on_mistake(7)
     def on_refresh(request: gr.Request, run_id):
-        if ctx.policy.role_of(username(ctx, request)) != "admin":
-            return tuple(gr.skip() for _ in range(7))
         r = ctx.ws.store.run(int(run_id)) if run_id not in (None, "", 0) else None
         sets = [s["name"] for s in ctx.ws.store.testsets()]
         # a test set built by its own run changes the list too, whatever the evaluation run shown
@@ -248,49 +239,28 @@ def wire(ctx: StudioContext, t: EvaluateTab) -> Refresh:
         return (*run_view(ctx, run_id), history_frame(ctx), sets_frame(ctx), names)
 
     refresh_out = [*view, t.history, t.sets, t.form["testsets"]]
-    t.run_id.submit(on_refresh, [t.run_id], refresh_out, **private)
+    w.on(t.run_id.submit, on_refresh, [t.run_id], refresh_out, quiet=True)
 
-    @keep_on_mistake(5)
-    def on_row(request: gr.Request, frame: pd.DataFrame, evt: gr.SelectData):
-        require_admin(ctx, request)
-        run_id = int(frame.iloc[evt.index[0]]["id"])
-        return (run_id, *run_view(ctx, run_id))
+    run_panel.wire(w, ctx, RunPanel(t.run_id, t.cancel, t.history), lambda run_id: run_view(ctx, run_id), view,
+                   stopping="Run {run_id} stops after its current sample; rerun it to go on.")
 
-    t.history.select(on_row, [t.history], [t.run_id, *view], **private)
-
-    @keep_on_mistake(4)
-    def on_cancel(request: gr.Request, run_id):
-        require_admin(ctx, request)
-        if not runs.cancel(ctx.ws, parse_id(run_id, "run id")):
-            raise ValueError(f"run {run_id} has already finished")
-        gr.Info(f"Run {run_id} stops after its current sample; rerun it to go on.")
-        return run_view(ctx, run_id)
-
-    t.cancel.click(on_cancel, [t.run_id], view, **private)
-
-    @api_errors
     def testsets_api(request: gr.Request) -> list[dict]:
         """The workspace's test sets (name, kind, items, persons, pack, attributes asked)."""
-        require_admin(ctx, request)
         return [summary(ctx.ws, s["name"]) for s in ctx.ws.store.testsets()]
 
-    @api_errors
     def eval_start_api(request: gr.Request, config: dict) -> int:
         """Start an evaluation run from EvalConfig fields (testsets, models, lambdas, ...); returns the run id."""
-        require_admin(ctx, request)
         return runs.submit(ctx.ws, EvalConfig.from_dict(config), who(request))
 
-    @api_errors
     def eval_status_api(request: gr.Request, run_id: int) -> dict:
         """An evaluation run: status, Table 2 rows, trade-off points, output files (workspace paths)."""
-        require_admin(ctx, request)
         runs.reap(ctx.ws)
         r = ctx.ws.store.run(parse_id(run_id, "run id"))
         if r is None or r["kind"] != "evaluate":
             raise ValueError(f"no evaluation run {run_id}")
         return {**runs.describe(r), "log": runs.log_tail(ctx.ws, r["id"])}
 
-    gr.api(testsets_api, api_name="testsets")
-    gr.api(eval_start_api, api_name="eval_start")
-    gr.api(eval_status_api, api_name="eval_status")
-    return Refresh(on_refresh, [t.run_id], refresh_out)
+    w.api(testsets_api, "testsets")
+    w.api(eval_start_api, "eval_start")
+    w.api(eval_status_api, "eval_status")
+    return Refresh(w.guard(on_refresh, refresh_out, quiet=True), [t.run_id], refresh_out)

@@ -16,8 +16,8 @@ from ..models import (DEFAULT_STYLE, DEMO_NEGATIVE_PROMPT, FAST_GUIDANCE, FAST_S
                          GenerationSettings, missing_weights)
 from ..validate import parse_id
 from ..models.zerogpu import gpu_function
-from .access import StudioContext, require_admin, username
-from .feedback import api_errors, keep_on_mistake
+from .access import StudioContext, username
+from .wiring import Wiring
 
 
 @dataclass
@@ -173,13 +173,12 @@ def detected_faces(ctx: StudioContext, rgb) -> list[tuple[int, int, int, int]]:
 
 
 def wire(ctx: StudioContext, t: GenerateTab) -> None:
+    w = Wiring(ctx)
     inputs = [t.reference, t.image_id, t.prompt, t.ip_scale, t.models, t.sweep, t.sweep_values, t.negative,
               t.strength, t.steps, t.guidance, t.seed, t.width, t.height, t.face_only, t.face_index, t.pose,
               t.pose_image_id, t.style, t.scheduler, t.long_side, t.face_margin, t.allow_mismatch]
 
-    @keep_on_mistake(2)
     def on_run(request: gr.Request, *values, progress=gr.Progress()):
-        require_admin(ctx, request)
         progress(0, desc="loading models and generating")
         (reference, image_id, prompt, ip_scale, models, sweep, sweep_values, negative, strength, steps, guidance, seed,
          width, height, face_only, face_index, pose, pose_image_id, style, scheduler, long_side, face_margin,
@@ -191,12 +190,10 @@ def wire(ctx: StudioContext, t: GenerateTab) -> None:
             long_side=long_side, face_margin=face_margin, allow_pack_mismatch=allow_mismatch)
         return note, [(ctx.media.file(str(p.relative_to(ctx.ws.root))), label) for p, label in items]
 
-    t.run.click(on_run, inputs, [t.note, t.gallery], api_visibility="private")
+    w.on(t.run.click, on_run, inputs, [t.note, t.gallery])
 
-    @keep_on_mistake(3)
     def on_reference(request: gr.Request, rgb):
         """Number the faces of an uploaded photo so one can be picked; a photo with one face needs no choice."""
-        require_admin(ctx, request)
         if rgb is None:
             return gr.AnnotatedImage(visible=False, value=None), "", ""
         boxes = detected_faces(ctx, rgb)
@@ -207,13 +204,13 @@ def wire(ctx: StudioContext, t: GenerateTab) -> None:
         return (gr.AnnotatedImage(value=(rgb, labels), visible=more), "0" if more else "",
                 f"{len(boxes)} faces found; using face 0 (the largest): click another to use it." if more else "")
 
-    t.reference.upload(on_reference, [t.reference], [t.faces, t.face_index, t.note], api_visibility="private")
-    t.reference.clear(on_reference, [t.reference], [t.faces, t.face_index, t.note], api_visibility="private")
+    w.on(t.reference.upload, on_reference, [t.reference], [t.faces, t.face_index, t.note])
+    w.on(t.reference.clear, on_reference, [t.reference], [t.faces, t.face_index, t.note])
 
     def on_pick(evt: gr.SelectData):
         return str(evt.index)
 
-    t.faces.select(on_pick, None, [t.face_index], api_visibility="private", queue=False)
+    w.on(t.faces.select, on_pick, None, [t.face_index], queue=False, role=None)
 
     def on_fast(on: bool):
         """The demo's fast mode settings; switching it off restores the defaults."""
@@ -221,17 +218,14 @@ def wire(ctx: StudioContext, t: GenerateTab) -> None:
             return "LCM", FAST_STEPS, FAST_GUIDANCE
         return "Euler", 30, 5.0
 
-    t.fast.input(on_fast, [t.fast], [t.scheduler, t.steps, t.guidance], api_visibility="private", queue=False)
+    w.on(t.fast.input, on_fast, [t.fast], [t.scheduler, t.steps, t.guidance], queue=False, role=None)
 
-    @keep_on_mistake(2)
     def on_open(request: gr.Request, chosen):
         """Models trained since the page loaded are listed when the tab is opened again."""
-        require_admin(ctx, request)
         return models_update(ctx, chosen)
 
-    t.tab.select(on_open, [t.models], [t.weights, t.models], api_visibility="private")
+    w.on(t.tab.select, on_open, [t.models], [t.weights, t.models])
 
-    @api_errors
     def generate_api(request: gr.Request, prompt: str, models: list[str], image_id: int | None = None,
                      ip_scale: float = 0.8, sweep: str = "", negative_prompt: str | None = None,
                      identitynet_scale: float = 0.8, steps: int | None = None, guidance: float | None = None,
@@ -243,7 +237,6 @@ def wire(ctx: StudioContext, t: GenerateTab) -> None:
 
         ``fast``: LCM-LoRA with the LCM scheduler (5 steps, guidance 1.5 unless given).
         """
-        require_admin(ctx, request)
         scheduler = "LCM" if fast else scheduler
         lcm = scheduler == "LCM"
         note, items = run_generation(
@@ -263,11 +256,9 @@ def wire(ctx: StudioContext, t: GenerateTab) -> None:
                         "face": g.get("face")})
         return {"note": note, "samples": out}
 
-    @api_errors
     def models_api(request: gr.Request) -> dict:
         """Registered models and what weights each is missing on this machine."""
-        require_admin(ctx, request)
         return {name: missing_weights(spec) for name, spec in registered_models(ctx.ws).items()}
 
-    gr.api(generate_api, api_name="generate")
-    gr.api(models_api, api_name="models")
+    w.api(generate_api, "generate")
+    w.api(models_api, "models")

@@ -16,9 +16,11 @@ import pandas as pd
 from ..runs import jobs as runs
 from ..store import RUN_STATUSES
 from ..validate import parse_id
-from .access import StudioContext, require_admin, username
-from .feedback import api_errors, keep_on_mistake
+from .access import StudioContext, username
 from .pages import PageMemory, Refresh
+from . import run_panel
+from .run_panel import RunPanel
+from .wiring import Wiring
 
 COLUMNS = ["id", "kind", "status", "progress", "author", "started", "ended", "exit_code"]
 
@@ -107,97 +109,65 @@ def start_run(ctx: StudioContext, kind: str, arg_text: str, author: str, secrets
 
 def wire(ctx: StudioContext, t: RunsTab) -> Refresh:
     """Returns the tab's part of the page's refresh clock (re-sending only a table or log that changed)."""
-    private = {"api_visibility": "private"}
+    w = Wiring(ctx)
 
     def who(request) -> str:
         return username(ctx, request) or "local admin"
 
-    @keep_on_mistake(4)
     def on_start(request: gr.Request, kind, args, kind_filter, status_filter):
-        require_admin(ctx, request)
         run_id = start_run(ctx, kind, args, who(request))
         return (runs_frame(ctx, kind_filter, status_filter), run_id, *run_view(ctx, run_id))
 
-    t.start.click(on_start, [t.kind, t.args, t.kind_filter, t.status_filter],
-                  [t.table, t.run_id, t.summary, t.log], **private)
+    w.on(t.start.click, on_start, [t.kind, t.args, t.kind_filter, t.status_filter],
+         [t.table, t.run_id, t.summary, t.log])
 
-    @keep_on_mistake(3)
     def on_refresh(request: gr.Request, kind_filter, status_filter, run_id):
-        if ctx.policy.role_of(username(ctx, request)) != "admin":
-            return gr.skip(), gr.skip(), gr.skip()
         return (runs_frame(ctx, kind_filter, status_filter), *run_view(ctx, run_id))
 
     refresh_io = ([t.kind_filter, t.status_filter, t.run_id], [t.table, t.summary, t.log])
-    t.tab.select(on_refresh, *refresh_io, **private)
-    t.kind_filter.change(on_refresh, *refresh_io, **private)
-    t.status_filter.change(on_refresh, *refresh_io, **private)
-    t.run_id.submit(on_refresh, *refresh_io, **private)
+    w.on(t.tab.select, on_refresh, *refresh_io, quiet=True)
+    w.on(t.kind_filter.change, on_refresh, *refresh_io, quiet=True)
+    w.on(t.status_filter.change, on_refresh, *refresh_io, quiet=True)
+    w.on(t.run_id.submit, on_refresh, *refresh_io, quiet=True)
 
-    @keep_on_mistake(3)
-    def on_row(request: gr.Request, frame: pd.DataFrame, evt: gr.SelectData):
-        require_admin(ctx, request)
-        run_id = int(frame.iloc[evt.index[0]]["id"])
-        return (run_id, *run_view(ctx, run_id))
+    run_panel.wire(w, ctx, RunPanel(t.run_id, t.cancel, t.table), lambda run_id: run_view(ctx, run_id),
+                   [t.summary, t.log])
 
-    t.table.select(on_row, [t.table], [t.run_id, t.summary, t.log], **private)
-
-    @keep_on_mistake(2)
-    def on_cancel(request: gr.Request, run_id):
-        require_admin(ctx, request)
-        if not runs.cancel(ctx.ws, parse_id(run_id, "run id")):
-            raise ValueError(f"run {run_id} has already finished")
-        gr.Info(f"Run {run_id} will stop at its next item.")
-        return run_view(ctx, run_id)
-
-    t.cancel.click(on_cancel, [t.run_id], [t.summary, t.log], **private)
-
-    @keep_on_mistake(3)
     def on_rerun(request: gr.Request, run_id):
-        require_admin(ctx, request)
         new = runs.rerun(ctx.ws, parse_id(run_id, "run id"), who(request))
         return (new, *run_view(ctx, new))
 
-    t.rerun.click(on_rerun, [t.run_id], [t.run_id, t.summary, t.log], **private)
+    w.on(t.rerun.click, on_rerun, [t.run_id], [t.run_id, t.summary, t.log])
 
-    @api_errors
     def runs_api(request: gr.Request, kind: str = "any", status: str = "any") -> list[dict]:
         """Runs, newest first, with status and progress."""
-        require_admin(ctx, request)
         runs.reap(ctx.ws)
         return [runs.describe(r) for r in ctx.ws.store.runs(kind=None if kind == "any" else kind,
                                                             status=None if status == "any" else status)]
 
-    @api_errors
     def run_api(request: gr.Request, run_id: int) -> dict:
         """One run with its settings and the tail of its log."""
-        require_admin(ctx, request)
         runs.reap(ctx.ws)
         r = ctx.ws.store.run(parse_id(run_id, "run id"))
         if r is None:
             raise ValueError(f"no run {run_id}")
         return {**runs.describe(r), "settings": r["settings"], "log": runs.log_tail(ctx.ws, r["id"])}
 
-    @api_errors
     def run_start_api(request: gr.Request, kind: str, args: str = "") -> int:
         """Start `python -m studio <kind> <args>` on this workspace as a worker; returns the run id."""
-        require_admin(ctx, request)
         return start_run(ctx, kind, args, who(request))
 
-    @api_errors
     def run_cancel_api(request: gr.Request, run_id: int) -> bool:
         """Ask a run to stop at its next item; false when it had already finished."""
-        require_admin(ctx, request)
         return runs.cancel(ctx.ws, parse_id(run_id, "run id"))
 
-    @api_errors
     def run_rerun_api(request: gr.Request, run_id: int) -> int:
         """Start a finished run again (finished items are skipped: it resumes); returns the new run id."""
-        require_admin(ctx, request)
         return runs.rerun(ctx.ws, parse_id(run_id, "run id"), who(request))
 
-    gr.api(runs_api, api_name="runs")
-    gr.api(run_api, api_name="run")
-    gr.api(run_start_api, api_name="run_start")
-    gr.api(run_cancel_api, api_name="run_cancel")
-    gr.api(run_rerun_api, api_name="run_rerun")
-    return Refresh(PageMemory().only_changes("runs")(on_refresh), *refresh_io)
+    w.api(runs_api, "runs")
+    w.api(run_api, "run")
+    w.api(run_start_api, "run_start")
+    w.api(run_cancel_api, "run_cancel")
+    w.api(run_rerun_api, "run_rerun")
+    return Refresh(PageMemory().only_changes("runs")(w.guard(on_refresh, refresh_io[1], quiet=True)), *refresh_io)

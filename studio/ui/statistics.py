@@ -8,8 +8,8 @@ import gradio as gr
 import pandas as pd
 
 from ..dataset.stats import TABLE1_ROWS, distribution_frames, stale_message
-from .access import StudioContext, require_admin
-from .feedback import api_errors
+from .access import StudioContext
+from .wiring import Wiring
 
 
 @dataclass
@@ -76,19 +76,17 @@ def statistics_values(ctx: StudioContext):
 
 
 def wire(ctx: StudioContext, t: StatisticsTab) -> None:
+    w = Wiring(ctx)
     outputs = [t.table1, t.reasons, t.per_person_before, t.per_person_after, t.pose, t.attributes, t.attributes_note]
 
     def on_refresh(request: gr.Request):
-        require_admin(ctx, request)
         return statistics_values(ctx)
 
-    t.refresh.click(on_refresh, None, outputs, api_visibility="private")
-    t.tab.select(on_refresh, None, outputs, api_visibility="private")  # computed when looked at, not at page load
+    w.on(t.refresh.click, on_refresh, None, outputs)
+    w.on(t.tab.select, on_refresh, None, outputs)  # computed when looked at, not at page load
 
-    @api_errors
     def statistics_api(request: gr.Request) -> dict:
         """Table 1 before/after curation, rejection and ingest-problem counts, pose counts."""
-        require_admin(ctx, request)
         return distribution_frames(ctx.ws)["stats"]
 
-    gr.api(statistics_api, api_name="statistics")
+    w.api(statistics_api, "statistics")

@@ -20,9 +20,11 @@ from ..codes import RunStatus
 from ..train.pairs import STRATEGIES, pair_statistics
 from ..runs.stages import PairsSettings, SplitSettings
 from ..validate import parse_id
-from .access import StudioContext, require_admin, username
-from .feedback import api_errors, keep_on_mistake
+from .access import StudioContext, username
 from .pages import PageMemory, Refresh, session_of
+from . import run_panel
+from .run_panel import RunPanel
+from .wiring import Wiring
 
 HISTORY = ["id", "status", "progress", "model", "author", "started", "ended", "exit_code"]
 
@@ -213,54 +215,43 @@ def start_training(ctx: StudioContext, cfg: training.TrainConfig, author: str) -
 
 def wire(ctx: StudioContext, t: TrainingTab) -> Refresh:
     """Returns the tab's part of the page's refresh clock (re-sending only what changed)."""
-    private = {"api_visibility": "private"}
+    w = Wiring(ctx)
     form_keys = list(t.form)
 
     def who(request) -> str:
         return username(ctx, request) or "local admin"
-
-    def admin(request) -> bool:
-        return ctx.policy.role_of(username(ctx, request)) == "admin"
 
     def model_choices():
         from ..models.generate import registered_models
 
         return gr.Dropdown(choices=list(registered_models(ctx.ws)))
 
-    @keep_on_mistake(4)
     def on_open(request: gr.Request):
-        require_admin(ctx, request)
         return gpus_note(), data_summary(ctx), model_choices(), history_frame(ctx)
 
-    t.tab.select(on_open, None, [t.gpus, t.data_summary, t.form["model"], t.history], **private)
+    w.on(t.tab.select, on_open, None, [t.gpus, t.data_summary, t.form["model"], t.history])
 
-    @keep_on_mistake(1)
     def on_split(request: gr.Request, shares, seed):
-        require_admin(ctx, request)
         run = runs.submit(ctx.ws, SplitSettings.from_dict({"shares": str(shares), "seed": int(seed or 0)}), who(request))
         gr.Info(f"Split started as run {run}.")
         return data_summary(ctx)
 
-    t.split_btn.click(on_split, [t.shares, t.split_seed], [t.data_summary], **private)
+    w.on(t.split_btn.click, on_split, [t.shares, t.split_seed], [t.data_summary])
 
-    @keep_on_mistake(1)
     def on_pairs(request: gr.Request, strategy, per_image, split):
-        require_admin(ctx, request)
         run = runs.submit(ctx.ws, PairsSettings.from_dict({"strategy": strategy, "per_image": int(per_image or 1),
                                                            "split": split}), who(request))
         gr.Info(f"Pairing started as run {run}.")
         return data_summary(ctx)
 
-    t.pairs_btn.click(on_pairs, [t.strategy, t.per_image, t.pair_split], [t.data_summary], **private)
+    w.on(t.pairs_btn.click, on_pairs, [t.strategy, t.per_image, t.pair_split], [t.data_summary])
 
-    @keep_on_mistake(6)
     def on_start(request: gr.Request, *values):
-        require_admin(ctx, request)
         run_id = start_training(ctx, config_from_form(dict(zip(form_keys, values))), who(request))
         return (run_id, *metrics_view(ctx, run_id), history_frame(ctx))
 
     view = [t.status, t.loss, t.validation, t.log]
-    t.start.click(on_start, list(t.form.values()), [t.run_id, *view, t.history], **private)
+    w.on(t.start.click, on_start, list(t.form.values()), [t.run_id, *view, t.history])
 
     pages = PageMemory()
 
@@ -269,49 +260,24 @@ def wire(ctx: StudioContext, t: TrainingTab) -> Refresh:
         key = tuple((r["id"], r["status"]) for kind in ("split", "pairs") for r in ctx.ws.store.runs(kind=kind, limit=1))
         return data_summary(ctx) if pages.changed(session, "split/pairs", key) else gr.skip()
 
-    @keep_on_mistake(6)
     def on_refresh(request: gr.Request, run_id):
-        if not admin(request):
-            return tuple(gr.skip() for _ in range(6))
         return (*metrics_view(ctx, run_id), history_frame(ctx), summary_if_changed(session_of(request)))
 
     refresh_out = [*view, t.history, t.data_summary]
-    t.run_id.submit(on_refresh, [t.run_id], refresh_out, **private)
+    w.on(t.run_id.submit, on_refresh, [t.run_id], refresh_out, quiet=True)
+    run_panel.wire(w, ctx, RunPanel(t.run_id, t.stop, t.history), lambda run_id: metrics_view(ctx, run_id), view,
+                   stopping="Run {run_id} will save a checkpoint and stop.")
 
-    @keep_on_mistake(5)
-    def on_row(request: gr.Request, frame: pd.DataFrame, evt: gr.SelectData):
-        require_admin(ctx, request)
-        run_id = int(frame.iloc[evt.index[0]]["id"])
-        return (run_id, *metrics_view(ctx, run_id))
-
-    t.history.select(on_row, [t.history], [t.run_id, *view], **private)
-
-    @keep_on_mistake(4)
-    def on_stop(request: gr.Request, run_id):
-        require_admin(ctx, request)
-        if not runs.cancel(ctx.ws, parse_id(run_id, "run id")):
-            raise ValueError(f"run {run_id} has already finished")
-        gr.Info(f"Run {run_id} will save a checkpoint and stop.")
-        return metrics_view(ctx, run_id)
-
-    t.stop.click(on_stop, [t.run_id], view, **private)
-
-    @api_errors
     def gpus_api(request: gr.Request) -> list[dict]:
         """The CUDA GPUs training can use (empty without one)."""
-        require_admin(ctx, request)
         return training.gpus()
 
-    @api_errors
     def train_start_api(request: gr.Request, config: dict) -> int:
         """Start a training run from TrainConfig fields (name, model, max_steps, ...); returns the run id."""
-        require_admin(ctx, request)
         return start_training(ctx, training.TrainConfig.from_dict(config), who(request))
 
-    @api_errors
     def train_status_api(request: gr.Request, run_id: int) -> dict:
         """A training run: status, loss per step, latest validation images, log tail."""
-        require_admin(ctx, request)
         runs.reap(ctx.ws)
         r = ctx.ws.store.run(parse_id(run_id, "run id"))
         if r is None or r["kind"] != "train":
@@ -321,7 +287,7 @@ def wire(ctx: StudioContext, t: TrainingTab) -> Refresh:
                 "validation": next((x["validation"] for x in reversed(rows) if "validation" in x), []),
                 "log": runs.log_tail(ctx.ws, r["id"])}
 
-    gr.api(gpus_api, api_name="gpus")
-    gr.api(train_start_api, api_name="train_start")
-    gr.api(train_status_api, api_name="train_status")
-    return Refresh(pages.only_changes("training")(on_refresh), [t.run_id], refresh_out)
+    w.api(gpus_api, "gpus")
+    w.api(train_start_api, "train_start")
+    w.api(train_status_api, "train_status")
+    return Refresh(pages.only_changes("training")(w.guard(on_refresh, refresh_out, quiet=True)), [t.run_id], refresh_out)
