@@ -16,6 +16,7 @@ import json
 import random
 from collections import defaultdict
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 
@@ -207,7 +208,23 @@ def annotator_study(ws: Workspace, study: str, annotator: str) -> dict:
     return s
 
 
-def item_for(ws: Workspace, study_id: int, annotator: str, position: int | None = None, after: int | None = None) -> dict:
+class AnnotatorItem(TypedDict):
+    """One annotator's item of a study, as the Annotate tab and its API read it (the paths stay server-side)."""
+
+    position: int
+    total: int
+    done: int
+    finished: bool  # every item of theirs is scored
+    prompt: str
+    image_path: str  # workspace-relative
+    face_path: str
+    missing: bool  # the image or the face photo is gone from the workspace
+    scores: dict  # criterion -> 0-5, the ones given so far
+    comment: str | None
+
+
+def item_for(ws: Workspace, study_id: int, annotator: str, position: int | None = None,
+             after: int | None = None) -> AnnotatorItem:
     """An annotator's item, marked as shown: at ``position``; else the first unfinished one after ``after``
     (then from the start); else the first unfinished one; the last when all are done."""
     done, total, first = ws.store.annotator_progress(study_id, annotator)

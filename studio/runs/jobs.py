@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..codes import RunStatus
+from ..store import RunRow
 from .settings import RunSettings
 from ..workspace import Workspace
 
@@ -258,7 +259,7 @@ def work(ws: Workspace, run_id: int, track: Callable | None = None) -> tuple[int
     return start(ws, settings, r["author"], run_id=run_id, track=track)
 
 
-def recorded_settings(r: dict) -> RunSettings:
+def recorded_settings(r: RunRow) -> RunSettings:
     """A finished run's settings object: from its row, or, for a run recorded before settings objects,
     from the command line it was started with."""
     from .stages import stage
@@ -352,7 +353,7 @@ def reap(ws: Workspace) -> list[int]:
     return dead
 
 
-def _created_ts(r: dict) -> float:
+def _created_ts(r: RunRow) -> float:
     from datetime import datetime
 
     try:
@@ -375,7 +376,7 @@ def log_tail(ws: Workspace, run_id: int, max_bytes: int = LOG_TAIL_BYTES) -> str
     return "\n".join(lines)
 
 
-def equivalent_command(r: dict) -> str | None:
+def equivalent_command(r: RunRow) -> str | None:
     """The `python -m studio <kind> ...` command that asks for a run's settings (None for a run that is not a
     stage run or whose settings cannot be read back)."""
     import shlex
@@ -388,7 +389,7 @@ def equivalent_command(r: dict) -> str | None:
         return None
 
 
-def describe(r: dict) -> dict:
+def describe(r: RunRow) -> dict:
     """A run as the Runs view and `runs show` present it."""
     total = r["total"]
     pct = f"{100 * r['done'] / total:.0f}%" if total else ""

@@ -20,7 +20,7 @@ from .generations import GenerationsMixin
 from .images import FaceRow, ImagesMixin
 from .migrations import SCHEMA_VERSION
 from .pairs import SPLITS, PairsMixin
-from .runs import RunsMixin
+from .runs import RunRow, RunsMixin
 from .studies import StudiesMixin
 
 
@@ -29,5 +29,5 @@ class Store(ImagesMixin, BrowseMixin, CaptionsMixin, GenerationsMixin, RunsMixin
     """A workspace database (see the modules of this package for each part)."""
 
 
-__all__ = ["Store", "StoreBusyError", "StaleCaptionError", "FaceRow", "SCHEMA_VERSION", "HUMAN_REVIEWED",
+__all__ = ["Store", "StoreBusyError", "StaleCaptionError", "FaceRow", "RunRow", "SCHEMA_VERSION", "HUMAN_REVIEWED",
            "RUN_STATUSES", "FINISHED", "SPLITS", "CRITERIA"]

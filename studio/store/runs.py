@@ -3,10 +3,35 @@ from __future__ import annotations
 
 import json
 import time
+from typing import TypedDict
 
 from ..codes import RunStatus
 from .base import now
 
+
+class RunRow(TypedDict):
+    """A run as every layer sees it (the store decodes the JSON columns)."""
+
+    id: int
+    kind: str
+    status: str  # a RunStatus
+    settings: dict  # the run kind's settings object, as to_dict() gives it
+    inputs: dict  # the workspace, and for training the GPU set it holds
+    argv: list[str] | None  # the worker's command line after `python -m studio`
+    author: str
+    pid: int | None
+    done: int
+    total: int | None
+    created_at: str
+    started_at: str | None
+    ended_at: str | None
+    heartbeat: float | None
+    exit_code: int | None
+    log_path: str | None
+    result: dict | None
+    error: str | None
+    cancel_requested: bool
+    resumes: int | None
 
 
 class RunsMixin:
@@ -62,11 +87,11 @@ class RunsMixin:
                                (run_id,))
             return cur.rowcount == 1
 
-    def run(self, run_id: int) -> dict | None:
+    def run(self, run_id: int) -> RunRow | None:
         row = self.conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
         return _run_row(row) if row else None
 
-    def runs(self, *, kind: str | None = None, status: str | None = None, limit: int = 100) -> list[dict]:
+    def runs(self, *, kind: str | None = None, status: str | None = None, limit: int = 100) -> list[RunRow]:
         where, args = [], []
         for col, value in (("kind", kind), ("status", status)):
             if value:
@@ -76,7 +101,7 @@ class RunsMixin:
         rows = self.conn.execute(f"SELECT * FROM runs {clause} ORDER BY id DESC LIMIT ?", args + [limit]).fetchall()
         return [_run_row(r) for r in rows]
 
-    def active_runs(self) -> list[dict]:
+    def active_runs(self) -> list[RunRow]:
         return [_run_row(r) for r in self.conn.execute(
             "SELECT * FROM runs WHERE status IN ('queued', 'running') ORDER BY id")]
 
@@ -88,9 +113,9 @@ class RunsMixin:
             return int(cur.lastrowid)
 
 
-def _run_row(r) -> dict:
+def _run_row(r) -> RunRow:
     d = dict(r)
     for k in ("settings", "inputs", "result", "argv"):
         d[k] = json.loads(d[k]) if d[k] else ({} if k in ("settings", "inputs") else None)
     d["cancel_requested"] = bool(d["cancel_requested"])
-    return d
+    return d  # type: ignore[return-value]

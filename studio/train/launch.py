@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..runs.settings import RunSettings
+from ..store import RunRow
 from ..workspace import Workspace, writable_dir
 
 REPO = Path(__file__).resolve().parents[2]
@@ -189,7 +190,7 @@ def output_dir(ws: Workspace, name: str) -> Path:
     return ws.root / "training" / name
 
 
-def busy_with(ws: Workspace, devices: set[str], run_id: int | None = None) -> dict | None:
+def busy_with(ws: Workspace, devices: set[str], run_id: int | None = None) -> RunRow | None:
     """An earlier active training run holding any of ``devices`` (the later of two starts gives way)."""
     for r in ws.store.active_runs():
         if r["kind"] != "train" or r["id"] == run_id or (run_id is not None and r["id"] > run_id):
@@ -199,7 +200,7 @@ def busy_with(ws: Workspace, devices: set[str], run_id: int | None = None) -> di
     return None
 
 
-def held_devices(r: dict) -> set[str]:
+def held_devices(r: RunRow) -> set[str]:
     """The GPU set a training run holds (its inputs; runs recorded before kept it in their settings)."""
     return set((r["inputs"] or {}).get("device_set") or (r["settings"] or {}).get("device_set") or ["cpu"])
 
