@@ -458,36 +458,19 @@ END
 """
 
 
-#: the browse index as it is now (v2 columns and indexes, v3 caption index, v5 caption pointer, v10 stale)
-BROWSE_TABLE = """
-CREATE TABLE browse (
-    image_id INTEGER PRIMARY KEY REFERENCES images(id) ON DELETE CASCADE,
-    person_id INTEGER NOT NULL,
-    person_name TEXT NOT NULL,
-    status INTEGER NOT NULL DEFAULT 0,
-    reasons_mask INTEGER NOT NULL DEFAULT 0,
-    pose TEXT,
-    width INTEGER NOT NULL,
-    height INTEGER NOT NULL,
-    min_side INTEGER NOT NULL,
-    face_count INTEGER,
-    face_ratio REAL,
-    outlier INTEGER,
-    identity_sim REAL,
-    caption TEXT,
-    caption_status TEXT NOT NULL DEFAULT 'none',
-    caption_version INTEGER,
-    stale INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX browse_person ON browse(person_id, image_id);
-CREATE INDEX browse_by_name ON browse(person_name, image_id, status, reasons_mask, pose, min_side, face_ratio, outlier, caption_status);
-CREATE INDEX browse_by_ratio ON browse(face_ratio, image_id, status, reasons_mask, pose, min_side, person_id, outlier, caption_status);
-CREATE INDEX browse_by_side ON browse(min_side, image_id, status, reasons_mask, pose, face_ratio, person_id, outlier, caption_status);
-CREATE INDEX browse_by_sim ON browse(identity_sim, image_id, status, reasons_mask, pose, min_side, face_ratio, person_id, outlier, caption_status);
-CREATE INDEX browse_by_faces ON browse(face_count, image_id, status, reasons_mask, pose, min_side, face_ratio, person_id, outlier, caption_status);
-CREATE INDEX browse_filters ON browse(status, reasons_mask, pose, min_side, face_ratio, person_id, outlier, caption_status);
-CREATE INDEX browse_caption_status ON browse(caption_status, image_id)
-"""
+def browse_ddl() -> list[str]:
+    """The browse table and its indexes as the migrations leave them, read from a fresh schema built in
+    memory: today's shape is written once, in :data:`MIGRATIONS`, and an old workspace is rebuilt to it."""
+    mem = sqlite3.connect(":memory:")
+    try:
+        for v in range(1, SCHEMA_VERSION + 1):
+            for statement in split_sql(MIGRATIONS[v]):
+                mem.execute(statement)
+        rows = mem.execute("""SELECT sql FROM sqlite_master WHERE tbl_name = 'browse' AND type IN ('table', 'index')
+                              AND sql IS NOT NULL ORDER BY type = 'index', name""").fetchall()
+    finally:
+        mem.close()
+    return [sql for (sql,) in rows]
 
 #: Log every change of what Browse filters, sorts or pages on (a browse row, a tag), newest last.
 #: The last seq handed out is the browse index's version; the log keeps the last CHANGE_LOG_ROWS changes (each
@@ -540,7 +523,7 @@ def run_backfills(conn: sqlite3.Connection, from_version: int, refresh_browse: C
         [(i, text, json.dumps(check_caption(text)), added) for i, text, added in imported])
     # the browse index is derived data: rebuild it in today's shape (early v2 releases had fewer columns)
     conn.execute("DROP TABLE IF EXISTS browse")
-    for statement in split_sql(BROWSE_TABLE):
+    for statement in browse_ddl():
         conn.execute(statement)
     refresh_browse(conn)
     conn.execute(
