@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import shutil
 import signal
@@ -34,6 +35,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # studio/ and t
 
 from training.args import build_parser, check  # noqa: E402
 from training.data import FeatureCache, ManifestError, PairDataset, collate, manifest_sha256, read_manifest  # noqa: E402
+
+
+
+class _ToStdout(logging.Handler):
+    """Progress lines on stdout, where the studio and ``accelerate launch``'s caller read them (the stream
+    is looked up per line, so a caller that swaps stdout still gets them)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        sys.stdout.write(self.format(record) + "\n")
+        sys.stdout.flush()
+
+
+def _progress_logger():
+    """accelerate's logger (it logs on the main process only) writing bare lines to stdout."""
+    from accelerate.logging import get_logger
+
+    base = logging.getLogger("train_instantid")
+    if not base.handlers:
+        base.addHandler(_ToStdout())
+        base.setLevel(logging.INFO)
+        base.propagate = False
+    return get_logger("train_instantid")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -202,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
                               mixed_precision=args.mixed_precision,
                               project_config=ProjectConfiguration(project_dir=str(output_dir)))
     set_seed(args.seed)
+    logger = _progress_logger()
     try:
         samples = read_manifest(args.train_data, args.data_root)
         val_samples = read_manifest(args.validation_data)[: args.num_validation_images] if args.validation_data \
@@ -273,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.resume_from_checkpoint:
         found = checkpoints(output_dir) if args.resume_from_checkpoint == "latest" else [Path(args.resume_from_checkpoint)]
         if found and found[-1].is_dir():
-            accelerator.print(f"resuming from {found[-1]}")
+            logger.info(f"resuming from {found[-1]}")
             accelerator.load_state(str(found[-1]))
             global_step = int(found[-1].name.split("-")[1])
             first_epoch, skip = divmod(global_step, steps_per_epoch)
@@ -281,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: checkpoint {args.resume_from_checkpoint} does not exist", file=sys.stderr)
             return 2
         else:
-            accelerator.print("no checkpoint yet: starting from step 0")
+            logger.info("no checkpoint yet: starting from step 0")
 
     stop = {"signal": False}
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -292,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     scheduler = parts["noise_scheduler"]
     unwrapped = accelerator.unwrap_model(model)
     started, stopped, losses = time.time(), False, []
-    accelerator.print(f"training {len(samples)} pairs on {accelerator.num_processes} process(es), "
+    logger.info(f"training {len(samples)} pairs on {accelerator.num_processes} process(es), "
                       f"{args.max_train_steps} steps, batch {args.train_batch_size} x {accelerator.num_processes} "
                       f"x {args.gradient_accumulation_steps}, {accelerator.mixed_precision} precision")
     pending = None
@@ -305,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
                    "peak_memory_gb": round(peak_memory_gb(accelerator.device), 3)}
             metrics.write(json.dumps(row) + "\n")
             metrics.flush()
-            print(f"step {step}/{args.max_train_steps} loss {losses[-1]:.5f} lr {row['lr']:.3g}", flush=True)
+            logger.info(f"step {step}/{args.max_train_steps} loss {losses[-1]:.5f} lr {row['lr']:.3g}")
 
     epoch = first_epoch
     while global_step < args.max_train_steps and not stopped:
@@ -368,11 +392,11 @@ def main(argv: list[str] | None = None) -> int:
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if stopped:
-            print(f"stopped at step {global_step}: checkpoint saved; resume with --resume_from_checkpoint latest")
+            logger.info(f"stopped at step {global_step}: checkpoint saved; resume with --resume_from_checkpoint latest")
         else:
             save_trainable(unwrapped, output_dir)
             write_card(args, output_dir, global_step, losses, accelerator, len(samples), time.time() - started)
-            print(f"done: {global_step} steps; weights in {output_dir}")
+            logger.info(f"done: {global_step} steps; weights in {output_dir}")
         if metrics:
             metrics.write(json.dumps({"step": global_step, "status": "stopped" if stopped else "done"}) + "\n")
             metrics.close()
@@ -421,7 +445,7 @@ def fill_cache(accelerator, parts, cache: FeatureCache, samples, resolution: int
     """Encode what the cache lacks; each process takes every N-th sample, then all wait."""
     todo = cache.missing(range(accelerator.process_index, len(samples), accelerator.num_processes))
     if todo:
-        accelerator.print(f"caching latents and text embeddings of {len(samples)} samples")
+        _progress_logger().info(f"caching latents and text embeddings of {len(samples)} samples")
     plain = PairDataset(samples, resolution)
     with torch.no_grad():
         for idx in todo:
