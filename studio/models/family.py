@@ -1,4 +1,4 @@
-"""What the studio needs of a FaceID model family, and the families it knows.
+"""What the studio needs of a FaceID model family (``registry`` lists the families it knows).
 
 The paper compares two families fine-tuned on the same data (InstantID, Table 2; IP-Adapter,
 Table 3). Generation, evaluation and training reach a family only through :class:`Family`: which
