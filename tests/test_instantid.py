@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 
 from studio.models import (SDXL_UNET_CONFIG, STYLES, CheckpointError, GenerationSettings, MissingWeightsError,
-                              ModelCache, ModelSpec, OutOfMemory, ResamplerShape, apply_style, check_ip_adapter,
-                              ip_adapter_layout, load_instantid, missing_weights, photo_framing, route_face_tokens)
+                           ModelCache, ModelSpec, OutOfMemory, ResamplerShape, apply_style, check_ip_adapter,
+                           ip_adapter_layout, load_instantid, missing_weights, photo_framing, route_face_tokens)
 
 S = GenerationSettings(prompt="a smiling person", steps=2, width=64, height=64, guidance=5.0, seed=3)
 EMB = np.random.default_rng(0).normal(size=512).astype(np.float32) * 8
@@ -378,3 +378,28 @@ def test_memory_options_for_small_gpus(tiny_spec, monkeypatch):
     monkeypatch.setenv("STUDIO_DTYPE", "float8")
     with pytest.raises(ValueError, match="STUDIO_DTYPE must be float16, bfloat16 or float32"):
         ModelCache("cpu")
+
+
+def test_the_instantid_family_saves_what_it_loads(tiny_spec, tmp_path):
+    """The family interface the studio reaches a model through: weights check, load on a base, save in the
+    official layout; what it saves loads back through the same family with the same weights."""
+    from studio.models import FAMILIES, family_of, ip_adapter_state_dict
+
+    family = family_of(tiny_spec)
+    assert family is FAMILIES["InstantID"] and family.trainable == ("Resampler", "IP-adapter", "IdentityNet")
+    assert family.missing_weights(tiny_spec) == []
+    assert family.missing_weights(dataclasses.replace(tiny_spec, ip_adapter=str(tmp_path / "none")))  # named, not raised
+    model = family.load(tiny_spec, "cpu")
+    with torch.no_grad():  # a fine-tuning step's worth of change, so the check cannot pass on the released weights
+        model.pipe.controlnet.conv_in.weight.add_(0.5)
+        next(iter(model.pipe.unet.encoder_hid_proj.parameters())).add_(0.5)
+    family.save_official(tmp_path / "out", model.pipe.unet, model.pipe.controlnet)
+    assert (tmp_path / "out" / "ip-adapter.bin").is_file() and (tmp_path / "out" / "ControlNetModel").is_dir()
+    again = family.load(dataclasses.replace(tiny_spec, identitynet=str(tmp_path / "out"),
+                                            ip_adapter=str(tmp_path / "out")), "cpu")
+    saved, loaded = ip_adapter_state_dict(model.pipe.unet), ip_adapter_state_dict(again.pipe.unet)
+    for part in ("image_proj", "ip_adapter"):
+        assert all(torch.equal(saved[part][k], loaded[part][k]) for k in saved[part])
+    assert all(torch.equal(a, b) for a, b in zip(model.pipe.controlnet.state_dict().values(),
+                                                  again.pipe.controlnet.state_dict().values()))
+    assert pixels(model(EMB, kps_image(), S)).tolist() == pixels(again(EMB, kps_image(), S)).tolist()

@@ -15,7 +15,7 @@ from conftest import REPO, studio_cli
 from PIL import Image
 
 from studio.models import (ModelSpec, copy_ip_adapter_state_, init_ip_adapter_state, ip_adapter_state_dict,
-                              load_instantid)
+                           load_instantid)
 
 SCRIPT = REPO / "training" / "train_instantid.py"
 ENV = {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}

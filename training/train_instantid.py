@@ -95,8 +95,8 @@ def load_models(args):
     from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection
 
     from studio.models import (CheckpointError, MissingWeightsError, ResamplerShape, check_ip_adapter,
-                                  init_ip_adapter_state, load_ip_adapter_state, local_base_dir, local_identitynet_dir,
-                                  local_ip_adapter_file)
+                               init_ip_adapter_state, load_ip_adapter_state, local_base_dir, local_identitynet_dir,
+                               local_ip_adapter_file)
 
     base = local_base_dir(args.pretrained_model_name_or_path)
     if base is None or not (base / "model_index.json").is_file():

@@ -49,6 +49,7 @@ class EvalConfig(RunSettings):
     KIND = "evaluate"
     LABEL = "evaluation"
     CLI_NAMES = {"testsets": "testset", "models": "model"}
+    CLI_JOINED = frozenset({"lambdas"})
 
     testsets: list[str]
     models: list[str]

@@ -26,6 +26,8 @@ class RunSettings:
     LABEL: ClassVar[str] = ""
     #: fields whose command-line option has another destination name (field -> dest)
     CLI_NAMES: ClassVar[dict[str, str]] = {}
+    #: list fields written as one comma-separated option (others repeat their option per item)
+    CLI_JOINED: ClassVar[frozenset[str]] = frozenset()
 
     def validate(self) -> None:
         """Refuse values the types allow but the stage does not (ValueError naming the field)."""
@@ -88,10 +90,10 @@ class RunSettings:
                 out.append(action.option_strings[0 if value else 1])  # --x / --no-x
             elif isinstance(value, bool):
                 out += [flag] if value else []
-            elif isinstance(value, list) and isinstance(action, argparse._AppendAction):
-                out += [a for v in value for a in (flag, str(v))]
-            elif isinstance(value, list):
+            elif isinstance(value, list) and f.name in self.CLI_JOINED:
                 out += [flag, ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)]
+            elif isinstance(value, list):
+                out += [a for v in value for a in (flag, str(v))]
             else:
                 out += [flag, repr(value) if isinstance(value, float) else str(value)]
         return positional + out + rest

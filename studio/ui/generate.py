@@ -13,7 +13,7 @@ import gradio as gr
 
 from ..models.generate import DEFAULT_SWEEP, generate_run, registered_models
 from ..models import (DEFAULT_STYLE, DEMO_NEGATIVE_PROMPT, FAST_GUIDANCE, FAST_STEPS, SCHEDULERS, STYLES,
-                         GenerationSettings, missing_weights)
+                      GenerationSettings, missing_weights)
 from ..validate import parse_id
 from ..models.zerogpu import gpu_function
 from .access import StudioContext, username
