@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import gradio as gr
 
@@ -53,6 +53,8 @@ class Wiring:
     """The events and endpoints of one app, bound against its context."""
 
     ctx: StudioContext
+    #: one guarded handler per handler and check: an event bound to two triggers keeps one function
+    _guarded: dict = field(default_factory=dict, init=False, repr=False)
 
     def on(self, trigger: Callable, fn: Callable, inputs=None, outputs=None, *, role: str | None = ADMIN,
            quiet: bool = False, **kwargs):
@@ -65,6 +67,8 @@ class Wiring:
         if role is not None and not _takes_request(fn):
             raise TypeError(f"{fn.__qualname__} is bound with a role check but takes no gr.Request")
         n = _count(outputs)
+        if (fn, role, quiet, n) in self._guarded:
+            return self._guarded[(fn, role, quiet, n)]
 
         @functools.wraps(fn)
         def handler(*args, **kw):
@@ -79,6 +83,7 @@ class Wiring:
                 gr.Warning(str(exc))
                 return _keep(n)
 
+        self._guarded[(fn, role, quiet, n)] = handler
         return handler
 
     def api(self, fn: Callable, name: str, *, role: str | None = ADMIN, **kwargs) -> None:
