@@ -408,6 +408,18 @@ def tiny_spec(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_faceid_spec(tmp_path_factory, tiny_spec):
+    """A tiny IP-Adapter-FaceID on the tiny SDXL base, its adapter in the release's file name and layout."""
+    import dataclasses
+
+    from studio.models import FACEID
+    from tiny_models import build_tiny_faceid
+
+    root = built_once(tmp_path_factory, "tiny_faceid", lambda d: build_tiny_faceid(d, tiny_spec.base))
+    return dataclasses.replace(tiny_spec, name="tiny-faceid", family=FACEID, identitynet="", ip_adapter=str(root))
+
+
+@pytest.fixture(scope="session")
 def tiny_clip_dir(tmp_path_factory) -> Path:
     """A tiny open_clip model in a folder laid out like a hub repo (config + weights)."""
     from tiny_models import build_tiny_clip

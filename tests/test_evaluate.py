@@ -197,3 +197,29 @@ def test_evaluate_refuses_a_face_pack_the_model_was_not_trained_on(eval_ws, tiny
                "--height", "64", "--clip-model", str(tiny_clip_dir), "--clip-pretrained", "", "--device", "cpu",
                "--lambdas", "0.5")
     assert out.returncode == 2 and "trained on 'antelopev2' face embeddings" in out.stderr
+
+
+@pytest.mark.slow
+def test_one_run_holds_both_families_and_a_study_of_it_rates_both(eval_ws, tiny_faceid_spec, tiny_clip_dir):
+    """An InstantID model and an IP-Adapter-FaceID model in one evaluation run: Table 2 has a row for each,
+    and a study built from the run gives Table 3 rows for each."""
+    from studio.codes import CRITERIA, StudyStatus
+    from studio.human import studies as he
+
+    ws = eval_ws
+    register_model(ws, tiny_faceid_spec)
+    build_testset(ws, "custom", "customization", persons=["obama"], ask=["smiling"], per_person=2)
+    run_id, res = _run(ws, _config(tiny_clip_dir, models=["tiny", "tiny-faceid"], lambdas=[0.8]))
+    assert [(r["model"], r["n"]) for r in res["table"]] == [("tiny", 2), ("tiny-faceid", 2)]
+    assert "d_clip_t" in res["table"][1]  # paired against the first model, on the same items and seeds
+    families = {g["model"]: g["model_spec"].get("family", "InstantID") for g in ws.store.generations()}
+    assert families == {"tiny": "InstantID", "tiny-faceid": "IP-Adapter-FaceID"}
+
+    made = he.create_study(ws, "both", he.samples_from_generations(ws, eval_run=run_id), ["ann"], per_item=1)
+    he.set_status(ws, "both", StudyStatus.OPEN)
+    sid = he.get_study(ws, "both")["id"]
+    for position in range(1, made["items"] + 1):
+        he.save(ws, sid, "ann", position, {c: 4 if position % 2 else 2 for c in CRITERIA})
+    rows = he.results(ws, "both")["table3"]
+    assert {r["model"] for r in rows} == {"tiny", "tiny-faceid"}
+    assert all(r["n"] == 2 for r in rows) and len(rows) == 2 * len(CRITERIA)

@@ -102,6 +102,42 @@ def build_tiny_instantid(root: Path, seed: int = 0) -> Path:
     return root
 
 
+def random_faceid(unet, seed: int = 0, scale: float = 0.2, lora_rank: int = 4) -> dict:
+    """Random weights in the IP-Adapter-FaceID release layout for ``unet``, with the release's LoRA keys
+    in ``ip_adapter`` as well (the studio accepts them and loads the LoRA from its own file)."""
+    import torch
+
+    from studio.models import faceid_layout
+
+    g = torch.Generator().manual_seed(seed)
+    state = {part: {k: torch.randn(shape, generator=g) * scale for k, shape in keys.items()}
+             for part, keys in faceid_layout(unet).items()}
+    state["image_proj"]["norm.weight"] = 1.0 + state["image_proj"]["norm.weight"]  # LayerNorm gains near 1
+    for n, width in enumerate(_cross_widths(unet)):
+        for proj in ("to_q", "to_k", "to_v", "to_out"):
+            state["ip_adapter"][f"{2 * n + 1}.{proj}_lora.down.weight"] = torch.randn(lora_rank, width, generator=g)
+            state["ip_adapter"][f"{2 * n + 1}.{proj}_lora.up.weight"] = torch.zeros(width, lora_rank)
+    return state
+
+
+def _cross_widths(unet) -> list[int]:
+    from studio.models.faceid import cross_attention_widths
+
+    return cross_attention_widths(unet)
+
+
+def build_tiny_faceid(root: Path, base: Path, seed: int = 0) -> Path:
+    """Write ip-adapter-faceid_sdxl.bin (the release's name and layout) for the tiny SDXL in ``base``."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    root = Path(root)
+    if not (root / "ip-adapter-faceid_sdxl.bin").exists():
+        unet = UNet2DConditionModel.from_pretrained(Path(base) / "unet")
+        torch.save(random_faceid(unet, seed), root / "ip-adapter-faceid_sdxl.bin")
+    return root
+
+
 def build_tiny_lora(unet, out: Path, seed: int = 0) -> Path:
     """A LoRA for the tiny UNet's attention projections, saved by diffusers' own LoRA writer in the
     layout of SDXL's LCM-LoRA (``pytorch_lora_weights.safetensors``); random, so it changes the output."""

@@ -23,13 +23,17 @@ def cmd_models(args) -> int:
 
 
 def cmd_register_model(args) -> int:
+    from ..models import FAMILIES, ModelSpec, family_of
     from ..models.generate import register_model
-    from ..models import ModelSpec, missing_weights
 
-    spec = ModelSpec(args.name, base=args.base, identitynet=args.identitynet, ip_adapter=args.ip_adapter,
-                     face_pack=args.trained_face_pack, lcm_lora=args.lcm_lora)
+    if args.family == "InstantID" and not args.identitynet:
+        raise ValueError("an InstantID model needs --identitynet")
+    if args.family not in FAMILIES:
+        raise ValueError(f"--family must be one of {', '.join(FAMILIES)}")
+    spec = ModelSpec(args.name, base=args.base, identitynet=args.identitynet or "", ip_adapter=args.ip_adapter,
+                     face_pack=args.trained_face_pack, lcm_lora=args.lcm_lora, family=args.family, lora=args.lora or "")
     register_model(open_workspace(args), spec)
-    print_result({"registered": spec.to_dict(), "missing": missing_weights(spec)}, args.json)
+    print_result({"registered": spec.to_dict(), "missing": family_of(spec).missing_weights(spec)}, args.json)
     return 0
 
 
@@ -75,17 +79,25 @@ def cmd_generate(args) -> int:
 def add_commands(sub, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("models", parents=[common], help="show the face pack in use, or download weights")
     p.add_argument("--face-pack", default=face_pack_spec(), help="pack to resolve (default: auto)")
-    p.add_argument("--download", choices=["antelopev2", "sdxl", "instantid", "crossfaceid", "lcm-lora"], default=None,
+    p.add_argument("--download", choices=["antelopev2", "sdxl", "instantid", "crossfaceid", "ip-adapter-faceid",
+                                          "lcm-lora"], default=None,
                    help="download into the hub cache: the antelopev2 face pack, the SDXL base (fp16 files only), "
-                        "InstantID or CrossFaceID (IdentityNet + adapter), or SDXL's LCM-LoRA (fast mode)")
+                        "InstantID or CrossFaceID (IdentityNet + adapter), IP-Adapter-FaceID (adapter + its LoRA), "
+                        "or SDXL's LCM-LoRA (fast mode)")
     p.set_defaults(func=cmd_models)
 
-    p = sub.add_parser("register-model", parents=[common], help="add an InstantID model (hub ids or local paths) for generation")
+    p = sub.add_parser("register-model", parents=[common],
+                       help="add an InstantID or IP-Adapter-FaceID model (hub ids or local paths) for generation")
     p.add_argument("name", help="name shown in the Generate tab")
+    p.add_argument("--family", default="InstantID", help="InstantID (default) or IP-Adapter-FaceID")
     p.add_argument("--base", default="stabilityai/stable-diffusion-xl-base-1.0", help="SDXL base: hub id or diffusers folder")
-    p.add_argument("--identitynet", required=True, help="hub id or folder holding ControlNetModel/ (or the ControlNetModel folder)")
+    p.add_argument("--identitynet", default=None,
+                   help="InstantID: hub id or folder holding ControlNetModel/ (or the ControlNetModel folder)")
     p.add_argument("--ip-adapter", required=True,
-                   help="hub id or folder holding ip-adapter.bin or pytorch_model.bin (or the file)")
+                   help="hub id or folder holding the adapter (InstantID: ip-adapter.bin or pytorch_model.bin; "
+                        "IP-Adapter-FaceID: ip-adapter-faceid_sdxl.bin), or the file")
+    p.add_argument("--lora", default=None,
+                   help="IP-Adapter-FaceID: hub id, folder or file of its LoRA (ip-adapter-faceid_sdxl_lora.safetensors)")
     p.add_argument("--trained-face-pack", default="antelopev2",
                    help="face pack the model was trained on (default antelopev2, as the released models)")
     p.add_argument("--lcm-lora", default="latent-consistency/lcm-lora-sdxl",

@@ -228,7 +228,7 @@ def generate_samples(ws: Workspace, todo: list[PlanEntry], cfg: EvalConfig, run_
                      cache=None) -> None:
     """Generate and record each missing sample (one commit per sample: a killed run keeps what it made)."""
     from ..models.generate import FaceCondition, control_inputs
-    from ..models import load_instantid
+    from ..models import family_of
 
     todo = sorted(todo, key=lambda p: p.spec.name)  # model by model: one SDXL in memory at a time
     loaded: dict = {}
@@ -238,7 +238,7 @@ def generate_samples(ws: Workspace, todo: list[PlanEntry], cfg: EvalConfig, run_
         elif spec.name not in loaded:
             loaded.clear()
             _free_memory()
-            model = loaded[spec.name] = load_instantid(spec, cfg.device)
+            model = loaded[spec.name] = family_of(spec).load(spec, cfg.device)
         else:
             model = loaded[spec.name]
         f = item["face"]

@@ -53,7 +53,7 @@ class ModelCache:
             with self._lock:
                 if key in self._models:
                     return self._models[key]
-            base = None if self.offload else self._base(spec)
+            base = None if self.offload or spec.lora else self._base(spec)  # a LoRA changes its UNet
             model = family.load(spec, self.device, self.dtype, base=base, offload=self.offload,
                                    vae_tiling=self.vae_tiling)
             with self._lock:

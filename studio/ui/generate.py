@@ -13,7 +13,7 @@ import gradio as gr
 
 from ..models.generate import DEFAULT_SWEEP, generate_run, registered_models
 from ..models import (DEFAULT_STYLE, DEMO_NEGATIVE_PROMPT, FAST_GUIDANCE, FAST_STEPS, SCHEDULERS, STYLES,
-                      GenerationSettings, missing_weights)
+                      INSTANTID, GenerationSettings, missing_weights)
 from ..validate import parse_id
 from ..models.zerogpu import gpu_function
 from .access import StudioContext, username
@@ -110,7 +110,8 @@ def weights_status(ctx: StudioContext) -> tuple[str, list[str]]:
     for name, spec in models.items():
         missing = missing_weights(spec)
         state = "ready" if not missing else "missing weights:\n" + "\n".join(f"    - {m}" for m in missing)
-        lines.append(f"- **{name}** (face pack {spec.face_pack}): {state}")
+        family = "" if spec.family == INSTANTID else f"{spec.family}, "
+        lines.append(f"- **{name}** ({family}face pack {spec.face_pack}): {state}")
     return "**Models**\n" + "\n".join(lines), list(models)
 
 
@@ -120,6 +121,14 @@ def models_update(ctx: StudioContext, chosen: list[str] | None = None) -> tuple[
     status, names = weights_status(ctx)
     ready = [n for n in names if not missing_weights(models[n])]
     return status, gr.CheckboxGroup(choices=names, value=[n for n in chosen or [] if n in names] or (ready or names)[:1])
+
+
+def family_controls(ctx: StudioContext, chosen: list[str] | None) -> tuple:
+    """The IdentityNet's controls (its strength, a pose photo) only while an InstantID model is chosen: an
+    IP-Adapter-FaceID model has no IdentityNet and no keypoints."""
+    models = registered_models(ctx.ws)
+    shown = not chosen or any(models[n].family == INSTANTID for n in chosen if n in models)
+    return gr.Slider(visible=shown), gr.Image(visible=shown), gr.Textbox(visible=shown)
 
 
 @gpu_function(duration=180)
@@ -225,6 +234,11 @@ def wire(ctx: StudioContext, t: GenerateTab) -> None:
         return models_update(ctx, chosen)
 
     w.on(t.tab.select, on_open, [t.models], [t.weights, t.models])
+
+    def on_models(request: gr.Request, chosen):
+        return family_controls(ctx, chosen)
+
+    w.on(t.models.change, on_models, [t.models], [t.strength, t.pose, t.pose_image_id])
 
     def generate_api(request: gr.Request, prompt: str, models: list[str], image_id: int | None = None,
                      ip_scale: float = 0.8, sweep: str = "", negative_prompt: str | None = None,

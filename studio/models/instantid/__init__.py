@@ -15,19 +15,19 @@ masks the IdentityNet residuals (the hook) and the λ term (diffusers' ``ip_adap
 from __future__ import annotations
 
 from ..family import Family
-from .convert import (copy_ip_adapter_state_, init_ip_adapter_state, ip_adapter_state_dict, load_ip_adapter_state,
+from .convert import (copy_ip_adapter_state_, init_ip_adapter_state, ip_adapter_state_dict,
                       save_official)
 from .layout import (IDENTITYNET_SUBFOLDER, IP_ADAPTER_FILE, RELEASE_IDENTITYNET_SUBFOLDER, RELEASE_IP_ADAPTER_FILE,
                      SDXL_UNET_CONFIG, ResamplerShape, check_ip_adapter, ip_adapter_layout)
 from .load import load_instantid
-from .pipeline import AdapterSlot, InstantID, route_face_tokens
+from .pipeline import InstantID, route_face_tokens
 from .weights import local_identitynet_dir, local_ip_adapter_file, missing_weights
 
 FAMILY = Family(name="InstantID", trainable=("Resampler", "IP-adapter", "IdentityNet"), missing_weights=missing_weights,
                 load=load_instantid, save_official=save_official)
 
 __all__ = ["FAMILY", "IDENTITYNET_SUBFOLDER", "IP_ADAPTER_FILE", "RELEASE_IDENTITYNET_SUBFOLDER", "RELEASE_IP_ADAPTER_FILE", "SDXL_UNET_CONFIG",
-           "AdapterSlot", "InstantID", "ResamplerShape", "check_ip_adapter", "copy_ip_adapter_state_",
+           "InstantID", "ResamplerShape", "check_ip_adapter", "copy_ip_adapter_state_",
            "init_ip_adapter_state", "ip_adapter_layout", "ip_adapter_state_dict", "load_instantid",
-           "load_ip_adapter_state", "local_identitynet_dir", "local_ip_adapter_file", "missing_weights",
+           "local_identitynet_dir", "local_ip_adapter_file", "missing_weights",
            "route_face_tokens", "save_official"]

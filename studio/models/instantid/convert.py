@@ -94,26 +94,6 @@ def init_ip_adapter_state(unet, shape: ResamplerShape = ResamplerShape(), seed: 
     return {"image_proj": image_proj, "ip_adapter": ip}
 
 
-def load_ip_adapter_state(path: Path) -> dict:
-    """An adapter file as ``{'image_proj': ..., 'ip_adapter': ...}``; flat ``image_proj.<key>`` layouts are nested."""
-    import torch
-
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        flat = load_file(str(path))
-    else:
-        flat = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(flat, dict) and {"image_proj", "ip_adapter"} <= set(flat):
-        return flat
-    state: dict = {"image_proj": {}, "ip_adapter": {}}
-    for k, v in (flat.items() if isinstance(flat, dict) else ()):
-        part, _, rest = k.partition(".")
-        if part in state:
-            state[part][rest] = v
-    return state if state["image_proj"] or state["ip_adapter"] else flat
-
-
 def save_official(out: Path, unet, identitynet) -> None:
     """A trained InstantID in the official layout: ``ip-adapter.bin`` and ``ControlNetModel/`` (what
     :func:`~studio.models.instantid.load.load_instantid`, InstantID's own code and the paper's trainer read)."""

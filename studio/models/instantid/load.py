@@ -2,12 +2,12 @@
 and loaded with diffusers' own loader, on a shared SDXL base or its own."""
 from __future__ import annotations
 
+from ..adapter import install_adapter, load_ip_adapter_state
 from ..base import SharedBase, load_base, pick_device
 from ..errors import MissingWeightsError
 from ..spec import ModelSpec
-from .convert import load_ip_adapter_state
 from .layout import check_ip_adapter
-from .pipeline import AdapterSlot, InstantID
+from .pipeline import InstantID
 from .weights import local_identitynet_dir, local_ip_adapter_file, missing_weights
 
 
@@ -37,17 +37,4 @@ def load_instantid(spec: ModelSpec, device: str | None = None, dtype=None, base:
     controlnet = ControlNetModel.from_pretrained(str(local_identitynet_dir(spec.identitynet)), dtype=dtype)
     pipe = StableDiffusionXLControlNetPipeline(**base.components, controlnet=controlnet,
                                                force_zeros_for_empty_prompt=base.force_zeros_for_empty_prompt)
-    with base.lock:
-        if pipe.unet.encoder_hid_proj is not None:  # another model's adapter is in the shared UNet
-            pipe.unload_ip_adapter()
-        pipe.load_ip_adapter(state, subfolder="", weight_name="", image_encoder_folder=None)
-        if offload:
-            pipe.enable_model_cpu_offload(device=dev)
-        else:
-            pipe.to(dev)
-        slot = AdapterSlot(pipe.unet.encoder_hid_proj, {name[: -len(".processor")]: proc for name, proc in
-                                                        pipe.unet.attn_processors.items()
-                                                        if not name.startswith("encoder_hid_proj")})
-        base.models += 1
-    pipe.set_progress_bar_config(disable=True)
-    return InstantID(pipe, spec, slot, base)
+    return InstantID(pipe, spec, install_adapter(pipe, base, state, dev, offload), base)

@@ -1,0 +1,38 @@
+"""Assembling IP-Adapter-FaceID on diffusers: SDXL + the FaceID adapter, checked and loaded with
+diffusers' own loader (and the adapter's LoRA with its LoRA loader), on a shared SDXL base or its own."""
+from __future__ import annotations
+
+from ..adapter import install_adapter, load_ip_adapter_state
+from ..base import SharedBase, load_base, pick_device
+from ..errors import MissingWeightsError
+from ..spec import ModelSpec
+from .layout import check_faceid
+from .pipeline import FaceID
+from .weights import local_faceid_file, local_lora_file, missing_weights
+
+
+def load_faceid(spec: ModelSpec, device: str | None = None, dtype=None, base: SharedBase | None = None,
+                offload: bool = False, vae_tiling: bool = False) -> FaceID:
+    """The stock SDXL pipeline with the FaceID adapter from hub ids or local paths (fp16 on GPU, fp32 on CPU)."""
+    import torch
+    from diffusers import StableDiffusionXLPipeline
+
+    missing = missing_weights(spec)
+    if missing:
+        raise MissingWeightsError(f"model '{spec.name}' is missing weights:\n- " + "\n- ".join(missing))
+    dev = pick_device(device)
+    if offload and dev.type == "cpu":
+        raise ValueError("CPU offload moves parts between the GPU and the CPU: it needs a GPU (device cuda)")
+    dtype = dtype or (torch.float16 if dev.type == "cuda" else torch.float32)
+    if base is None:
+        base = load_base(spec.base, "cpu" if offload else str(dev), dtype, vae_tiling)
+    state = load_ip_adapter_state(local_faceid_file(spec.ip_adapter))
+    check_faceid(state, base.components["unet"])
+    state = {part: {k: v.to(dtype) for k, v in d.items()} for part, d in state.items()}
+    pipe = StableDiffusionXLPipeline(**base.components, force_zeros_for_empty_prompt=base.force_zeros_for_empty_prompt)
+    if spec.lora:
+        if base.models:
+            raise ValueError(f"model '{spec.name}' brings a LoRA into the UNet: load it on an SDXL base of its own")
+        f = local_lora_file(spec.lora)
+        pipe.load_lora_weights(str(f.parent), weight_name=f.name, adapter_name="faceid")
+    return FaceID(pipe, spec, install_adapter(pipe, base, state, dev, offload), base)
