@@ -10,13 +10,17 @@ DESCRIPTION = "Fine-tune InstantID on cross-training pairs (CrossFaceID, §4.2.1
 def build_parser(parser_class: type[argparse.ArgumentParser] = argparse.ArgumentParser) -> argparse.ArgumentParser:
     p = parser_class(description=DESCRIPTION)
     g = p.add_argument_group("models")
+    g.add_argument("--family", choices=["InstantID", "IP-Adapter-FaceID"], default="InstantID",
+                   help="InstantID (Resampler + IP layers + IdentityNet trained) or IP-Adapter-FaceID (face projection "
+                        "+ IP layers trained, no IdentityNet)")
     g.add_argument("--pretrained_model_name_or_path", required=True, help="SDXL base: a diffusers folder or hub id")
     g.add_argument("--identitynet", default="unet",
                    help="a folder holding ControlNetModel/ (or that folder), a hub id, or 'unet' to start from the UNet")
     g.add_argument("--identitynet_conditioning_channels", default="16,32,96,256",
                    help="conditioning embedding channels when the IdentityNet starts from the UNet")
     g.add_argument("--ip_adapter", default="init",
-                   help="an ip-adapter.bin (or a folder/hub id holding one), or 'init' for a fresh adapter")
+                   help="the adapter file (InstantID: ip-adapter.bin; IP-Adapter-FaceID: ip-adapter-faceid_sdxl.bin) or "
+                        "a folder/hub id holding it, or 'init' for a fresh adapter")
     g.add_argument("--resampler_dim", type=int, default=1280, help="Resampler width for --ip_adapter init")
     g.add_argument("--resampler_queries", type=int, default=16, help="face tokens for --ip_adapter init")
     g = p.add_argument_group("data")

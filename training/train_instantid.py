@@ -11,9 +11,12 @@ the IP layers. Loss: MSE on the noise (or velocity). Launch it the way accelerat
         --identitynet InstantX/InstantID --ip_adapter InstantX/InstantID \\
         --train_data pairs/train.jsonl --output_dir out/crossfaceid
 
+``--family IP-Adapter-FaceID`` fine-tunes the paper's other family instead: the face projection and
+the IP layers are trained, everything else (no IdentityNet) is frozen, on the same manifest.
+
 Final weights: ``<output_dir>/ip-adapter.bin`` (the official layout) and
-``<output_dir>/ControlNetModel/``, which ``studio.models.load_instantid`` loads, plus a
-training card. Writing a file named ``STOP`` into the output dir (or SIGTERM) makes every process
+``<output_dir>/ControlNetModel/``, which ``studio.models.load_instantid`` loads (IP-Adapter-FaceID:
+``<output_dir>/ip-adapter-faceid_sdxl.bin``, the release's layout), plus a training card. Writing a file named ``STOP`` into the output dir (or SIGTERM) makes every process
 save a checkpoint and exit cleanly; ``--resume_from_checkpoint latest`` goes on from there.
 """
 from __future__ import annotations
@@ -89,6 +92,53 @@ class InstantIDTrainer(torch.nn.Module):
         return [p for p in self.parameters() if p.requires_grad]
 
 
+class FaceIDTrainer(torch.nn.Module):
+    """IP-Adapter-FaceID: the UNet (frozen) with its trainable face projection and IP layers; no IdentityNet.
+
+    ``carry``: the starting checkpoint's ``ip_adapter`` keys nobody trains (the release's LoRA), saved back
+    as they were so that the release's own loader, which loads every key, finds them."""
+
+    controlnet = None
+
+    def __init__(self, unet, carry: dict | None = None):
+        super().__init__()
+        self.unet, self.carry = unet, carry or {}
+
+    def forward(self, noisy, timesteps, prompt_embeds, pooled, time_ids, face_embeds, kps_image=None):
+        image_embeds = [face_embeds[:, None, None, :]]  # (B, 1, 1, 512), as diffusers' IP-adapter takes them
+        return self.unet(noisy, timesteps, encoder_hidden_states=prompt_embeds,
+                         added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids, "image_embeds": image_embeds},
+                         return_dict=False)[0]
+
+    def trainable(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+
+def load_faceid_adapter(args, unet) -> dict:
+    """The FaceID adapter to start from (a fresh one for 'init'), checked against the UNet; returns the
+    keys to carry (the release's LoRA) after loading the rest into the UNet."""
+    from studio.models import CheckpointError, MissingWeightsError, check_faceid, load_ip_adapter_state
+    from studio.models.faceid import init_faceid_state, local_faceid_file
+    from studio.models.faceid.layout import LORA_KEY
+
+    if args.ip_adapter == "init":
+        state = init_faceid_state(unet, seed=args.seed)
+    else:
+        path = local_faceid_file(args.ip_adapter)
+        if path is None or not path.is_file():
+            raise MissingWeightsError(f"IP-Adapter-FaceID {args.ip_adapter!r} has no ip-adapter-faceid_sdxl.bin here; "
+                                      "pass the file, a folder holding it, or 'init' to start a fresh adapter")
+        state = load_ip_adapter_state(path)
+        try:
+            check_faceid(state, unet)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{path}: {exc}. A base model without IP layers starts with --ip_adapter init") from None
+    carry = {k: v for k, v in state["ip_adapter"].items() if LORA_KEY.fullmatch(k)}
+    unet._load_ip_adapter_weights([{"image_proj": state["image_proj"],
+                                    "ip_adapter": {k: v for k, v in state["ip_adapter"].items() if k not in carry}}])
+    return carry
+
+
 def load_models(args):
     """SDXL parts + IdentityNet + IP-adapter, resolved like the studio resolves models (local or hub cache)."""
     from diffusers import AutoencoderKL, ControlNetModel, DDPMScheduler, UNet2DConditionModel
@@ -112,6 +162,10 @@ def load_models(args):
         "noise_scheduler": DDPMScheduler.from_pretrained(base / "scheduler"),
     }
     unet = parts["unet"]
+    if args.family == "IP-Adapter-FaceID":
+        parts["carry"] = load_faceid_adapter(args, unet)
+        parts["controlnet"] = None
+        return parts
     if args.identitynet == "unet":  # before the IP-adapter changes the UNet
         channels = tuple(int(c) for c in args.identitynet_conditioning_channels.split(","))
         controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=channels)
@@ -139,7 +193,7 @@ def load_models(args):
     return parts
 
 
-def freeze(parts: dict, weight_dtype: torch.dtype, device) -> InstantIDTrainer:
+def freeze(parts: dict, weight_dtype: torch.dtype, device) -> InstantIDTrainer | FaceIDTrainer:
     """Frozen parts in ``weight_dtype`` (the VAE stays fp32, as InstantID trains); trainable parts in fp32."""
     unet, controlnet = parts["unet"], parts["controlnet"]
     for name in ("vae", "text_encoder", "text_encoder_2", "unet"):
@@ -148,8 +202,13 @@ def freeze(parts: dict, weight_dtype: torch.dtype, device) -> InstantIDTrainer:
     parts["vae"].to(device, dtype=torch.float32)
     for name in ("text_encoder", "text_encoder_2"):
         parts[name].to(device, dtype=weight_dtype)
-    trainable = [unet.encoder_hid_proj, controlnet] + [p for p in unet.attn_processors.values() if hasattr(p, "to_k_ip")]
-    for module in trainable:
+    trainable = [unet.encoder_hid_proj] + [p for p in unet.attn_processors.values() if hasattr(p, "to_k_ip")]
+    if controlnet is None:  # IP-Adapter-FaceID: the face projection and the IP layers, as the paper trains them
+        for module in trainable:
+            module.to(device, dtype=torch.float32)
+            module.requires_grad_(True)
+        return FaceIDTrainer(unet, parts.get("carry"))
+    for module in [*trainable, controlnet]:
         module.to(device, dtype=torch.float32)
         module.requires_grad_(True)
     controlnet.train()
@@ -175,18 +234,27 @@ def encode_images(vae, pixels: torch.Tensor) -> torch.Tensor:
 
 # -- saving --------------------------------------------------------------------------------------
 
-def save_trainable(model: InstantIDTrainer, out: Path) -> None:
-    """``ip-adapter.bin`` in the official layout and ``ControlNetModel/``: what load_instantid reads."""
+def save_trainable(model: InstantIDTrainer | FaceIDTrainer, out: Path) -> None:
+    """The trained parts in the family's released layout (what its loader, and the release's own code, read):
+    InstantID ``ip-adapter.bin`` + ``ControlNetModel/``; IP-Adapter-FaceID ``ip-adapter-faceid_sdxl.bin``."""
     from studio.models import FAMILIES
 
-    FAMILIES["InstantID"].save_official(out, model.unet, model.controlnet)
+    if isinstance(model, FaceIDTrainer):
+        FAMILIES["IP-Adapter-FaceID"].save_official(out, model.unet, carry=model.carry)
+    else:
+        FAMILIES["InstantID"].save_official(out, model.unet, model.controlnet)
 
 
-def load_trainable(model: InstantIDTrainer, src: Path) -> None:
+def load_trainable(model: InstantIDTrainer | FaceIDTrainer, src: Path) -> None:
     from diffusers import ControlNetModel
 
     from studio.models import copy_ip_adapter_state_
 
+    if isinstance(model, FaceIDTrainer):
+        from studio.models.faceid import FACEID_FILE, copy_faceid_state_
+
+        copy_faceid_state_(model.unet, torch.load(src / FACEID_FILE, map_location="cpu", weights_only=True))
+        return
     copy_ip_adapter_state_(model.unet, torch.load(src / "ip-adapter.bin", map_location="cpu", weights_only=True))
     loaded = ControlNetModel.from_pretrained(src / "ControlNetModel")
     model.controlnet.load_state_dict(loaded.state_dict())
@@ -244,7 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     model = freeze(parts, weight_dtype, accelerator.device)
     if args.gradient_checkpointing:
         parts["unet"].enable_gradient_checkpointing()
-        parts["controlnet"].enable_gradient_checkpointing()
+        if parts["controlnet"] is not None:
+            parts["controlnet"].enable_gradient_checkpointing()
 
     # the trainable parts only go into checkpoints; the frozen SDXL is not copied every N steps
     def save_hook(models, weights, out_dir):
@@ -472,29 +541,36 @@ def save_checkpoint(accelerator, output_dir: Path, step: int, keep: int) -> None
     accelerator.save_state(str(output_dir / f"checkpoint-{step}"))
 
 
-def validate(args, parts, model: InstantIDTrainer, samples, step: int, output_dir: Path, weight_dtype, device,
+def validate(args, parts, model: InstantIDTrainer | FaceIDTrainer, samples, step: int, output_dir: Path, weight_dtype, device,
              offloaded: bool) -> list[Path]:
     """Images at fixed seeds through the studio's own InstantID pipeline code."""
     import numpy as np
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLControlNetPipeline
     from PIL import Image
 
-    from studio.models import GenerationSettings, InstantID, ModelSpec
+    from studio.models import FaceID, GenerationSettings, InstantID, ModelSpec
 
     if offloaded:
         for name in ("vae", "text_encoder", "text_encoder_2"):
             parts[name].to(device)
-    pipe = StableDiffusionXLControlNetPipeline(
-        vae=parts["vae"], text_encoder=parts["text_encoder"], text_encoder_2=parts["text_encoder_2"],
-        tokenizer=parts["tokenizer"], tokenizer_2=parts["tokenizer_2"], unet=model.unet, controlnet=model.controlnet,
-        scheduler=EulerDiscreteScheduler.from_config(parts["noise_scheduler"].config))
+    common = dict(vae=parts["vae"], text_encoder=parts["text_encoder"], text_encoder_2=parts["text_encoder_2"],
+                  tokenizer=parts["tokenizer"], tokenizer_2=parts["tokenizer_2"], unet=model.unet,
+                  scheduler=EulerDiscreteScheduler.from_config(parts["noise_scheduler"].config))
+    if model.controlnet is None:
+        from diffusers import StableDiffusionXLPipeline
+
+        pipe = StableDiffusionXLPipeline(**common)
+        runner = FaceID(pipe, ModelSpec("validation", family="IP-Adapter-FaceID", identitynet=""))
+    else:
+        pipe = StableDiffusionXLControlNetPipeline(**common, controlnet=model.controlnet)
+        runner = InstantID(pipe, ModelSpec("validation"))
     pipe.set_progress_bar_config(disable=True)
-    runner = InstantID(pipe, ModelSpec("validation"))
     dataset = PairDataset(samples, args.resolution)
     out_dir = output_dir / "validation"
     out_dir.mkdir(exist_ok=True)
     paths = []
-    model.controlnet.eval()
+    if model.controlnet is not None:
+        model.controlnet.eval()
     autocast = torch.autocast(device.type, dtype=weight_dtype) if weight_dtype != torch.float32 else torch.autocast(
         device.type, enabled=False)
     with autocast:
@@ -508,7 +584,8 @@ def validate(args, parts, model: InstantIDTrainer, samples, step: int, output_di
             path = out_dir / f"step-{step:06d}-{k}.png"
             image.save(path)
             paths.append(path)
-    model.controlnet.train()
+    if model.controlnet is not None:
+        model.controlnet.train()
     if offloaded:
         for name in ("vae", "text_encoder", "text_encoder_2"):
             parts[name].to("cpu")
@@ -532,14 +609,17 @@ def write_card(args, output_dir: Path, steps: int, losses: list[float], accelera
         "processes": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision,
         "seconds": round(seconds, 1), "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__,
                                                    "accelerate": accelerate.__version__},
-        "weights": {"ip_adapter": "ip-adapter.bin", "identitynet": "ControlNetModel/"},
+        "family": args.family,
+        "weights": {"ip_adapter": "ip-adapter-faceid_sdxl.bin"} if args.family == "IP-Adapter-FaceID"
+        else {"ip_adapter": "ip-adapter.bin", "identitynet": "ControlNetModel/"},
     }
     (output_dir / "training_card.json").write_text(json.dumps(card, indent=2, default=str))
     rows = "\n".join(f"| {k} | {v} |" for k, v in card.items() if k not in ("arguments", "versions", "weights"))
+    parts = (f"IP-adapter from `{args.ip_adapter}`" if args.family == "IP-Adapter-FaceID"
+             else f"IdentityNet from `{args.identitynet}`; IP-adapter from `{args.ip_adapter}`")
     (output_dir / "README.md").write_text(
-        "# InstantID fine-tuned on cross-training pairs\n\n"
-        f"Base: `{args.pretrained_model_name_or_path}`; IdentityNet from `{args.identitynet}`; "
-        f"IP-adapter from `{args.ip_adapter}`.\n\n| | |\n|---|---|\n{rows}\n\n"
+        f"# {args.family} fine-tuned on cross-training pairs\n\n"
+        f"Base: `{args.pretrained_model_name_or_path}`; {parts}.\n\n| | |\n|---|---|\n{rows}\n\n"
         "Arguments and versions: `training_card.json`.\n")
 
 

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..models.spec import INSTANTID
 from ..runs.settings import RunSettings
 from ..store import RunRow
 from ..workspace import Workspace, writable_dir
@@ -130,7 +131,7 @@ class TrainConfig(RunSettings):
 
 
 #: training-script options the studio sets from a run's settings (launch_command); never from "extra"
-SCRIPT_OPTIONS = ("pretrained_model_name_or_path", "identitynet", "ip_adapter", "train_data",
+SCRIPT_OPTIONS = ("family", "pretrained_model_name_or_path", "identitynet", "ip_adapter", "train_data",
                   "validation_data", "output_dir", "seed", "resolution", "train_batch_size", "max_train_steps",
                   "gradient_accumulation_steps", "learning_rate", "checkpointing_steps", "checkpoints_total_limit",
                   "validation_steps", "resume_from_checkpoint", "mixed_precision", "gradient_checkpointing",
@@ -233,9 +234,9 @@ def launch_command(cfg: TrainConfig, spec, out: Path, manifest: Path, validation
     from ..models import local_base_dir
 
     base = local_base_dir(spec.base)
-    script = [str(SCRIPT), "--pretrained_model_name_or_path", str(base or spec.base),
-              "--identitynet", "unet" if cfg.start == "base" else spec.identitynet,
-              "--ip_adapter", "init" if cfg.start == "base" else spec.ip_adapter,
+    identitynet = ["--identitynet", "unet" if cfg.start == "base" else spec.identitynet] if spec.family == INSTANTID else []
+    script = [str(SCRIPT), "--family", spec.family, "--pretrained_model_name_or_path", str(base or spec.base),
+              *identitynet, "--ip_adapter", "init" if cfg.start == "base" else spec.ip_adapter,
               "--train_data", str(manifest), "--output_dir", str(out), "--seed", str(cfg.seed),
               "--resolution", str(cfg.resolution), "--train_batch_size", str(cfg.batch_size),
               "--max_train_steps", str(cfg.max_steps), "--gradient_accumulation_steps", str(cfg.gradient_accumulation),
@@ -319,6 +320,9 @@ def check_start(ws: Workspace, cfg: TrainConfig, run_id: int | None = None):
         missing = [m for m in missing if m.startswith("SDXL base")]
     if missing:
         raise TrainingError(f"starting model '{cfg.model}' is missing weights on this machine:\n- " + "\n- ".join(missing))
+    if models[cfg.model].lora and cfg.start == "model":
+        raise TrainingError(f"starting model '{cfg.model}' uses a LoRA, which training does not load: start from its "
+                            "adapter registered without the LoRA, or from the base (start base)")
     out = output_dir(ws, cfg.name)
     if (out / "ip-adapter.bin").is_file():
         raise TrainingError(f"a model named {cfg.name!r} exists already (already trained in {out}); choose another name")
@@ -394,8 +398,14 @@ def train(ws: Workspace, cfg: TrainConfig, handle, author: str, log=print) -> di
         cause = (ours or others or list(tail)[-1:] or ["no output"])[-1]
         raise TrainingError(f"training exited with code {proc.returncode}: {cause}")
     losses = [r for r in rows if "loss" in r]
-    new = ModelSpec(cfg.name, base=spec.base, identitynet=str(out), ip_adapter=str(out / "ip-adapter.bin"),
-                    face_pack=manifest_face_pack(manifest) or spec.face_pack, lcm_lora=spec.lcm_lora)
+    if spec.family == INSTANTID:
+        new = ModelSpec(cfg.name, base=spec.base, identitynet=str(out), ip_adapter=str(out / "ip-adapter.bin"),
+                        face_pack=manifest_face_pack(manifest) or spec.face_pack, lcm_lora=spec.lcm_lora)
+    else:
+        from ..models.faceid import FACEID_FILE
+
+        new = ModelSpec(cfg.name, base=spec.base, identitynet="", ip_adapter=str(out / FACEID_FILE), family=spec.family,
+                        face_pack=manifest_face_pack(manifest) or spec.face_pack, lcm_lora=spec.lcm_lora)
     register_model(ws, new)
     return {"model": cfg.name, "output_dir": str(out), "steps": losses[-1]["step"] if losses else 0,
             "final_loss": losses[-1]["loss"] if losses else None, "card": str(out / "training_card.json"),
