@@ -1,4 +1,4 @@
-"""Overhead of our InstantID call over a stock diffusers SDXL-ControlNet call on the same tiny parts.
+"""Overhead of our model calls (InstantID, IP-Adapter-FaceID) over diffusers' stock calls on the same tiny parts.
 
 Both run the same loaded pipeline (tiny SDXL + IdentityNet + IP-adapter, built locally from
 configs and loaded through ``studio.models.load_instantid``), same prompt, size, steps and
@@ -6,12 +6,14 @@ seed, with the same face embedding as ``ip_adapter_image_embeds``:
 * baseline: ``StableDiffusionXLControlNetPipeline.__call__`` as diffusers ships it (its
   IdentityNet sees the text embeddings);
 * ours: ``InstantID.__call__`` (λ set, face tokens computed and routed to the IdentityNet).
+The IP-Adapter-FaceID family the same way: baseline ``StableDiffusionXLPipeline.__call__`` with the
+face as ``ip_adapter_image_embeds``; ours ``FaceID.__call__`` (loaded through ``load_faceid``).
 Calls alternate; the median of each is compared. Measured in float32 and in bfloat16 (the
 reduced precision a GPU runs, as the CPU can run it); our call also builds its scheduler and puts
 its adapter in place each time.
 
-Last line: ``ratio: <baseline median / our median>``, the lower of the two precisions (goal >= 0.95,
-i.e. at most 5% overhead).
+Last line: ``ratio: <baseline median / our median>``, the lowest over families and precisions (goal
+>= 0.95, i.e. at most 5% overhead).
 """
 from __future__ import annotations
 
@@ -36,18 +38,22 @@ def main() -> None:
 
     import numpy as np
     import torch
-    from tiny_models import build_tiny_instantid
+    from tiny_models import build_tiny_faceid, build_tiny_instantid
 
     from studio.dataset.draw import draw_kps
-    from studio.models import GenerationSettings, ModelSpec, load_instantid
+    from studio.models import FACEID, GenerationSettings, ModelSpec, load_faceid, load_instantid
 
     torch.set_num_threads(1)
     ratios = []
     with tempfile.TemporaryDirectory() as tmp:
         root = build_tiny_instantid(Path(tmp))
         spec = ModelSpec("tiny", base=str(root / "base"), identitynet=str(root), ip_adapter=str(root / "ip-adapter.bin"))
-        for dtype in (torch.float32, torch.bfloat16):
-            model = load_instantid(spec, "cpu", dtype=dtype)
+        (root / "faceid").mkdir()
+        faceid = ModelSpec("tiny-faceid", base=str(root / "base"), identitynet="", family=FACEID,
+                           ip_adapter=str(build_tiny_faceid(root / "faceid", root / "base")))
+        for family, dtype in [(f, d) for f in ("InstantID", FACEID) for d in (torch.float32, torch.bfloat16)]:
+            model = (load_instantid(spec, "cpu", dtype=dtype) if family == "InstantID"
+                     else load_faceid(faceid, "cpu", dtype=dtype))
             s = args.size
             kps = draw_kps(s, s, [[s * .35, s * .4], [s * .65, s * .4], [s * .5, s * .55], [s * .38, s * .7],
                                   [s * .62, s * .7]])
@@ -57,11 +63,12 @@ def main() -> None:
             embeds = model.embeds(emb, cfg=True).to(dtype)
             pipe = model.pipe
 
+            control = {"image": kps, "controlnet_conditioning_scale": 0.8} if family == "InstantID" else {}
+
             def stock():
                 with torch.inference_mode():
-                    pipe(prompt=settings.prompt, image=kps, controlnet_conditioning_scale=0.8,
-                         ip_adapter_image_embeds=[embeds], num_inference_steps=args.steps, guidance_scale=5.0,
-                         width=s, height=s, generator=torch.Generator().manual_seed(0))
+                    pipe(prompt=settings.prompt, ip_adapter_image_embeds=[embeds], num_inference_steps=args.steps,
+                         guidance_scale=5.0, width=s, height=s, generator=torch.Generator().manual_seed(0), **control)
 
             def ours():
                 model(emb, kps, settings)
@@ -72,10 +79,11 @@ def main() -> None:
                 t = time.perf_counter(); stock(); base_t.append(time.perf_counter() - t)
                 t = time.perf_counter(); ours(); our_t.append(time.perf_counter() - t)
             b, o = statistics.median(base_t), statistics.median(our_t)
-            name = str(dtype).replace("torch.", "")
+            name = f"{family} {str(dtype).replace('torch.', '')}"
+            stock_name = "SDXL-ControlNet" if family == "InstantID" else "SDXL + IP-adapter"
             print(f"{name}: tiny SDXL, {s}x{s}, {args.steps} steps, CFG, {args.runs} runs each")
-            print(f"{name}: stock SDXL-ControlNet call: median {b * 1000:.1f} ms")
-            print(f"{name}: InstantID call (ours):      median {o * 1000:.1f} ms  (ratio {b / o:.3f})")
+            print(f"{name}: stock {stock_name} call: median {b * 1000:.1f} ms")
+            print(f"{name}: {family} call (ours): median {o * 1000:.1f} ms  (ratio {b / o:.3f})")
             ratios.append(b / o)
     print(f"ratio: {min(ratios):.3f}")
 

@@ -12,6 +12,8 @@ for their peak memory):
 
 Tiny SDXL parts built from configs by default; ``--full-size`` builds random weights with SDXL 1.0's
 architecture (UNet, both text encoders, VAE, a full IdentityNet and Resampler) for GPU runs.
+``--family IP-Adapter-FaceID`` measures the other family's training (face projection + IP layers, no
+IdentityNet) the same way.
 Pairs: ``--manifest`` or a manifest built from assets/demo with the bundled face pack.
 Last line: ``ratio: <minimal s/step / ours s/step>`` (goal >= 0.95).
 """
@@ -81,7 +83,9 @@ def full_size_parts(root: Path, tokenizer_from: Path) -> Path:
 
 
 def script_argv(base, identitynet, ip_adapter, manifest, out, steps, resolution, batch, *extra) -> list[str]:
-    return ["--pretrained_model_name_or_path", str(base), "--identitynet", str(identitynet), "--ip_adapter",
+    """The script's arguments; ``identitynet`` None: the IP-Adapter-FaceID family (no IdentityNet)."""
+    family = ["--identitynet", str(identitynet)] if identitynet is not None else ["--family", "IP-Adapter-FaceID"]
+    return ["--pretrained_model_name_or_path", str(base), *family, "--ip_adapter",
             str(ip_adapter), "--train_data", str(manifest), "--output_dir", str(out), "--resolution", str(resolution),
             "--train_batch_size", str(batch), "--max_train_steps", str(steps), "--checkpointing_steps", str(10 ** 9),
             "--learning_rate", "1e-4", *extra]
@@ -109,7 +113,8 @@ def minimal_loop(argv: list[str], steps: int, warmup: int) -> float:
     model = freeze(parts, dtype, acc.device)
     if args.gradient_checkpointing:
         parts["unet"].enable_gradient_checkpointing()
-        parts["controlnet"].enable_gradient_checkpointing()
+        if parts["controlnet"] is not None:
+            parts["controlnet"].enable_gradient_checkpointing()
     samples = read_manifest(args.train_data)
     cache = FeatureCache(Path(args.output_dir) / "cache", samples, args.resolution)
     data = PairDataset(samples, args.resolution, cache)
@@ -160,6 +165,7 @@ def main() -> None:
     parser.add_argument("--full-size", action="store_true", help="random weights at SDXL 1.0's size (GPU)")
     parser.add_argument("--full-size-dir", type=Path, help="where to keep those weights between runs")
     parser.add_argument("--precision", default=None, choices=["no", "fp16", "bf16"])
+    parser.add_argument("--family", default="InstantID", choices=["InstantID", "IP-Adapter-FaceID"])
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--skip", default="", help="comma list of parts to skip: loop,cache,data")
     args = parser.parse_args()
@@ -179,12 +185,17 @@ def main() -> None:
         base, identitynet, ip_adapter = full_size_parts(args.full_size_dir or tmp, tiny / "base"), "unet", "init"
     else:
         base, identitynet, ip_adapter = tiny / "base", tiny, tiny / "ip-adapter.bin"
+    if args.family == "IP-Adapter-FaceID":
+        from tiny_models import build_tiny_faceid
+
+        (tmp / "faceid").mkdir(exist_ok=True)
+        identitynet, ip_adapter = None, "init" if args.full_size else build_tiny_faceid(tmp / "faceid", base)
     extra = ["--gradient_checkpointing"] if args.gradient_checkpointing else []
     if args.precision:
         extra += ["--mixed_precision", args.precision]
     n = len(read_manifest(manifest))
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    print(f"{n} pairs, {'full-size (random SDXL 1.0 shapes)' if args.full_size else 'tiny'} parts on {device}, "
+    print(f"{args.family}: {n} pairs, {'full-size (random SDXL 1.0 shapes)' if args.full_size else 'tiny'} parts on {device}, "
           f"resolution {args.resolution}, batch {args.batch}, {args.steps} steps ({args.warmup} warm-up)")
     skip = set(args.skip.split(",")) - {""}
 

@@ -223,3 +223,23 @@ def test_one_run_holds_both_families_and_a_study_of_it_rates_both(eval_ws, tiny_
     rows = he.results(ws, "both")["table3"]
     assert {r["model"] for r in rows} == {"tiny", "tiny-faceid"}
     assert all(r["n"] == 2 for r in rows) and len(rows) == 2 * len(CRITERIA)
+
+
+def test_a_fine_tuned_model_is_compared_with_the_model_it_started_from():
+    """The paper's fine-tuned rows carry their gain over their own starting model ("(+0.04)"): each family's
+    fine-tune against its parent, paired on the same items, whatever the run's baseline."""
+    from studio.evaluation.evaluate import summarize, table_markdown
+
+    def rows(model, clip_t):
+        return [{"testset": "t", "kind": "fidelity", "model": model, "ip_scale": 0.8, "item_id": i, "faces": 1,
+                 "clip_t": v} for i, v in enumerate(clip_t)]
+
+    data = (rows("InstantID", [0.20, 0.22]) + rows("CrossFaceID-ours", [0.25, 0.27]) + rows("FaceID", [0.10, 0.12])
+            + rows("FaceID-ours", [0.11, 0.15]))
+    table = summarize(data, "InstantID", n_boot=0, against={"CrossFaceID-ours": "InstantID", "FaceID-ours": "FaceID"})
+    by = {r["model"]: r for r in table}
+    assert by["CrossFaceID-ours"]["d_against"] == "InstantID" and by["CrossFaceID-ours"]["d_clip_t"] == pytest.approx(0.05)
+    assert by["FaceID-ours"]["d_against"] == "FaceID" and by["FaceID-ours"]["d_clip_t"] == pytest.approx(0.02)
+    assert by["FaceID"]["d_against"] == "InstantID" and "d_clip_t" not in by["InstantID"]
+    md = table_markdown(table, "InstantID")
+    assert "| FaceID-ours (Δ vs FaceID) |" in md and "| CrossFaceID-ours |" in md and "| InstantID (baseline) |" in md

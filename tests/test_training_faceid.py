@@ -137,6 +137,7 @@ def test_a_studio_training_run_of_the_faceid_family_matches_the_equations(train_
     assert "--family IP-Adapter-FaceID" in r.stdout and "--identitynet" not in r.stdout
     spec = registered_models(train_ws)["tiny-faceid-cross"]
     assert spec.family == FACEID and spec.ip_adapter.endswith(FACEID_FILE) and spec.identitynet == ""
+    assert spec.parent == "tiny-faceid"  # its Δ in Table 2 is taken against the model it started from
     state = load_ip_adapter_state(Path(spec.ip_adapter))
     model = load_faceid(spec, "cpu")
     for lam in (0.0, 0.5, 1.0):

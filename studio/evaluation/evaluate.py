@@ -215,7 +215,9 @@ def evaluate(ws: Workspace, cfg: EvalConfig, run_id: int, *, author: str = "stud
 
     rows = ws.store.eval_run_rows(run_id, name)
     baseline = cfg.baseline or cfg.models[0]
-    table = summarize(rows, baseline, n_boot=cfg.n_boot, seed=cfg.seed)
+    # a model trained by the studio is compared with the model it started from when that one is in the run
+    against = {s.name: s.parent for s in specs if s.parent and s.parent in cfg.models}
+    table = summarize(rows, baseline, n_boot=cfg.n_boot, seed=cfg.seed, against=against)
     curve = tradeoff(table)
     files = write_outputs(ws, run_id, cfg, name, rows, table, curve)
     return {"samples": len(plan), "generated": len(todo), "reused": len(reused), "scored": len(inputs),
@@ -310,8 +312,12 @@ def _values(rows: list[dict], metric: str) -> dict[int, float]:
     return out
 
 
-def summarize(rows: list[dict], baseline: str | None, n_boot: int = 1000, seed: int = 0) -> list[dict]:
-    """One row per (test set, model, λ): mean, 95% interval, count per metric; paired Δ to the baseline."""
+def summarize(rows: list[dict], baseline: str | None, n_boot: int = 1000, seed: int = 0,
+              against: dict[str, str] | None = None) -> list[dict]:
+    """One row per (test set, model, λ): mean, 95% interval, count per metric; paired Δ to the baseline, or
+    for a model in ``against`` (model -> the model it was fine-tuned from) to that model, as the paper's
+    fine-tuned rows carry their gain over the model they started from."""
+    against = against or {}
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((r["testset"], r["model"], float(r["ip_scale"])), []).append(r)
@@ -320,7 +326,10 @@ def summarize(rows: list[dict], baseline: str | None, n_boot: int = 1000, seed: 
         row = {"testset": ts, "kind": g[0]["kind"], "model": model, "lambda": lam, "n": len(g),
                "unscored": sum(1 for r in g if r.get("faces") is None),
                "missing_faces": sum(1 for r in g if r.get("faces") == 0)}
-        base = groups.get((ts, baseline, lam)) if baseline and model != baseline else None
+        reference = against.get(model, baseline)
+        base = groups.get((ts, reference, lam)) if reference and model != reference else None
+        if base is not None:
+            row["d_against"] = reference
         for m in METRICS:
             vals = _values(g, m)
             row[f"{m}_n"] = len(vals)
@@ -389,7 +398,9 @@ def table_markdown(table: list[dict], baseline: str | None) -> str:
         out.append("| model | λ | CLIP-T | CLIP-I | Face Sim | no face | Attribute acc. |")
         out.append("|---|---:|---|---|---|---:|---|")
         for r in rows:
-            out.append(f"| {r['model']}{' (baseline)' if r['model'] == baseline else ''} | {r['lambda']:g} | "
+            label = " (baseline)" if r["model"] == baseline else (
+                f" (Δ vs {r['d_against']})" if r.get("d_against") not in (None, baseline) else "")
+            out.append(f"| {r['model']}{label} | {r['lambda']:g} | "
                        f"{cell(r, 'clip_t')} | {cell(r, 'clip_i')} | {cell(r, 'face_sim')} | "
                        f"{r['missing_faces']}/{r['n']} | {cell(r, 'attr_acc') if r['attr_acc_n'] else '–'} |")
         out.append("")

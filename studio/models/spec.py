@@ -35,11 +35,12 @@ class ModelSpec:
     lcm_lora: str = LCM_LORA_SDXL
     family: str = INSTANTID
     lora: str = ""
+    parent: str = ""  # the model a studio training run started from (its Δ in Table 2 is taken against it)
 
     def to_dict(self) -> dict:
         d = {"name": self.name, "base": self.base, "identitynet": self.identitynet, "ip_adapter": self.ip_adapter,
              "face_pack": self.face_pack, "lcm_lora": self.lcm_lora}
-        return d | self._family_fields()
+        return d | self._family_fields() | ({"parent": self.parent} if self.parent else {})
 
     def weights_key(self) -> dict:
         """What decides a sample's pixels (the expected face pack and the LoRA source only when used)."""

@@ -400,12 +400,12 @@ def train(ws: Workspace, cfg: TrainConfig, handle, author: str, log=print) -> di
     losses = [r for r in rows if "loss" in r]
     if spec.family == INSTANTID:
         new = ModelSpec(cfg.name, base=spec.base, identitynet=str(out), ip_adapter=str(out / "ip-adapter.bin"),
-                        face_pack=manifest_face_pack(manifest) or spec.face_pack, lcm_lora=spec.lcm_lora)
+                        face_pack=manifest_face_pack(manifest) or spec.face_pack, lcm_lora=spec.lcm_lora, parent=cfg.model)
     else:
         from ..models.faceid import FACEID_FILE
 
         new = ModelSpec(cfg.name, base=spec.base, identitynet="", ip_adapter=str(out / FACEID_FILE), family=spec.family,
-                        face_pack=manifest_face_pack(manifest) or spec.face_pack, lcm_lora=spec.lcm_lora)
+                        face_pack=manifest_face_pack(manifest) or spec.face_pack, lcm_lora=spec.lcm_lora, parent=cfg.model)
     register_model(ws, new)
     return {"model": cfg.name, "output_dir": str(out), "steps": losses[-1]["step"] if losses else 0,
             "final_loss": losses[-1]["loss"] if losses else None, "card": str(out / "training_card.json"),
