@@ -213,3 +213,30 @@ def test_the_generate_tab_shows_the_identitynet_controls_only_for_instantid(tmp_
     assert "**tiny** (face pack bundled): ready" in status
     assert "**IP-Adapter-FaceID** (IP-Adapter-FaceID, face pack antelopev2): missing weights" in status
     assert "hf download h94/IP-Adapter-FaceID --include 'ip-adapter-faceid_sdxl.bin'" in status
+
+
+def test_the_lora_is_optional_embedded_or_from_its_own_file(tiny_faceid_spec, tmp_path):
+    """A FaceID model without a LoRA (the release's LoRA keys in the adapter file left out), with the LoRA the
+    file carries (diffusers' load_ip_adapter loads it), or with one from its own file (diffusers' LoRA loader):
+    each changes the image, a missing one is named, and a model with a LoRA gets an SDXL base of its own."""
+    from diffusers import UNet2DConditionModel
+    from tiny_models import build_tiny_lora
+
+    from studio.models.faceid import FACEID_LORA_FILE
+
+    missing = dataclasses.replace(tiny_faceid_spec, lora=str(tmp_path / "none"))
+    assert missing_weights(missing) == [f"IP-Adapter-FaceID LoRA '{tmp_path / 'none'}': {tmp_path / 'none'} holds no "
+                                        f"{FACEID_LORA_FILE}"]
+    unet = UNet2DConditionModel.from_pretrained(f"{tiny_faceid_spec.base}/unet")
+    (build_tiny_lora(unet, tmp_path / "lora", seed=5) / "pytorch_lora_weights.safetensors").rename(
+        tmp_path / "lora" / FACEID_LORA_FILE)
+    embedded = dataclasses.replace(tiny_faceid_spec, name="embedded", lora="embedded")
+    own_file = dataclasses.replace(tiny_faceid_spec, name="own-file", lora=str(tmp_path / "lora"))
+    assert missing_weights(embedded) == [] and missing_weights(own_file) == []
+    cache = ModelCache(device="cpu", max_models=3)
+    plain, emb, own = cache.get(tiny_faceid_spec), cache.get(embedded), cache.get(own_file)
+    assert plain.base is not emb.base and plain.base is not own.base and emb.base is not own.base
+    a, b, c = (pixels(m(EMB, kps_image(), S)) for m in (plain, emb, own))
+    assert np.abs(a - b).mean() > 0.5 and np.abs(a - c).mean() > 0.5 and np.abs(b - c).mean() > 0.5
+    assert pixels(plain(EMB, kps_image(), S)).tolist() == a.tolist()  # the plain model is untouched
+    assert emb.own_lora == "faceid_0" and own.own_lora == "faceid" and plain.own_lora is None

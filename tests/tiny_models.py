@@ -113,10 +113,12 @@ def random_faceid(unet, seed: int = 0, scale: float = 0.2, lora_rank: int = 4) -
     state = {part: {k: torch.randn(shape, generator=g) * scale for k, shape in keys.items()}
              for part, keys in faceid_layout(unet).items()}
     state["image_proj"]["norm.weight"] = 1.0 + state["image_proj"]["norm.weight"]  # LayerNorm gains near 1
-    for n, width in enumerate(_cross_widths(unet)):
+    context = unet.config.cross_attention_dim
+    for n, width in enumerate(_cross_widths(unet)):  # the cross-attention layers' LoRA, random so it shows
         for proj in ("to_q", "to_k", "to_v", "to_out"):
-            state["ip_adapter"][f"{2 * n + 1}.{proj}_lora.down.weight"] = torch.randn(lora_rank, width, generator=g)
-            state["ip_adapter"][f"{2 * n + 1}.{proj}_lora.up.weight"] = torch.zeros(width, lora_rank)
+            fan_in = context if proj in ("to_k", "to_v") else width
+            state["ip_adapter"][f"{2 * n + 1}.{proj}_lora.down.weight"] = torch.randn(lora_rank, fan_in, generator=g) * 0.3
+            state["ip_adapter"][f"{2 * n + 1}.{proj}_lora.up.weight"] = torch.randn(width, lora_rank, generator=g) * 0.3
     return state
 
 

@@ -97,7 +97,8 @@ def add_commands(sub, common: argparse.ArgumentParser) -> None:
                    help="hub id or folder holding the adapter (InstantID: ip-adapter.bin or pytorch_model.bin; "
                         "IP-Adapter-FaceID: ip-adapter-faceid_sdxl.bin), or the file")
     p.add_argument("--lora", default=None,
-                   help="IP-Adapter-FaceID: hub id, folder or file of its LoRA (ip-adapter-faceid_sdxl_lora.safetensors)")
+                   help="IP-Adapter-FaceID: 'embedded' (the LoRA its adapter file carries), or a hub id, folder or file "
+                        "of a LoRA (ip-adapter-faceid_sdxl_lora.safetensors); default none")
     p.add_argument("--trained-face-pack", default="antelopev2",
                    help="face pack the model was trained on (default antelopev2, as the released models)")
     p.add_argument("--lcm-lora", default="latent-consistency/lcm-lora-sdxl",

@@ -76,6 +76,7 @@ class AdapterModel:
     adapter: AdapterSlot | None = None
     base: SharedBase | None = None
     scheduler_config: dict = field(default=None, repr=False)
+    own_lora: str | None = None  # the PEFT adapter name of the model's own LoRA, kept on in fast mode
 
     def __post_init__(self):
         if self.base is None:
@@ -110,8 +111,8 @@ class AdapterModel:
             f = lora_file(self.spec.lcm_lora)
             self.pipe.load_lora_weights(str(f.parent), weight_name=f.name, adapter_name="lcm")
             self.base.lcm_lora = self.spec.lcm_lora
-        if self.base.lcm_lora is not None and self.spec.lora:  # the adapter's own LoRA stays on
-            self.pipe.set_adapters(["faceid", "lcm"] if on else ["faceid"])
+        if self.base.lcm_lora is not None and self.own_lora:  # the model's own LoRA stays on
+            self.pipe.set_adapters([self.own_lora, "lcm"] if on else [self.own_lora])
         elif self.base.lcm_lora is not None:
             (self.pipe.enable_lora if on else self.pipe.disable_lora)()
 

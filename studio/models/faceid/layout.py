@@ -6,7 +6,8 @@ The face projection maps the 512-d ArcFace embedding through Linear(512, 1024), 
 Linear(1024, 4 x D) to 4 tokens of the UNet's context width D, then a LayerNorm; every cross-attention
 layer n (numbered 1, 3, 5, ... over the UNet's attention processors, as the release numbers them) has
 ``to_k_ip`` and ``to_v_ip`` of shape (width, D). The release also carries a LoRA of rank 128 in
-``ip_adapter`` (``{n}.to_q_lora.down.weight``, ...), which the studio loads from its own file.
+``ip_adapter`` (``{n}.to_q_lora.down.weight``, ...), which diffusers' ``load_ip_adapter`` loads as a
+PEFT adapter when the keys are there: the studio passes them on only for a model that asks for it.
 """
 from __future__ import annotations
 
@@ -17,8 +18,10 @@ from ..errors import CheckpointError
 
 FACEID_FILE = "ip-adapter-faceid_sdxl.bin"
 FACEID_LORA_FILE = "ip-adapter-faceid_sdxl_lora.safetensors"
-#: the release's LoRA keys inside ``ip_adapter`` (accepted, not used: the LoRA loads from its own file)
+#: the release's LoRA keys inside ``ip_adapter`` (loaded only for a model whose ``lora`` is "embedded")
 LORA_KEY = re.compile(r"\d+\.to_(q|k|v|out)_lora\.(down|up)\.weight")
+#: ``ModelSpec.lora`` for the LoRA the adapter file carries (the release's way)
+EMBEDDED = "embedded"
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from ..adapter import install_adapter, load_ip_adapter_state
 from ..base import SharedBase, load_base, pick_device
 from ..errors import MissingWeightsError
 from ..spec import ModelSpec
-from .layout import check_faceid
+from .layout import EMBEDDED, LORA_KEY, check_faceid
 from .pipeline import FaceID
 from .weights import local_faceid_file, local_lora_file, missing_weights
 
@@ -28,11 +28,15 @@ def load_faceid(spec: ModelSpec, device: str | None = None, dtype=None, base: Sh
         base = load_base(spec.base, "cpu" if offload else str(dev), dtype, vae_tiling)
     state = load_ip_adapter_state(local_faceid_file(spec.ip_adapter))
     check_faceid(state, base.components["unet"])
-    state = {part: {k: v.to(dtype) for k, v in d.items()} for part, d in state.items()}
+    state = {part: {k: v.to(dtype) for k, v in d.items() if spec.lora == EMBEDDED or not LORA_KEY.fullmatch(k)}
+             for part, d in state.items()}
     pipe = StableDiffusionXLPipeline(**base.components, force_zeros_for_empty_prompt=base.force_zeros_for_empty_prompt)
-    if spec.lora:
-        if base.models:
-            raise ValueError(f"model '{spec.name}' brings a LoRA into the UNet: load it on an SDXL base of its own")
+    if spec.lora and base.models:
+        raise ValueError(f"model '{spec.name}' brings a LoRA into the UNet: load it on an SDXL base of its own")
+    if spec.lora and spec.lora != EMBEDDED:
         f = local_lora_file(spec.lora)
         pipe.load_lora_weights(str(f.parent), weight_name=f.name, adapter_name="faceid")
-    return FaceID(pipe, spec, install_adapter(pipe, base, state, dev, offload), base)
+    slot = install_adapter(pipe, base, state, dev, offload)  # an embedded LoRA: diffusers loads it as faceid_0
+    model = FaceID(pipe, spec, slot, base)
+    model.own_lora = None if not spec.lora else "faceid_0" if spec.lora == EMBEDDED else "faceid"
+    return model

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..hub import DOWNLOADS, WHERE, hf_command, hub_cached, local_path, looks_local, missing_base
 from ..spec import FACEID_REPO, ModelSpec
-from .layout import FACEID_FILE, FACEID_LORA_FILE
+from .layout import EMBEDDED, FACEID_FILE, FACEID_LORA_FILE
 
 DOWNLOADS.update({"ip-adapter-faceid": [(FACEID_REPO, (FACEID_FILE, FACEID_LORA_FILE))]})
 
@@ -38,7 +38,7 @@ def missing_weights(spec: ModelSpec) -> list[str]:
         how = (f"{spec.ip_adapter} holds no {FACEID_FILE}" if looks_local(spec.ip_adapter)
                else f"{hf_command(spec.ip_adapter, (FACEID_FILE,))} ({WHERE})")
         out.append(f"IP-Adapter-FaceID '{spec.ip_adapter}': {how}")
-    if spec.lora:
+    if spec.lora and spec.lora != EMBEDDED:  # an embedded LoRA is in the adapter file
         lf = local_lora_file(spec.lora)
         if lf is None or not lf.is_file():
             how = (f"{spec.lora} holds no {FACEID_LORA_FILE}" if looks_local(spec.lora)
