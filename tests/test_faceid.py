@@ -10,23 +10,13 @@ import pytest
 import torch
 from PIL import Image
 
+from test_instantid import EMB, S, kps_image, pixels  # the same face, settings and keypoints as InstantID's tests
+
 from studio.models import (FACEID, CheckpointError, GenerationSettings, ModelCache, ModelSpec, check_faceid,
                            family_of, faceid_state_dict, load_base, load_faceid, load_instantid, missing_weights)
 from studio.models.adapter import load_ip_adapter_state
 from studio.models.faceid import local_faceid_file
 
-S = GenerationSettings(prompt="a smiling person", steps=2, width=64, height=64, guidance=5.0, seed=3)
-EMB = np.random.default_rng(0).normal(size=512).astype(np.float32) * 8
-
-
-def kps_image():
-    from studio.dataset.draw import draw_kps
-
-    return draw_kps(64, 64, [[22, 26], [42, 26], [32, 36], [24, 46], [40, 46]], radius=3, stick_width=1)
-
-
-def pixels(img: Image.Image) -> np.ndarray:
-    return np.asarray(img).astype(np.int16)
 
 
 @pytest.fixture(scope="module")

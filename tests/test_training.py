@@ -68,42 +68,50 @@ def test_ip_adapter_layout_round_trip(tiny_spec):
     assert torch.equal(fresh["ip_adapter"]["1.to_k_ip.weight"], attn.to_k.weight)  # initialised from to_k
 
 
-@pytest.mark.slow
-def test_steps_move_only_the_trainable_parts(train_ws, tiny_spec):
-    """The script's own model building and step: UNet, VAE and text encoders stay bit-identical (bf16 too)."""
+def steps_move_only_the_trainable_parts(argv: list[str], dtype) -> tuple[object, dict, list[str]]:
+    """Build the script's model from ``argv`` and take 3 steps in ``dtype``: the UNet, VAE and text encoders
+    stay bit-identical (checked here); returns (model, parts, names of the trainable parameters that moved)."""
     from training.data import PairDataset, collate, read_manifest
     from training.train_instantid import encode_empty, freeze, load_models, parse_args, step_generator, training_step
 
-    class Acc:  # the two attributes training_step reads from an Accelerator
+    class Acc:  # the attribute training_step reads from an Accelerator
         device = torch.device("cpu")
 
+    args = parse_args(argv)
+    parts = load_models(args)
+    model = freeze(parts, dtype, torch.device("cpu"))
+    frozen = {name: {k: v.clone() for k, v in parts[name].state_dict().items()}
+              for name in ("vae", "text_encoder", "text_encoder_2")}
+    trainable_ids = {id(p) for p in model.trainable()}
+    unet_frozen = {k: v.clone() for k, v in model.unet.named_parameters() if id(v) not in trainable_ids}
+    before = {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
+    opt = torch.optim.AdamW(model.trainable(), lr=1e-3)
+    data = PairDataset(read_manifest(args.train_data), 64)
+    batch = collate([data[0], data[1]])
+    empty = encode_empty(parts, torch.device("cpu"), dtype)
+    for step in range(3):
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+            loss = training_step(args, Acc, model, parts, parts["noise_scheduler"], batch, empty, dtype,
+                                 step_generator(0, step, 0, 0))
+        assert math.isfinite(loss.item())
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    for name, state in frozen.items():
+        assert all(torch.equal(v, parts[name].state_dict()[k]) for k, v in state.items()), name
+    assert all(torch.equal(v, dict(model.unet.named_parameters())[k]) for k, v in unet_frozen.items())
+    return model, parts, [k for k, v in model.named_parameters() if v.requires_grad and not torch.equal(v, before[k])]
+
+
+@pytest.mark.slow
+def test_steps_move_only_the_trainable_parts(train_ws, tiny_spec):
+    """The script's own model building and step: UNet, VAE and text encoders stay bit-identical (bf16 too)."""
     for dtype in (torch.float32, torch.bfloat16):
-        args = parse_args(script_args(tiny_spec, train_ws.root / "manifest" / "train.jsonl", train_ws.root / "x", 3))
-        parts = load_models(args)
-        model = freeze(parts, dtype, torch.device("cpu"))
-        frozen = {name: {k: v.clone() for k, v in parts[name].state_dict().items()}
-                  for name in ("vae", "text_encoder", "text_encoder_2")}
-        trainable_ids = {id(p) for p in model.trainable()}
-        unet_frozen = {k: v.clone() for k, v in model.unet.named_parameters() if id(v) not in trainable_ids}
-        before = {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
-        assert any(k.startswith("controlnet.") for k in before) and any("to_k_ip" in k for k in before)
-        assert any("encoder_hid_proj" in k for k in before)
-        opt = torch.optim.AdamW(model.trainable(), lr=1e-3)
-        data = PairDataset(read_manifest(args.train_data), 64)
-        batch = collate([data[0], data[1]])
-        empty = encode_empty(parts, torch.device("cpu"), dtype)
-        for step in range(3):
-            with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
-                loss = training_step(args, Acc, model, parts, parts["noise_scheduler"], batch, empty, dtype,
-                                     step_generator(0, step, 0, 0))
-            assert math.isfinite(loss.item())
-            loss.backward()
-            opt.step()
-            opt.zero_grad()
-        for name, state in frozen.items():
-            assert all(torch.equal(v, parts[name].state_dict()[k]) for k, v in state.items()), name
-        assert all(torch.equal(v, dict(model.unet.named_parameters())[k]) for k, v in unet_frozen.items())
-        moved = [k for k, v in model.named_parameters() if v.requires_grad and not torch.equal(v, before[k])]
+        model, _, moved = steps_move_only_the_trainable_parts(
+            script_args(tiny_spec, train_ws.root / "manifest" / "train.jsonl", train_ws.root / "x", 3), dtype)
+        trainable = [k for k, v in model.named_parameters() if v.requires_grad]
+        assert any(k.startswith("controlnet.") for k in trainable) and any("to_k_ip" in k for k in trainable)
+        assert any("encoder_hid_proj" in k for k in trainable)
         assert any(k.startswith("controlnet.") for k in moved) and any("to_k_ip" in k for k in moved)
         assert any("encoder_hid_proj" in k for k in moved)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import shutil
 import subprocess
@@ -16,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import REPO, free_port, studio_cli
-from test_training import ENV, SCRIPT, launch
+from test_training import ENV, SCRIPT, launch, steps_move_only_the_trainable_parts
 
 from studio.models import FACEID, load_faceid
 from studio.models.faceid import FACEID_FILE
@@ -40,42 +39,15 @@ def adapter(out: Path) -> dict[str, torch.Tensor]:
 def test_faceid_steps_move_only_the_face_projection_and_ip_layers(train_ws, tiny_faceid_spec):
     """The script's own model building and step for the FaceID family, fp32 and bf16: the UNet, VAE and
     text encoders stay bit-identical; the projection and to_k_ip / to_v_ip move; there is no IdentityNet."""
-    from training.data import PairDataset, collate, read_manifest
-    from training.train_instantid import (FaceIDTrainer, encode_empty, freeze, load_models, parse_args,
-                                          step_generator, training_step)
-
-    class Acc:
-        device = torch.device("cpu")
+    from training.train_instantid import FaceIDTrainer
 
     for dtype in (torch.float32, torch.bfloat16):
-        args = parse_args(faceid_args(tiny_faceid_spec, train_ws.root / "manifest" / "train.jsonl", train_ws.root / "x", 3))
-        parts = load_models(args)
-        model = freeze(parts, dtype, torch.device("cpu"))
+        model, parts, moved = steps_move_only_the_trainable_parts(
+            faceid_args(tiny_faceid_spec, train_ws.root / "manifest" / "train.jsonl", train_ws.root / "x", 3), dtype)
         assert isinstance(model, FaceIDTrainer) and parts["controlnet"] is None
         assert model.carry and all("_lora." in k for k in model.carry)  # the release's LoRA keys, kept aside
-        frozen = {name: {k: v.clone() for k, v in parts[name].state_dict().items()}
-                  for name in ("vae", "text_encoder", "text_encoder_2")}
-        trainable_ids = {id(p) for p in model.trainable()}
-        unet_frozen = {k: v.clone() for k, v in model.unet.named_parameters() if id(v) not in trainable_ids}
-        before = {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
-        assert {k.split(".")[1] for k in before} <= {"encoder_hid_proj", "down_blocks", "mid_block", "up_blocks"}
-        assert all("encoder_hid_proj" in k or "_ip." in k for k in before)
-        opt = torch.optim.AdamW(model.trainable(), lr=1e-3)
-        data = PairDataset(read_manifest(args.train_data), 64)
-        batch = collate([data[0], data[1]])
-        empty = encode_empty(parts, torch.device("cpu"), dtype)
-        for step in range(3):
-            with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
-                loss = training_step(args, Acc, model, parts, parts["noise_scheduler"], batch, empty, dtype,
-                                     step_generator(0, step, 0, 0))
-            assert math.isfinite(loss.item())
-            loss.backward()
-            opt.step()
-            opt.zero_grad()
-        for name, state in frozen.items():
-            assert all(torch.equal(v, parts[name].state_dict()[k]) for k, v in state.items()), name
-        assert all(torch.equal(v, dict(model.unet.named_parameters())[k]) for k, v in unet_frozen.items())
-        moved = [k for k, v in model.named_parameters() if v.requires_grad and not torch.equal(v, before[k])]
+        trainable = [k for k, v in model.named_parameters() if v.requires_grad]
+        assert trainable and all("encoder_hid_proj" in k or "_ip." in k for k in trainable)
         assert any("encoder_hid_proj" in k for k in moved) and any("to_k_ip" in k for k in moved)
         assert any("to_v_ip" in k for k in moved)
 

@@ -114,25 +114,32 @@ class FaceIDTrainer(torch.nn.Module):
         return [p for p in self.parameters() if p.requires_grad]
 
 
+def starting_adapter(source: str, locate, check, unet, label: str, file_name: str) -> dict:
+    """The adapter file ``source`` names (``locate(source)``), loaded and checked against the UNet
+    (``check``); a missing or ill-fitting file is named with what to pass instead."""
+    from studio.models import CheckpointError, MissingWeightsError, load_ip_adapter_state
+
+    path = locate(source)
+    if path is None or not path.is_file():
+        raise MissingWeightsError(f"{label} {source!r} has no {file_name} here; "
+                                  "pass the file, a folder holding it, or 'init' to start a fresh adapter")
+    state = load_ip_adapter_state(path)
+    try:
+        check(state, unet)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}. A base model without IP layers starts with --ip_adapter init") from None
+    return state
+
+
 def load_faceid_adapter(args, unet) -> dict:
     """The FaceID adapter to start from (a fresh one for 'init'), checked against the UNet; returns the
     keys to carry (the release's LoRA) after loading the rest into the UNet."""
-    from studio.models import CheckpointError, MissingWeightsError, check_faceid, load_ip_adapter_state
-    from studio.models.faceid import init_faceid_state, local_faceid_file
+    from studio.models import check_faceid
+    from studio.models.faceid import FACEID_FILE, init_faceid_state, local_faceid_file
     from studio.models.faceid.layout import LORA_KEY
 
-    if args.ip_adapter == "init":
-        state = init_faceid_state(unet, seed=args.seed)
-    else:
-        path = local_faceid_file(args.ip_adapter)
-        if path is None or not path.is_file():
-            raise MissingWeightsError(f"IP-Adapter-FaceID {args.ip_adapter!r} has no ip-adapter-faceid_sdxl.bin here; "
-                                      "pass the file, a folder holding it, or 'init' to start a fresh adapter")
-        state = load_ip_adapter_state(path)
-        try:
-            check_faceid(state, unet)
-        except CheckpointError as exc:
-            raise CheckpointError(f"{path}: {exc}. A base model without IP layers starts with --ip_adapter init") from None
+    state = init_faceid_state(unet, seed=args.seed) if args.ip_adapter == "init" else starting_adapter(
+        args.ip_adapter, local_faceid_file, check_faceid, unet, "IP-Adapter-FaceID", FACEID_FILE)
     carry = {k: v for k, v in state["ip_adapter"].items() if LORA_KEY.fullmatch(k)}
     unet._load_ip_adapter_weights([{"image_proj": state["image_proj"],
                                     "ip_adapter": {k: v for k, v in state["ip_adapter"].items() if k not in carry}}])
@@ -144,9 +151,8 @@ def load_models(args):
     from diffusers import AutoencoderKL, ControlNetModel, DDPMScheduler, UNet2DConditionModel
     from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection
 
-    from studio.models import (CheckpointError, MissingWeightsError, ResamplerShape, check_ip_adapter,
-                               init_ip_adapter_state, load_ip_adapter_state, local_base_dir, local_identitynet_dir,
-                               local_ip_adapter_file)
+    from studio.models import (MissingWeightsError, ResamplerShape, check_ip_adapter, init_ip_adapter_state,
+                               local_base_dir, local_identitynet_dir, local_ip_adapter_file)
 
     base = local_base_dir(args.pretrained_model_name_or_path)
     if base is None or not (base / "model_index.json").is_file():
@@ -179,15 +185,8 @@ def load_models(args):
         state = init_ip_adapter_state(unet, ResamplerShape(hidden_dims=args.resampler_dim,
                                                            num_queries=args.resampler_queries), seed=args.seed)
     else:
-        path = local_ip_adapter_file(args.ip_adapter)
-        if path is None or not path.is_file():
-            raise MissingWeightsError(f"IP-adapter {args.ip_adapter!r} has no ip-adapter.bin here; "
-                                      "pass the file, a folder holding it, or 'init' to start a fresh adapter")
-        state = load_ip_adapter_state(path)
-        try:
-            check_ip_adapter(state, unet)
-        except CheckpointError as exc:
-            raise CheckpointError(f"{path}: {exc}. A base model without IP layers starts with --ip_adapter init") from None
+        state = starting_adapter(args.ip_adapter, local_ip_adapter_file, check_ip_adapter, unet, "IP-adapter",
+                                 "ip-adapter.bin")
     unet._load_ip_adapter_weights([state])
     parts["controlnet"] = controlnet
     return parts

@@ -12,7 +12,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .base import SharedBase
+from .base import SharedBase, load_base, pick_device
 from .errors import MissingWeightsError, OutOfMemory
 from .hub import lora_file, missing_lcm_lora
 from .settings import GenerationSettings, apply_style, make_scheduler
@@ -37,6 +37,77 @@ def load_ip_adapter_state(path: Path) -> dict:
         if part in state:
             state[part][rest] = v
     return state if state["image_proj"] or state["ip_adapter"] else flat
+
+
+# -- the IP layers, in the official numbering (1, 3, 5, ... over the UNet's attention processors) ----
+
+def ip_processors(unet) -> list:
+    """The UNet's IP-adapter attention processors in the official numbering order (1, 3, 5, ...)."""
+    return [p for p in unet.attn_processors.values() if hasattr(p, "to_k_ip")]
+
+
+def ip_layers_state(unet) -> dict:
+    """``{n}.to_k_ip.weight`` / ``{n}.to_v_ip.weight`` of a UNet with a loaded adapter (copies)."""
+    ip = {}
+    for n, proc in enumerate(ip_processors(unet)):
+        ip[f"{2 * n + 1}.to_k_ip.weight"] = proc.to_k_ip[0].weight.detach().clone()
+        ip[f"{2 * n + 1}.to_v_ip.weight"] = proc.to_v_ip[0].weight.detach().clone()
+    return ip
+
+
+def copy_ip_layers_(unet, ip: dict) -> None:
+    """Copy official-layout IP weights into the loaded processors in place (call under ``torch.no_grad``)."""
+    for n, proc in enumerate(ip_processors(unet)):
+        proc.to_k_ip[0].weight.copy_(ip[f"{2 * n + 1}.to_k_ip.weight"])
+        proc.to_v_ip[0].weight.copy_(ip[f"{2 * n + 1}.to_v_ip.weight"])
+
+
+def ip_layers_from_attention(unet) -> dict:
+    """Fresh IP layers for a base UNet: each cross-attention's ``to_k``/``to_v`` copied (how IP-Adapter and
+    InstantID start their training)."""
+    ip, key_id = {}, 1
+    modules = dict(unet.named_modules())
+    for name in unet.attn_processors:
+        if name.endswith("attn1.processor") or name.startswith("encoder_hid_proj"):
+            continue
+        attn = modules[name[: -len(".processor")]]
+        ip[f"{key_id}.to_k_ip.weight"] = attn.to_k.weight.detach().clone().float()
+        ip[f"{key_id}.to_v_ip.weight"] = attn.to_v.weight.detach().clone().float()
+        key_id += 2
+    return ip
+
+
+def layout_problems(state: dict, expected: dict, extra_ok: Callable[[str, str], bool] = lambda part, key: False
+                    ) -> list[str]:
+    """Missing, unexpected (unless ``extra_ok(part, key)``) and mis-shaped keys of ``state`` against
+    ``expected`` (part -> key -> shape), a line per part and kind."""
+    problems = []
+    for part, keys in expected.items():
+        got = state[part]
+        missing = [k for k in keys if k not in got]
+        unexpected = [k for k in got if k not in keys and not extra_ok(part, k)]
+        wrong = [f"{k}: {tuple(got[k].shape)} != {keys[k]}" for k in keys if k in got and tuple(got[k].shape) != keys[k]]
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
+            if items:
+                problems.append(f"{part}: {len(items)} {label} ({', '.join(items[:4])}{', ...' if len(items) > 4 else ''})")
+    return problems
+
+
+def prepare_load(spec: ModelSpec, missing: list[str], device: str | None, dtype, base: SharedBase | None,
+                 offload: bool, vae_tiling: bool):
+    """What every family's loader does first: refuse missing weights (named), pick the device and dtype
+    (fp16 on a GPU, fp32 on the CPU), and load the SDXL base unless one is shared; returns (device, dtype, base)."""
+    import torch
+
+    if missing:
+        raise MissingWeightsError(f"model '{spec.name}' is missing weights:\n- " + "\n- ".join(missing))
+    dev = pick_device(device)
+    if offload and dev.type == "cpu":
+        raise ValueError("CPU offload moves parts between the GPU and the CPU: it needs a GPU (device cuda)")
+    dtype = dtype or (torch.float16 if dev.type == "cuda" else torch.float32)
+    if base is None:
+        base = load_base(spec.base, "cpu" if offload else str(dev), dtype, vae_tiling)
+    return dev, dtype, base
 
 
 @dataclass

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..adapter import copy_ip_layers_, ip_layers_from_attention, ip_layers_state
 from .layout import FACEID_FILE, ProjShape
 
 #: (release key, diffusers key) of the face projection
@@ -15,19 +16,10 @@ PROJ_KEYS = (("proj.0.weight", "ff.net.0.proj.weight"), ("proj.0.bias", "ff.net.
              ("norm.weight", "norm.weight"), ("norm.bias", "norm.bias"))
 
 
-def _ip_processors(unet) -> list:
-    return [p for p in unet.attn_processors.values() if hasattr(p, "to_k_ip")]
-
-
 def faceid_state_dict(unet) -> dict:
     """The face projection and IP layers of a UNet with a loaded FaceID adapter, in the release layout (copies)."""
     ours = unet.encoder_hid_proj.image_projection_layers[0].state_dict()
-    image_proj = {off: ours[on].detach().clone() for off, on in PROJ_KEYS}
-    ip = {}
-    for n, proc in enumerate(_ip_processors(unet)):
-        ip[f"{2 * n + 1}.to_k_ip.weight"] = proc.to_k_ip[0].weight.detach().clone()
-        ip[f"{2 * n + 1}.to_v_ip.weight"] = proc.to_v_ip[0].weight.detach().clone()
-    return {"image_proj": image_proj, "ip_adapter": ip}
+    return {"image_proj": {off: ours[on].detach().clone() for off, on in PROJ_KEYS}, "ip_adapter": ip_layers_state(unet)}
 
 
 def copy_faceid_state_(unet, state: dict) -> None:
@@ -38,9 +30,7 @@ def copy_faceid_state_(unet, state: dict) -> None:
     with torch.no_grad():
         for off, on in PROJ_KEYS:
             params[on].copy_(state["image_proj"][off])
-        for n, proc in enumerate(_ip_processors(unet)):
-            proc.to_k_ip[0].weight.copy_(state["ip_adapter"][f"{2 * n + 1}.to_k_ip.weight"])
-            proc.to_v_ip[0].weight.copy_(state["ip_adapter"][f"{2 * n + 1}.to_v_ip.weight"])
+        copy_ip_layers_(unet, state["ip_adapter"])
 
 
 def init_faceid_state(unet, shape: ProjShape = ProjShape(), seed: int = 0) -> dict:
@@ -53,17 +43,8 @@ def init_faceid_state(unet, shape: ProjShape = ProjShape(), seed: int = 0) -> di
     proj = IPAdapterFaceIDImageProjection(image_embed_dim=shape.embed_dims, cross_attention_dim=unet.config.cross_attention_dim,
                                           mult=shape.mult, num_tokens=shape.num_tokens)
     ours = proj.state_dict()
-    image_proj = {off: ours[on].detach().clone() for off, on in PROJ_KEYS}
-    ip, key_id = {}, 1
-    modules = dict(unet.named_modules())
-    for name in unet.attn_processors:
-        if name.endswith("attn1.processor") or name.startswith("encoder_hid_proj"):
-            continue
-        attn = modules[name[: -len(".processor")]]
-        ip[f"{key_id}.to_k_ip.weight"] = attn.to_k.weight.detach().clone().float()
-        ip[f"{key_id}.to_v_ip.weight"] = attn.to_v.weight.detach().clone().float()
-        key_id += 2
-    return {"image_proj": image_proj, "ip_adapter": ip}
+    return {"image_proj": {off: ours[on].detach().clone() for off, on in PROJ_KEYS},
+            "ip_adapter": ip_layers_from_attention(unet)}
 
 
 def save_official(out: Path, unet, identitynet=None, carry: dict | None = None) -> None:

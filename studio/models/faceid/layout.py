@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from ..adapter import layout_problems
 from ..errors import CheckpointError
 
 FACEID_FILE = "ip-adapter-faceid_sdxl.bin"
@@ -73,14 +74,6 @@ def check_faceid(state_dict: dict, unet) -> None:
     hidden, embed = proj["proj.0.weight"].shape
     tokens = proj["proj.2.weight"].shape[0] // unet.config.cross_attention_dim if "proj.2.weight" in proj else 4
     expected = faceid_layout(unet, ProjShape(embed_dims=embed, mult=max(1, hidden // embed), num_tokens=tokens))
-    problems = []
-    for part, keys in expected.items():
-        got = state_dict[part]
-        missing = [k for k in keys if k not in got]
-        unexpected = [k for k in got if k not in keys and not (part == "ip_adapter" and LORA_KEY.fullmatch(k))]
-        wrong = [f"{k}: {tuple(got[k].shape)} != {keys[k]}" for k in keys if k in got and tuple(got[k].shape) != keys[k]]
-        for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
-            if items:
-                problems.append(f"{part}: {len(items)} {label} ({', '.join(items[:4])}{', ...' if len(items) > 4 else ''})")
+    problems = layout_problems(state_dict, expected, lambda part, k: part == "ip_adapter" and bool(LORA_KEY.fullmatch(k)))
     if problems:
         raise CheckpointError("IP-Adapter-FaceID checkpoint does not fit this UNet: " + "; ".join(problems))

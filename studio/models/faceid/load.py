@@ -2,9 +2,8 @@
 diffusers' own loader (and the adapter's LoRA with its LoRA loader), on a shared SDXL base or its own."""
 from __future__ import annotations
 
-from ..adapter import install_adapter, load_ip_adapter_state
-from ..base import SharedBase, load_base, pick_device
-from ..errors import MissingWeightsError
+from ..adapter import install_adapter, load_ip_adapter_state, prepare_load
+from ..base import SharedBase
 from ..spec import ModelSpec
 from .layout import EMBEDDED, LORA_KEY, check_faceid
 from .pipeline import FaceID
@@ -14,18 +13,9 @@ from .weights import local_faceid_file, local_lora_file, missing_weights
 def load_faceid(spec: ModelSpec, device: str | None = None, dtype=None, base: SharedBase | None = None,
                 offload: bool = False, vae_tiling: bool = False) -> FaceID:
     """The stock SDXL pipeline with the FaceID adapter from hub ids or local paths (fp16 on GPU, fp32 on CPU)."""
-    import torch
     from diffusers import StableDiffusionXLPipeline
 
-    missing = missing_weights(spec)
-    if missing:
-        raise MissingWeightsError(f"model '{spec.name}' is missing weights:\n- " + "\n- ".join(missing))
-    dev = pick_device(device)
-    if offload and dev.type == "cpu":
-        raise ValueError("CPU offload moves parts between the GPU and the CPU: it needs a GPU (device cuda)")
-    dtype = dtype or (torch.float16 if dev.type == "cuda" else torch.float32)
-    if base is None:
-        base = load_base(spec.base, "cpu" if offload else str(dev), dtype, vae_tiling)
+    dev, dtype, base = prepare_load(spec, missing_weights(spec), device, dtype, base, offload, vae_tiling)
     state = load_ip_adapter_state(local_faceid_file(spec.ip_adapter))
     check_faceid(state, base.components["unet"])
     state = {part: {k: v.to(dtype) for k, v in d.items() if spec.lora == EMBEDDED or not LORA_KEY.fullmatch(k)}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..adapter import copy_ip_layers_, ip_layers_from_attention, ip_layers_state
 from .layout import ResamplerShape
 
 
@@ -34,11 +35,6 @@ def _official_image_proj(proj) -> dict:
             for off, on in _proj_key_pairs(depth)}
 
 
-def _ip_processors(unet) -> list:
-    """The UNet's IP-adapter attention processors in the official numbering order (1, 3, 5, ...)."""
-    return [p for p in unet.attn_processors.values() if hasattr(p, "to_k_ip")]
-
-
 def ip_adapter_state_dict(unet) -> dict:
     """The Resampler and IP layers of a UNet with a loaded IP-adapter, in the official ``ip-adapter.bin`` layout.
 
@@ -46,11 +42,7 @@ def ip_adapter_state_dict(unet) -> dict:
     released models use and :func:`load_instantid` (or InstantID's own code) reads.
     """
     image_proj = _official_image_proj(unet.encoder_hid_proj.image_projection_layers[0])
-    ip = {}
-    for n, proc in enumerate(_ip_processors(unet)):
-        ip[f"{2 * n + 1}.to_k_ip.weight"] = proc.to_k_ip[0].weight.detach().clone()
-        ip[f"{2 * n + 1}.to_v_ip.weight"] = proc.to_v_ip[0].weight.detach().clone()
-    return {"image_proj": image_proj, "ip_adapter": ip}
+    return {"image_proj": image_proj, "ip_adapter": ip_layers_state(unet)}
 
 
 def copy_ip_adapter_state_(unet, state: dict) -> None:
@@ -65,9 +57,7 @@ def copy_ip_adapter_state_(unet, state: dict) -> None:
             parts = state["image_proj"][off].chunk(len(on)) if len(on) > 1 else (state["image_proj"][off],)
             for key, value in zip(on, parts):
                 params[key].copy_(value)
-        for n, proc in enumerate(_ip_processors(unet)):
-            proc.to_k_ip[0].weight.copy_(state["ip_adapter"][f"{2 * n + 1}.to_k_ip.weight"])
-            proc.to_v_ip[0].weight.copy_(state["ip_adapter"][f"{2 * n + 1}.to_v_ip.weight"])
+        copy_ip_layers_(unet, state["ip_adapter"])
 
 
 def init_ip_adapter_state(unet, shape: ResamplerShape = ResamplerShape(), seed: int = 0) -> dict:
@@ -81,17 +71,7 @@ def init_ip_adapter_state(unet, shape: ResamplerShape = ResamplerShape(), seed: 
                                         hidden_dims=shape.hidden_dims, depth=shape.depth, dim_head=shape.dim_head,
                                         heads=shape.hidden_dims // shape.dim_head, num_queries=shape.num_queries,
                                         ffn_ratio=shape.ff_mult)
-    image_proj = _official_image_proj(proj)
-    ip, key_id = {}, 1
-    modules = dict(unet.named_modules())
-    for name in unet.attn_processors:
-        if name.endswith("attn1.processor") or name.startswith("encoder_hid_proj"):
-            continue
-        attn = modules[name[: -len(".processor")]]
-        ip[f"{key_id}.to_k_ip.weight"] = attn.to_k.weight.detach().clone().float()
-        ip[f"{key_id}.to_v_ip.weight"] = attn.to_v.weight.detach().clone().float()
-        key_id += 2
-    return {"image_proj": image_proj, "ip_adapter": ip}
+    return {"image_proj": _official_image_proj(proj), "ip_adapter": ip_layers_from_attention(unet)}
 
 
 def save_official(out: Path, unet, identitynet) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..adapter import layout_problems
 from ..errors import CheckpointError
 
 IP_ADAPTER_FILE = "ip-adapter.bin"
@@ -91,14 +92,6 @@ def check_ip_adapter(state_dict: dict, unet, shape: ResamplerShape | None = None
             raise CheckpointError("image_proj lacks 'latents' or 'proj_in.weight': not an InstantID Resampler")
         shape = ResamplerShape(embed_dims=pin.shape[1], hidden_dims=lat.shape[2], depth=depth, num_queries=lat.shape[1])
     expected = ip_adapter_layout(unet, shape)
-    problems = []
-    for part, keys in expected.items():
-        got = state_dict[part]
-        missing = [k for k in keys if k not in got]
-        unexpected = [k for k in got if k not in keys]
-        wrong = [f"{k}: {tuple(got[k].shape)} != {keys[k]}" for k in keys if k in got and tuple(got[k].shape) != keys[k]]
-        for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
-            if items:
-                problems.append(f"{part}: {len(items)} {label} ({', '.join(items[:4])}{', ...' if len(items) > 4 else ''})")
+    problems = layout_problems(state_dict, expected)
     if problems:
         raise CheckpointError("ip-adapter does not fit this UNet: " + "; ".join(problems))

@@ -2,9 +2,8 @@
 and loaded with diffusers' own loader, on a shared SDXL base or its own."""
 from __future__ import annotations
 
-from ..adapter import install_adapter, load_ip_adapter_state
-from ..base import SharedBase, load_base, pick_device
-from ..errors import MissingWeightsError
+from ..adapter import install_adapter, load_ip_adapter_state, prepare_load
+from ..base import SharedBase
 from ..spec import ModelSpec
 from .layout import check_ip_adapter
 from .pipeline import InstantID
@@ -18,18 +17,9 @@ def load_instantid(spec: ModelSpec, device: str | None = None, dtype=None, base:
     ``base``: an SDXL already in memory to build on (see :class:`ModelCache`); ``offload``:
     diffusers' model CPU offload, for 12-16 GB GPUs (needs an accelerator).
     """
-    import torch
     from diffusers import ControlNetModel, StableDiffusionXLControlNetPipeline
 
-    missing = missing_weights(spec)
-    if missing:
-        raise MissingWeightsError(f"model '{spec.name}' is missing weights:\n- " + "\n- ".join(missing))
-    dev = pick_device(device)
-    if offload and dev.type == "cpu":
-        raise ValueError("CPU offload moves parts between the GPU and the CPU: it needs a GPU (device cuda)")
-    dtype = dtype or (torch.float16 if dev.type == "cuda" else torch.float32)
-    if base is None:
-        base = load_base(spec.base, "cpu" if offload else str(dev), dtype, vae_tiling)
+    dev, dtype, base = prepare_load(spec, missing_weights(spec), device, dtype, base, offload, vae_tiling)
     state = load_ip_adapter_state(local_ip_adapter_file(spec.ip_adapter))
     check_ip_adapter(state, base.components["unet"])
     # our own runs save fp32 weights; the loader keeps a checkpoint's dtype, the pipeline runs in ``dtype``
