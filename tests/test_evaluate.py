@@ -223,6 +223,17 @@ def test_one_run_holds_both_families_and_a_study_of_it_rates_both(eval_ws, tiny_
     rows = he.results(ws, "both")["table3"]
     assert {r["model"] for r in rows} == {"tiny", "tiny-faceid"}
     assert all(r["n"] == 2 for r in rows) and len(rows) == 2 * len(CRITERIA)
+    # Table 3 as the paper lays it out: models as rows, Min / Max / Avg per criterion
+    files = he.export(ws, "both")
+    md = (ws.root / files["table3.md"]).read_text()
+    assert ("| model | Customization Min | Customization Max | Customization Avg | Fidelity Min | Fidelity Max | "
+            "Fidelity Avg | Quality Min | Quality Max | Quality Avg |") in md
+    paper_rows = [line for line in md.split("\n\nStudy **")[0].splitlines() if line.startswith("| tiny")]
+    assert [line.split(" | ")[0] for line in paper_rows] == ["| tiny", "| tiny-faceid"]
+    assert all(len(line.strip("|").split("|")) == 1 + 3 * len(CRITERIA) for line in paper_rows)
+    tex = (ws.root / files["table3.tex"]).read_text()
+    assert r"\begin{tabular}{lccccccccc}" in tex and tex.count(r"\\") >= 2 + 2
+    assert [len(line.split(",")) for line in (ws.root / files["table3.csv"]).read_text().splitlines()] == [10, 10, 10]
 
 
 def test_a_fine_tuned_model_is_compared_with_the_model_it_started_from():
@@ -243,3 +254,51 @@ def test_a_fine_tuned_model_is_compared_with_the_model_it_started_from():
     assert by["FaceID"]["d_against"] == "InstantID" and "d_clip_t" not in by["InstantID"]
     md = table_markdown(table, "InstantID")
     assert "| FaceID-ours (Δ vs FaceID) |" in md and "| CrossFaceID-ours |" in md and "| InstantID (baseline) |" in md
+
+
+@pytest.mark.slow
+def test_the_report_prints_table_2_as_the_paper_lays_it_out(eval_ws, tiny_spec, tiny_faceid_spec, tiny_clip_dir):
+    """A base, a model fine-tuned from it and a model of the other family, over a customization set and a
+    fidelity set: Table 2 has the paper's columns per set, the bracket only on the fine-tuned row, the best of
+    each column in bold, and a LaTeX booktabs table whose rows all have the header's column count."""
+    import re
+
+    from studio.evaluation import tables
+
+    ws = eval_ws
+    register_model(ws, ModelSpec("tiny-ft", base=tiny_spec.base, identitynet=tiny_spec.identitynet,
+                                 ip_adapter=str(ws.root.parent / "ip-adapter-b.bin"), face_pack="bundled", parent="tiny"))
+    register_model(ws, tiny_faceid_spec)
+    build_testset(ws, "custom", "customization", persons=["obama"], ask=["smiling"], per_person=2)
+    build_testset(ws, "neutral", "fidelity", persons=["obama"], per_person=2)
+    run_id, res = _run(ws, _config(tiny_clip_dir, testsets=["custom", "neutral"], models=["tiny", "tiny-ft", "tiny-faceid"],
+                                   lambdas=[0.8]))
+    assert res["against"] == {"tiny-ft": "tiny"}
+    out = studio_cli("report", "--workspace", ws.root, "--run", run_id, "--quiet")
+    assert out.returncode == 0, out.stderr[-2000:]
+    report = (ws.root / "exports" / "report.md").read_text()
+    table2 = report[report.index("**Table 2"):report.index("### The studio's own measures")]
+    assert ("| model | custom CLIP-T | custom CLIP-I | neutral Face Sim | neutral CLIP-T | neutral CLIP-I |"
+            in table2)
+    rows = {line.split(" | ")[0].strip("| "): line for line in table2.splitlines() if line.startswith("| tiny")}
+    assert set(rows) == {"tiny", "tiny-ft", "tiny-faceid"}
+    assert re.search(r"\(([+-])\d\.\d{3}\)", rows["tiny-ft"]) and "(" not in rows["tiny"] + rows["tiny-faceid"]
+    paper = tables.table2(res["table"], res["against"])
+    filled = 0
+    for j in range(5):  # exactly the best value of each column is bold (none in a column without values)
+        values = [cells[j].value for _, cells in paper.rows if cells[j].value is not None]
+        best = [bool(values) and c[j].value == max(values) for _, c in paper.rows]
+        assert [cells[j].best for _, cells in paper.rows] == best
+        filled += bool(values)
+    assert filled >= 4 and table2.count("**") // 2 >= 1 + filled  # the title and a bold cell per filled column
+    assert "Not defined by the paper" in report and "Attribute acc." in report  # the studio's own, apart
+
+    tex = (ws.root / res["files"]["table2.tex"]).read_text()
+    body = tex[tex.index(r"\begin{tabular}"):tex.index(r"\end{tabular}")]
+    spec = re.search(r"\\begin\{tabular\}\{([lc]+)\}", body).group(1)
+    assert spec == "l" + "cc" + "ccc" and body.count(r"\toprule") == body.count(r"\bottomrule") == 1
+    lines = [x for x in body.splitlines() if x.endswith(r"\\")]
+    spans = [sum(int(m) for m in re.findall(r"\\multicolumn\{(\d+)\}", x)) + 1 for x in lines[:1]]
+    assert spans == [len(spec)]  # the group header covers every column
+    assert all(x.count("&") == len(spec) - 1 for x in lines[1:]) and len(lines) == 2 + 3
+    assert r"\textbf{" in body and "tiny-ft" in body and r"\cmidrule(lr){2-3} \cmidrule(lr){4-6}" in body

@@ -219,11 +219,11 @@ def evaluate(ws: Workspace, cfg: EvalConfig, run_id: int, *, author: str = "stud
     against = {s.name: s.parent for s in specs if s.parent and s.parent in cfg.models}
     table = summarize(rows, baseline, n_boot=cfg.n_boot, seed=cfg.seed, against=against)
     curve = tradeoff(table)
-    files = write_outputs(ws, run_id, cfg, name, rows, table, curve)
+    files = write_outputs(ws, run_id, cfg, name, rows, table, curve, against)
     return {"samples": len(plan), "generated": len(todo), "reused": len(reused), "scored": len(inputs),
             "scores_reused": len(plan) - len(inputs), "scorer": name, "face_pack": pack.name,
-            "baseline": baseline, "missing_faces": missing_faces(rows), "score_errors": errors, "table": table,
-            "tradeoff": curve, "files": files}
+            "baseline": baseline, "against": against, "missing_faces": missing_faces(rows), "score_errors": errors,
+            "table": table, "tradeoff": curve, "files": files}
 
 
 def generate_samples(ws: Workspace, todo: list[PlanEntry], cfg: EvalConfig, run_id: int, author: str, track,
@@ -416,8 +416,11 @@ def settings_markdown(cfg: dict, scorer: str, run_id: int) -> str:
 
 
 def write_outputs(ws: Workspace, run_id: int, cfg: EvalConfig, scorer: str, rows: list[dict], table: list[dict],
-                  curve: list[dict]) -> dict[str, str]:
-    """table.csv, table.md, samples.csv and tradeoff.csv under evaluations/run-<id>/ (workspace-relative paths)."""
+                  curve: list[dict], against: dict[str, str] | None = None) -> dict[str, str]:
+    """Under evaluations/run-<id>/ (workspace-relative paths): table2.md / .csv / .tex (the paper's layout),
+    table.md and table.csv (the studio's own measures), samples.csv and tradeoff.csv."""
+    from . import tables
+
     out = Path("evaluations") / f"run-{run_id}"
     (ws.root / out).mkdir(parents=True, exist_ok=True)
     baseline = cfg.baseline or cfg.models[0]
@@ -425,7 +428,10 @@ def write_outputs(ws: Workspace, run_id: int, cfg: EvalConfig, scorer: str, rows
           f"{table_markdown(table, baseline)}\n## λ trade-off\n\n| model | λ | attribute acc. | Face Sim |\n|---|---:|---:|---:|\n"
           + "".join(f"| {p['model']} | {p['lambda']:g} | {_fmt(p['attribute_accuracy'])} | {_fmt(p['face_sim'])} |\n"
                     for p in curve))
-    files = {"table.md": md, "table.csv": _csv(table), "samples.csv": _csv(rows), "tradeoff.csv": _csv(curve, ["model", "lambda", "attribute_accuracy", "face_sim"])}
+    paper = tables.table2(table, against)
+    files = {"table2.md": tables.markdown(paper) + "\n", "table2.csv": tables.csv_text(paper),
+             "table2.tex": tables.latex(paper), "table.md": md, "table.csv": _csv(table), "samples.csv": _csv(rows),
+             "tradeoff.csv": _csv(curve, ["model", "lambda", "attribute_accuracy", "face_sim"])}
     for name, text in files.items():
         atomic_write_bytes(ws.root / out / name, text.encode("utf-8"))
     return {name: (out / name).as_posix() for name in files}

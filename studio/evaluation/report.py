@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..workspace import Workspace, atomic_write_bytes
+from . import tables
 
 
 def report_markdown(ws: Workspace, eval_run: int | None = None) -> str:
@@ -32,7 +33,11 @@ def report_markdown(ws: Workspace, eval_run: int | None = None) -> str:
     else:
         res = run["result"]
         parts += [settings_markdown(run["settings"], res["scorer"], run["id"]) + f" By {run['author']}, "
-                  f"finished {run['ended_at']}.", "", table_markdown(res["table"], res["baseline"])]
+                  f"finished {run['ended_at']}.", "", tables.markdown(tables.table2(res["table"], res.get("against"))), "",
+                  "### The studio's own measures", "",
+                  "Not defined by the paper: 95% bootstrap intervals, Δ against the run's baseline, Face Sim on "
+                  "customization sets, attribute accuracy and samples without a face.", "",
+                  table_markdown(res["table"], res["baseline"])]
         if res.get("tradeoff"):
             parts += ["λ trade-off (attribute accuracy vs Face Sim):", "", "| model | λ | attribute acc. | Face Sim |",
                       "|---|---:|---:|---:|"]
@@ -45,7 +50,8 @@ def report_markdown(ws: Workspace, eval_run: int | None = None) -> str:
         parts += ["No human evaluation scores in this workspace yet.", ""]
     for s in studies:
         res = results(ws, s["name"])
-        parts += [table3_markdown(res) + f" Created by {s['created_by']} from {s['source']}, {s['per_item']} "
+        parts += [tables.markdown(tables.table3(res["table3"], s["name"])), "", "### The studio's own measures", "",
+                  table3_markdown(res) + f" Created by {s['created_by']} from {s['source']}, {s['per_item']} "
                   "annotators per item; scores 0-5.", ""]
     return "\n".join(parts)
 

@@ -344,7 +344,8 @@ def table3_markdown(res: dict) -> str:
 
 def export(ws: Workspace, name: str, out_dir: Path | None = None) -> dict[str, str]:
     """scores.csv (long: sample, model, annotator, criterion, score, time, seconds), label_studio.json
-    (Label Studio's export shape with rating results), table3.md; returns workspace-relative paths."""
+    (Label Studio's export shape with rating results), table3.md (the paper's layout, then the studio's own
+    measures), table3.csv and table3.tex (the paper's layout); returns workspace-relative paths."""
     s = get_study(ws, name)
     rows = ws.store.study_scores(s["id"])
     out = Path(out_dir) if out_dir else ws.root / "exports" / "studies" / hashlib.sha256(name.encode()).hexdigest()[:12]
@@ -368,8 +369,13 @@ def export(ws: Workspace, name: str, out_dir: Path | None = None) -> dict[str, s
             tasks[r["item_id"]]["annotations"].append(ann)
         ann["result"].append({"from_name": r["criterion"], "to_name": "image", "type": "rating",
                               "value": {"rating": r["score"]}})
+    from ..evaluation import tables
+
+    res = results(ws, name)
+    paper = tables.table3(res["table3"], name)
     files = {"scores.csv": buf.getvalue(), "label_studio.json": json.dumps(list(tasks.values()), indent=1),
-             "table3.md": table3_markdown(results(ws, name)) + "\n"}
+             "table3.md": tables.markdown(paper) + "\n\n" + table3_markdown(res) + "\n",
+             "table3.csv": tables.csv_text(paper), "table3.tex": tables.latex(paper)}
     for fname, text in files.items():
         atomic_write_bytes(out / fname, text.encode("utf-8"))
     return {k: str((out / k).relative_to(ws.root)) if (out / k).is_relative_to(ws.root) else str(out / k) for k in files}
