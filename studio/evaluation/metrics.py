@@ -1,6 +1,7 @@
 """The paper's automatic metrics (CLIP-T, CLIP-I, Face Sim) and an attribute-following score, in one pass.
 
-* CLIP-T: cosine between the prompt and the generated image (open_clip; the paper's ViT-L/14).
+* CLIP-T: cosine between the prompt and the generated image (open_clip; ViT-L/14 by default, the
+  studio's choice: the paper names no CLIP model; the model is recorded with every score).
 * CLIP-I: cosine between the reference photo and the generated image.
 * Face Sim: ArcFace cosine between the input face and the largest generated face, with the
   workspace's face pack (the score records which). A generated image without a face gets no
