@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from studio.runs.jobs import check_args
+from studio.runs.jobs import settings_from_args
 from studio.train.launch import TrainConfig, check_extra
 
 
@@ -22,13 +22,13 @@ from studio.train.launch import TrainConfig, check_extra
 ])
 def test_stage_arguments_are_parsed_as_the_worker_parses(args, message):
     with pytest.raises(ValueError, match=message):
-        check_args("curate", args)
+        settings_from_args("curate", args)
 
 
 def test_good_stage_arguments_pass(capsys):
-    check_args("curate", [])
-    check_args("analyze", ["--face-pack", "bundled", "--workers", "2"])
-    check_args("train", ["--name", "m", "--devices", "cpu", "--", "--lr_warmup_steps", "10"])
+    settings_from_args("curate", [])
+    settings_from_args("analyze", ["--face-pack", "bundled", "--workers", "2"])
+    settings_from_args("train", ["--name", "m", "--devices", "cpu", "--", "--lr_warmup_steps", "10"])
     assert capsys.readouterr().out == ""  # nothing printed (no usage text)
 
 
@@ -52,5 +52,5 @@ def test_extra_training_options_refuse_the_studios_own(extra, message):
 
 def test_a_train_run_smuggling_through_run_start_is_refused():
     with pytest.raises(ValueError, match="--output_dir is set by the studio"):
-        check_args("train", ["--name", "m", "--", "--output_dir=/elsewhere"])
+        settings_from_args("train", ["--name", "m", "--", "--output_dir=/elsewhere"])
     check_extra(["--lr_scheduler", "cosine", "--data_root", "/data"])  # the script's own options pass

@@ -50,10 +50,14 @@ def run_stage(args, ws, settings):
 
 
 def report_run(run_id: int, result, as_json: bool) -> int:
-    """Print a stage run's result; the exit code (130 when it was cancelled)."""
+    """Print a stage run's result (its warning, if any, on stderr); the exit code (130 when it was cancelled).
+
+    The CLI and the worker both end here, so a warning reaches a person and a worker's log alike."""
     if result is None:
         print(f"run {run_id} cancelled; run the same command again to resume", file=sys.stderr)
         return 130
+    if isinstance(result, dict) and result.get("warning"):
+        print(f"warning: {result['warning']}", file=sys.stderr)
     print_result({**result, "run_id": run_id} if isinstance(result, dict) else result, as_json)
     return 0
 

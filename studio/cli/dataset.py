@@ -96,8 +96,6 @@ def cmd_problems(args) -> int:
 
 def cmd_export(args) -> int:
     run_id, result = run_stage(args, open_workspace(args), ExportSettings.from_args(args))
-    if result and result.get("warning"):
-        print(f"warning: {result['warning']}", file=sys.stderr)
     return report_run(run_id, result, args.json)
 
 

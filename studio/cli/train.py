@@ -28,8 +28,6 @@ def cmd_pairs(args) -> int:
 
 def cmd_manifest(args) -> int:
     run_id, result = run_stage(args, open_workspace(args), ManifestSettings.from_args(args))
-    if result and result.get("warning"):
-        print(f"warning: {result['warning']}", file=sys.stderr)
     return report_run(run_id, result, args.json)
 
 

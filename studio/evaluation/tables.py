@@ -45,10 +45,11 @@ class PaperTable:
     note: str = ""
 
 
-def _bold_best(rows: list[tuple[str, list[Cell]]]) -> None:
+def _bold_best(rows: list[tuple[str, list[Cell]]], columns=None) -> None:
+    """Mark the highest value of each of ``columns`` (default: every column), where two or more rows have one."""
     if not rows:
         return
-    for j in range(len(rows[0][1])):
+    for j in columns if columns is not None else range(len(rows[0][1])):
         values = [cells[j].value for _, cells in rows if cells[j].value is not None]
         if len(values) > 1:
             best = max(values)
@@ -94,10 +95,7 @@ def table3(rows: list[dict], study: str = "") -> PaperTable:
             cells += [Cell(r["min"] if r else None, digits=0), Cell(r["max"] if r else None, digits=0),
                       Cell(float(r["avg"]) if r else None, digits=2)]
         t.rows.append((model, cells))
-    for j in range(2, len(t.groups) * 3, 3):  # bold: the best average per criterion
-        values = [cells[j].value for _, cells in t.rows if cells[j].value is not None]
-        for _, cells in t.rows:
-            cells[j].best = len(values) > 1 and cells[j].value == max(values)
+    _bold_best(t.rows, range(2, len(t.groups) * 3, 3))  # the best average per criterion
     return t
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .spec import ModelSpec
@@ -28,3 +29,5 @@ class Family:
     load: Callable[..., Any]
     #: (out_dir, unet, identitynet) -> writes the trained parts in the family's released layout
     save_official: Callable[..., None]
+    #: out_dir -> the ModelSpec fields (identitynet, ip_adapter) that point at what save_official wrote there
+    saved_parts: Callable[[Path], dict]

@@ -172,9 +172,6 @@ def settings_from_args(kind: str, args: list[str]) -> RunSettings:
     return st.settings.from_args(parse(stage_parser(kind), args, what))
 
 
-check_args = settings_from_args  # what reaches a worker is checked by building its settings
-
-
 def start(ws: Workspace, settings: RunSettings, author: str, *, run_id: int | None = None,
           track: Callable | None = None) -> tuple[int, dict | None]:
     """Run a stage in this process as a recorded run (the CLI; the worker with ``run_id``): returns
@@ -197,10 +194,7 @@ def start(ws: Workspace, settings: RunSettings, author: str, *, run_id: int | No
 
 
 def _inputs(ws: Workspace, settings: RunSettings) -> dict:
-    inputs = {"workspace": str(ws.root)}
-    if settings.KIND == "train":  # the GPU set it holds: one training run per set
-        inputs["device_set"] = sorted(settings.device_set())  # type: ignore[attr-defined]
-    return inputs
+    return {"workspace": str(ws.root), **settings.run_inputs()}
 
 
 def submit(ws: Workspace, settings: RunSettings, author: str, *, secrets_env: dict[str, str] | None = None,

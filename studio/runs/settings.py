@@ -10,6 +10,7 @@ gate: unknown fields, values of the wrong type and NUL bytes are refused naming 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from collections.abc import Mapping
@@ -34,6 +35,10 @@ class RunSettings:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    def run_inputs(self) -> dict:
+        """What the run holds or reads beyond its settings, recorded with it (training: its GPU set)."""
+        return {}
 
     @classmethod
     def from_dict(cls: type[S], data: Any) -> S:
@@ -70,9 +75,7 @@ class RunSettings:
         run the same again; runs are shown with it). Derived from the stage's own parser, not written out."""
         import argparse
 
-        from ..cli import stage_parser
-
-        actions = {a.dest: a for a in stage_parser(self.KIND)._actions}
+        actions = _cli_actions(self.KIND)
         defaults = self.defaults()
         positional, out, rest = [], [], []
         for f in dataclasses.fields(self):  # type: ignore[arg-type]
@@ -108,6 +111,15 @@ class RunSettings:
             elif f.default_factory is not dataclasses.MISSING:
                 out[f.name] = f.default_factory()
         return out
+
+
+@functools.lru_cache(maxsize=None)
+def _cli_actions(kind: str) -> dict:
+    """dest -> option of a stage's command, only read by ``to_cli``: built once per kind (the Runs view shows
+    the open run's command on every refresh)."""
+    from ..cli import stage_parser
+
+    return {a.dest: a for a in stage_parser(kind)._actions}
 
 
 def coerce(value: Any, hint: Any, what: str) -> Any:

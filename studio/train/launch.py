@@ -121,6 +121,10 @@ class TrainConfig(RunSettings):
         if problems:
             raise ValueError("; ".join(problems))
 
+    def run_inputs(self) -> dict:
+        """The GPU set the run holds: one training run per set (``busy_with``)."""
+        return {"device_set": sorted(self.device_set())}
+
     def device_set(self) -> set[str]:
         """The GPUs (or 'cpu') the run holds: two runs on one set would fight for memory."""
         if self.devices == "cpu" or not gpus():
@@ -350,7 +354,7 @@ def manifest_face_pack(manifest: Path) -> str | None:
 def train(ws: Workspace, cfg: TrainConfig, handle, author: str, log=print) -> dict:
     """Run training as run ``handle.run_id``: launch, watch, stop on cancel, register the result."""
     from ..models.generate import register_model
-    from ..models import ModelSpec
+    from ..models import ModelSpec, family_of
     from ..runs.jobs import RunCancelled
 
     spec = check_start(ws, cfg, handle.run_id)
@@ -398,14 +402,8 @@ def train(ws: Workspace, cfg: TrainConfig, handle, author: str, log=print) -> di
         cause = (ours or others or list(tail)[-1:] or ["no output"])[-1]
         raise TrainingError(f"training exited with code {proc.returncode}: {cause}")
     losses = [r for r in rows if "loss" in r]
-    if spec.family == INSTANTID:
-        new = ModelSpec(cfg.name, base=spec.base, identitynet=str(out), ip_adapter=str(out / "ip-adapter.bin"),
-                        face_pack=manifest_face_pack(manifest) or spec.face_pack, lcm_lora=spec.lcm_lora, parent=cfg.model)
-    else:
-        from ..models.faceid import FACEID_FILE
-
-        new = ModelSpec(cfg.name, base=spec.base, identitynet="", ip_adapter=str(out / FACEID_FILE), family=spec.family,
-                        face_pack=manifest_face_pack(manifest) or spec.face_pack, lcm_lora=spec.lcm_lora, parent=cfg.model)
+    new = ModelSpec(cfg.name, base=spec.base, family=spec.family, face_pack=manifest_face_pack(manifest) or spec.face_pack,
+                    lcm_lora=spec.lcm_lora, parent=cfg.model, **family_of(spec).saved_parts(out))
     register_model(ws, new)
     return {"model": cfg.name, "output_dir": str(out), "steps": losses[-1]["step"] if losses else 0,
             "final_loss": losses[-1]["loss"] if losses else None, "card": str(out / "training_card.json"),

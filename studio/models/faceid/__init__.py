@@ -16,7 +16,8 @@ from .pipeline import FaceID
 from .weights import local_faceid_file, local_lora_file, missing_weights
 
 FAMILY = Family(name="IP-Adapter-FaceID", trainable=("face projection", "IP-adapter"), missing_weights=missing_weights,
-                load=load_faceid, save_official=save_official)
+                load=load_faceid, save_official=save_official,
+                saved_parts=lambda out: {"identitynet": "", "ip_adapter": str(out / FACEID_FILE)})
 
 __all__ = ["FACEID_FILE", "FACEID_LORA_FILE", "FAMILY", "FaceID", "ProjShape", "check_faceid", "copy_faceid_state_",
            "cross_attention_widths", "faceid_layout", "faceid_state_dict", "init_faceid_state", "load_faceid",

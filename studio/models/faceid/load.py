@@ -27,6 +27,5 @@ def load_faceid(spec: ModelSpec, device: str | None = None, dtype=None, base: Sh
         f = local_lora_file(spec.lora)
         pipe.load_lora_weights(str(f.parent), weight_name=f.name, adapter_name="faceid")
     slot = install_adapter(pipe, base, state, dev, offload)  # an embedded LoRA: diffusers loads it as faceid_0
-    model = FaceID(pipe, spec, slot, base)
-    model.own_lora = None if not spec.lora else "faceid_0" if spec.lora == EMBEDDED else "faceid"
-    return model
+    own_lora = None if not spec.lora else "faceid_0" if spec.lora == EMBEDDED else "faceid"
+    return FaceID(pipe, spec, slot, base, own_lora=own_lora)

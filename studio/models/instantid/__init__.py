@@ -24,7 +24,8 @@ from .pipeline import InstantID, route_face_tokens
 from .weights import local_identitynet_dir, local_ip_adapter_file, missing_weights
 
 FAMILY = Family(name="InstantID", trainable=("Resampler", "IP-adapter", "IdentityNet"), missing_weights=missing_weights,
-                load=load_instantid, save_official=save_official)
+                load=load_instantid, save_official=save_official,
+                saved_parts=lambda out: {"identitynet": str(out), "ip_adapter": str(out / IP_ADAPTER_FILE)})
 
 __all__ = ["FAMILY", "IDENTITYNET_SUBFOLDER", "IP_ADAPTER_FILE", "RELEASE_IDENTITYNET_SUBFOLDER", "RELEASE_IP_ADAPTER_FILE", "SDXL_UNET_CONFIG",
            "InstantID", "ResamplerShape", "check_ip_adapter", "copy_ip_adapter_state_",
