@@ -61,7 +61,7 @@ def test_two_models_two_lambdas_three_items_table_curve_report_and_resume(eval_w
         assert r["n"] == 3 and r["clip_t_n"] == 3 and r["clip_i_n"] == 3 and r["unscored"] == 0
         assert r["clip_t_lo"] <= r["clip_t"] <= r["clip_t_hi"]
         assert r["missing_faces"] + r["face_sim_n"] == 3  # every faceless sample is counted, none dropped
-        assert r["attr_acc_n"] == 3
+        assert r["attr_acc_n"] + r["pose_acc_n"] == 3  # every item asks for one attribute, pose ones apart
         assert ("d_clip_t" in r) == (r["model"] == "tiny-b")  # paired deltas against the baseline (first model)
     assert sum(res["missing_faces"].values()) == sum(r["missing_faces"] for r in table)
     assert [(p["model"], p["lambda"]) for p in res["tradeoff"]] == [(r["model"], r["lambda"]) for r in table]

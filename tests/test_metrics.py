@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from studio.evaluation.evaluate import bootstrap_ci, summarize, tradeoff
+from studio.evaluation.evaluate import POSE_NOTE, bootstrap_ci, summarize, table_markdown, tradeoff
 from studio.dataset.faces import FaceAnalyzer
 from studio.images import load_rgb
 from studio.evaluation.metrics import ClipSpec, MissingClipError, ScoreInput, Scorer, face_similarity, load_clip
@@ -136,3 +136,24 @@ def test_table_means_missing_faces_and_paired_deltas_by_hand():
     assert "d_clip_t" not in base
     curve = {p["model"]: p for p in tradeoff(list(table.values()))}
     assert curve["ours"]["attribute_accuracy"] == pytest.approx(2 / 3) and curve["ours"]["face_sim"] == pytest.approx(0.475)
+
+
+def test_pose_attributes_are_reported_apart_and_left_out_of_the_curve_by_default():
+    """The keypoints decide an InstantID sample's pose: pose-following is its own column, not part of the curve."""
+    rows = [_row("m", 0.8, 1, 0.2, 0.6, asked="smiling", correct=1),
+            _row("m", 0.8, 2, 0.2, 0.4, asked="smiling", correct=0),
+            _row("m", 0.8, 3, 0.2, 0.5, asked="side profile", correct=0),
+            _row("m", 0.8, 4, 0.2, 0.5, asked="looking up", correct=0),
+            _row("m", 0.8, 5, 0.2, 0.5, asked="looking down", correct=1)]
+    (row,) = summarize(rows, None, n_boot=0)
+    assert (row["attr_acc"], row["attr_acc_n"]) == (0.5, 2)
+    assert row["pose_acc"] == pytest.approx(1 / 3) and row["pose_acc_n"] == 3
+    (point,) = tradeoff([row])
+    assert point["attribute_accuracy"] == 0.5  # pose left out
+    (with_pose,) = tradeoff([row], pose=True)
+    assert with_pose["attribute_accuracy"] == pytest.approx(2 / 5)  # weighted by how many items asked
+    md = table_markdown([row], None)
+    assert "Pose acc." in md and POSE_NOTE in md
+    # a set asking for pose only has no point on the default curve
+    only_pose = summarize([r for r in rows if r["asked"] != "smiling"], None, n_boot=0)
+    assert tradeoff(only_pose) == [] and len(tradeoff(only_pose, pose=True)) == 1

@@ -39,7 +39,7 @@ def report_markdown(ws: Workspace, eval_run: int | None = None) -> str:
                   "customization sets, attribute accuracy and samples without a face.", "",
                   table_markdown(res["table"], res["baseline"])]
         if res.get("tradeoff"):
-            parts += ["λ trade-off (attribute accuracy vs Face Sim):", "", "| model | λ | attribute acc. | Face Sim |",
+            parts += ["λ trade-off (accuracy on the attributes other than pose vs Face Sim):", "", "| model | λ | attribute acc. | Face Sim |",
                       "|---|---:|---:|---:|"]
             parts += [f"| {p['model']} | {p['lambda']:g} | {p['attribute_accuracy']:.3f} | "
                       f"{'–' if p['face_sim'] is None else format(p['face_sim'], '.3f')} |" for p in res["tradeoff"]]

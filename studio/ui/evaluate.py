@@ -28,7 +28,7 @@ from .wiring import Wiring
 SETS = ["name", "kind", "items", "persons", "with_target_photo", "pack", "source", "created_at"]
 HISTORY = ["id", "status", "progress", "test sets", "models", "λ", "author", "started"]
 ITEMS = ["idx", "person", "prompt", "attribute", "input", "target"]
-TABLE = ["test set", "model", "λ", "n", "CLIP-T", "CLIP-I", "Face Sim", "no face", "Attribute acc."]
+TABLE = ["test set", "model", "λ", "n", "CLIP-T", "CLIP-I", "Face Sim", "no face", "Attribute acc.", "Pose acc."]
 
 
 @dataclass
@@ -99,7 +99,7 @@ def build() -> EvaluateTab:
         table = gr.Dataframe(headers=TABLE, label="Table 2: mean [95% bootstrap interval] (Δ to the baseline)",
                              interactive=False, wrap=True, elem_id="ev-table")
         curve = gr.LinePlot(x="attribute_accuracy", y="face_sim", color="model", title="λ trade-off: Face Sim vs "
-                            "attribute accuracy (one point per λ)", elem_id="ev-curve", height=300, visible=False)
+                            "accuracy on non-pose attributes (one point per λ)", elem_id="ev-curve", height=300, visible=False)
         files = gr.File(label="Files (CSV, Markdown)", file_count="multiple", interactive=False, elem_id="ev-files")
         history = gr.Dataframe(headers=HISTORY, label="Evaluation runs (newest first; click to open)", interactive=False)
     return EvaluateTab(tab, b, build_btn, sets, items, f, start, run_id, cancel, status, table, curve, files, history)
@@ -125,7 +125,8 @@ def history_frame(ctx: StudioContext) -> pd.DataFrame:
 def table_frame(result: dict) -> pd.DataFrame:
     rows = [[r["testset"], r["model"] + (" (baseline)" if r["model"] == result["baseline"] else ""), r["lambda"], r["n"],
              *(cell(r, m) for m in METRICS[:3]), f"{r['missing_faces']}/{r['n']}",
-             cell(r, "attr_acc") if r["attr_acc_n"] else "–"] for r in result["table"]]
+             cell(r, "attr_acc") if r["attr_acc_n"] else "–", cell(r, "pose_acc") if r.get("pose_acc_n") else "–"]
+            for r in result["table"]]
     return pd.DataFrame(rows, columns=TABLE)
 
 
