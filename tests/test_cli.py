@@ -95,3 +95,7 @@ def test_cli_generate(curated_ws, tiny_spec, photos, tmp_path):
     assert ("download of Super-shuhe/CrossFaceID-InstantID failed" in offline.stderr and
             "hf download Super-shuhe/CrossFaceID-InstantID --include 'ControlNetModel/*' 'controlnet/*' "
             "'ip-adapter.bin' 'pytorch_model.bin'" in offline.stderr)
+    clip = studio_cli("models", "--download", "clip", env=env)  # through open_clip's own downloader
+    assert clip.returncode == 2 and "Traceback" not in clip.stderr
+    assert "download of CLIP ViT-L-14/openai failed" in clip.stderr
+    assert "hf download timm/vit_large_patch14_clip_224.openai --local-dir models/clip" in clip.stderr

@@ -12,6 +12,7 @@ from conftest import studio_cli
 from studio.evaluation.evaluate import EvalConfig, evaluate
 from studio.models.generate import register_model
 from studio.models import ModelSpec
+from studio.models.settings import DEMO_NEGATIVE_PROMPT
 from studio.train.pairs import assign_splits
 from studio.evaluation.report import report_markdown
 from studio.runs.jobs import execute
@@ -70,6 +71,9 @@ def test_two_models_two_lambdas_three_items_table_curve_report_and_resume(eval_w
     md = files["table.md"].read_text()
     assert "tiny-b" in md and "(baseline)" in md and "λ trade-off" in md
     assert files["samples.csv"].read_text().count("\n") == 13
+    # one default negative prompt for Generate and evaluation, recorded with every sample
+    assert {g["settings"]["negative_prompt"] for g in ws.store.generations()} == {DEMO_NEGATIVE_PROMPT}
+    assert "negative prompt: the official demo's" in md
     # the same samples have the same seeds for both models: seed + item index
     seeds = {(g["model"], g["settings"]["ip_scale"], g["settings"]["prompt"]): g["settings"]["seed"] for g in ws.store.generations()}
     assert {s for (m, _, _), s in seeds.items() if m == "tiny"} == {s for (m, _, _), s in seeds.items() if m == "tiny-b"}
@@ -302,3 +306,91 @@ def test_the_report_prints_table_2_as_the_paper_lays_it_out(eval_ws, tiny_spec, 
     assert spans == [len(spec)]  # the group header covers every column
     assert all(x.count("&") == len(spec) - 1 for x in lines[1:]) and len(lines) == 2 + 3
     assert r"\textbf{" in body and "tiny-ft" in body and r"\cmidrule(lr){2-3} \cmidrule(lr){4-6}" in body
+
+
+def _pairs_folder(root, photos):
+    """CrossFaceID-test's shape (obama: the pair's photo + another photo of him as the input face) with two
+    faults (a photo without its prompt, a prompt beside a photo without a face), and Unsplash-50's shape."""
+    cross = root / "cross"
+    (cross / "obama").mkdir(parents=True)
+    Image.open(photos["obama"]).save(cross / "obama" / "0001.jpg")
+    Image.open(photos["obama2"]).save(cross / "obama" / "0001.input.jpg")
+    (cross / "obama" / "0001.txt").write_text("a photo of a man smiling\n", encoding="utf-8")
+    Image.open(photos["obama3"]).save(cross / "obama" / "0002.jpg")  # no 0002.txt
+    Image.new("RGB", (300, 300), (20, 90, 40)).save(cross / "0003.png")
+    (cross / "0003.txt").write_text("a photo of a person laughing", encoding="utf-8")
+    unsplash = root / "unsplash"
+    unsplash.mkdir()
+    Image.open(photos["biden"]).save(unsplash / "0001.jpg")
+    (unsplash / "0001.txt").write_text("a man in a suit in front of a flag", encoding="utf-8")
+    Image.open(photos["astronaut"]).save(unsplash / "0002.png")
+    (unsplash / "0002.txt").write_text("an astronaut in an orange suit, wearing glasses", encoding="utf-8")
+    return cross, unsplash
+
+
+def _zip(folder, out, extra: dict | None = None):
+    import zipfile
+
+    with zipfile.ZipFile(out, "w") as zf:
+        for f in sorted(folder.rglob("*")):
+            if f.is_file():
+                zf.write(f, f"{folder.name}/{f.relative_to(folder).as_posix()}")
+        for name, data in (extra or {}).items():
+            zf.writestr(name, data)
+    return out
+
+
+def test_testsets_from_folders_of_text_image_pairs_and_zips(eval_ws, photos, tmp_path):
+    ws = eval_ws
+    cross, unsplash = _pairs_folder(tmp_path, photos)
+
+    made = import_testset(ws, cross, "cross", face_pack="bundled")  # kind inferred: pairs with input photos
+    assert made["kind"] == "customization" and made["fills"].startswith("Table 2, as CrossFaceID-test")
+    assert made["items"] == 1 and made["with_target_photo"] == 1 and made["attributes"] == {"smiling": 1}
+    assert sorted(p.split(":")[0] for p in made["left_out"]) == ["0003.png", "obama/0002.jpg"]
+    assert "no face" in " ".join(made["left_out"]) and "0002.txt is missing" in " ".join(made["left_out"])
+    (row,) = ws.store.testset_items(ws.store.testset("cross")["id"])
+    assert row["person"] == "obama" and row["prompt"] == "a photo of a man smiling"
+    # the input face is the other photo; CLIP-I compares with the pair's own photo
+    assert (ws.root / row["input_path"]).read_bytes() == (cross / "obama" / "0001.input.jpg").read_bytes()
+    assert (ws.root / row["target_path"]).read_bytes() == (cross / "obama" / "0001.jpg").read_bytes()
+
+    made = import_testset(ws, unsplash, "unsplash", face_pack="bundled")
+    assert made["kind"] == "fidelity" and made["fills"].startswith("Table 2, as Unsplash-50")
+    assert made["items"] == 2 and made["with_target_photo"] == 0 and made["left_out"] == []
+    assert made["attributes"] == {"(none)": 2}  # a fidelity set asks for nothing, whatever its captions say
+
+    # the same folder zipped (as the Evaluate tab uploads it) gives the same items; the scratch copy is removed
+    made = import_testset(ws, _zip(cross, tmp_path / "cross.zip"), "cross-zip", face_pack="bundled")
+    assert (made["kind"], made["items"], made["with_target_photo"]) == ("customization", 1, 1)
+    assert not list((ws.root / "tmp").iterdir())
+    # a zip holding a JSONL with the photos it names; a path out of the zip is that row's problem
+    lines = [{"input": "face.jpg", "prompt": "a man looking sad", "target": "face.jpg"},
+             {"input": str(photos["obama"]), "prompt": "a man smiling"}]
+    z = _zip(tmp_path / "unsplash", tmp_path / "table.zip",
+             {"face.jpg": (photos["obama2"]).read_bytes(), "items.jsonl": "\n".join(json.dumps(x) for x in lines)})
+    made = import_testset(ws, z, "table-zip", "customization", face_pack="bundled")
+    assert made["items"] == 1 and made["attributes"] == {"sad": 1}
+    assert len(made["left_out"]) == 1 and "outside the uploaded zip" in made["left_out"][0]
+    # a member that would land outside the scratch folder refuses the whole zip, and nothing is written there
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "evil.zip", "w") as zf:
+        zf.writestr("set/0001.txt", "a prompt")
+        zf.writestr("../../escaped.txt", "x")
+    with pytest.raises(ValueError, match="refused member '../../escaped.txt'"):
+        import_testset(ws, tmp_path / "evil.zip", "evil", face_pack="bundled")
+    assert not (ws.root / "escaped.txt").exists() and not (ws.root.parent / "escaped.txt").exists()
+    (tmp_path / "not.zip").write_bytes(b"no zip")
+    with pytest.raises(ValueError, match="not a zip file"):
+        import_testset(ws, tmp_path / "not.zip", "bad", face_pack="bundled")
+
+    # the CLI: --kind may be left out for an import, and the list says which table each set fills
+    out = studio_cli("testset", "import", "--workspace", ws.root, "--file", tmp_path / "cross.zip", "--name", "cli-zip",
+                     "--face-pack", "bundled", "--json", env={"STUDIO_FACE_PACK": "bundled"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert ws.store.testset("cli-zip")["kind"] == "customization"
+    listed = studio_cli("testset", "list", "--workspace", ws.root)
+    assert "cli-zip" in listed.stdout and "CrossFaceID-test" in listed.stdout
+    refused = studio_cli("testset", "build", "--workspace", ws.root, "--name", "x")
+    assert refused.returncode == 2 and "needs --name and --kind" in refused.stderr

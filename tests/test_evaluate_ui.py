@@ -115,3 +115,29 @@ def test_browser_builds_a_test_set_and_evaluates_it(browser, eval_app, tmp_path)
     run = ws.store.runs(kind="evaluate")[0]
     assert run["status"] == "done" and run["settings"]["testsets"] == ["ui-fid"]
     assert run["settings"]["models"] == ["tiny", "tiny-b"] and run["result"]["samples"] == 4  # 2 photos x 2 models
+
+
+@pytest.mark.browser
+def test_browser_imports_a_zip_of_text_image_pairs(browser, eval_app, photos, tmp_path):
+    from conftest import login
+    from playwright.sync_api import expect
+    from test_evaluate import _pairs_folder, _zip
+
+    ws, url, _ = eval_app
+    cross, _ = _pairs_folder(tmp_path, photos)
+    page = login(browser, url, "ada")
+    page.get_by_role("tab", name="Evaluate").click()
+    page.locator("#ts-import").click()  # nothing chosen: a warning, nothing submitted
+    expect(page.get_by_text("choose a zip of text-image pairs to import")).to_be_visible()
+    page.locator("#ts-zip input[type=file]").set_input_files(str(_zip(cross, tmp_path / "cross.zip")))
+    box = page.locator("#ts-import-name input, #ts-import-name textarea").first
+    box.fill("uploaded")
+    box.press("Tab")
+    page.locator("#ts-import").click()
+    expect(page.locator("#ts-list")).to_contain_text("uploaded", timeout=120_000)
+    t = ws.store.testset("uploaded")
+    assert t["kind"] == "customization" and t["source"].startswith("import:")
+    (item,) = ws.store.testset_items(t["id"])
+    assert item["person"] == "obama" and item["target_path"] and item["attribute"] == "smiling"
+    run = ws.store.runs(kind="testset")[0]
+    assert run["author"] == "ada" and run["settings"]["file"].startswith(str(ws.root / "imports"))

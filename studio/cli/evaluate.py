@@ -16,7 +16,7 @@ def cmd_testset(args) -> int:
     if args.action == "list":
         rows = [summary(ws, t["name"]) for t in ws.store.testsets()]
         print_result(rows, args.json, "\n".join(f"{r['name']:<24} {r['kind']:<14} {r['items']:>5} items  {r['persons']:>4} persons"
-                                          f"  pack {r['pack']}  from {r['source']}" for r in rows) or "No test sets yet.")
+                                          f"  pack {r['pack']}  from {r['source']}  fills {r['fills']}" for r in rows) or "No test sets yet.")
         return 0
     if args.action in ("show", "delete"):
         if not args.name:
@@ -30,8 +30,8 @@ def cmd_testset(args) -> int:
         print_result(data, args.json, "\n".join(f"{r['idx']:>4}  {r['person'] or '':<16} {r['attribute'] or '':<13} {r['prompt']}"
                                           for r in data["rows"]))
         return 0
-    if not args.name or not args.kind:
-        raise ValueError(f"testset {args.action} needs --name and --kind")
+    if not args.name or (args.action == "build" and not args.kind):
+        raise ValueError("testset build needs --name and --kind" if args.action == "build" else "testset import needs --name")
     run_id, result = run_stage(args, ws, TestsetSettings.from_args(args))
     return report_run(run_id, result, args.json)
 
@@ -65,8 +65,9 @@ def add_commands(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("action", choices=["build", "import", "list", "show", "delete"])
     p.add_argument("--name")
     p.add_argument("--kind", choices=list(KINDS),
-                   help="customization: a prompt asking for an attribute (+ a real photo showing it); fidelity: a "
-                        "neutral prompt")
+                   help="customization (Table 2 as CrossFaceID-test): a prompt asking for an attribute (+ a real photo "
+                        "showing it); fidelity (as Unsplash-50): the face comes from the photo itself. Import: "
+                        "inferred when left out (customization when the items have target photos)")
     p.add_argument("--split", default="test", help="build from this split's persons (default test)")
     p.add_argument("--person", action="append", help="build from these persons instead of a split (repeatable)")
     p.add_argument("--ask", default="", help=f"comma-separated attributes to ask of every input face; scored: "
@@ -74,7 +75,8 @@ def add_commands(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt", default=NEUTRAL_PROMPT, help=f"prompt (fidelity) or its start (default {NEUTRAL_PROMPT!r})")
     p.add_argument("--per-person", type=int, default=0, help="at most this many items per person (0: all)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--file", help="import: CSV or JSONL with input, prompt[, attribute, target, person]")
+    p.add_argument("--file", help="import: CSV or JSONL with input, prompt[, attribute, target, person]; a folder of "
+                                  "text-image pairs (photo + .txt prompt [+ .input photo]); or a zip of either")
     p.add_argument("--face-pack", default="auto", help="import: face pack for the photos (default auto)")
     p.add_argument("--replace", action="store_true", help="replace a test set of the same name")
     p.set_defaults(func=cmd_testset)
@@ -90,7 +92,8 @@ def add_commands(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--width", type=int, default=1024)
     p.add_argument("--height", type=int, default=1024)
     p.add_argument("--seed", type=int, default=0, help="item i is generated with seed + i, for every model and λ")
-    p.add_argument("--negative-prompt", default="")
+    p.add_argument("--negative-prompt", default=None,
+                   help="negative prompt of every sample (default: the official demo's, as in Generate; '' for none)")
     p.add_argument("--clip-model", default=DEFAULT_CLIP_MODEL,
                    help="open_clip model name, hf-hub:REPO, or a folder with open_clip_config.json and weights")
     p.add_argument("--clip-pretrained", default=DEFAULT_CLIP_PRETRAINED,

@@ -13,6 +13,11 @@ def cmd_models(args) -> int:
     from ..dataset.faces import resolve_pack
     from ..models import download_weights
 
+    if args.download == "clip":
+        from ..evaluation.metrics import download_clip
+
+        print_result({"downloaded": "clip", "file": download_clip()}, args.json)
+        return 0
     if args.download and args.download != "antelopev2":
         folders = download_weights(args.download)
         print_result({"downloaded": args.download, "folders": folders}, args.json)
@@ -80,10 +85,10 @@ def add_commands(sub, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("models", parents=[common], help="show the face pack in use, or download weights")
     p.add_argument("--face-pack", default=face_pack_spec(), help="pack to resolve (default: auto)")
     p.add_argument("--download", choices=["antelopev2", "sdxl", "instantid", "crossfaceid", "ip-adapter-faceid",
-                                          "lcm-lora"], default=None,
+                                          "lcm-lora", "clip"], default=None,
                    help="download into the hub cache: the antelopev2 face pack, the SDXL base (fp16 files only), "
                         "InstantID or CrossFaceID (IdentityNet + adapter), IP-Adapter-FaceID (adapter + its LoRA), "
-                        "or SDXL's LCM-LoRA (fast mode)")
+                        "SDXL's LCM-LoRA (fast mode), or evaluation's default CLIP (ViT-L-14, openai)")
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("register-model", parents=[common],

@@ -31,6 +31,7 @@ import numpy as np
 
 from ..codes import RunStatus
 from ..models import GenerationSettings, ModelSpec
+from ..models.settings import DEMO_NEGATIVE_PROMPT
 from .metrics import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED, POSE_ATTRIBUTES
 from ..runs.settings import RunSettings
 from ..workspace import Workspace, atomic_write_bytes
@@ -70,7 +71,7 @@ class EvalConfig(RunSettings):
     width: int = 1024
     height: int = 1024
     seed: int = 0
-    negative_prompt: str = ""
+    negative_prompt: str = DEMO_NEGATIVE_PROMPT  # Generate's default too: a sample looks as it would there
     clip_model: str = DEFAULT_CLIP_MODEL
     clip_pretrained: str | None = DEFAULT_CLIP_PRETRAINED
     n_boot: int = 1000
@@ -425,9 +426,16 @@ def table_markdown(table: list[dict], baseline: str | None) -> str:
 def settings_markdown(cfg: dict, scorer: str, run_id: int) -> str:
     return (f"Evaluation run {run_id}: models {', '.join(cfg['models'])}; λ {', '.join(f'{v:g}' for v in cfg['lambdas'])}; "
             f"{cfg['steps']} steps, guidance {cfg['guidance']}, IdentityNet {cfg['identitynet_scale']}, "
-            f"{cfg['width']}x{cfg['height']}, seed {cfg['seed']} + item index; scored with {scorer}; "
+            f"{cfg['width']}x{cfg['height']}, seed {cfg['seed']} + item index; negative prompt: "
+            f"{_negative(cfg.get('negative_prompt', ''))}; scored with {scorer}; "
             f"{cfg['n_boot']} bootstrap resamples. CLIP-T / CLIP-I / Face Sim are cosines; Face Sim over samples with "
             "a face; attribute accuracy counts a sample without a face as not following.")
+
+
+def _negative(text: str) -> str:
+    if text == DEMO_NEGATIVE_PROMPT:
+        return "the official demo's (Generate's default)"
+    return f"“{text}”" if text else "none"
 
 
 def write_outputs(ws: Workspace, run_id: int, cfg: EvalConfig, scorer: str, rows: list[dict], table: list[dict],

@@ -136,12 +136,32 @@ def load_clip(spec: ClipSpec = ClipSpec(), device: str | None = None) -> ClipMod
     except (RuntimeError, OSError, ValueError) as exc:
         raise MissingClipError(
             f"CLIP model {spec.label} could not be loaded ({str(exc).splitlines()[0][:300]}). Its weights are "
-            "downloaded by open_clip on first use, which needs the network; offline, give a folder holding "
+            "downloaded by open_clip on first use or by `python -m studio models --download clip`, which need "
+            "the network; offline, give a folder holding "
             "open_clip_config.json and the weights (e.g. `hf download timm/vit_large_patch14_clip_224.openai "
             "--local-dir models/clip-vit-l-14`, then --clip-model models/clip-vit-l-14), or --clip-pretrained "
             "with a weights file for a built-in model name.") from None
     model.eval()
     return ClipModel(spec, model, preprocess, tokenizer, device)
+
+
+def download_clip(spec: ClipSpec = ClipSpec()) -> str:
+    """Fetch a built-in model's pretrained weights with open_clip's own downloader (into the hub cache, where
+    :func:`load_clip` finds them); returns the file. ``python -m studio models --download clip``."""
+    from open_clip import pretrained as oc
+
+    name, tag = spec.open_clip_args()
+    cfg = oc.get_pretrained_cfg(name, tag or "") if tag else {}
+    if not cfg:
+        raise ValueError(f"{spec.label} is not one of open_clip's built-in pretrained models; give a folder or "
+                         "hf-hub:REPO as the CLIP model instead")
+    try:
+        return str(oc.download_pretrained(cfg))
+    except Exception as exc:  # offline, not found: what failed, and the command for a machine with internet
+        repo = cfg.get("hf_hub", "").rstrip("/")
+        raise MissingClipError(f"download of CLIP {spec.label} failed ({exc.__class__.__name__}: {str(exc)[:200]}). "
+                               f"On a machine with internet run: hf download {repo} --local-dir models/clip, then "
+                               "evaluate with --clip-model models/clip") from None
 
 
 def _cuda() -> bool:

@@ -7,8 +7,22 @@
 * fidelity (as Unsplash-50): a face + a neutral prompt.
 
 Built from the persons of a split (the test split by default) or named persons, or imported from a
-CSV / JSONL file. Each item keeps its input face's analysis (box, keypoints, embedding, pack), so
-evaluation never re-detects it and Face Sim compares embeddings of one pack.
+CSV / JSONL file, a folder of text-image pairs, or a zip of either (what the Evaluate tab uploads).
+Each item keeps its input face's analysis (box, keypoints, embedding, pack), so evaluation never
+re-detects it and Face Sim compares embeddings of one pack.
+
+A folder of text-image pairs (the shapes of CrossFaceID-test and Unsplash-50)::
+
+    my-set/
+      0001.jpg          a photo ...
+      0001.txt          ... and its prompt (UTF-8 text)
+      0001.input.jpg    optional: another photo of the same person, the input face
+      anna/0002.jpg     a subfolder names the person (optional)
+      anna/0002.txt
+
+With an ``.input`` photo the pair's photo is the target (CLIP-I compares with it) and the input
+photo gives the face, as in CrossFaceID-test; without one the face comes from the photo itself,
+as in Unsplash-50.
 """
 from __future__ import annotations
 
@@ -25,6 +39,13 @@ from .metrics import POSE_ATTRIBUTES, SCORED_ATTRIBUTES
 from ..workspace import Workspace, atomic_write_bytes
 
 KINDS = ("customization", "fidelity")
+#: which part of Table 2 a test set of each kind fills (the paper's measures for it)
+FILLS = {"customization": "Table 2, as CrossFaceID-test: CLIP-T, CLIP-I",
+         "fidelity": "Table 2, as Unsplash-50: Face Sim, CLIP-T, CLIP-I"}
+INPUT_TAG = ".input"  # <stem>.input.<ext>: the input face of the pair <stem>
+#: a zip upload's limits: what a test set can reasonably hold, far below what would fill a disk
+ZIP_MAX_FILES = 20000
+ZIP_MAX_BYTES = 4 << 30
 NEUTRAL_PROMPT = "a photo of a person"
 #: attribute -> how a prompt asks for it
 ASK_PHRASES = {
@@ -166,36 +187,164 @@ def read_rows(path: Path) -> list[tuple[int, dict]]:
     return rows
 
 
-def import_testset(ws: Workspace, path: Path, name: str, kind: str, *, face_pack: str = "auto", replace: bool = False,
-                   run_id: int | None = None, track=None) -> dict:
-    """Items from a file: ``input`` (a photo path, relative to the file, or ``image:<id>``), ``prompt``,
-    optional ``attribute`` (else read from the prompt), ``target`` and ``person``.
+def read_folder(root: Path) -> list[tuple[str, dict]]:
+    """(where, row) of a folder of text-image pairs (layout in the module docstring), paths relative to ``root``.
 
-    Photos are copied into the workspace and analysed with ``face_pack``; a row that cannot be
-    used (no face, unreadable photo, missing field) is reported by line and left out.
+    A photo without its ``.txt`` prompt is named; ``.input`` photos are matched to their pair."""
+    from ..images import IMAGE_SUFFIXES
+
+    root = Path(root)
+    photos = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                    and not any(part.startswith(".") or part == "__MACOSX" for part in p.relative_to(root).parts))
+    inputs = {p.with_suffix("").with_suffix(""): p for p in photos if p.with_suffix("").suffix == INPUT_TAG}
+    rows = []
+    for photo in photos:
+        if photo.with_suffix("").suffix == INPUT_TAG:
+            if photo.with_suffix("").with_suffix("") not in {q.with_suffix("") for q in photos}:
+                rows.append((photo.relative_to(root).as_posix(), {"error": "an input photo without its pair's photo"}))
+            continue
+        rel = photo.relative_to(root)
+        text = photo.with_suffix(".txt")
+        if not text.is_file():
+            rows.append((rel.as_posix(), {"error": f"no prompt: {rel.with_suffix('.txt').as_posix()} is missing"}))
+            continue
+        try:
+            prompt = text.read_text(encoding="utf-8").strip()
+        except UnicodeDecodeError:
+            prompt = ""  # reported as a missing prompt, with the file named
+        face = inputs.get(photo.with_suffix(""))
+        row = {"prompt": prompt, "person": rel.parent.as_posix() if rel.parent.parts else None}
+        if face is not None:
+            row.update(input=face.relative_to(root).as_posix(), target=rel.as_posix())
+        else:
+            row["input"] = rel.as_posix()
+        rows.append((rel.as_posix(), row))
+    if not rows:
+        raise ValueError(f"{root.name}: no photos with a .txt prompt beside them (see the folder layout in the docs)")
+    return rows
+
+
+def extract_zip(path: Path, dest: Path) -> Path:
+    """Unpack an uploaded test set safely (no absolute or ``..`` names, links, or oversized contents) into ``dest``;
+    returns the folder holding it (the single top folder when the zip has one)."""
+    import shutil
+    import stat
+    import zipfile
+
+    try:
+        zf = zipfile.ZipFile(path)
+    except zipfile.BadZipFile:
+        raise ValueError(f"{Path(path).name} is not a zip file") from None
+    with zf:
+        members = [m for m in zf.infolist() if not m.is_dir()]
+        if len(members) > ZIP_MAX_FILES or sum(m.file_size for m in members) > ZIP_MAX_BYTES:
+            raise ValueError(f"{Path(path).name} holds more than {ZIP_MAX_FILES} files or {ZIP_MAX_BYTES >> 30} GB")
+        dest.mkdir(parents=True, exist_ok=True)
+        for m in members:
+            parts = Path(m.filename.replace("\\", "/")).parts
+            if not parts or Path(m.filename).is_absolute() or ".." in parts or "\0" in m.filename or \
+                    stat.S_ISLNK(m.external_attr >> 16):
+                raise ValueError(f"{Path(path).name}: refused member {m.filename!r} (absolute, '..' or a link)")
+            target = dest.joinpath(*parts)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with zf.open(m) as src, open(target, "wb") as out:
+                shutil.copyfileobj(src, out)
+    top = [p for p in dest.iterdir() if p.name != "__MACOSX"]
+    return top[0] if len(top) == 1 and top[0].is_dir() else dest
+
+
+def keep_upload(ws: Workspace, upload: Path) -> Path:
+    """An uploaded zip copied into the workspace (``imports/``, never served), where the import run reads it:
+    a browser's upload cache is emptied hourly and the run may wait behind others."""
+    import shutil
+    import zipfile
+
+    upload = Path(upload)
+    if not zipfile.is_zipfile(upload):
+        raise ValueError(f"{upload.name} is not a zip file")
+    digest = hashlib.sha256()
+    with open(upload, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    dest = ws.root / "imports" / f"{digest.hexdigest()[:24]}.zip"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if not dest.exists():
+        part = dest.with_suffix(".part")
+        shutil.copyfile(upload, part)
+        part.replace(dest)
+    return dest
+
+
+def _table_in(folder: Path) -> Path | None:
+    tables = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in (".csv", ".jsonl"))
+    if len(tables) > 1:
+        raise ValueError(f"{folder.name} holds several item files {[p.name for p in tables]}: keep one")
+    return tables[0] if tables else None
+
+
+def source_rows(path: Path, scratch: Path) -> tuple[list[tuple[str, dict]], Path]:
+    """(where, row) of any import source and the folder its relative paths start from: a CSV / JSONL file,
+    a folder of text-image pairs (or holding one CSV / JSONL), or a zip of such a folder (unpacked in ``scratch``)."""
+    path = Path(path)
+    if path.is_file() and path.suffix.lower() == ".zip":
+        path = extract_zip(path, scratch)
+    if path.is_dir():
+        table = _table_in(path)
+        if table is None:
+            return read_folder(path), path
+        path = table
+    return [(f"{path.name} line {n}", row) for n, row in read_rows(path)], path.parent
+
+
+def import_testset(ws: Workspace, path: Path, name: str, kind: str = "", *, face_pack: str = "auto",
+                   replace: bool = False, run_id: int | None = None, track=None) -> dict:
+    """Items from a CSV / JSONL file, a folder of text-image pairs or a zip of either (see :func:`source_rows`).
+
+    A file's rows have ``input`` (a photo path, relative to the file, or ``image:<id>``), ``prompt``,
+    optional ``attribute`` (else read from the prompt), ``target`` and ``person``. Photos are copied
+    into the workspace and analysed with ``face_pack``; a row that cannot be used (no face,
+    unreadable photo, missing field) is reported by line or file and left out. Without ``kind`` a
+    set whose items have target photos is a customization set (CrossFaceID-test's shape), else a
+    fidelity set (Unsplash-50's). The paths of an uploaded zip's file stay inside the zip.
     """
+    import shutil
+    import tempfile
+
+    if kind and kind not in KINDS:
+        raise ValueError(f"test set kind must be one of {KINDS}, got {kind!r}")
+    name = _check_name(name)
+    (ws.root / "tmp").mkdir(exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="testset-", dir=ws.root / "tmp"))
+    try:
+        rows, base = source_rows(Path(path), scratch)
+        confine = scratch if Path(path).suffix.lower() == ".zip" else None
+        return _import_rows(ws, rows, base, Path(path), name, kind, face_pack, replace, run_id, track, confine)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _import_rows(ws: Workspace, rows: list[tuple[str, dict]], base: Path, path: Path, name: str, kind: str,
+                 face_pack: str, replace: bool, run_id: int | None, track, confine: Path | None) -> dict:
     from ..dataset.faces import FaceAnalyzer, resolve_pack
     from ..images import ImageError, load_rgb, read_bytes
 
-    if kind not in KINDS:
-        raise ValueError(f"test set kind must be one of {KINDS}, got {kind!r}")
-    name = _check_name(name)
-    path = Path(path)
-    rows = read_rows(path)
+    if not kind:  # pairs with another photo as the input face are CrossFaceID-test's shape; the others Unsplash-50's
+        kind = "customization" if any(str(r.get("target") or "").strip() for _, r in rows) else "fidelity"
     pack = resolve_pack(face_pack)
     analyzer = FaceAnalyzer(pack)
     compiled = compile_vocabulary({k: v for k, v in workspace_vocabulary(ws).items() if k in SCORED_ATTRIBUTES})
     dest = ws.root / "testsets" / hashlib.sha256(name.encode()).hexdigest()[:12]
     items, problems = [], []
     kept: dict[int, dict] | None = None
-    for n, row in (track(rows, desc="test items") if track else rows):
-        where = f"{path.name} line {n}"
+    for where, row in (track(rows, desc="test items") if track else rows):
         try:
+            if "error" in row:  # found while reading the folder
+                raise ValueError(row["error"])
             prompt = str(row.get("prompt") or "").strip()
             if not prompt or "\0" in prompt:
                 raise ValueError("prompt is missing or not text")
             attribute = str(row.get("attribute") or "").strip() or None
-            if attribute is None and kind == "customization":
+            if attribute is None and kind != "fidelity":
                 found = tags_for(prompt, compiled)
                 attribute = found[0] if found else None
             if attribute is not None:
@@ -215,7 +364,7 @@ def import_testset(ws: Workspace, path: Path, name: str, kind: str, *, face_pack
                     raise ValueError(f"workspace image {image_id} was analysed with pack {_pack(c)}, not {pack.name}")
                 item.update(_item(c, prompt, attribute), person=item["person"] or c["person"])
             else:
-                src = (path.parent / source) if not Path(source).is_absolute() else Path(source)
+                src = _resolve(base, source, confine)
                 data = read_bytes(src)
                 rgb = load_rgb(src).rgb
                 faces = analyzer.analyze(rgb)
@@ -228,7 +377,7 @@ def import_testset(ws: Workspace, path: Path, name: str, kind: str, *, face_pack
                                   "pose": f["pose"]})
             target = str(row.get("target") or "").strip()
             if target:
-                tsrc = (path.parent / target) if not Path(target).is_absolute() else Path(target)
+                tsrc = _resolve(base, target, confine)
                 tdata = read_bytes(tsrc)
                 load_rgb(tsrc)  # readable
                 item.update(target_path=_copy_in(ws, dest, tdata, tsrc.suffix), target_image_id=None)
@@ -241,6 +390,13 @@ def import_testset(ws: Workspace, path: Path, name: str, kind: str, *, face_pack
     tid = ws.store.save_testset(name=name, kind=kind, source=f"import:{path.name}", settings=settings, pack=pack.name,
                                 items=items, run_id=run_id, replace=replace)
     return summary(ws, name) | {"id": tid, "left_out": problems}
+
+
+def _resolve(base: Path, name: str, confine: Path | None) -> Path:
+    path = base / name if not Path(name).is_absolute() else Path(name)
+    if confine is not None and not path.resolve().is_relative_to(confine.resolve()):
+        raise ValueError(f"{name} is outside the uploaded zip")
+    return path
 
 
 def _copy_in(ws: Workspace, dest: Path, data: bytes, suffix: str) -> str:
@@ -261,7 +417,7 @@ def summary(ws: Workspace, name: str) -> dict:
     attributes: dict[str, int] = defaultdict(int)
     for i in items:
         attributes[i["attribute"] or "(none)"] += 1
-    return {"name": t["name"], "kind": t["kind"], "source": t["source"], "pack": t["pack"], "items": len(items),
+    return {"name": t["name"], "kind": t["kind"], "fills": FILLS.get(t["kind"], ""), "source": t["source"], "pack": t["pack"], "items": len(items),
             "persons": len({i["person"] for i in items}), "with_target_photo": sum(1 for i in items if i["target_path"]),
             "attributes": dict(sorted(attributes.items())), "created_at": t["created_at"], "settings": t["settings"]}
 

@@ -187,7 +187,7 @@ class TestsetSettings(RunSettings):
     KIND = "testset"
     action: str
     name: str
-    kind: str
+    kind: str = ""  # import: inferred from the items when empty
     split: str = "test"
     person: list[str] | None = None
     ask: str = ""
@@ -202,11 +202,12 @@ class TestsetSettings(RunSettings):
         from ..evaluation.testsets import KINDS, parse_attributes
 
         _one_of("testset", "action", self.action, ("build", "import"))
-        _one_of("testset", "kind", self.kind, KINDS)
+        if self.kind or self.action == "build":
+            _one_of("testset", "kind", self.kind, KINDS)
         if not self.name.strip():
             raise ValueError("testset settings: give the test set a name")
         if self.action == "import" and not self.file:
-            raise ValueError("testset import needs --file (CSV or JSONL)")
+            raise ValueError("testset import needs --file (CSV, JSONL, a folder of text-image pairs or a zip)")
         parse_attributes(self.ask)
 
 

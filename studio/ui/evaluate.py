@@ -17,7 +17,7 @@ from ..evaluation.evaluate import METRICS, EvalConfig, cell
 from ..models.generate import parse_sweep, registered_models
 from ..evaluation.metrics import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED, SCORED_ATTRIBUTES
 from ..runs.stages import TestsetSettings
-from ..evaluation.testsets import KINDS, NEUTRAL_PROMPT, item_rows, summary
+from ..evaluation.testsets import KINDS, NEUTRAL_PROMPT, item_rows, keep_upload, summary
 from ..validate import parse_id
 from .access import StudioContext, username
 from .pages import PageMemory, Refresh, session_of
@@ -25,8 +25,13 @@ from . import run_panel
 from .run_panel import RunPanel
 from .wiring import Wiring
 
-SETS = ["name", "kind", "items", "persons", "with_target_photo", "pack", "source", "created_at"]
+SETS = ["name", "kind", "fills", "items", "persons", "with_target_photo", "pack", "source", "created_at"]
 HISTORY = ["id", "status", "progress", "test sets", "models", "λ", "author", "started"]
+IMPORT_HELP = """The zip holds a folder of text-image pairs: `0001.jpg` with its prompt in `0001.txt`, and
+optionally `0001.input.jpg`, another photo of the same person that gives the input face (CrossFaceID-test's
+shape; without it the face comes from the photo itself, as in Unsplash-50). A subfolder names the person.
+A zip may instead hold one CSV / JSONL (`input`, `prompt`, `attribute`, `target`, `person`) with the photos
+it names. From a shell: `python -m studio testset import --file FOLDER|ZIP|CSV --name N`."""
 ITEMS = ["idx", "person", "prompt", "attribute", "input", "target"]
 TABLE = ["test set", "model", "λ", "n", "CLIP-T", "CLIP-I", "Face Sim", "no face", "Attribute acc.", "Pose acc."]
 
@@ -36,6 +41,8 @@ class EvaluateTab:
     tab: gr.Tab
     build: dict
     build_btn: gr.Button
+    upload: dict
+    import_btn: gr.Button
     sets: gr.Dataframe
     items: gr.Dataframe
     form: dict
@@ -62,8 +69,14 @@ def build() -> EvaluateTab:
                      "prompt": gr.Textbox(NEUTRAL_PROMPT, label="Prompt (start)"),
                      "per_person": gr.Number(0, label="Items per person (0: all)", precision=0)}
             build_btn = gr.Button("Build test set", elem_id="ts-build")
-            gr.Markdown("Import a CSV / JSONL test set (input photo, prompt, attribute, target photo) with "
-                        "`python -m studio testset import --file F --name N --kind K`.")
+            with gr.Row():
+                up = {"file": gr.File(label="Import a zip of text-image pairs", file_types=[".zip"], type="filepath",
+                                      elem_id="ts-zip"),
+                      "name": gr.Textbox(label="Name of the imported set", elem_id="ts-import-name"),
+                      "kind": gr.Radio(["auto", *KINDS], value="auto", label="Kind", elem_id="ts-import-kind",
+                                       info="auto: customization when the pairs have input photos")}
+                import_btn = gr.Button("Import", elem_id="ts-import")
+            gr.Markdown(IMPORT_HELP)
             sets = gr.Dataframe(headers=SETS, label="Test sets (click one to list its items)", interactive=False,
                                 elem_id="ts-list")
             items = gr.Dataframe(headers=ITEMS, label="Items", interactive=False, elem_id="ts-items")
@@ -82,6 +95,8 @@ def build() -> EvaluateTab:
                 f["width"] = gr.Number(d.width, label="Width", precision=0, elem_id="ev-width")
                 f["height"] = gr.Number(d.height, label="Height", precision=0, elem_id="ev-height")
                 f["seed"] = gr.Number(d.seed, label="Seed (+ item index)", precision=0)
+            f["negative_prompt"] = gr.Textbox(d.negative_prompt, label="Negative prompt (Generate's default; recorded "
+                                              "with every sample)", lines=2, elem_id="ev-negative")
             with gr.Row():
                 f["clip_model"] = gr.Textbox(DEFAULT_CLIP_MODEL, label="CLIP model (name, hf-hub:REPO or folder)",
                                              elem_id="ev-clip")
@@ -102,7 +117,7 @@ def build() -> EvaluateTab:
                             "accuracy on non-pose attributes (one point per λ)", elem_id="ev-curve", height=300, visible=False)
         files = gr.File(label="Files (CSV, Markdown)", file_count="multiple", interactive=False, elem_id="ev-files")
         history = gr.Dataframe(headers=HISTORY, label="Evaluation runs (newest first; click to open)", interactive=False)
-    return EvaluateTab(tab, b, build_btn, sets, items, f, start, run_id, cancel, status, table, curve, files, history)
+    return EvaluateTab(tab, b, build_btn, up, import_btn, sets, items, f, start, run_id, cancel, status, table, curve, files, history)
 
 
 # -- views -----------------------------------------------------------------------------------------
@@ -174,6 +189,16 @@ def testset_from_form(values: dict) -> TestsetSettings:
         "person": _persons(values.get("persons"))})
 
 
+def import_from_form(ctx: StudioContext, upload: str | None, name: str, kind: str) -> TestsetSettings:
+    """An uploaded zip, kept in the workspace (the upload cache is emptied hourly; the run may wait in a queue)."""
+    if not upload:
+        raise ValueError("choose a zip of text-image pairs to import")
+    if not (name or "").strip():
+        raise ValueError("give the imported test set a name")
+    return TestsetSettings.from_dict({"action": "import", "name": name.strip(), "file": str(keep_upload(ctx.ws, upload)),
+                                      "kind": "" if kind in (None, "", "auto") else kind})
+
+
 def config_from_form(values: dict) -> EvalConfig:
     models = list(values.get("models") or [])
     baseline = values.get("baseline") or None
@@ -184,6 +209,7 @@ def config_from_form(values: dict) -> EvalConfig:
         "steps": int(values.get("steps") or 0), "guidance": float(values.get("guidance") or 0),
         "identitynet_scale": float(values.get("identitynet_scale") or 0), "width": int(values.get("width") or 0),
         "height": int(values.get("height") or 0), "seed": int(values.get("seed") or 0),
+        "negative_prompt": str(values.get("negative_prompt") or ""),
         "clip_model": (values.get("clip_model") or DEFAULT_CLIP_MODEL).strip(),
         "clip_pretrained": (values.get("clip_pretrained") or "").strip() or None,
         "n_boot": int(values.get("n_boot") or 0), "device": (values.get("device") or "").strip() or None,
@@ -214,6 +240,13 @@ def wire(ctx: StudioContext, t: EvaluateTab) -> Refresh:
         return (sets_frame(ctx), *choices()[:1], gr.skip(), gr.skip())
 
     w.on(t.build_btn.click, on_build, list(t.build.values()), [t.sets, t.form["testsets"], t.items, t.history])
+
+    def on_import(request: gr.Request, upload, name, kind):
+        run = runs.submit(ctx.ws, import_from_form(ctx, upload, name, kind), who(request))
+        gr.Info(f"Importing the test set as run {run}; it appears in the list when done.")
+        return sets_frame(ctx), history_frame(ctx)
+
+    w.on(t.import_btn.click, on_import, list(t.upload.values()), [t.sets, t.history])
 
     def on_set(request: gr.Request, frame: pd.DataFrame, evt: gr.SelectData):
         return pd.DataFrame(item_rows(ctx.ws, str(frame.iloc[evt.index[0]]["name"])), columns=ITEMS)
