@@ -394,3 +394,60 @@ def test_testsets_from_folders_of_text_image_pairs_and_zips(eval_ws, photos, tmp
     assert "cli-zip" in listed.stdout and "CrossFaceID-test" in listed.stdout
     refused = studio_cli("testset", "build", "--workspace", ws.root, "--name", "x")
     assert refused.returncode == 2 and "needs --name and --kind" in refused.stderr
+
+
+@pytest.mark.slow
+def test_a_study_from_faces_x_prompts_x_models_without_clip_scored_by_two_annotators(eval_ws, tiny_faceid_spec):
+    """The paper's human study: every face x designed prompts x every model generated as a run (no CLIP on
+    the machine: evaluate's default ViT-L-14 cannot be loaded offline), every item to every annotator by
+    default, resumed after a kill without regenerating, and Table 3 in the paper's layout."""
+    from studio.codes import CRITERIA, StudyStatus
+    from studio.human import studies as he
+    from studio.human.design import EXAMPLE_PROMPTS, StudySettings, generate_study, read_prompts
+
+    ws = eval_ws
+    register_model(ws, tiny_faceid_spec)
+    build_testset(ws, "faces", "fidelity", persons=["obama"], per_person=2)
+    example = read_prompts(EXAMPLE_PROMPTS)
+    assert len(example) >= 12 and not any(p.startswith("#") for p in example)
+    prompts = [example[0], "a photo of a person wearing a hat"]
+    s = StudySettings(action="generate", name="paper-study", faces="faces", prompts=prompts,
+                      models=["tiny", "tiny-faceid"], annotators=["ann1", "ann2"], steps=2, width=64, height=64,
+                      device="cpu")
+
+    def killed(items, **_):
+        for n, item in enumerate(items):
+            if n == 3:
+                raise KeyboardInterrupt
+            yield item
+    with pytest.raises(KeyboardInterrupt):
+        execute(ws, "study", s.to_dict(), "tester", lambda h: generate_study(ws, s, h.run_id, "tester", track=killed))
+    assert ws.store.study("paper-study") is None and len(ws.store.generations()) == 3
+
+    # the same study from the command line: the 5 missing samples only, then the study (a draft)
+    assert s.to_cli()[0] == "generate"  # the command the Runs tab shows is `python -m studio study generate ...`
+    out = studio_cli("study", *s.to_cli(), "--workspace", ws.root, "--json")
+    assert out.returncode == 0, out.stderr[-3000:]
+    res = json.loads(out.stdout)
+    assert (res["faces"], res["prompts"], res["samples"], res["generated"], res["reused"]) == (2, 2, 8, 5, 3)
+    design = item_rows(ws, "paper-study (design)")
+    assert sorted(r["prompt"] for r in design) == sorted(prompts * 2)
+    assert {r["attribute"] for r in design} == {"smiling", "hat"}
+    study = he.get_study(ws, "paper-study")
+    assert study["items"] == 8 and study["per_item"] == 2  # every annotator scores everything by default
+    again = studio_cli("study", *s.to_cli(), "--workspace", ws.root)
+    assert again.returncode == 2 and "a study named 'paper-study' exists" in again.stderr
+
+    he.set_status(ws, "paper-study", StudyStatus.OPEN)
+    for annotator, base in (("ann1", 1), ("ann2", 2)):
+        for position in range(1, 9):
+            item = he.item_for(ws, study["id"], annotator, position)
+            assert item["face_path"].startswith("media/") or item["face_path"].startswith("testsets/")
+            he.save(ws, study["id"], annotator, position, {c: base + position % 3 for c in CRITERIA})
+    res = he.results(ws, "paper-study")
+    assert {r["model"] for r in res["table3"]} == {"tiny", "tiny-faceid"}
+    assert all(r["n"] == 8 for r in res["table3"])  # 4 samples per model x 2 annotators
+    md = (ws.root / he.export(ws, "paper-study")["table3.md"]).read_text()
+    assert "| model | Customization Min | Customization Max | Customization Avg |" in md
+    assert [line.split(" | ")[0] for line in md.splitlines() if line.startswith("| tiny")][:2] == ["| tiny",
+                                                                                                  "| tiny-faceid"]

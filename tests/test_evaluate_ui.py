@@ -2,6 +2,8 @@
 builds a test set and runs an evaluation from the form."""
 from __future__ import annotations
 
+import re
+
 import pytest
 from conftest import USERS, copy_ws, running_app, wait_run
 from gradio_client import Client
@@ -141,3 +143,40 @@ def test_browser_imports_a_zip_of_text_image_pairs(browser, eval_app, photos, tm
     assert item["person"] == "obama" and item["target_path"] and item["attribute"] == "smiling"
     run = ws.store.runs(kind="testset")[0]
     assert run["author"] == "ada" and run["settings"]["file"].startswith(str(ws.root / "imports"))
+
+
+@pytest.mark.browser
+def test_browser_designs_a_study_from_faces_x_prompts_x_models(browser, eval_app):
+    from conftest import login
+    from playwright.sync_api import expect
+
+    ws, url, _ = eval_app
+    page = login(browser, url, "ada")
+    page.get_by_role("tab", name="Annotate").click()
+    page.locator("#design").get_by_text("Design a study").click()
+    prompts = page.locator("#design-prompts textarea")
+    expect(prompts).to_have_value(re.compile("smiling"))  # the example list is there to start from
+    page.locator("#design-start").click()  # no name yet: a warning, the form kept
+    expect(page.get_by_text("give the study a name")).to_be_visible()
+    expect(prompts).to_have_value(re.compile("smiling"))
+    for elem, value in (("#design-name", "ui-study"), ("#design-annotators", "ann,bob"), ("#design-steps", "2"),
+                        ("#design-width", "64"), ("#design-height", "64"), ("#design-device", "cpu")):
+        box = page.locator(f"{elem} input, {elem} textarea").first
+        box.fill(value)
+        box.press("Tab")
+    prompts.fill("a photo of a person laughing\na photo of a person wearing a hat")
+    prompts.press("Tab")
+    page.locator("#design-faces input").click()
+    page.get_by_role("option", name="smiles").click()
+    page.locator("#design-models").get_by_label("tiny", exact=True).check()
+    page.locator("#design-models").get_by_label("tiny-b", exact=True).check()
+    page.locator("#design-start").click()
+    expect(page.get_by_text("Generating the study as run")).to_be_visible()
+    run = next(r for r in ws.store.runs(kind="study"))
+    assert run["author"] == "ada" and run["settings"]["prompts"] == ["a photo of a person laughing",
+                                                                     "a photo of a person wearing a hat"]
+    c = client(url)
+    assert wait_run(c, run["id"], timeout=300)["status"] == "done"
+    study = ws.store.study("ui-study")
+    faces = len({i["input_path"] for i in ws.store.testset_items(ws.store.testset("smiles")["id"])})
+    assert study["items"] == faces * 2 * 2 and study["per_item"] == 2  # faces x prompts x models; both annotators

@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .common import author, open_workspace, print_result
+from .common import author, open_workspace, print_result, report_run, run_stage
 
 
 def cmd_study(args) -> int:
@@ -20,6 +20,11 @@ def cmd_study(args) -> int:
         return 0
     if not args.name:
         raise ValueError(f"study {args.action} needs --name")
+    if args.action == "generate":
+        from ..human.design import StudySettings
+
+        run_id, result = run_stage(args, ws, StudySettings.from_args(args))
+        return report_run(run_id, result, args.json)
     if args.action == "create":
         sources = [x for x in (args.eval_run is not None, bool(args.generations), bool(args.batch), args.file is not None,
                                args.all_generations) if x]
@@ -33,8 +38,8 @@ def cmd_study(args) -> int:
             source = (f"evaluation run {args.eval_run}" if args.eval_run is not None else
                       f"generations {args.generations}" if ids else f"batch {args.batch}" if args.batch else "all generations")
         annotators = [a for a in (args.annotators or "").split(",") if a.strip()]
-        result = he.create_study(ws, args.name, samples, annotators, per_item=args.per_item, duplicates=args.duplicates,
-                                 seed=args.seed, instructions=args.instructions or he.DEFAULT_INSTRUCTIONS, source=source,
+        result = he.create_study(ws, args.name, samples, annotators, per_item=args.per_item or 0,
+                                 duplicates=args.duplicates or 0, seed=args.seed or 0, instructions=args.instructions or he.DEFAULT_INSTRUCTIONS, source=source,
                                  created_by=author(args))
         print_result(result, args.json)
         return 0
@@ -55,18 +60,36 @@ def cmd_study(args) -> int:
 
 
 def add_commands(sub, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("study", parents=[common], help="human-evaluation studies: create, open, close, results, export")
-    p.add_argument("action", choices=["create", "open", "close", "list", "show", "results", "export"])
+    p = sub.add_parser("study", parents=[common],
+                       help="human-evaluation studies: create (from samples), generate (faces x prompts x models), "
+                            "open, close, results, export")
+    p.add_argument("action", choices=["create", "generate", "open", "close", "list", "show", "results", "export"])
     p.add_argument("--name")
     p.add_argument("--eval-run", type=int, default=None, help="create: the samples of an evaluation run")
     p.add_argument("--generations", default="", help="create: comma-separated generated-sample ids")
     p.add_argument("--batch", default="", help="create: one generation batch")
     p.add_argument("--all-generations", action="store_true", help="create: every generated sample")
     p.add_argument("--file", type=Path, default=None, help="create: JSONL of image, face, prompt, model")
-    p.add_argument("--annotators", default="", help="create: comma-separated user names (users file or HF users)")
-    p.add_argument("--per-item", type=int, default=3, help="create: annotators per item (default 3)")
-    p.add_argument("--duplicates", type=int, default=0, help="create: items shown twice, for self-consistency")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--annotators", default="", help="create / generate: comma-separated user names (users file or HF users)")
+    p.add_argument("--per-item", type=int, default=None,
+                   help="annotators per item (default 0: every annotator scores every item, as in the paper)")
+    p.add_argument("--duplicates", type=int, default=None, help="items shown twice, for self-consistency (default 0)")
+    p.add_argument("--seed", type=int, default=None, help="assignment order, and generate: seed + item index")
     p.add_argument("--instructions", default=None)
+    g = p.add_argument_group("generate: faces x prompts x models, generated as a run (no CLIP needed)")
+    g.add_argument("--faces", default=None, help="a test set (its input faces), or a folder / zip of face photos")
+    g.add_argument("--prompt", action="append", help="a prompt (repeatable)")
+    g.add_argument("--prompts-file", type=Path, default=None,
+                   help="one prompt per line (# comments); assets/prompts/human_study.txt is an example")
+    g.add_argument("--model", action="append", help="a registered model (repeatable)")
+    g.add_argument("--lambda", dest="lambda_", type=float, default=None, help="λ, the ID weight (default 0.8)")
+    g.add_argument("--steps", type=int, default=None)
+    g.add_argument("--guidance", type=float, default=None)
+    g.add_argument("--identitynet-scale", type=float, default=None)
+    g.add_argument("--width", type=int, default=None)
+    g.add_argument("--height", type=int, default=None)
+    g.add_argument("--negative-prompt", default=None, help="default: the official demo's, as in Generate")
+    g.add_argument("--face-pack", default=None, help="for a folder / zip of faces (default auto)")
+    g.add_argument("--device", default=None)
     p.add_argument("--out", type=Path, default=None, help="export: folder (default <workspace>/exports/studies/...)")
     p.set_defaults(func=cmd_study)

@@ -160,42 +160,17 @@ def evaluate(ws: Workspace, cfg: EvalConfig, run_id: int, *, author: str = "stud
     from ..models.generate import resolve_models
     from .metrics import ClipSpec, Scorer, load_clip, scorer_name
 
-    cfg.validate()
-    specs = resolve_models(ws, cfg.models)
-    sets = []
-    for name in cfg.testsets:
-        t = ws.store.testset(name)
-        if t is None:
-            raise ValueError(f"no test set named {name!r}; existing: {[x['name'] for x in ws.store.testsets()]}")
-        sets.append((t, ws.store.testset_items(t["id"])))
-    packs = sorted({t["pack"] for t, _ in sets})
-    if len(packs) > 1:
-        raise ValueError(f"the test sets' faces come from different face packs {packs}: Face Sim needs one")
-    from ..models.generate import check_face_pack
-
-    for spec in specs:
-        check_face_pack(spec, packs[0], cfg.allow_pack_mismatch)
+    plan, packs = plan_samples(ws, cfg)
     try:
         pack = resolve_pack(packs[0])
     except MissingModelError as exc:
         raise ValueError(f"the test sets' face pack {packs[0]!r} is needed for Face Sim: {exc}") from None
     track = track or (lambda items, **_: items)
-
-    plan: list[PlanEntry] = []
-    for t, items in sets:
-        for spec in specs:
-            for lam in cfg.lambdas:
-                for item in items:
-                    s = cfg.settings(item["prompt"], lam, item["idx"])
-                    plan.append(PlanEntry(sample_key(spec.weights_key(), item, s), t, item, spec, s))
+    specs = resolve_models(ws, cfg.models)
     keys = [p.key for p in plan]
     clip_spec = clip.spec if clip is not None else ClipSpec(cfg.clip_model, cfg.clip_pretrained)
     name = scorer_name(clip_spec, pack.name)
-    existing = ws.store.eval_samples(keys)
-    reused = [k for k in keys if k in existing and (ws.root / existing[k]["output_path"]).is_file()]
-    reused_set = set(reused)
-    ws.store.link_eval_samples(run_id, reused)
-    todo = [p for p in plan if p.key not in reused_set]
+    reused, todo = split_reused(ws, plan, run_id)
     # CLIP first: a missing model fails the run before any GPU time is spent on samples. On Ray the
     # actors load their own, so this process loads it only for that check and drops it before scoring;
     # with every sample already scored it is not loaded at all.
@@ -234,6 +209,44 @@ def evaluate(ws: Workspace, cfg: EvalConfig, run_id: int, *, author: str = "stud
             "scores_reused": len(plan) - len(inputs), "scorer": name, "face_pack": pack.name,
             "baseline": baseline, "against": against, "missing_faces": missing_faces(rows), "score_errors": errors,
             "table": table, "tradeoff": curve, "files": files}
+
+
+def plan_samples(ws: Workspace, cfg: EvalConfig) -> tuple[list[PlanEntry], list[str]]:
+    """Every sample the run needs (test set x model x λ x item, keyed by what decides its pixels), and the
+    test sets' face pack; refuses unknown test sets, mixed face packs and a model of another pack."""
+    from ..models.generate import check_face_pack, resolve_models
+
+    cfg.validate()
+    specs = resolve_models(ws, cfg.models)
+    sets = []
+    for name in cfg.testsets:
+        t = ws.store.testset(name)
+        if t is None:
+            raise ValueError(f"no test set named {name!r}; existing: {[x['name'] for x in ws.store.testsets()]}")
+        sets.append((t, ws.store.testset_items(t["id"])))
+    packs = sorted({t["pack"] for t, _ in sets})
+    if len(packs) > 1:
+        raise ValueError(f"the test sets' faces come from different face packs {packs}: Face Sim needs one")
+    for spec in specs:
+        check_face_pack(spec, packs[0], cfg.allow_pack_mismatch)
+    plan: list[PlanEntry] = []
+    for t, items in sets:
+        for spec in specs:
+            for lam in cfg.lambdas:
+                for item in items:
+                    s = cfg.settings(item["prompt"], lam, item["idx"])
+                    plan.append(PlanEntry(sample_key(spec.weights_key(), item, s), t, item, spec, s))
+    return plan, packs
+
+
+def split_reused(ws: Workspace, plan: list[PlanEntry], run_id: int) -> tuple[list[str], list[PlanEntry]]:
+    """(keys of samples already made, linked to run ``run_id``; the entries still to generate)."""
+    keys = [p.key for p in plan]
+    existing = ws.store.eval_samples(keys)
+    reused = [k for k in keys if k in existing and (ws.root / existing[k]["output_path"]).is_file()]
+    reused_set = set(reused)
+    ws.store.link_eval_samples(run_id, reused)
+    return reused, [p for p in plan if p.key not in reused_set]
 
 
 def generate_samples(ws: Workspace, todo: list[PlanEntry], cfg: EvalConfig, run_id: int, author: str, track,

@@ -224,6 +224,21 @@ def read_folder(root: Path) -> list[tuple[str, dict]]:
     return rows
 
 
+def read_photos(root: Path) -> list[tuple[str, dict]]:
+    """(where, row) of every photo under ``root`` as an input face (a subfolder names the person), for designs
+    that pair each face with prompts of their own."""
+    from ..images import IMAGE_SUFFIXES
+
+    root = Path(root)
+    photos = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                    and not any(part.startswith(".") or part == "__MACOSX" for part in p.relative_to(root).parts))
+    if not photos:
+        raise ValueError(f"{root.name}: no photos")
+    rels = [p.relative_to(root) for p in photos]
+    return [(r.as_posix(), {"input": r.as_posix(), "prompt": NEUTRAL_PROMPT,
+                            "person": r.parent.as_posix() if r.parent.parts else None}) for r in rels]
+
+
 def extract_zip(path: Path, dest: Path) -> Path:
     """Unpack an uploaded test set safely (no absolute or ``..`` names, links, or oversized contents) into ``dest``;
     returns the folder holding it (the single top folder when the zip has one)."""
@@ -325,11 +340,24 @@ def import_testset(ws: Workspace, path: Path, name: str, kind: str = "", *, face
 
 def _import_rows(ws: Workspace, rows: list[tuple[str, dict]], base: Path, path: Path, name: str, kind: str,
                  face_pack: str, replace: bool, run_id: int | None, track, confine: Path | None) -> dict:
+    if not kind:  # pairs with another photo as the input face are CrossFaceID-test's shape; the others Unsplash-50's
+        kind = "customization" if any(str(r.get("target") or "").strip() for _, r in rows) else "fidelity"
+    items, problems, pack = read_items(ws, rows, base, name, kind, face_pack, track, confine)
+    if not items:
+        raise ValueError("no usable rows: " + "; ".join(problems[:5]))
+    settings = {"file": str(path), "face_pack": pack, "rows": len(rows), "left_out": problems}
+    tid = ws.store.save_testset(name=name, kind=kind, source=f"import:{path.name}", settings=settings, pack=pack,
+                                items=items, run_id=run_id, replace=replace)
+    return summary(ws, name) | {"id": tid, "left_out": problems}
+
+
+def read_items(ws: Workspace, rows: list[tuple[str, dict]], base: Path, name: str, kind: str, face_pack: str,
+               track=None, confine: Path | None = None) -> tuple[list[dict], list[str], str]:
+    """Test items from (where, row) rows, each row's photos copied into the workspace and its input face analysed;
+    returns (items, the rows left out with why, the face pack's name)."""
     from ..dataset.faces import FaceAnalyzer, resolve_pack
     from ..images import ImageError, load_rgb, read_bytes
 
-    if not kind:  # pairs with another photo as the input face are CrossFaceID-test's shape; the others Unsplash-50's
-        kind = "customization" if any(str(r.get("target") or "").strip() for _, r in rows) else "fidelity"
     pack = resolve_pack(face_pack)
     analyzer = FaceAnalyzer(pack)
     compiled = compile_vocabulary({k: v for k, v in workspace_vocabulary(ws).items() if k in SCORED_ATTRIBUTES})
@@ -384,12 +412,7 @@ def _import_rows(ws: Workspace, rows: list[tuple[str, dict]], base: Path, path: 
             items.append(item)
         except (ValueError, ImageError, OSError) as exc:
             problems.append(f"{where}: {exc}")
-    if not items:
-        raise ValueError("no usable rows: " + "; ".join(problems[:5]))
-    settings = {"file": str(path), "face_pack": pack.name, "rows": len(rows), "left_out": problems}
-    tid = ws.store.save_testset(name=name, kind=kind, source=f"import:{path.name}", settings=settings, pack=pack.name,
-                                items=items, run_id=run_id, replace=replace)
-    return summary(ws, name) | {"id": tid, "left_out": problems}
+    return items, problems, pack.name
 
 
 def _resolve(base: Path, name: str, confine: Path | None) -> Path:

@@ -100,17 +100,21 @@ def samples_from_file(ws: Workspace, path: Path, name: str) -> list[dict]:
 
 
 def assign(n_items: int, annotators: list[str], per_item: int, seed: int) -> dict[int, list[str]]:
-    """Item index -> the annotators who score it: ``per_item`` each, balanced by rotating a seeded order."""
+    """Item index -> the annotators who score it: ``per_item`` each (0: all of them), balanced by rotating a
+    seeded order."""
     order = list(annotators)
     random.Random(f"{seed}:annotators").shuffle(order)
-    k = min(per_item, len(order))
+    k = min(per_item, len(order)) if per_item else len(order)
     return {j: [order[(j * k + r) % len(order)] for r in range(k)] for j in range(n_items)}
 
 
-def create_study(ws: Workspace, name: str, samples: list[dict], annotators: list[str], *, per_item: int = 3,
+def create_study(ws: Workspace, name: str, samples: list[dict], annotators: list[str], *, per_item: int = 0,
                  duplicates: int = 0, seed: int = 0, instructions: str = DEFAULT_INSTRUCTIONS, source: str = "",
                  created_by: str = "studio") -> dict:
-    """Store a draft study; every image must exist now (the missing ones are named and nothing is stored)."""
+    """Store a draft study; every image must exist now (the missing ones are named and nothing is stored).
+
+    ``per_item`` 0 (the default) gives every item to every annotator, as the paper's participants scored
+    everything; a larger study caps it."""
     name = (name or "").strip()
     if not name or len(name) > 80 or "\0" in name:
         raise ValueError("a study needs a name of 1-80 characters")
@@ -119,8 +123,9 @@ def create_study(ws: Workspace, name: str, samples: list[dict], annotators: list
         raise ValueError("assign at least one annotator")
     if not samples:
         raise ValueError("the study has no samples")
-    if per_item < 1:
-        raise ValueError("each item needs at least one annotator (per item >= 1)")
+    if per_item < 0:
+        raise ValueError("annotators per item: 0 (all of them) or more")
+    per_item = min(per_item, len(annotators)) if per_item else len(annotators)  # what each item really gets
     if not 0 <= duplicates <= len(samples):
         raise ValueError(f"duplicates must be within [0, {len(samples)}]")
     missing = [s["image_path"] for s in samples if not (ws.root / s["image_path"]).is_file()]

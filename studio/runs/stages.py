@@ -18,6 +18,7 @@ from typing import Any
 
 from ..config import face_pack_spec
 from ..evaluation.evaluate import EvalConfig
+from ..human.design import StudySettings
 from .settings import RunSettings
 from ..train.launch import TrainConfig
 from ..workspace import Workspace
@@ -352,6 +353,18 @@ def _testset(ws: Workspace, s: TestsetSettings, run: StageRun) -> dict:
                          per_person=s.per_person, seed=s.seed, replace=s.replace, run_id=run.run_id)
 
 
+def _check_study(ws: Workspace, s: StudySettings, run_id: int | None = None) -> None:
+    from ..human.design import check_start
+
+    check_start(ws, s)
+
+
+def _study(ws: Workspace, s: StudySettings, run: StageRun) -> dict:
+    from ..human.design import generate_study
+
+    return generate_study(ws, s, run.run_id, author=run.author, track=run.track)
+
+
 def _check_evaluate(ws: Workspace, s: EvalConfig, run_id: int | None = None) -> None:
     from ..evaluation.evaluate import check_start
 
@@ -408,6 +421,7 @@ STAGES: dict[str, Stage] = {s.kind: s for s in (
     Stage("train", TrainConfig, _train, _check_train),
     Stage("testset", TestsetSettings, _testset),
     Stage("evaluate", EvalConfig, _evaluate, _check_evaluate, exclusive=True),
+    Stage("study", StudySettings, _study, _check_study),
 )}
 
 

@@ -20,6 +20,9 @@ import gradio as gr
 import pandas as pd
 
 from ..human import studies as he
+from ..human.design import EXAMPLE_PROMPTS, StudySettings, read_prompts
+from ..models.generate import registered_models
+from ..runs import jobs as runs
 from ..codes import CRITERIA, SCALES, StudyStatus
 from .access import StudioContext, role, username
 from .pages import PageMemory, session_of
@@ -79,6 +82,8 @@ class AnnotateTab:
     admin: gr.Column
     create: dict
     create_btn: gr.Button
+    design: dict
+    design_btn: gr.Button
     studies: gr.Dataframe
     chosen: gr.Textbox
     open_btn: gr.Button
@@ -119,10 +124,33 @@ def build() -> AnnotateTab:
                           "source_value": gr.Textbox(label="Run id or batch", elem_id="study-source"),
                           "annotators": gr.Textbox(label="Annotators (comma-separated user names)",
                                                    elem_id="study-annotators"),
-                          "per_item": gr.Number(3, label="Annotators per item", precision=0),
+                          "per_item": gr.Number(0, label="Annotators per item (0: all)", precision=0,
+                                                info="the paper: every participant scored everything"),
                           "duplicates": gr.Number(0, label="Duplicate items", precision=0),
                           "seed": gr.Number(0, label="Seed", precision=0)}
             create_btn = gr.Button("Create study (draft)", elem_id="study-create")
+            with gr.Accordion("Design a study: faces × prompts × models (generated as a run, no CLIP needed)",
+                              open=False, elem_id="design"):
+                with gr.Row():
+                    design = {"name": gr.Textbox(label="Study name", elem_id="design-name"),
+                              "faces": gr.Dropdown([], label="Faces: a test set's input faces", elem_id="design-faces"),
+                              "models": gr.CheckboxGroup([], label="Models", elem_id="design-models"),
+                              "annotators": gr.Textbox(label="Annotators (comma-separated user names)",
+                                                       elem_id="design-annotators")}
+                design["prompts"] = gr.Textbox(example_prompts(), lines=8, elem_id="design-prompts",
+                                               label="Prompts, one per line (an example list in the spirit of the "
+                                                     "paper's: other expressions, angles and attire)")
+                d = StudySettings(action="generate", name="", faces="", prompts=[], models=[], annotators=[])
+                with gr.Row():
+                    design["ip_scale"] = gr.Number(d.ip_scale, label="λ (ID weight)")
+                    design["steps"] = gr.Number(d.steps, label="Steps", precision=0, elem_id="design-steps")
+                    design["width"] = gr.Number(d.width, label="Width", precision=0, elem_id="design-width")
+                    design["height"] = gr.Number(d.height, label="Height", precision=0, elem_id="design-height")
+                    design["per_item"] = gr.Number(0, label="Annotators per item (0: all)", precision=0)
+                    design["duplicates"] = gr.Number(0, label="Duplicate items", precision=0)
+                    design["device"] = gr.Textbox("", label="Device (empty: cuda when available)",
+                                                  elem_id="design-device")
+                design_btn = gr.Button("Generate the study", elem_id="design-start")
             studies = gr.Dataframe(headers=STUDIES, label="Studies (click one for its results)", interactive=False,
                                    elem_id="study-list")
             with gr.Row():
@@ -138,7 +166,7 @@ def build() -> AnnotateTab:
                                y_lim=[0, 5], height=260)
             files = gr.File(label="Exports", file_count="multiple", interactive=False)
     return AnnotateTab(tab, info, view, study, progress, instructions, face, image, prompt, scales, comment, position,
-                       back, save, admin, create, create_btn, studies, chosen, open_btn, close_btn, export_btn, results,
+                       back, save, admin, create, create_btn, design, design_btn, studies, chosen, open_btn, close_btn, export_btn, results,
                        table3, annotators, chart, files)
 
 
@@ -194,6 +222,23 @@ def results_view(ctx: StudioContext, name: str) -> tuple:
     t3 = pd.DataFrame(res["table3"], columns=["model", "criterion", "min", "max", "avg", "std", "n"])
     chart = t3.assign(model_criterion=t3["model"] + " · " + t3["criterion"])[["model_criterion", "avg"]]
     return (he.table3_markdown(res), t3.round(3), pd.DataFrame(res["annotators"]).round(3), chart)
+
+
+def example_prompts() -> str:
+    return "\n".join(read_prompts(EXAMPLE_PROMPTS)) if EXAMPLE_PROMPTS.is_file() else ""
+
+
+def design_from_form(values: dict) -> StudySettings:
+    """The design form's study (checked here, so a mistake is a warning that keeps the form)."""
+    return StudySettings.from_dict({
+        "action": "generate", "name": (values.get("name") or "").strip(), "faces": values.get("faces") or "",
+        "prompts": [p.strip() for p in (values.get("prompts") or "").splitlines() if p.strip()],
+        "models": list(values.get("models") or []),
+        "annotators": [a.strip() for a in (values.get("annotators") or "").split(",") if a.strip()],
+        "ip_scale": float(values.get("ip_scale") or 0), "steps": int(values.get("steps") or 0),
+        "width": int(values.get("width") or 0), "height": int(values.get("height") or 0),
+        "per_item": int(values.get("per_item") or 0), "duplicates": int(values.get("duplicates") or 0),
+        "device": (values.get("device") or "").strip() or None})
 
 
 def wire(ctx: StudioContext, t: AnnotateTab, demo: gr.Blocks) -> None:
@@ -284,7 +329,7 @@ def wire(ctx: StudioContext, t: AnnotateTab, demo: gr.Blocks) -> None:
             samples = he.samples_from_generations(ctx.ws, batch=value)
         else:
             samples = he.samples_from_generations(ctx.ws)
-        made = he.create_study(ctx.ws, name, samples, (annotators or "").split(","), per_item=int(per_item or 1),
+        made = he.create_study(ctx.ws, name, samples, (annotators or "").split(","), per_item=int(per_item or 0),
                                duplicates=int(duplicates or 0), seed=int(seed or 0),
                                source=f"{source} {value}".strip(), created_by=username(ctx, request) or "local admin")
         gr.Info(f"Study {made['name']!r} created with {made['items']} items (draft): open it to start annotation.")
@@ -314,10 +359,24 @@ def wire(ctx: StudioContext, t: AnnotateTab, demo: gr.Blocks) -> None:
 
     w.on(t.export_btn.click, on_export, [t.chosen], [t.files])
 
-    def admin_load(request: gr.Request):
+    design_keys = list(t.design)
+
+    def on_design(request: gr.Request, *values):
+        run = runs.submit(ctx.ws, design_from_form(dict(zip(design_keys, values))),
+                          username(ctx, request) or "local admin")
+        gr.Info(f"Generating the study as run {run} (Runs tab); it appears in this list when done, as a draft.")
         return studies_frame(ctx)
 
-    w.on(demo.load, admin_load, None, [t.studies], quiet=True)  # an annotator's page: nothing, silently
+    w.on(t.design_btn.click, on_design, list(t.design.values()), [t.studies])
+
+    def admin_load(request: gr.Request):
+        models = list(registered_models(ctx.ws))
+        return (studies_frame(ctx), gr.Dropdown(choices=[x["name"] for x in ctx.ws.store.testsets()]),
+                gr.CheckboxGroup(choices=models))
+
+    admin_out = [t.studies, t.design["faces"], t.design["models"]]
+    w.on(demo.load, admin_load, None, admin_out, quiet=True)  # an annotator's page: nothing, silently
+    w.on(t.tab.select, admin_load, None, admin_out, quiet=True)  # back from the Runs tab: the new study is listed
 
     # -- API: annotators (blind) and admins -------------------------------------------------------
     def annotate_studies_api(request: gr.Request) -> list[dict]:
