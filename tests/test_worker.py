@@ -12,14 +12,16 @@ from studio.runs.stages import STAGES
 #: the fewest arguments each kind's command needs
 REQUIRED = {"ingest": ["/data/photos"], "export": ["--out", "exports/a"], "manifest": ["--out", "exports/m"],
             "train": ["--name", "m"], "testset": ["build", "--name", "t", "--kind", "fidelity"],
-            "evaluate": ["--testset", "t", "--model", "InstantID"]}
+            "evaluate": ["--testset", "t", "--model", "InstantID"],
+            "study": ["generate", "--name", "s", "--faces", "t", "--prompt", "p", "--model", "m", "--annotators", "a"]}
 #: a non-default value of a few options per kind
 CHANGED = {"ingest": ["--workers", "2", "--person-column", "who"], "analyze": ["--face-pack", "bundled", "--no-curate"],
            "curate": ["--min-faces", "2", "--no-reject-outliers"], "caption": ["--model", "m", "--all", "--batch"],
            "tag": ["--vocabulary", "v.json"], "export": ["--captions", "any", "--include-failed"],
            "split": ["--person", "a=test", "--person", "b=train", "--seed", "3"], "pairs": ["--max-face-cos", "0.9"],
            "manifest": ["--template", "a portrait"], "train": ["--lr", "0.001", "--", "--drop_face", "0.1"],
-           "testset": ["--person", "a", "--ask", "smiling"], "evaluate": ["--lambdas", "0.5,0.8", "--engine", "ray"]}
+           "testset": ["--person", "a", "--ask", "smiling"], "evaluate": ["--lambdas", "0.5,0.8", "--engine", "ray"],
+           "study": ["--per-item", "2", "--lambda", "0.5", "--prompt", "q", "--annotators", "a,b"]}
 
 
 def test_every_run_kind_has_a_settings_class_and_a_command():

@@ -64,7 +64,7 @@ def add_commands(sub, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("testset", parents=[common], help="evaluation test sets: build from a split, import, list, show")
     p.add_argument("action", choices=["build", "import", "list", "show", "delete"])
     p.add_argument("--name")
-    p.add_argument("--kind", choices=list(KINDS),
+    p.add_argument("--kind", choices=["", *KINDS], default="",
                    help="customization (Table 2 as CrossFaceID-test): a prompt asking for an attribute (+ a real photo "
                         "showing it); fidelity (as Unsplash-50): the face comes from the photo itself. Import: "
                         "inferred when left out (customization when the items have target photos)")

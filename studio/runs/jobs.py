@@ -28,7 +28,7 @@ from ..workspace import Workspace
 
 #: the stages that run as runs, and the CLI command each one is (studio.runs.stages.STAGES has their settings)
 KINDS = ("ingest", "analyze", "curate", "caption", "tag", "export", "split", "pairs", "manifest", "train",
-         "testset", "evaluate")
+         "testset", "evaluate", "study")
 HEARTBEAT_S = 5.0
 STALE_AFTER_S = 60.0
 LOG_TAIL_BYTES = 8000

@@ -188,7 +188,7 @@ class TestsetSettings(RunSettings):
     KIND = "testset"
     action: str
     name: str
-    kind: str = ""  # import: inferred from the items when empty
+    kind: str  # import: "" infers it from the items
     split: str = "test"
     person: list[str] | None = None
     ask: str = ""
