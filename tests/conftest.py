@@ -515,9 +515,10 @@ def ws(tmp_path, photos):
 
 
 @pytest.fixture(scope="module")
-def served_generate(tmp_path_factory, curation_source, pack, users_file, tiny_spec):
+def served_generate(tmp_path_factory, curation_source, pack, users_file, tiny_spec, tiny_faceid_spec):
     """The app on a curated workspace (plus a faceless photo) with the tiny model registered twice: trained on
-    the bundled pack ('tiny') and, as the released weights, on antelopev2 ('tiny-ante')."""
+    the bundled pack ('tiny') and, as the released weights, on antelopev2 ('tiny-ante'); and a tiny
+    IP-Adapter-FaceID ('tiny-faceid')."""
     import dataclasses
 
     from studio.dataset.analyze import analyze
@@ -538,6 +539,7 @@ def served_generate(tmp_path_factory, curation_source, pack, users_file, tiny_sp
     curate(ws)
     register_model(ws, tiny_spec)
     register_model(ws, dataclasses.replace(tiny_spec, name="tiny-ante", face_pack="antelopev2"))
+    register_model(ws, tiny_faceid_spec)
     with running_app(ws.root, "--auth", str(users_file), env={"OMP_NUM_THREADS": "1"}) as url:
         yield url, ws
 

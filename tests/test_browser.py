@@ -302,3 +302,38 @@ def test_click_a_face_fast_mode_and_generate(browser, served_generate, photos, t
             and g["face"].get("faces_found") == 6]
     assert rows and rows[-1]["settings"]["scheduler"] == "Euler" and rows[-1]["settings"]["long_side"] == 128
     page.screenshot(path=str(artifacts_dir(tmp_path) / "generate_faces.png"), full_page=True)
+
+
+def test_an_ip_adapter_faceid_model_side_by_side_with_instantid(browser, served_generate, photos):
+    """The Generate tab with the paper's second family: its model hides the IdentityNet controls (it has no
+    IdentityNet and no keypoints) until an InstantID model is chosen beside it; both get the same face,
+    prompt and seed."""
+    from playwright.sync_api import expect
+
+    url, ws = served_generate
+    page = login(browser, url, "ada")
+    page.get_by_role("tab", name="Generate").click()
+    page.locator("#weights-status").get_by_text("tiny-faceid").first.wait_for()
+    page.locator("#gen-reference input[type=file]").set_input_files(str(photos["obama"]))
+    page.locator("#gen-reference img").first.wait_for()  # uploaded (one face: nothing to choose)
+    page.get_by_role("button", name="Advanced").click()
+    strength = page.locator("#identitynet-strength")
+    expect(strength).to_be_visible()
+    page.locator("#models").get_by_label("tiny", exact=True).uncheck()
+    page.locator("#models").get_by_label("tiny-faceid", exact=True).check()
+    expect(strength).to_be_hidden()  # FaceID alone: nothing of the IdentityNet is offered
+    page.locator("#models").get_by_label("tiny", exact=True).check()
+    expect(strength).to_be_visible()
+    page.locator("#gen-steps input[type=number]").first.fill("2")
+    page.locator("#gen-steps input[type=number]").first.press("Tab")
+    page.locator("#long-side input[type=number]").first.fill("128")
+    page.locator("#long-side input[type=number]").first.press("Tab")
+    before = len(ws.store.generations())
+    page.locator("#gen-prompt textarea").fill("a man wearing a hat")
+    page.get_by_role("button", name="Generate", exact=True).click()
+    expect(page.locator("#generated img")).to_have_count(2, timeout=120_000)
+    made = ws.store.generations()[before:]
+    assert sorted((g["model"], g["model_spec"].get("family", "InstantID")) for g in made) == [
+        ("tiny", "InstantID"), ("tiny-faceid", "IP-Adapter-FaceID")]
+    assert len({g["settings"]["seed"] for g in made}) == 1 and {g["settings"]["prompt"] for g in made} == {
+        "a man wearing a hat"}

@@ -61,7 +61,7 @@ def build() -> EvaluateTab:
         with gr.Accordion("1 · Test sets", open=True):
             with gr.Row():
                 b = {"name": gr.Textbox(label="Name", elem_id="ts-name"),
-                     "kind": gr.Radio(list(KINDS), value="customization", label="Kind",
+                     "kind": gr.Radio(list(KINDS), value="customization", label="Kind", elem_id="ts-kind",
                                       info="customization: prompts asking for an attribute · fidelity: a neutral prompt"),
                      "persons": gr.Textbox(label="Persons (comma-separated; empty: the test split)", elem_id="ts-persons"),
                      "ask": gr.Textbox(label="Ask every face for (attributes)", elem_id="ts-ask",

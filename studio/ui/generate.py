@@ -80,7 +80,8 @@ def build() -> GenerateTab:
                 fast = gr.Checkbox(label=f"Fast mode (LCM-LoRA, {FAST_STEPS} steps)", value=False, elem_id="fast-mode")
                 with gr.Accordion("Advanced", open=False):
                     negative = gr.Textbox(label="Negative prompt", value=DEMO_NEGATIVE_PROMPT, lines=2)
-                    strength = gr.Slider(0.0, 1.5, value=0.8, step=0.05, label="IdentityNet strength")
+                    strength = gr.Slider(0.0, 1.5, value=0.8, step=0.05, label="IdentityNet strength",
+                                         elem_id="identitynet-strength")
                     steps = gr.Slider(1, 100, value=30, step=1, label="Steps", elem_id="gen-steps")
                     guidance = gr.Slider(0.0, 15.0, value=5.0, step=0.1, label="Guidance scale")
                     scheduler = gr.Dropdown(list(SCHEDULERS), value="Euler", label="Scheduler", elem_id="gen-scheduler")
