@@ -116,21 +116,87 @@ def test_steps_move_only_the_trainable_parts(train_ws, tiny_spec):
         assert any("encoder_hid_proj" in k for k in moved)
 
 
-def test_keypoint_image_follows_resize_and_crop(train_ws):
-    from training.data import PairDataset, face_crop, read_manifest
+def official_sample(path: Path, landmarks, resolution: int, top: int, left: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The official trainer's preparation, written here from its description: keypoints drawn on the whole
+    photo (the published drawing, test_draw.reference_rendering), photo and keypoint image resized with
+    torchvision's Resize(short side, bilinear), both cropped at the same (top, left)."""
+    from test_draw import reference_rendering
+    from torchvision import transforms
+
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+    kps = Image.fromarray(reference_rendering(im.width, im.height, landmarks))
+    resize = transforms.Resize(resolution, interpolation=transforms.InterpolationMode.BILINEAR)
+    crop = (lambda t: transforms.functional.crop(t, top=top, left=left, height=resolution, width=resolution))
+    photo = crop(transforms.Normalize([0.5], [0.5])(transforms.ToTensor()(resize(im))))
+    return crop(transforms.ToTensor()(resize(kps))), photo
+
+
+@pytest.mark.parametrize("crop", ["random", "center", "face"])
+def test_a_training_sample_is_prepared_as_the_official_trainer_prepares_it(train_ws, crop):
+    """Keypoint image and photo pixel for pixel, with the crop each mode chose; random crops keep the short
+    side's offset in its upper half (as there), follow the epoch and repeat for the same (seed, epoch)."""
+    from training.data import PairDataset, read_manifest
 
     samples = read_manifest(train_ws.root / "manifest" / "train.jsonl")
-    data = PairDataset(samples, 128)
+    data = PairDataset(samples, 128, crop=crop, seed=3)
+    tops = set()
     for k, s in enumerate(samples):
-        item = data[k]
-        with Image.open(s.image) as im:
-            scale, left, top = face_crop(im.size, s.bbox, 128)
-            assert tuple(item["time_ids"][:4].tolist()) == (im.height, im.width, top, left)
-        kps = s.landmarks * scale - np.array([left, top])
-        assert (kps >= 0).all() and (kps < 128).all()  # the face stays inside the crop
-        corner = item["kps_image"][:, int(round(kps[4][1])), int(round(kps[4][0]))]
-        assert torch.allclose(corner, torch.tensor([1.0, 0.0, 1.0]))  # the last disc (magenta) where that corner went
-        assert item["pixel_values"].shape == (3, 128, 128) and item["face_embed"].shape == (512,)
+        for epoch in (0, 1):
+            data.epoch = epoch
+            item = data[k]
+            original_h, original_w, top, left = (int(v) for v in item["time_ids"][:4].tolist())
+            with Image.open(s.image) as im:
+                assert (original_h, original_w) == (im.height, im.width)
+                long_excess = int(128 * max(im.size) / min(im.size)) - 128
+            kps, photo = official_sample(s.image, s.landmarks, 128, top, left)
+            assert torch.equal(item["kps_image"], kps)  # exactly: the same drawing, resize and crop
+            assert (item["pixel_values"] - photo).abs().max() < 1e-5  # the same pixels (float rounding only)
+            offset = left if im.width >= im.height else top
+            assert 0 <= offset <= long_excess and 0 <= min(left, top) and (left == 0 or top == 0)
+            if crop == "random" and im.width < im.height:
+                assert top <= long_excess // 2  # the upper half, as the official trainer draws it
+            if crop == "center":
+                assert offset == long_excess // 2
+            again = data[k]
+            assert torch.equal(again["kps_image"], item["kps_image"])  # the same (seed, epoch): the same crop
+            tops.add((k, offset))
+    if crop == "random":
+        assert len(tops) > len(samples)  # some line was cut elsewhere in the other epoch
+    else:
+        assert len(tops) == len(samples)  # a fixed crop every epoch
+    face = PairDataset(samples, 128, crop="face")[0]
+    s = samples[0]
+    with Image.open(s.image) as im:
+        resized = (int(128 * im.width / min(im.size)) / im.width, int(128 * im.height / min(im.size)) / im.height)
+    kps = s.landmarks * np.array(resized) - np.array([face["time_ids"][3].item(), face["time_ids"][2].item()])
+    assert (kps >= 0).all() and (kps < 128).all()  # around the face: the face stays inside the crop
+
+
+def test_noise_seeds_never_repeat_within_a_run():
+    """Accumulation 16 on 16 processes over 200 steps: 51,200 micro-batches, as many different seeds (the
+    old formula reused 17,910), and the same four numbers always give the same noise (resume)."""
+    from training.train_instantid import step_generator, step_seed
+
+    seeds = {step_seed(0, step, micro, rank) for step in range(200) for micro in range(16) for rank in range(16)}
+    assert len(seeds) == 200 * 16 * 16
+    a, b = torch.randn(4, generator=step_generator(5, 7, 3, 1)), torch.randn(4, generator=step_generator(5, 7, 3, 1))
+    assert torch.equal(a, b) and not torch.equal(a, torch.randn(4, generator=step_generator(5, 7, 3, 2)))
+
+
+def test_the_paper_recipe_fills_what_the_command_line_leaves_out():
+    from training.args import parse
+
+    required = ["--pretrained_model_name_or_path", "b", "--train_data", "t", "--output_dir", "o"]
+    plain = parse(required)
+    paper = parse(required + ["--recipe", "crossfaceid"])
+    assert (plain.crop, plain.num_train_epochs, plain.max_grad_norm, plain.mixed_precision) == ("face", 0, 1.0, None)
+    assert (paper.crop, paper.num_train_epochs, paper.max_grad_norm, paper.mixed_precision) == ("random", 5, 0.0, "fp16")
+    assert (paper.learning_rate, paper.adam_weight_decay, paper.resolution, paper.lr_scheduler) == (
+        1e-5, 0.01, 512, "constant")
+    assert parse(required + ["--recipe", "crossfaceid", "--crop", "center", "--num_train_epochs", "2"]).crop == "center"
+    with pytest.raises(SystemExit):
+        parse(required + ["--recipe", "nope"])
 
 
 @pytest.mark.slow

@@ -22,6 +22,7 @@ save a checkpoint and exit cleanly; ``--resume_from_checkpoint latest`` goes on 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import math
@@ -36,7 +37,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # studio/ and training/ as packages
 
-from training.args import build_parser, check  # noqa: E402
+from training.args import parse, recipe_file  # noqa: E402
 from training.data import FeatureCache, ManifestError, PairDataset, collate, manifest_sha256, read_manifest  # noqa: E402
 
 
@@ -63,8 +64,7 @@ def _progress_logger():
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = build_parser()
-    return check(p, p.parse_args(argv))
+    return parse(argv)
 
 
 # -- models --------------------------------------------------------------------------------------
@@ -269,9 +269,18 @@ def checkpoints(output_dir: Path) -> list[Path]:
 STOP_CHECK_STEPS = 5  # how often several processes agree on a stop request
 
 
+def step_seed(seed: int, step: int, micro: int, rank: int) -> int:
+    """A 63-bit seed per (run seed, step, micro-batch, process) from numpy's SeedSequence: a hash of the four,
+    so no two micro-batches of a run share noise however many processes and accumulation steps there are."""
+    import numpy as np
+
+    state = np.random.SeedSequence([seed, step, micro, rank]).generate_state(2, dtype=np.uint32)
+    return (int(state[0]) << 31 | int(state[1]) >> 1) & (2 ** 63 - 1)
+
+
 def step_generator(seed: int, step: int, micro: int, rank: int) -> torch.Generator:
     """Noise, timesteps and condition drops of one micro-batch depend only on these: a resumed run repeats them."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + step * 1_009 + micro * 101 + rank) % 2 ** 63)
+    return torch.Generator().manual_seed(step_seed(seed, step, micro, rank))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -290,7 +299,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     accelerator = Accelerator(gradient_accumulation_steps=args.gradient_accumulation_steps,
                               mixed_precision=args.mixed_precision,
-                              project_config=ProjectConfiguration(project_dir=str(output_dir)))
+                              log_with=None if args.report_to == "none" else args.report_to,
+                              project_config=ProjectConfiguration(project_dir=str(output_dir),
+                                                                  logging_dir=str(output_dir / "logs")))
     set_seed(args.seed)
     logger = _progress_logger()
     try:
@@ -342,20 +353,27 @@ def main(argv: list[str] | None = None) -> int:
                               weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)
 
     cache = None
-    if not args.encode_in_loop:
-        cache = FeatureCache(output_dir / "cache", samples, args.resolution)
+    if args.crop == "random" and not args.encode_in_loop:
+        logger.info("random crops: latents and text embeddings are encoded in the loop (a cache would fix the crop)")
+    if not args.encode_in_loop and args.crop != "random":
+        cache = FeatureCache(output_dir / "cache", samples, args.resolution, args.crop)
         fill_cache(accelerator, parts, cache, samples, args.resolution)
-    dataset = PairDataset(samples, args.resolution, cache)
+    dataset = PairDataset(samples, args.resolution, cache, crop=args.crop, seed=args.seed)
     sampler_gen = torch.Generator()
     dataloader = torch.utils.data.DataLoader(
         dataset, batch_size=args.train_batch_size, collate_fn=collate, num_workers=args.dataloader_num_workers,
         sampler=torch.utils.data.RandomSampler(dataset, generator=sampler_gen), drop_last=False,
         generator=torch.Generator().manual_seed(args.seed))
+    if args.num_train_epochs:  # epochs decide the length: the batches each process sees, per optimiser step
+        per_process = math.ceil(math.ceil(len(dataset) / args.train_batch_size) / accelerator.num_processes)
+        args.max_train_steps = args.num_train_epochs * math.ceil(per_process / args.gradient_accumulation_steps)
     lr_scheduler = get_scheduler(args.lr_scheduler, optimizer=optimizer,
                                  num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
                                  num_training_steps=args.max_train_steps * accelerator.num_processes)
     model, optimizer, dataloader, lr_scheduler = accelerator.prepare(model, optimizer, dataloader, lr_scheduler)
     empty = encode_empty(parts, accelerator.device, weight_dtype)
+    if args.report_to != "none":
+        accelerator.init_trackers(args.tracker_project_name, config=hyperparameters(args))
     if cache is not None:  # cached: the encoders leave the GPU (they come back for validation)
         for name in ("vae", "text_encoder", "text_encoder_2"):
             parts[name].to("cpu")
@@ -389,19 +407,25 @@ def main(argv: list[str] | None = None) -> int:
                       f"x {args.gradient_accumulation_steps}, {accelerator.mixed_precision} precision")
     pending = None
 
-    def log_step(step: int, loss_t: torch.Tensor, ep: int) -> None:
+    def log_step(step: int, loss_t: torch.Tensor, ep: int, norm_t: torch.Tensor | None) -> None:
         losses.append(loss_t.item())
-        if metrics and (step % args.logging_steps == 0 or step == args.max_train_steps):
+        if step % args.logging_steps == 0 or step == args.max_train_steps:
             row = {"step": step, "max_steps": args.max_train_steps, "loss": losses[-1],
                    "lr": lr_scheduler.get_last_lr()[0], "epoch": ep, "elapsed_s": round(time.time() - started, 3),
                    "peak_memory_gb": round(peak_memory_gb(accelerator.device), 3)}
-            metrics.write(json.dumps(row) + "\n")
-            metrics.flush()
-            logger.info(f"step {step}/{args.max_train_steps} loss {losses[-1]:.5f} lr {row['lr']:.3g}")
+            if norm_t is not None:
+                row["grad_norm"] = float(norm_t)
+            if args.report_to != "none":
+                accelerator.log({k: row[k] for k in ("loss", "lr", "grad_norm", "epoch") if k in row}, step=step)
+            if metrics:
+                metrics.write(json.dumps(row) + "\n")
+                metrics.flush()
+                logger.info(f"step {step}/{args.max_train_steps} loss {losses[-1]:.5f} lr {row['lr']:.3g}")
 
     epoch = first_epoch
     while global_step < args.max_train_steps and not stopped:
         sampler_gen.manual_seed(args.seed + epoch)  # one fixed order per epoch
+        dataset.epoch = epoch  # and its crops and drawn faces
         loader = accelerator.skip_first_batches(dataloader, skip * args.gradient_accumulation_steps) if skip else dataloader
         skip = 0
         micro = 0
@@ -418,8 +442,8 @@ def main(argv: list[str] | None = None) -> int:
                           file=sys.stderr)
                     return 3
                 accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(unwrapped.trainable(), args.max_grad_norm)
+                if accelerator.sync_gradients:  # no clipping at 0 (the official trainer's), the norm still read
+                    norm = accelerator.clip_grad_norm_(unwrapped.trainable(), args.max_grad_norm or math.inf)
                 optimizer.step()
                 lr_scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -433,7 +457,8 @@ def main(argv: list[str] | None = None) -> int:
             # a step's loss is read one step later: reading it now would make the GPU wait for the host
             if pending is not None:
                 log_step(*pending)
-            pending = (global_step, accelerator.gather(loss.detach()[None]).mean(), epoch)
+            pending = (global_step, accelerator.gather(loss.detach()[None]).mean(), epoch,
+                       norm.detach() if isinstance(norm, torch.Tensor) else norm)
             if stop["signal"] or (output_dir / "STOP").exists():
                 accelerator.set_trigger()
             # with one process the flag is local; several agree every few steps (the check is a collective)
@@ -450,6 +475,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.validation_steps and global_step % args.validation_steps == 0 and accelerator.is_main_process:
                 paths = validate(args, parts, unwrapped, val_samples, global_step, output_dir, weight_dtype,
                                  accelerator.device, cache is not None)
+                if args.report_to != "none":
+                    log_images(accelerator, paths, global_step)
                 if metrics:
                     metrics.write(json.dumps({"step": global_step, "validation": [str(p) for p in paths]}) + "\n")
                     metrics.flush()
@@ -472,6 +499,28 @@ def main(argv: list[str] | None = None) -> int:
         sample_log.close()
     accelerator.end_training()
     return 0
+
+
+def hyperparameters(args) -> dict:
+    """The run's settings as trackers take them (numbers, text and booleans; nothing else)."""
+    return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in vars(args).items()}
+
+
+def log_images(accelerator, paths: list[Path], step: int) -> None:
+    """Validation images to every tracker, in its own way."""
+    import numpy as np
+    from PIL import Image
+
+    images = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+    if not images:
+        return
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            tracker.writer.add_images("validation", np.stack(images), step, dataformats="NHWC")
+        elif tracker.name == "wandb":
+            import wandb
+
+            tracker.log({"validation": [wandb.Image(im, caption=p.name) for im, p in zip(images, paths)]}, step=step)
 
 
 def peak_memory_gb(device) -> float:
@@ -514,7 +563,7 @@ def fill_cache(accelerator, parts, cache: FeatureCache, samples, resolution: int
     todo = cache.missing(range(accelerator.process_index, len(samples), accelerator.num_processes))
     if todo:
         _progress_logger().info(f"caching latents and text embeddings of {len(samples)} samples")
-    plain = PairDataset(samples, resolution)
+    plain = PairDataset(samples, resolution, crop=cache.crop)
     with torch.no_grad():
         for idx in todo:
             im, geo = plain.geometry(idx)
@@ -609,6 +658,13 @@ def write_card(args, output_dir: Path, steps: int, losses: list[float], accelera
         "seconds": round(seconds, 1), "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__,
                                                    "accelerate": accelerate.__version__},
         "family": args.family,
+        "recipe": {"name": args.recipe, "file": str(recipe_file(args.recipe)),
+                   "sha256": hashlib.sha256(recipe_file(args.recipe).read_bytes()).hexdigest()} if args.recipe else None,
+        "crop": args.crop, "epochs": args.num_train_epochs or None,
+        "latents": "encoded in the loop" + (" (random crops)" if args.crop == "random" else "")
+        if args.encode_in_loop or args.crop == "random" else "cached before training",
+        "noise_seeds": "numpy SeedSequence of (seed, step, micro-batch, process)",
+        "trackers": args.report_to,
         "weights": {"ip_adapter": "ip-adapter-faceid_sdxl.bin"} if args.family == "IP-Adapter-FaceID"
         else {"ip_adapter": "ip-adapter.bin", "identitynet": "ControlNetModel/"},
     }
