@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import copy_ws, studio_cli
 
 from studio.dataset.export import ExportError
@@ -204,3 +205,32 @@ def test_a_photo_gone_from_disk_is_that_pair_s_problem(ws, tmp_path):
     assert all((tmp_path / "m" / x["image_file"]).is_file() and (tmp_path / "m" / x["face_image_file"]).is_file()
                for x in lines)
     assert "could not be read" in out["warning"]
+
+
+def test_a_manifest_with_face_candidates_draws_a_face_per_epoch(ws, tmp_path):
+    """--candidates: one line per target listing every paired face; the trainer draws one per epoch (seeded:
+    the same epoch draws the same face, so a resumed run trains on what the straight run did)."""
+    from training.data import PairDataset, read_manifest
+
+    assign_splits(ws, pins=PINS)
+    made = make_pairs(ws, per_image=3)
+    targets = {p["target_id"] for p in ws.store.pairs("train")}
+    result = export_manifest(ws, tmp_path / "c", missing_caption="template", allow_other_pack=True, candidates=True)
+    assert result["lines"] == len(targets) < made["pairs"]  # a line per target, not per pair
+    lines = [json.loads(x) for x in (tmp_path / "c" / "train.jsonl").read_text().splitlines()]
+    assert sorted(line["target_id"] for line in lines) == sorted(targets)  # one line per target
+    for line in lines:
+        assert line["face_candidates"][0] == line["insightface_feature_file"]  # readers of the plain layout see one
+        assert len(line["face_candidates"]) == len(line["face_ids"]) >= 2
+        assert line["target_id"] not in line["face_ids"]
+        for file, face_id in zip(line["face_candidates"], line["face_ids"]):
+            assert np.allclose(np.load(tmp_path / "c" / file), ws.store.subject_face(face_id).embedding)
+    samples = read_manifest(tmp_path / "c" / "train.jsonl")
+    data = PairDataset(samples, 64, seed=1)
+    drawn = []
+    for epoch in range(6):
+        data.epoch = epoch
+        first = data[0]["face_embed"]
+        assert torch.equal(first, data[0]["face_embed"])  # the same epoch: the same face
+        drawn.append(first)
+    assert len({tuple(t.tolist()[:4]) for t in drawn}) >= 2  # other epochs: other faces of the person

@@ -80,3 +80,44 @@ def test_a_failed_training_run_keeps_its_cause_in_history(train_ws, tmp_path):
     assert r.returncode == 2 and "training exited with code" in r.stderr
     run = train_ws.store.runs(kind="train", status="failed")[0]
     assert "line 2: insightface_feature_file" in run["error"]
+
+
+@pytest.mark.slow
+def test_the_paper_data_path_resumes_exactly_and_logs_to_tensorboard(train_ws, tiny_spec, tmp_path):
+    """Random crops, a face drawn per epoch from each line's candidates, epochs deciding the length, no
+    clipping, TensorBoard through accelerate: 2 epochs straight end with the weights of 1 checkpoint + resume,
+    and TensorBoard's own event reader gives back the logged loss of every step."""
+    import shutil
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    lines = [json.loads(x) for x in (train_ws.root / "manifest" / "train.jsonl").read_text().splitlines()]
+    files = [d["insightface_feature_file"] for d in lines]
+    for k, d in enumerate(lines):  # two candidate faces per target (the paper: a random other face per epoch)
+        d["face_candidates"] = [files[k], files[(k + 1) % len(files)]]
+    manifest = train_ws.root / "manifest" / "candidates.jsonl"
+    manifest.write_text("".join(json.dumps(d) + "\n" for d in lines))
+    per_epoch = -(-len(lines) // 2)  # batch 2, one process
+    extra = ("--crop", "random", "--num_train_epochs", "2", "--max_grad_norm", "0", "--report_to", "tensorboard",
+             "--checkpointing_steps", str(per_epoch))
+    straight = launch(*script_args(tiny_spec, manifest, tmp_path / "a", 1000, *extra))
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    assert "encoded in the loop" in straight.stdout
+    steps = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    logged = {r["step"]: r for r in steps if "loss" in r}
+    assert sorted(logged) == list(range(1, 2 * per_epoch + 1))  # the epochs decided the length, not --max_train_steps
+    assert all(r["grad_norm"] > 0 for r in logged.values())
+    card = json.loads((tmp_path / "a" / "training_card.json").read_text())
+    assert (card["crop"], card["epochs"], card["latents"]) == ("random", 2, "encoded in the loop (random crops)")
+
+    shutil.copytree(tmp_path / "a" / f"checkpoint-{per_epoch}", tmp_path / "b" / f"checkpoint-{per_epoch}")
+    resumed = launch(*script_args(tiny_spec, manifest, tmp_path / "b", 1000, *extra, "--resume_from_checkpoint", "latest"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a, b = trained(tmp_path / "a"), trained(tmp_path / "b")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # bit-identical
+
+    events = EventAccumulator(str(tmp_path / "a" / "logs" / "crossfaceid-studio"))  # accelerate: logs/<project>
+    events.Reload()
+    loss = {e.step: e.value for e in events.Scalars("loss")}
+    assert sorted(loss) == sorted(logged) and all(abs(loss[s] - logged[s]["loss"]) < 1e-6 for s in loss)
+    assert {"lr", "grad_norm"} <= set(events.Tags()["scalars"])

@@ -81,6 +81,8 @@ def add_commands(sub, common: argparse.ArgumentParser) -> None:
                                                                 f"(default {DEFAULT_TEMPLATE!r})")
     p.add_argument("--allow-other-pack", action="store_true",
                    help="use embeddings of a face pack other than antelopev2 (the released models' pack)")
+    p.add_argument("--candidates", action="store_true",
+                   help="one line per target listing every paired face (face_candidates); training draws one per epoch")
     p.set_defaults(func=cmd_manifest)
 
     p = sub.add_parser("train", parents=[common], help="fine-tune InstantID on a manifest with `accelerate launch`")

@@ -173,6 +173,7 @@ class ManifestSettings(RunSettings):
     missing_caption: str = "skip"
     template: str = "a photo of a person"
     allow_other_pack: bool = False
+    candidates: bool = False
 
     def validate(self) -> None:
         _one_of("manifest", "split", self.split, ("train", "validation"))
@@ -325,13 +326,21 @@ def _manifest(ws: Workspace, s: ManifestSettings, run: StageRun) -> dict:
     from ..train.pairs import export_manifest
 
     return export_manifest(ws, s.out, s.split, captions=s.captions, missing_caption=s.missing_caption,
-                           template=s.template, allow_other_pack=s.allow_other_pack, run_id=run.run_id, author=run.author)
+                           template=s.template, allow_other_pack=s.allow_other_pack, candidates=s.candidates,
+                           run_id=run.run_id, author=run.author)
 
 
 def _check_train(ws: Workspace, s: TrainConfig, run_id: int | None = None) -> None:
     from ..train.launch import check_start
 
     check_start(ws, s, run_id)
+
+
+def _resolve_train(ws: Workspace, s: TrainConfig) -> TrainConfig:
+    """A recipe's values written into the settings, so the run records what it trains with."""
+    from ..train.launch import with_recipe
+
+    return with_recipe(s)
 
 
 def _train(ws: Workspace, s: TrainConfig, run: StageRun) -> dict:
@@ -418,7 +427,7 @@ STAGES: dict[str, Stage] = {s.kind: s for s in (
     Stage("split", SplitSettings, _split),
     Stage("pairs", PairsSettings, _pairs),
     Stage("manifest", ManifestSettings, _manifest),
-    Stage("train", TrainConfig, _train, _check_train),
+    Stage("train", TrainConfig, _train, _check_train, resolve=_resolve_train),
     Stage("testset", TestsetSettings, _testset),
     Stage("evaluate", EvalConfig, _evaluate, _check_evaluate, exclusive=True),
     Stage("study", StudySettings, _study, _check_study),

@@ -52,6 +52,11 @@ def accelerate_configs() -> dict[str, Path]:
     return {p.stem: p for p in sorted(CONFIGS.glob("*.yaml"))}
 
 
+def recipes() -> list[str]:
+    """The recipes in training/recipes (``--recipe NAME``)."""
+    return sorted(p.stem for p in (REPO / "training" / "recipes").glob("*.yaml"))
+
+
 @dataclass
 class TrainConfig(RunSettings):
     """What a training run is asked to do; stored with the run and shown in its history."""
@@ -81,6 +86,11 @@ class TrainConfig(RunSettings):
     gradient_checkpointing: bool = False
     use_8bit_adam: bool = False
     encode_in_loop: bool = False
+    recipe: str = ""  # training/recipes/<name>.yaml (crossfaceid: the paper's); its values are applied at submit
+    crop: str = "face"  # random (the official trainer's) | center | face
+    epochs: int = 0  # passes over the manifest (0: max_steps decides)
+    face_candidates: bool = False  # a written manifest lists every paired face; one drawn per epoch
+    report_to: str = "none"  # none | tensorboard | wandb | all
     extra: list[str] = field(default_factory=list)  # further script arguments, passed as they are
 
     @classmethod
@@ -112,6 +122,17 @@ class TrainConfig(RunSettings):
         if self.accelerate_config and self.accelerate_config not in accelerate_configs():
             problems.append(f"accelerate config {self.accelerate_config!r} is not in {CONFIGS} "
                             f"(have: {', '.join(accelerate_configs())})")
+        if self.crop not in CROPS:
+            problems.append(f"crop must be one of {CROPS}, got {self.crop!r}")
+        if self.report_to not in TRACKERS:
+            problems.append(f"report_to must be one of {TRACKERS}, got {self.report_to!r}")
+        if not isinstance(self.epochs, int) or self.epochs < 0:
+            problems.append(f"epochs must be a whole number >= 0, got {self.epochs!r}")
+        if self.recipe:
+            try:
+                with_recipe(self)
+            except ValueError as exc:
+                problems.append(str(exc))
         if self.devices not in ("all", "cpu") and not re.fullmatch(r"\d+(,\d+)*", self.devices or ""):
             problems.append(f"devices must be 'all', 'cpu' or GPU indices like 0,1; got {self.devices!r}")
         try:
@@ -134,12 +155,42 @@ class TrainConfig(RunSettings):
         return set(self.devices.split(","))
 
 
+CROPS = ("random", "center", "face")
+TRACKERS = ("none", "tensorboard", "wandb", "all")
+#: the settings a recipe decides, and the script option each one is
+RECIPE_FIELDS = {"learning_rate": "learning_rate", "batch_size": "train_batch_size", "resolution": "resolution",
+                 "precision": "mixed_precision", "crop": "crop", "epochs": "num_train_epochs"}
+
+
+def with_recipe(cfg: TrainConfig) -> TrainConfig:
+    """The settings with the recipe's values in (what the run records and passes); a setting the person changed
+    from its default to another value than the recipe's is refused, naming both."""
+    import dataclasses
+
+    if not cfg.recipe:
+        return cfg
+    from training.args import build_parser, recipe_defaults
+
+    values = recipe_defaults(build_parser(), cfg.recipe)
+    defaults = TrainConfig.defaults()
+    changes = {}
+    for name, option in RECIPE_FIELDS.items():
+        if option not in values:
+            continue
+        mine = getattr(cfg, name)
+        if mine != defaults[name] and mine != values[option]:
+            raise ValueError(f"recipe {cfg.recipe!r} sets {name} to {values[option]!r}, the settings say {mine!r}: "
+                             f"leave {name} at its default ({defaults[name]!r}) or train without the recipe")
+        changes[name] = values[option]
+    return dataclasses.replace(cfg, **changes)
+
+
 #: training-script options the studio sets from a run's settings (launch_command); never from "extra"
 SCRIPT_OPTIONS = ("family", "pretrained_model_name_or_path", "identitynet", "ip_adapter", "train_data",
                   "validation_data", "output_dir", "seed", "resolution", "train_batch_size", "max_train_steps",
                   "gradient_accumulation_steps", "learning_rate", "checkpointing_steps", "checkpoints_total_limit",
                   "validation_steps", "resume_from_checkpoint", "mixed_precision", "gradient_checkpointing",
-                  "use_8bit_adam", "encode_in_loop")
+                  "use_8bit_adam", "encode_in_loop", "recipe", "crop", "num_train_epochs", "report_to")
 
 
 def check_extra(extra) -> None:
@@ -187,6 +238,15 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--use-8bit-adam", dest="use_8bit_adam", action="store_true")
     p.add_argument("--encode-in-loop", dest="encode_in_loop", action="store_true",
                    help="run the VAE and text encoders every step instead of caching latents and embeddings")
+    p.add_argument("--recipe", default=d.recipe,
+                   help="training/recipes/<name>.yaml applied to these settings (crossfaceid: the paper's recipe)")
+    p.add_argument("--crop", choices=CROPS, default=d.crop,
+                   help="training square: random (the official trainer's), center, or face (default)")
+    p.add_argument("--epochs", type=int, default=d.epochs, help="passes over the manifest (0: --steps decides)")
+    p.add_argument("--face-candidates", dest="face_candidates", action="store_true",
+                   help="the written manifest lists every paired face of a target; training draws one per epoch")
+    p.add_argument("--report-to", dest="report_to", choices=TRACKERS, default=d.report_to,
+                   help="experiment tracking through accelerate (TensorBoard files under the run's logs/)")
     p.add_argument("extra", nargs=argparse.REMAINDER,
                    help="after --: further arguments for training/train_instantid.py, passed as they are")
 
@@ -247,6 +307,9 @@ def launch_command(cfg: TrainConfig, spec, out: Path, manifest: Path, validation
               "--learning_rate", repr(float(cfg.learning_rate)), "--checkpointing_steps", str(cfg.checkpoint_every),
               "--checkpoints_total_limit", str(cfg.keep_checkpoints), "--validation_steps", str(cfg.validation_every),
               "--resume_from_checkpoint", "latest", "--mixed_precision", precision]
+    script += ["--crop", cfg.crop, "--report_to", cfg.report_to]
+    script += ["--recipe", cfg.recipe] if cfg.recipe else []
+    script += ["--num_train_epochs", str(cfg.epochs)] if cfg.epochs else []
     if validation:
         script += ["--validation_data", str(validation)]
     for flag in ("gradient_checkpointing", "use_8bit_adam", "encode_in_loop"):
@@ -293,7 +356,7 @@ def prepare_data(ws: Workspace, cfg: TrainConfig, out: Path, run_id: int | None,
         return manifest, Path(cfg.validation_manifest) if cfg.validation_manifest else None
     data = out / "data"
     export_manifest(ws, data, "train", captions=cfg.captions, missing_caption=cfg.missing_caption,
-                    allow_other_pack=True, run_id=run_id, author=author)
+                    allow_other_pack=True, candidates=cfg.face_candidates, run_id=run_id, author=author)
     validation = None
     if cfg.validation_manifest:
         validation = Path(cfg.validation_manifest)

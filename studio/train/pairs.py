@@ -248,6 +248,17 @@ def make_pairs(ws: Workspace, split: str = "train", strategy: str = "random", pe
             "left_out_persons": left_out_persons, "left_out_images": left_out_images, **stats}
 
 
+def _group_by_target(lines: list[str]) -> list[str]:
+    """One line per target, its paired faces as ``face_candidates`` (in pair order)."""
+    grouped: dict[int, dict] = {}
+    for text in lines:
+        d = json.loads(text)
+        g = grouped.setdefault(d["target_id"], {**d, "face_candidates": [], "face_ids": []})
+        g["face_candidates"].append(d["insightface_feature_file"])
+        g["face_ids"].append(d["face_id"])
+    return [json.dumps(g, ensure_ascii=False) for g in grouped.values()]
+
+
 def pair_statistics(ws: Workspace, split: str = "train") -> dict:
     """Pairs per person, and how often the pose / expression tags change between target and face."""
     rows = ws.store.pairs(split)
@@ -268,11 +279,14 @@ def pair_statistics(ws: Workspace, split: str = "train") -> dict:
 
 def export_manifest(ws: Workspace, out_dir: str | Path, split: str = "train", *, captions: str = "approved",
                     missing_caption: str = "skip", template: str = DEFAULT_TEMPLATE, allow_other_pack: bool = False,
-                    run_id: int | None = None, author: str = "studio") -> dict:
+                    candidates: bool = False, run_id: int | None = None, author: str = "studio") -> dict:
     """Write ``out_dir/<split>.jsonl`` (+ images and embeddings) for the stored pairs of ``split``.
 
     Each line is a target image i with its caption, box and landmarks, and the embedding of the
     paired face j (``insightface_feature_file``), the layout CrossFaceID's own script reads.
+    With ``candidates`` a target's pairs become one line listing every paired face
+    (``face_candidates``; the first stays ``insightface_feature_file``): the trainer draws one per
+    epoch, the paper's "a different random face"; pair with ``--per-image K`` for K of them.
     ``missing_caption``: ``skip`` the pair, fall back to ``template`` (counted), or ``error``.
     """
     if captions not in CAPTION_POLICIES:
@@ -330,6 +344,8 @@ def export_manifest(ws: Workspace, out_dir: str | Path, split: str = "train", *,
             "person": target["person"], "target_id": p["target_id"], "face_id": p["face_id"],
             "caption_source": source, "face_pack": face["pack"],
         }, ensure_ascii=False))
+    if candidates:
+        lines = _group_by_target(lines)
     data = ("\n".join(lines) + ("\n" if lines else "")).encode("utf-8")
     jsonl = out / f"{split}.jsonl"
     atomic_write_bytes(jsonl, data)
@@ -349,7 +365,7 @@ def export_manifest(ws: Workspace, out_dir: str | Path, split: str = "train", *,
     if warnings:
         result["warning"] = "; ".join(warnings)
     settings = {"split": split, "captions": captions, "missing_caption": missing_caption, "template": template,
-                "allow_other_pack": allow_other_pack}
+                "allow_other_pack": allow_other_pack, "candidates": candidates}
     atomic_write_bytes(out / f"{split}.manifest.json",
                        json.dumps({**result, **settings, "run_id": run_id}, indent=2).encode())
     ws.store.record_export(out_dir=str(out.resolve()), settings={"kind": "pairs", **settings}, result=result,

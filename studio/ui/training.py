@@ -89,6 +89,17 @@ def build() -> TrainingTab:
                 form["accelerate_config"] = gr.Dropdown(["(none)", *training.accelerate_configs()], value="(none)",
                                                         label="accelerate config")
             with gr.Row():
+                form["recipe"] = gr.Dropdown(["(none)", *training.recipes()], value="(none)", elem_id="train-recipe",
+                                             label="Recipe (sets lr, batch, resolution, precision, crop, epochs)",
+                                             info="crossfaceid: the paper's recipe, made for 16 GPUs")
+                form["crop"] = gr.Radio(list(training.CROPS), value=d.crop, label="Crop", elem_id="train-crop",
+                                        info="random: the official trainer's (encoded in the loop)")
+                form["epochs"] = gr.Number(d.epochs, label="Epochs (0: the steps decide)", precision=0,
+                                           elem_id="train-epochs")
+                form["face_candidates"] = gr.Checkbox(d.face_candidates, label="A random paired face per epoch")
+                form["report_to"] = gr.Dropdown(list(training.TRACKERS), value=d.report_to, label="Track with",
+                                                elem_id="train-report-to")
+            with gr.Row():
                 form["checkpoint_every"] = gr.Number(d.checkpoint_every, label="Checkpoint every", precision=0)
                 form["validation_every"] = gr.Number(d.validation_every, label="Validation images every (0: none)",
                                                      precision=0, elem_id="train-val")
@@ -197,7 +208,9 @@ def config_from_form(values: dict) -> training.TrainConfig:
     cfg["manifest"] = (cfg.get("manifest") or "").strip() or None
     if cfg.get("accelerate_config") in ("(none)", "", None):
         cfg["accelerate_config"] = None
-    for key in ("max_steps", "batch_size", "resolution", "checkpoint_every", "validation_every"):
+    if cfg.get("recipe") in ("(none)", None):
+        cfg["recipe"] = ""
+    for key in ("max_steps", "batch_size", "resolution", "checkpoint_every", "validation_every", "epochs"):
         if cfg.get(key) is not None:
             cfg[key] = int(cfg[key])
     try:
