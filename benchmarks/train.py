@@ -8,7 +8,8 @@ for their peak memory):
    doing the same math on the same cached batches. Per-step time after warm-up steps; runs alternate;
    medians compared.
 2. cached latents + text embeddings vs encoding in the loop: steps/s and peak memory of both (no goal).
-3. the data pipeline (decode, resize/crop, keypoint image) with 2 loader workers vs 0: samples/s.
+3. the data pipeline (decode, keypoint image on the whole photo, resize/crop), face and random crops,
+   with 2 loader workers vs 0: samples/s.
 
 Tiny SDXL parts built from configs by default; ``--full-size`` builds random weights with SDXL 1.0's
 architecture (UNet, both text encoders, VAE, a full IdentityNet and Resampler) for GPU runs.
@@ -201,13 +202,15 @@ def main() -> None:
 
     if "data" not in skip:
         samples = read_manifest(manifest)
-        data = PairDataset(samples * max(1, 96 // n), 512)  # one epoch of about 96 samples
-        for workers in (0, 2):
-            loader = torch.utils.data.DataLoader(data, batch_size=4, num_workers=workers, collate_fn=collate)
-            t0, seen = time.perf_counter(), 0
-            for batch in loader:
-                seen += len(batch["caption"])
-            print(f"data pipeline at 512 px, {workers} workers: {seen / (time.perf_counter() - t0):.1f} samples/s")
+        for crop in ("face", "random"):  # keypoints drawn on the whole photo, resized and cropped like it
+            data = PairDataset(samples * max(1, 96 // n), 512, crop=crop)  # one epoch of about 96 samples
+            for workers in (0, 2):
+                loader = torch.utils.data.DataLoader(data, batch_size=4, num_workers=workers, collate_fn=collate)
+                t0, seen = time.perf_counter(), 0
+                for batch in loader:
+                    seen += len(batch["caption"])
+                print(f"data pipeline at 512 px, {crop} crops, {workers} workers: "
+                      f"{seen / (time.perf_counter() - t0):.1f} samples/s")
 
     if "cache" not in skip:
         for label, flag in (("cached latents + embeddings", []), ("encoding in the loop", ["--encode_in_loop"])):

@@ -581,12 +581,23 @@ def encode_empty(parts, device, weight_dtype) -> tuple[torch.Tensor, torch.Tenso
 
 
 def save_checkpoint(accelerator, output_dir: Path, step: int, keep: int) -> None:
+    """``checkpoint-<step>`` appears whole or not at all: written under another name, renamed when every
+    process has written its part (a run killed while saving resumes from the checkpoint before)."""
     if accelerator.is_main_process and keep:
         old = checkpoints(output_dir)
         for p in old[: max(0, len(old) - keep + 1)]:
             shutil.rmtree(p, ignore_errors=True)
+    partial = output_dir / f"checkpoint-{step}.partial"
+    if accelerator.is_main_process:
+        shutil.rmtree(partial, ignore_errors=True)  # what a killed save left
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(output_dir / f"checkpoint-{step}"))
+    accelerator.save_state(str(partial))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        final = output_dir / f"checkpoint-{step}"
+        shutil.rmtree(final, ignore_errors=True)
+        partial.rename(final)
+    accelerator.wait_for_everyone()
 
 
 def validate(args, parts, model: InstantIDTrainer | FaceIDTrainer, samples, step: int, output_dir: Path, weight_dtype, device,

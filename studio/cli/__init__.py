@@ -7,7 +7,7 @@ import argparse
 import logging
 import sys
 
-from . import captions, dataset, evaluate, generate, runs, study, train, users
+from . import captions, dataset, evaluate, experiment, generate, runs, study, train, users
 from .common import common_options
 
 
@@ -15,7 +15,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m studio", description="CrossFaceID Studio: build and curate FaceID datasets.")
     common = common_options()
     sub = parser.add_subparsers(dest="command", required=True)
-    for phase in (dataset, captions, train, generate, evaluate, study, runs, users):  # the order of the chain
+    for phase in (dataset, captions, train, generate, evaluate, study, experiment, runs, users):  # the chain's order
         phase.add_commands(sub, common)
     parser.stage_parsers = sub.choices  # type: ignore[attr-defined]  # for stage_parser()
     return parser

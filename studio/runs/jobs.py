@@ -115,9 +115,10 @@ def _heartbeat(ws: Workspace, handle: RunHandle):
 
 
 def execute(ws: Workspace, kind: str, settings: dict, author: str, body: Callable[[RunHandle], dict], *,
-            run_id: int | None = None, inputs: dict | None = None) -> tuple[int, dict | None]:
+            run_id: int | None = None, inputs: dict | None = None,
+            on_start: Callable[[int], None] | None = None) -> tuple[int, dict | None]:
     """Run ``body`` as run ``run_id`` (made here when None); returns (run id, result), the result None if
-    cancelled.
+    cancelled. ``on_start`` learns the run's id before the work begins (an experiment records it).
 
     Exceptions other than a cancel are recorded on the run and raised again.
     """
@@ -127,6 +128,8 @@ def execute(ws: Workspace, kind: str, settings: dict, author: str, body: Callabl
         run_id = ws.store.create_run(kind=kind, settings=settings, inputs=inputs or {}, author=author,
                                      argv=sys.argv[1:])
     ws.store.start_run(run_id, os.getpid())
+    if on_start is not None:
+        on_start(run_id)
     handle = RunHandle(ws, run_id)
     try:
         with _heartbeat(ws, handle):
@@ -173,7 +176,7 @@ def settings_from_args(kind: str, args: list[str]) -> RunSettings:
 
 
 def start(ws: Workspace, settings: RunSettings, author: str, *, run_id: int | None = None,
-          track: Callable | None = None) -> tuple[int, dict | None]:
+          track: Callable | None = None, on_start: Callable[[int], None] | None = None) -> tuple[int, dict | None]:
     """Run a stage in this process as a recorded run (the CLI; the worker with ``run_id``): returns
     (run id, result), the result None when cancelled."""
     from .stages import StageRun, stage
@@ -190,7 +193,7 @@ def start(ws: Workspace, settings: RunSettings, author: str, *, run_id: int | No
             raise
     return execute(ws, settings.KIND, settings.to_dict(), author,
                    lambda handle: st.run(ws, settings, StageRun(handle, combine(handle.track, track), author)),
-                   run_id=run_id, inputs=_inputs(ws, settings))
+                   run_id=run_id, inputs=_inputs(ws, settings), on_start=on_start)
 
 
 def _inputs(ws: Workspace, settings: RunSettings) -> dict:
