@@ -84,6 +84,12 @@ def test_an_experiment_file_runs_the_chain_and_resumes_after_a_kill(eval_ws, tin
     assert "## Table 1" in report and "**Table 2: automatic evaluation**" in report
     assert "**Table 3: human evaluation (tiny-study)**" in report and "| tiny-cf |" in report
 
+    from studio.runs.experiment import overview
+
+    shown = {r["step"]: r for r in overview(ws)}  # what the Runs tab lists
+    assert all(r["state"] == "done" and r["experiment"] == "tiny-paper" for r in shown.values())
+    assert shown["train:tiny-cf"]["run"] == trains[0]["id"]
+
     # a third run does nothing; a changed evaluation reruns only itself (and what follows it)
     third = studio_cli("experiment", "run", path, "--workspace", ws.root)
     assert third.returncode == 0 and third.stderr.count("skipped") == 7
@@ -96,3 +102,23 @@ def test_an_experiment_file_runs_the_chain_and_resumes_after_a_kill(eval_ws, tin
     assert fourth.returncode == 0, fourth.stderr[-3000:]
     assert "train:tiny-cf: done" in fourth.stderr and "evaluate: starting" in fourth.stderr
     assert len(ws.store.runs(kind="train")) == 2 and len(ws.store.runs(kind="evaluate")) == 2
+
+
+def test_the_paper_experiment_file_is_valid_and_says_what_it_needs():
+    from conftest import REPO
+    from studio.runs.experiment import load
+
+    path = REPO / "experiments" / "crossfaceid-paper.yaml"
+    name, steps = load(path)
+    assert [s.id for s in steps][:2] == ["split", "pairs"] and steps[-2:][0].id == "evaluate"
+    trained = [s.settings for s in steps if s.id.startswith("train:")]
+    assert {t.model for t in trained} == {"IP-Adapter-FaceID", "InstantID", "InstantID-FaceID6M"}
+    assert all(t.recipe == "crossfaceid" for t in trained)
+    evaluation = next(s.settings for s in steps if s.id == "evaluate")
+    assert len(evaluation.models) == 7 and {t.name for t in trained} <= set(evaluation.models)
+    study = steps[-1].settings
+    assert len(study.annotators) == 10 and len(study.prompts) >= 12  # the paper: 10 participants
+    text = path.read_text()
+    for needs in ("models --download sdxl", "instantid", "ip-adapter-faceid", "crossfaceid", "antelopev2", "clip",
+                  "Super-shuhe/CrossFaceID", "register-model InstantID-FaceID6M"):
+        assert needs in text

@@ -197,3 +197,25 @@ def _refuse_replacing(ws: Workspace, s: Step) -> None:
     if kind == "study" and ws.store.study(s.settings.name) is not None:
         raise ValueError(f"step {s.id} changed, but study {s.settings.name!r} exists (with its scores): give the "
                          "changed study another name")
+
+
+def overview(ws: Workspace) -> list[dict]:
+    """Every experiment run in this workspace, step by step (for the Runs tab): from its file when it is still
+    there, else as recorded."""
+    out = []
+    for f in sorted((ws.root / "experiments").glob("*.json")):
+        state = json.loads(f.read_text())
+        rows = None
+        if state.get("file") and Path(state["file"]).is_file():
+            try:
+                rows = status(ws, Path(state["file"]))
+            except ValueError:
+                rows = None  # the file changed into something that does not load: show what ran
+        if rows is None:
+            rows = []
+            for step, rec in state["steps"].items():
+                run = ws.store.run(rec["run_id"]) if rec.get("run_id") else None
+                rows.append({"step": step, "kind": rec.get("kind"), "state": run["status"] if run else "to run",
+                             "run": rec.get("run_id"), "after": ""})
+        out += [{"experiment": state["name"], **r} for r in rows]
+    return out

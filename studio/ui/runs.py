@@ -23,6 +23,7 @@ from .run_panel import RunPanel
 from .wiring import Wiring
 
 COLUMNS = ["id", "kind", "status", "progress", "author", "started", "ended", "exit_code"]
+EXPERIMENT_COLUMNS = ["experiment", "step", "kind", "state", "run", "after"]
 
 
 @dataclass
@@ -39,6 +40,7 @@ class RunsTab:
     log: gr.Textbox
     cancel: gr.Button
     rerun: gr.Button
+    experiments: gr.Dataframe
 
 
 def build() -> RunsTab:
@@ -60,7 +62,16 @@ def build() -> RunsTab:
             rerun = gr.Button("Rerun (resume)")
         summary = gr.Markdown(elem_id="run-summary")
         log = gr.Textbox(label="Log (tail)", lines=14, max_lines=14, autoscroll=True, elem_id="run-log")
-    return RunsTab(tab, kind, args, start, kind_filter, status_filter, table, run_id, summary, log, cancel, rerun)
+        experiments = gr.Dataframe(headers=EXPERIMENT_COLUMNS, interactive=False, elem_id="experiments",
+                                   label="Experiments (`python -m studio experiment run FILE`): each step and its run")
+    return RunsTab(tab, kind, args, start, kind_filter, status_filter, table, run_id, summary, log, cancel, rerun,
+                   experiments)
+
+
+def experiments_frame(ctx: StudioContext) -> pd.DataFrame:
+    from ..runs.experiment import overview
+
+    return pd.DataFrame([[r[c] for c in EXPERIMENT_COLUMNS] for r in overview(ctx.ws)], columns=EXPERIMENT_COLUMNS)
 
 
 def runs_frame(ctx: StudioContext, kind=None, status=None) -> pd.DataFrame:
@@ -126,6 +137,11 @@ def wire(ctx: StudioContext, t: RunsTab) -> Refresh:
 
     refresh_io = ([t.kind_filter, t.status_filter, t.run_id], [t.table, t.summary, t.log])
     w.on(t.tab.select, on_refresh, *refresh_io, quiet=True)
+
+    def on_experiments(request: gr.Request):
+        return experiments_frame(ctx)
+
+    w.on(t.tab.select, on_experiments, None, [t.experiments], quiet=True)
     w.on(t.kind_filter.change, on_refresh, *refresh_io, quiet=True)
     w.on(t.status_filter.change, on_refresh, *refresh_io, quiet=True)
     w.on(t.run_id.submit, on_refresh, *refresh_io, quiet=True)
@@ -165,6 +181,13 @@ def wire(ctx: StudioContext, t: RunsTab) -> Refresh:
         """Start a finished run again (finished items are skipped: it resumes); returns the new run id."""
         return runs.rerun(ctx.ws, parse_id(run_id, "run id"), who(request))
 
+    def experiments_api(request: gr.Request) -> list[dict]:
+        """Every experiment of this workspace, step by step: state (done, changed, to run, ...) and run id."""
+        from ..runs.experiment import overview
+
+        return overview(ctx.ws)
+
+    w.api(experiments_api, "experiments")
     w.api(runs_api, "runs")
     w.api(run_api, "run")
     w.api(run_start_api, "run_start")
