@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from conftest import studio_cli
-from studio.evaluation.evaluate import EvalConfig, evaluate
+from studio.evaluation.evaluate import EvalConfig, check_start, evaluate
 from studio.models.generate import register_model
 from studio.models import ModelSpec
 from studio.models.settings import DEMO_NEGATIVE_PROMPT
@@ -175,11 +175,18 @@ def test_evaluate_refuses_what_it_cannot_do(eval_ws, tiny_clip_dir):
         _config(tiny_clip_dir, baseline="ghost").validate()
     with pytest.raises(ValueError, match="λ"):
         _config(tiny_clip_dir, lambdas=[2.5]).validate()
+    before = len(ws.store.runs(kind="evaluate"))
     out = studio_cli("evaluate", "--workspace", ws.root, "--testset", "custom", "--model", "tiny", "--steps", "2", "--width", "64", "--height", "64",
                "--clip-model", "ViT-L-14", "--device", "cpu")
     assert out.returncode == 2 and "ViT-L-14/openai could not be loaded" in out.stderr and "hf download" in out.stderr
+    assert "models --download clip" in out.stderr
     assert ws.store.generations() == []  # refused before any sample was generated
-    assert ws.store.runs(kind="evaluate", limit=1)[0]["status"] == "failed"
+    assert len(ws.store.runs(kind="evaluate")) == before  # refused at start, as the app refuses it: no run to find
+    (tiny_clip_dir.parent / "no-weights").mkdir(exist_ok=True)
+    (tiny_clip_dir.parent / "no-weights" / "open_clip_config.json").write_text("{}")
+    with pytest.raises(ValueError, match="has no weights"):
+        check_start(ws, _config(tiny_clip_dir.parent / "no-weights", models=["tiny"]))
+    check_start(ws, _config(tiny_clip_dir, models=["tiny"]))  # the tiny CLIP is here: accepted
 
 
 def test_evaluate_refuses_a_face_pack_the_model_was_not_trained_on(eval_ws, tiny_clip_dir):

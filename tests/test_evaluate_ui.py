@@ -102,13 +102,20 @@ def test_browser_builds_a_test_set_and_evaluates_it(browser, eval_app, tmp_path)
     page.locator("#ev-models").get_by_label("tiny", exact=True).check()
     page.locator("#ev-models").get_by_label("tiny-b", exact=True).check()
     for elem, value in (("#ev-steps", "2"), ("#ev-width", "64"), ("#ev-height", "64"), ("#ev-lambdas", "0.8"),
-                        ("#ev-clip", str(clip_dir)), ("#ev-clip-pretrained", ""), ("#ev-device", "cpu")):
+                        ("#ev-device", "cpu")):
+        fill(page, elem, value)
+    before = len(ws.store.runs(kind="evaluate"))
+    page.locator("#ev-start").click()  # the default CLIP (ViT-L-14) is not on this machine: refused at start
+    from playwright.sync_api import expect
+
+    expect(page.get_by_text("ViT-L-14/openai could not be loaded").first).to_be_visible()
+    assert len(ws.store.runs(kind="evaluate")) == before  # no run to discover failed later
+    for elem, value in (("#ev-clip", str(clip_dir)), ("#ev-clip-pretrained", "")):
         fill(page, elem, value)
     page.locator("#ev-start").click()
     page.locator("#ev-status").get_by_text("done").wait_for()
     page.locator("#ev-table").get_by_text("tiny-b").first.wait_for()
     page.screenshot(path=str(artifacts_dir(tmp_path) / "evaluate_tab.png"), full_page=True)
-    from playwright.sync_api import expect
 
     import re
 

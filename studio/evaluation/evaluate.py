@@ -131,6 +131,12 @@ def check_start(ws: Workspace, cfg: EvalConfig) -> None:
     for spec in specs:
         for pack in packs:
             check_face_pack(spec, pack, cfg.allow_pack_mismatch)
+    from .metrics import ClipSpec, missing_clip
+
+    clip = ClipSpec(cfg.clip_model, cfg.clip_pretrained)
+    problem = missing_clip(clip)
+    if problem:
+        raise ValueError(f"CLIP model {clip.label} could not be loaded: {problem}")
 
 
 #: Settings added after evaluation runs existed, with the values those runs used: left out of a

@@ -145,6 +145,42 @@ def load_clip(spec: ClipSpec = ClipSpec(), device: str | None = None) -> ClipMod
     return ClipModel(spec, model, preprocess, tokenizer, device)
 
 
+WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+
+
+def missing_clip(spec: ClipSpec) -> str | None:
+    """Why ``spec``'s weights are not on this machine (checked without loading anything), or None when they
+    are, or when it cannot be told without the network (open_clip's own URL downloads)."""
+    from ..models.hub import hub_cached
+
+    how = ("get them with `python -m studio models --download clip` (the default), or give a folder holding "
+           "open_clip_config.json and the weights (`hf download REPO --local-dir DIR`)")
+    name, pretrained = spec.open_clip_args()
+    if name.startswith("local-dir:"):
+        folder = Path(name[len("local-dir:"):])
+        if not (folder / "open_clip_config.json").is_file():
+            return f"folder {folder} has no open_clip_config.json; {how}"
+        if not any((folder / f).is_file() for f in WEIGHT_FILES):
+            return f"folder {folder} has no weights ({' or '.join(WEIGHT_FILES)}); {how}"
+        return None
+    if name.startswith("hf-hub:"):
+        repo = name[len("hf-hub:"):]
+        return None if hub_cached(repo, "open_clip_config.json") else f"hub repo {repo} is not in the hub cache; {how}"
+    if pretrained and Path(pretrained).expanduser().is_file():
+        return None
+    from open_clip import pretrained as oc
+
+    cfg = oc.get_pretrained_cfg(name, pretrained or "") if pretrained else {}
+    hub = (cfg or {}).get("hf_hub", "")
+    if not hub:
+        return None if cfg else f"{spec.label} is not one of open_clip's pretrained models; {how}"
+    repo, filename = hub.rstrip("/").rsplit("/", 1) if not hub.endswith("/") else (hub.rstrip("/"), "")
+    names = [filename] if filename else list(WEIGHT_FILES)
+    if any(hub_cached(repo, f) for f in names):
+        return None
+    return f"its weights (hub repo {repo}) are not in the hub cache; {how}"
+
+
 def download_clip(spec: ClipSpec = ClipSpec()) -> str:
     """Fetch a built-in model's pretrained weights with open_clip's own downloader (into the hub cache, where
     :func:`load_clip` finds them); returns the file. ``python -m studio models --download clip``."""
