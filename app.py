@@ -1,8 +1,9 @@
 """Launch CrossFaceID Studio: `python app.py` opens the bundled demo workspace.
 
-An empty or new workspace is filled on first launch from the public-domain photos in
-assets/demo (ingest, face analysis with the best face pack on this machine, curation); an
-existing workspace opens without loading any model.
+The demo workspace (the default path, or any with ``--demo``) is filled on first launch from the
+public-domain photos in assets/demo (ingest, face analysis with the best face pack on this
+machine, curation). A workspace of your own (``--workspace DIR``) opens as it is, empty when new:
+its first photos are yours. An existing workspace opens without loading any model.
 """
 from __future__ import annotations
 
@@ -20,7 +21,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     on_space = bool(os.environ.get("SPACE_ID"))
     parser = argparse.ArgumentParser(description="CrossFaceID Studio")
     parser.add_argument("--workspace", type=Path, default=default_workspace(),
-                        help="workspace directory; an empty or new one is filled with the demo photos")
+                        help="workspace directory (default: the demo workspace); a new one starts empty")
+    parser.add_argument("--demo", action="store_true",
+                        help="fill an empty --workspace with the demo photos (the default workspace always is)")
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0" if on_space else "127.0.0.1"),
                         help="address to listen on (default 127.0.0.1; other addresses need --auth)")
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")), help="port to listen on")
@@ -34,6 +37,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from studio.auth import policy_from
+    from studio.config import default_workspace
+    from studio.workspace import Workspace
     from studio.dataset.faces import MissingModelError, resolve_pack
     from studio.dataset.pipeline import ensure_demo_workspace
     from studio.ui.access import StudioContext
@@ -43,7 +48,11 @@ def main(argv: list[str] | None = None) -> int:
         max_upload_bytes(), cache_policy()  # a bad STUDIO_MAX_UPLOAD_MB or STUDIO_CACHE_MAX_AGE_H stops here
         policy = policy_from(args.auth, args.host, on_space=bool(os.environ.get("SPACE_ID")),
                              hf_admins=os.environ.get("STUDIO_ADMINS", ""))
-        ws = ensure_demo_workspace(args.workspace, args.face_pack)
+        if args.demo or args.workspace.resolve() == default_workspace().resolve():
+            ws = ensure_demo_workspace(args.workspace, args.face_pack,
+                                       say=lambda line: print(line, file=sys.stderr, flush=True))
+        else:
+            ws = Workspace.open(args.workspace)
         note = resolve_pack(args.face_pack).note
     except (ValueError, MissingModelError) as exc:
         print(f"error: {exc}", file=sys.stderr)

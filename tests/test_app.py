@@ -12,7 +12,7 @@ from conftest import REPO, running_app
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     ws = tmp_path_factory.mktemp("demo_ws")
-    with running_app(ws) as url:
+    with running_app(ws, "--demo") as url:
         yield url, ws
 
 
@@ -30,6 +30,23 @@ def test_demo_workspace_built_and_served(demo):
     assert stats["rejections_by_reason"] == {"low_resolution": 1, "small_face": 1}
     page = client.predict(status="fail", api_name="/browse")
     assert {it["reasons"][0] for it in page["items"]} == {"low_resolution", "small_face"}
+
+
+@pytest.mark.slow
+def test_a_new_workspace_of_ones_own_starts_empty(tmp_path, browser):
+    """`--workspace NEW` is the user's: no demo photos (their own ingest would find 'duplicates' and file a
+    photo under a demo person); the page shows an empty workspace."""
+    from playwright.sync_api import expect
+
+    from studio.workspace import Workspace
+
+    with running_app(tmp_path / "mine") as url:
+        page = browser.new_page()
+        page.goto(url)
+        page.wait_for_selector("#who")  # no accounts: the local admin's page, rendered
+        expect(page.get_by_role("tab", name="Browse")).to_be_visible()
+        assert Workspace.open(tmp_path / "mine").store.counts()["images"] == 0
+        page.close()
 
 
 def test_existing_workspace_not_refilled_with_demo_photos(tmp_path, photos):

@@ -22,12 +22,19 @@ def build_dataset(ws: Workspace, source: str | Path, pack_spec: str = "auto",
     return {"ingest": ing.as_dict(), "analyze": ana.as_dict(), "curate": cur.as_dict()}
 
 
-def ensure_demo_workspace(root: str | Path, pack_spec: str = "auto") -> Workspace:
-    """The bundled demo workspace, built from the public-domain photos in assets/demo on first use."""
+def ensure_demo_workspace(root: str | Path, pack_spec: str = "auto", say=None) -> Workspace:
+    """The bundled demo workspace, built from the public-domain photos in assets/demo on first use
+    (``say`` hears what is being done: the first launch loads the face models)."""
     ws = Workspace.open(root)
     counts = ws.store.counts()
     unfinished_demo = ws.store.get_setting("demo_source") and counts["curated"] < counts["images"]
     if counts["images"] == 0 or unfinished_demo:  # never adds demo photos to a workspace of the user's
+        if say:
+            say(f"building the demo workspace in {ws.root} from {DEMO_SOURCE} (first launch only: ingest, face "
+                "analysis, curation)...")
         ws.store.set_setting("demo_source", str(DEMO_SOURCE))
         build_dataset(ws, DEMO_SOURCE, pack_spec)
+        if say:
+            counts = ws.store.counts()
+            say(f"demo workspace ready: {counts['images']} photos of {counts['persons']} persons")
     return ws
