@@ -268,6 +268,8 @@ def test_runs_outlive_the_page_and_cancelled_runs_resume(browser, runs_app, tmp_
 
 
 def test_click_a_face_fast_mode_and_generate(browser, served_generate, photos, tmp_path):
+    from playwright.sync_api import expect
+
     url, ws = served_generate
     page = login(browser, url, "ada")
     page.get_by_role("tab", name="Generate").click()
@@ -291,9 +293,17 @@ def test_click_a_face_fast_mode_and_generate(browser, served_generate, photos, t
     steps.press("Tab")
     page.locator("#long-side input[type=number]").first.fill("128")
     page.locator("#long-side input[type=number]").first.press("Tab")
-    # the first model with all its weights is ticked when the tab opens (InstantID's are missing here)
+    # the first model with all its weights is ticked when the tab opens; InstantID's are missing here, so it
+    # is not offered, and its download commands are code (a copy keeps 'scheduler/*'), collapsed under its name
     assert page.locator("#models").get_by_label("tiny", exact=True).is_checked()
-    assert not page.locator("#models").get_by_label("InstantID", exact=True).is_checked()
+    assert page.locator("#models").get_by_label("InstantID", exact=True).count() == 0
+    status = page.locator("#weights-status")
+    code = status.locator("code", has_text="scheduler/*").first
+    expect(code).to_be_hidden()  # collapsed
+    status.locator("summary", has_text="InstantID").first.click()
+    expect(code).to_be_visible()
+    assert "hf download stabilityai/stable-diffusion-xl-base-1.0 --include 'model_index.json' 'scheduler/*'" in \
+        code.inner_text()
     page.locator("#gen-prompt textarea").fill("a person smiling")
     page.get_by_role("button", name="Generate", exact=True).click()
     page.locator("#generate-note").get_by_text("using face #2").wait_for()

@@ -6,7 +6,9 @@ clicking it.
 """
 from __future__ import annotations
 
+import html
 import os
+import re
 from dataclasses import dataclass
 
 import gradio as gr
@@ -104,24 +106,41 @@ def build() -> GenerateTab:
                        long_side, face_only, face_margin, allow_mismatch, run, note, gallery, weights)
 
 
+#: a command inside a missing-weights message: shown as code, so a copy keeps its quotes and `*`
+COMMAND = re.compile(r"(hf download \S+(?: --include(?: '[^']*')+)?(?: --local-dir \S+)?|python -m studio [\w -]+?)(?=[);,]|$| \()")
+
+
+def _missing_html(message: str) -> str:
+    """One missing part: its text, and each command in it as a copyable code block."""
+    commands = COMMAND.findall(message)
+    count = iter(range(1, len(commands) + 1))
+    text = COMMAND.sub(lambda _: f"command {next(count)} below" if len(commands) > 1 else "the command below", message)
+    blocks = "".join(f"\n\n```bash\n{c.strip()}\n```" for c in commands)
+    return f"- {html.escape(text, quote=False)}{blocks}"
+
+
 def weights_status(ctx: StudioContext) -> tuple[str, list[str]]:
-    """Markdown listing each model's missing weights (never downloads), and the model names."""
+    """Each model: ready, or its missing weights collapsed under its name with the commands as code (never
+    downloads); and the names of the models that can load."""
     models = registered_models(ctx.ws)
-    lines = []
+    ready, lines, blocks = [], [], []
     for name, spec in models.items():
         missing = missing_weights(spec)
-        state = "ready" if not missing else "missing weights:\n" + "\n".join(f"    - {m}" for m in missing)
         family = "" if spec.family == INSTANTID else f"{spec.family}, "
-        lines.append(f"- **{name}** ({family}face pack {spec.face_pack}): {state}")
-    return "**Models**\n" + "\n".join(lines), list(models)
+        if not missing:
+            ready.append(name)
+            lines.append(f"- **{name}** ({family}face pack {spec.face_pack}): ready")
+            continue
+        parts = "\n".join(_missing_html(m) for m in missing)
+        blocks.append(f"<details><summary><b>{html.escape(name)}</b> ({family}face pack {spec.face_pack}): "
+                      f"{len(missing)} part(s) missing, not selectable</summary>\n\n{parts}\n\n</details>")
+    return "\n\n".join(["**Models**", "\n".join(lines) or "No model has all its weights here.", *blocks]), ready
 
 
 def models_update(ctx: StudioContext, chosen: list[str] | None = None) -> tuple[str, gr.CheckboxGroup]:
-    """The weights status and the model choices; keeps what was ticked, else ticks the first ready model."""
-    models = registered_models(ctx.ws)
-    status, names = weights_status(ctx)
-    ready = [n for n in names if not missing_weights(models[n])]
-    return status, gr.CheckboxGroup(choices=names, value=[n for n in chosen or [] if n in names] or (ready or names)[:1])
+    """The weights status and the models that can load as choices; keeps what was ticked, else ticks the first."""
+    status, ready = weights_status(ctx)
+    return status, gr.CheckboxGroup(choices=ready, value=[n for n in chosen or [] if n in ready] or ready[:1])
 
 
 def family_controls(ctx: StudioContext, chosen: list[str] | None) -> tuple:
