@@ -56,6 +56,11 @@ def test_statistics_tab_shows_table1_and_plots(browser, served, tmp_path):
     assert "Images 9 4" in text and "Persons 5 3" in text, text
     page.get_by_text("Rejections by reason").first.wait_for()
     page.wait_for_function("document.querySelectorAll('.vega-embed svg').length >= 4")  # the plots have drawn
+    for plot in ("plot-reasons", "plot-per-person-before", "plot-per-person-after", "plot-pose"):
+        # bars, not just axes: every plot has data on this workspace
+        page.wait_for_function(f"document.querySelectorAll('#{plot} .mark-rect path').length > 0")
+    poses = page.locator("#plot-pose").inner_text()
+    assert all(p in poses for p in ("frontal", "side", "looking up", "looking down"))  # what it lacks, shown
     page.screenshot(path=str(artifacts_dir(tmp_path) / "statistics.png"), full_page=True)
 
 

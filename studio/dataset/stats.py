@@ -12,6 +12,10 @@ TABLE1_ROWS = [("persons", "Persons"), ("images", "Images"), ("avg_per_person", 
                ("min_per_person", "Min images / person")]
 
 
+#: the pose labels of studio.dataset.faces.pose_from_kps, in the order the plot shows them
+POSES = ("frontal", "side", "looking up", "looking down")
+
+
 def table1(images_per_person: list[int]) -> dict:
     """Persons, images, and average / median / max / min images per person (paper, Table 1)."""
     counts = [c for c in images_per_person if c > 0]
@@ -101,12 +105,18 @@ def distribution_frames(ws: Workspace) -> dict:
         + [(k, v, "ingest") for k, v in stats["ingest_problems_by_reason"].items()],
         columns=["reason", "images", "stage"],
     )
-    per_person = []
+    rows = []
     for stage, counts in zip(("before curation", "after curation"), per_person):
-        histogram = Counter(counts)
-        per_person += [(str(n), persons, stage, n) for n, persons in histogram.items()]
-    hist = pd.DataFrame(per_person, columns=["images per person", "persons", "stage", "n"]).sort_values("n")
-    poses = pd.DataFrame(sorted(stats["pose_after_curation"].items()), columns=["pose", "images"])
+        histogram = Counter(c for c in counts if c > 0)
+        # a text label, never a number: a plot reads a numeric x as a continuous axis and draws no bars
+        rows += [(f"{n} image{'s' if n != 1 else ''}", persons, stage, n) for n, persons in histogram.items()]
+    hist = pd.DataFrame(rows, columns=["images per person", "persons", "stage", "n"]).sort_values("n")
+    counted = stats["pose_after_curation"]
+    # every pose, none counted too: a workspace of frontal photos shows what it lacks
+    poses = pd.DataFrame([(p, counted.get(p, 0)) for p in POSES] + sorted((p, n) for p, n in counted.items()
+                                                                        if p not in POSES),
+                         columns=["pose", "images"])
     tags = pd.DataFrame(ws.store.tag_counts(passed_only=True), columns=["attribute", "images"])
-    return {"stats": stats, "reasons": reasons, "images_per_person": hist.drop(columns="n"), "pose": poses,
+    return {"stats": stats, "reasons": reasons, "images_per_person": hist.drop(columns="n").reset_index(drop=True),
+            "pose": poses,
             "attributes": tags}

@@ -30,12 +30,15 @@ def build() -> StatisticsTab:
         refresh = gr.Button("Refresh")
         table1 = gr.Dataframe(label="Table 1: dataset statistics", interactive=False, elem_id="table1")
         with gr.Row():
-            reasons = gr.BarPlot(x="reason", y="images", color="stage", title="Rejections by reason", x_label_angle=-30)
+            reasons = gr.BarPlot(x="reason", y="images", color="stage", title="Rejections by reason", x_label_angle=-30,
+                                 elem_id="plot-reasons")
         with gr.Row():
-            per_person_before = gr.BarPlot(x="images per person", y="persons", title="Images per person, before curation")
-            per_person_after = gr.BarPlot(x="images per person", y="persons", title="Images per person, after curation")
+            per_person_before = gr.BarPlot(x="images per person", y="persons", title="Images per person, before curation",
+                                             elem_id="plot-per-person-before")
+            per_person_after = gr.BarPlot(x="images per person", y="persons", title="Images per person, after curation",
+                                            elem_id="plot-per-person-after")
         with gr.Row():
-            pose = gr.BarPlot(x="pose", y="images", title="Pose (kept images)")
+            pose = gr.BarPlot(x="pose", y="images", title="Pose (kept images)", elem_id="plot-pose")
             attributes = gr.BarPlot(x="attribute", y="images", title="Facial attributes (kept images)", x_label_angle=-30)
         attributes_note = gr.Markdown()
     return StatisticsTab(tab, table1, reasons, per_person_before, per_person_after, pose, attributes, attributes_note,
@@ -55,10 +58,12 @@ def count_axis_top(top: float) -> int:
     return max(10, math.ceil(top * 1.1))
 
 
-def _bars(df: pd.DataFrame, y: str, visible: bool = True) -> gr.BarPlot:
-    """A count bar plot: y from 0 (vega mis-scales a single bar otherwise), whole-number ticks."""
+def _bars(df: pd.DataFrame, y: str, visible: bool = True, x: str | None = None) -> gr.BarPlot:
+    """A count bar plot: y from 0 (vega mis-scales a single bar otherwise), whole-number ticks; with ``x`` the
+    bars keep the frame's order (images per person: 1, 2, ... 10, not 1, 10, 2)."""
     top = float(df[y].max()) if len(df) else 1.0
-    return gr.BarPlot(value=df, y_lim=[0, count_axis_top(top)], y_axis_format="d", visible=visible)
+    order = {"sort": list(df[x])} if x else {}
+    return gr.BarPlot(value=df, y_lim=[0, count_axis_top(top)], y_axis_format="d", visible=visible, **order)
 
 
 def statistics_values(ctx: StudioContext):
@@ -71,8 +76,9 @@ def statistics_values(ctx: StudioContext):
     note = (f"**Warning:** {stale}\n\n" if stale else "") + note
     hist = frames["images_per_person"]
     return (table1_frame(frames["stats"]), _bars(frames["reasons"], "images"),
-            _bars(hist[hist.stage == "before curation"], "persons"), _bars(hist[hist.stage == "after curation"], "persons"),
-            _bars(frames["pose"], "images"), _bars(frames["attributes"], "images", visible=has_tags), note)
+            *(_bars(hist[hist.stage == stage].reset_index(drop=True), "persons", x="images per person")
+              for stage in ("before curation", "after curation")),
+            _bars(frames["pose"], "images", x="pose"), _bars(frames["attributes"], "images", visible=has_tags), note)
 
 
 def wire(ctx: StudioContext, t: StatisticsTab) -> None:
