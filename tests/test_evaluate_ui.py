@@ -114,7 +114,16 @@ def test_browser_builds_a_test_set_and_evaluates_it(browser, eval_app, tmp_path)
         fill(page, elem, value)
     page.locator("#ev-start").click()
     page.locator("#ev-status").get_by_text("done").wait_for()
-    page.locator("#ev-table").get_by_text("tiny-b").first.wait_for()
+    expect(page.locator("#ev-table")).to_contain_text("tiny-b")
+    # the paper's compact Table 2 fits a 1,280 px screen; the studio's own measures are one click away
+    page.set_viewport_size({"width": 1280, "height": 1400})
+    heads = page.locator("#ev-table thead th")
+    assert "ui-fid Face Sim" in " ".join(heads.all_inner_texts())
+    page.wait_for_function("() => [...document.querySelectorAll('#ev-table thead th')]"
+                           ".every(th => th.getBoundingClientRect().right <= 1280)")
+    expect(page.locator("#ev-details")).to_be_hidden()
+    page.locator("#ev-details-box").get_by_text("The studio's own measures").click()
+    expect(page.locator("#ev-details")).to_contain_text("(baseline)")
     page.screenshot(path=str(artifacts_dir(tmp_path) / "evaluate_tab.png"), full_page=True)
 
     import re

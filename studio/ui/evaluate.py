@@ -51,6 +51,7 @@ class EvaluateTab:
     cancel: gr.Button
     status: gr.Markdown
     table: gr.Dataframe
+    details: gr.Dataframe
     curve: gr.LinePlot
     files: gr.File
     history: gr.Dataframe
@@ -85,7 +86,7 @@ def build() -> EvaluateTab:
             with gr.Row():
                 f = {"testsets": gr.CheckboxGroup([], label="Test sets", elem_id="ev-sets"),
                      "models": gr.CheckboxGroup([], label="Models", elem_id="ev-models"),
-                     "baseline": gr.Dropdown([], label="Baseline (Δ against it)", allow_custom_value=True,
+                     "baseline": gr.Dropdown([], label="Baseline for Δ (empty: the first model)", allow_custom_value=True,
                                              elem_id="ev-baseline"),
                      "lambdas": gr.Textbox("0.4,0.8", label="λ values (comma-separated)", elem_id="ev-lambdas")}
             with gr.Row():
@@ -111,13 +112,20 @@ def build() -> EvaluateTab:
             run_id = gr.Number(label="Evaluation run", precision=0, elem_id="ev-run")
             cancel = gr.Button("Cancel", variant="stop")
         status = gr.Markdown(elem_id="ev-status")
-        table = gr.Dataframe(headers=TABLE, label="Table 2: mean [95% bootstrap interval] (Δ to the baseline)",
-                             interactive=False, wrap=True, elem_id="ev-table")
+        table = gr.Dataframe(label="Table 2 as the paper lays it out (fine-tuned models: in brackets the gain over "
+                                   "the model they started from; bold: the best of each column)",
+                             interactive=False, wrap=True, elem_id="ev-table", datatype="markdown")
+        with gr.Accordion("The studio's own measures: 95% intervals, Δ against the baseline, Face Sim on "
+                          "customization sets, attribute and pose accuracy, samples without a face", open=False,
+                          elem_id="ev-details-box"):
+            details = gr.Dataframe(headers=TABLE, interactive=False, wrap=True, elem_id="ev-details",
+                                   label="mean [95% bootstrap interval] (Δ to the baseline)")
         curve = gr.LinePlot(x="attribute_accuracy", y="face_sim", color="model", title="λ trade-off: Face Sim vs "
                             "accuracy on non-pose attributes (one point per λ)", elem_id="ev-curve", height=300, visible=False)
         files = gr.File(label="Files (CSV, Markdown)", file_count="multiple", interactive=False, elem_id="ev-files")
         history = gr.Dataframe(headers=HISTORY, label="Evaluation runs (newest first; click to open)", interactive=False)
-    return EvaluateTab(tab, b, build_btn, up, import_btn, sets, items, f, start, run_id, cancel, status, table, curve, files, history)
+    return EvaluateTab(tab, b, build_btn, up, import_btn, sets, items, f, start, run_id, cancel, status, table, details,
+                       curve, files, history)
 
 
 # -- views -----------------------------------------------------------------------------------------
@@ -145,9 +153,19 @@ def table_frame(result: dict) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=TABLE)
 
 
+def paper_frame(result: dict) -> pd.DataFrame:
+    """Table 2 in the paper's compact layout (what ``table2.md`` holds), best values in bold."""
+    from ..evaluation import tables
+
+    t = tables.table2(result["table"], result.get("against"))
+    heads = ["model"] + [f"{g} {c}" for g, cols in t.groups for c in cols]
+    return pd.DataFrame([[label] + [f"**{c.text()}**" if c.best else c.text() for c in cells] for label, cells in t.rows],
+                        columns=heads)
+
+
 def run_view(ctx: StudioContext, run_id) -> tuple:
-    """(status, table, curve, files) of one evaluation run."""
-    empty = (pd.DataFrame(columns=TABLE), gr.LinePlot(visible=False), None)
+    """(status, paper table, the studio's own table, curve, files) of one evaluation run."""
+    empty = (pd.DataFrame(columns=["model"]), pd.DataFrame(columns=TABLE), gr.LinePlot(visible=False), None)
     if run_id in (None, "", 0):
         return ("Build a test set, then start an evaluation (or open one from the history).", *empty)
     r = ctx.ws.store.run(parse_id(run_id, "run id"))
@@ -163,14 +181,15 @@ def run_view(ctx: StudioContext, run_id) -> tuple:
             text.append("Rerun it in the Runs tab: finished samples and scores are reused.")
         return ("\n\n".join(text), *empty)
     text.append(f"{res['samples']} samples ({res['generated']} generated, {res['reused']} reused) · scored with "
-                f"`{res['scorer']}` · samples without a face: "
+                f"`{res['scorer']}` · CLIP-T, CLIP-I and Face Sim are cosines · baseline for Δ: "
+                f"{res['baseline']} · samples without a face: "
                 + (", ".join(f"{m}: {n}" for m, n in res["missing_faces"].items()) or "none"))
     curve = pd.DataFrame([p for p in res["tradeoff"] if p["face_sim"] is not None],
                          columns=["model", "lambda", "attribute_accuracy", "face_sim"])
     if res["tradeoff"] and curve.empty:
         text.append("No trade-off curve: no generated sample had a face to compare.")
     files = [p for p in (ctx.media.download(v) for v in res["files"].values()) if p]
-    return "\n\n".join(text), table_frame(res), gr.LinePlot(curve, visible=not curve.empty), files
+    return "\n\n".join(text), paper_frame(res), table_frame(res), gr.LinePlot(curve, visible=not curve.empty), files
 
 
 def _persons(text: str) -> list[str] | None:
@@ -257,7 +276,7 @@ def wire(ctx: StudioContext, t: EvaluateTab) -> Refresh:
         run_id = runs.submit(ctx.ws, config_from_form(dict(zip(form_keys, values))), who(request))
         return (run_id, *run_view(ctx, run_id), history_frame(ctx))
 
-    view = [t.status, t.table, t.curve, t.files]
+    view = [t.status, t.table, t.details, t.curve, t.files]
     w.on(t.start.click, on_start, list(t.form.values()), [t.run_id, *view, t.history])
 
     shown = PageMemory()  # per page: the (run, status, progress, test sets) its view shows
@@ -268,7 +287,7 @@ def wire(ctx: StudioContext, t: EvaluateTab) -> Refresh:
         # a test set built by its own run changes the list too, whatever the evaluation run shown
         key = (run_id, r["status"] if r else None, r["done"] if r else None, tuple(sets))
         if not shown.changed(session_of(request), "view", key):  # nothing changed: keep the page as it is
-            return tuple(gr.skip() for _ in range(7))
+            return tuple(gr.skip() for _ in refresh_out)
         names = gr.CheckboxGroup(choices=sets)
         return (*run_view(ctx, run_id), history_frame(ctx), sets_frame(ctx), names)
 
