@@ -140,10 +140,17 @@ def test_browser_starts_a_run_sees_the_loss_and_stops_it(browser, train_app, tmp
     """A real browser: fill the Training form, start, watch the loss plot draw, stop."""
     from conftest import artifacts_dir, login
 
+    from playwright.sync_api import expect
+
     ws, url = train_app
     page = login(browser, url, "ada")
     page.get_by_role("tab", name="Training").click()
     page.locator("#train-gpus").get_by_text("none found").wait_for()
+    # no GPU here: the form is set for the CPU, and says only tiny models are practical
+    expect(page.locator("#train-gpus")).to_contain_text("Only tiny models are practical")
+    expect(page.locator("#train-devices input, #train-devices textarea").first).to_have_value("cpu")
+    expect(page.locator("#train-res input[type=number]").first).to_have_value("256")
+    assert page.locator("#train-precision").get_by_label("no", exact=True).is_checked()
     page.get_by_role("button", name="Make pairs").click()  # a pairs run; its summary arrives when it ends
     page.locator("#train-data").get_by_text("Last pairing (run").wait_for()
     page.locator("#train-data").get_by_text("eileen_collins (one_usable_image)").wait_for()
@@ -170,11 +177,61 @@ def test_browser_starts_a_run_sees_the_loss_and_stops_it(browser, train_app, tmp
     # the loss plot has drawn marks
     page.locator("#train-loss canvas, #train-loss svg").first.wait_for()
     page.screenshot(path=str(artifacts_dir(tmp_path) / "training_tab.png"), full_page=True)
+    run = ws.store.runs(kind="train")[0]
+    # a reloaded page follows the running run; the header's step is the plot's last step
+    page.reload()
+    page.wait_for_selector("#who")
+    page.get_by_role("tab", name="Training").click()
+    expect(page.locator("#train-run input").first).to_have_value(str(run["id"]))
+    status.get_by_text("Last loss").wait_for()
+    expect(status).to_contain_text("steps/s")
     page.locator("#train-stop").click()
     status.get_by_text("cancelled").wait_for()
     run = ws.store.runs(kind="train")[0]
     assert run["settings"]["name"] == "ui-browser" and run["status"] == "cancelled"
     assert run["settings"]["resolution"] == 64 and run["settings"]["devices"] == "cpu"
+
+
+@pytest.mark.browser
+def test_browser_stop_ends_a_run_within_seconds_even_mid_step(browser, train_app):
+    """A step of minutes (512 px with the tiny models on this CPU): Stop ends the run within the grace period, not after the
+    step; the training processes are gone."""
+    import re
+    import time
+
+    from playwright.sync_api import expect
+
+    ws, url = train_app
+    page = login_training(browser, url)
+    page.locator("#train-name input, #train-name textarea").first.fill("ui-midstep")
+    page.locator("#train-model input").first.click()
+    page.get_by_role("option", name="tiny", exact=True).click()
+    for elem, value in (("#train-steps", "3"), ("#train-res", "512")):
+        box = page.locator(f"{elem} input[type=number]").first
+        box.fill(value)
+        box.press("Tab")
+    page.locator("#train-missing").get_by_label("template", exact=True).check()
+    page.locator("#train-start").click()
+    expect(page.locator("#train-log textarea")).to_have_value(re.compile(r"on 1 process\(es\)"))  # stepping now
+    clicked = time.monotonic()
+    page.locator("#train-stop").click()
+    expect(page.locator("#train-status")).to_contain_text("cancelled", timeout=45_000)  # a step takes longer
+    assert time.monotonic() - clicked < 45
+    run = ws.store.runs(kind="train")[0]
+    assert run["settings"]["name"] == "ui-midstep" and run["status"] == "cancelled"
+    import subprocess
+
+    left = subprocess.run(["pgrep", "-f", "ui-midstep"], capture_output=True, text=True).stdout.split()
+    assert left == []  # no training process left behind
+
+
+def login_training(browser, url):
+    from conftest import login
+
+    page = login(browser, url, "ada")
+    page.get_by_role("tab", name="Training").click()
+    page.locator("#train-gpus").get_by_text("none found").wait_for()
+    return page
 
 
 @pytest.mark.parametrize("endpoint, data", [("gpus", []), ("train_status", [1]),

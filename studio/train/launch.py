@@ -52,6 +52,17 @@ def accelerate_configs() -> dict[str, Path]:
     return {p.stem: p for p in sorted(CONFIGS.glob("*.yaml"))}
 
 
+#: the form's settings on a machine without a GPU: what can finish there (tiny models)
+CPU_DEFAULTS = {"devices": "cpu", "precision": "no", "resolution": 256, "batch_size": 1}
+#: seconds a stopped run has to save its checkpoint and exit before its processes are killed (mid-step)
+STOP_GRACE_S = 10.0
+
+
+def machine_defaults() -> dict:
+    """Training settings that fit this machine: the dataclass's own with a GPU, CPU_DEFAULTS without."""
+    return {} if gpus() else dict(CPU_DEFAULTS)
+
+
 def recipes() -> list[str]:
     """The recipes in training/recipes (``--recipe NAME``)."""
     return sorted(p.stem for p in (REPO / "training" / "recipes").glob("*.yaml"))
@@ -318,6 +329,47 @@ def launch_command(cfg: TrainConfig, spec, out: Path, manifest: Path, validation
     return launch + script + list(cfg.extra)
 
 
+def stop_group(proc: subprocess.Popen, grace_s: float, log=print) -> None:
+    """SIGTERM to the run's process group (the script saves a checkpoint after its step and exits); what is
+    still running after ``grace_s`` (a step that takes minutes on a CPU) is killed. Checkpoints are written
+    whole or not at all, so the last one stays usable either way."""
+    import signal
+
+    def alive() -> bool:
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            return False
+        return proc.poll() is None or _group_has_members(proc.pid)
+
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace_s
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if alive():
+        log("still running after the grace period: killing the training processes", flush=True)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
+
+
+def _group_has_members(pgid: int) -> bool:
+    """Whether a process of group ``pgid`` other than a zombie is left (the launcher's children)."""
+    for status in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = status.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
+
+
 _metrics_cache: dict[Path, tuple[int, list[dict]]] = {}  # file -> (bytes parsed, rows): pages poll it every 2 s
 
 
@@ -433,8 +485,9 @@ def train(ws: Workspace, cfg: TrainConfig, handle, author: str, log=print) -> di
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if cfg.device_set() != {"cpu"}:
         env.pop("CUDA_VISIBLE_DEVICES", None)  # accelerate's --gpu_ids decides
+    # its own process group: a stop reaches accelerate's launcher and every training process it started
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                            cwd=REPO, text=True, bufsize=1)
+                            cwd=REPO, text=True, bufsize=1, start_new_session=True)
     tail: collections.deque[str] = collections.deque(maxlen=40)
 
     def pump():
@@ -453,8 +506,9 @@ def train(ws: Workspace, cfg: TrainConfig, handle, author: str, log=print) -> di
     except RunCancelled:
         cancelled = True
         (out / "STOP").write_text(f"stop requested for run {handle.run_id}\n")
-        log("stop requested: the script saves a checkpoint and exits", flush=True)
-        proc.wait()
+        log(f"stop requested: a checkpoint at the end of this step, or within {STOP_GRACE_S:.0f} s the processes "
+            "end and the last checkpoint stays", flush=True)
+        stop_group(proc, STOP_GRACE_S, log)
     reader.join(timeout=10)
     rows = read_metrics(out)
     if cancelled:

@@ -115,9 +115,11 @@ def build() -> TrainingTab:
             stop = gr.Button("Stop (checkpoint and exit)", variant="stop", elem_id="train-stop")
         status = gr.Markdown(elem_id="train-status")
         with gr.Row():
-            loss = gr.LinePlot(x="step", y="loss", title="Training loss", elem_id="train-loss", height=260)
+            loss = gr.LinePlot(x="step", y="loss", color="series", title="Training loss (and its moving average)",
+                               elem_id="train-loss", height=260)
             validation = gr.Gallery(label="Validation images (latest step)", columns=4, height=260)
-        log = gr.Textbox(label="Log (tail)", lines=10, max_lines=10, autoscroll=True, elem_id="train-log")
+        log = gr.Textbox(label=f"Log (newest {LOG_LINES} lines; the whole log: Runs tab)", lines=LOG_LINES,
+                         max_lines=LOG_LINES, autoscroll=True, elem_id="train-log")
         history = gr.Dataframe(headers=HISTORY, label="Training runs (newest first; click to open)", interactive=False)
     return TrainingTab(tab, gpus, shares, split_seed, split_btn, strategy, per_image, pair_split, pairs_btn, data_summary,
                        form,
@@ -129,8 +131,11 @@ def build() -> TrainingTab:
 def gpus_note() -> str:
     found = training.gpus()
     if not found:
-        return ("**GPUs:** none found. Training runs on the CPU with `--devices cpu` (tiny models only); "
-                "on a GPU machine the studio lists them here.")
+        d = training.CPU_DEFAULTS
+        return (f"**GPUs:** none found, so the form is set for this machine's CPU (devices {d['devices']}, "
+                f"precision {d['precision']} (fp32), {d['resolution']} px, batch {d['batch_size']}). "
+                "**Only tiny models are practical on a CPU:** one step of SDXL takes minutes there. On a GPU "
+                "machine the studio lists the GPUs here and sets the form for them.")
     return "**GPUs:** " + " · ".join(f"{g['index']}: {g['name']} ({g['memory_gb']:.0f} GB)" for g in found)
 
 
@@ -170,7 +175,7 @@ def run_output(ctx: StudioContext, r: dict) -> Path:
 
 def metrics_view(ctx: StudioContext, run_id) -> tuple[str, pd.DataFrame, list, str]:
     """(status markdown, loss frame, validation images, log tail) of one training run."""
-    empty = pd.DataFrame({"step": [], "loss": []})
+    empty = pd.DataFrame({"step": [], "loss": [], "series": []})
     if run_id in (None, "", 0):
         return "Start a training run, or open one from the history.", empty, [], ""
     r = ctx.ws.store.run(parse_id(run_id, "run id"))
@@ -179,7 +184,7 @@ def metrics_view(ctx: StudioContext, run_id) -> tuple[str, pd.DataFrame, list, s
     out = run_output(ctx, r)
     rows = training.read_metrics(out)
     losses = [x for x in rows if "loss" in x]
-    frame = pd.DataFrame({"step": [x["step"] for x in losses], "loss": [x["loss"] for x in losses]})
+    frame = loss_frame(losses)
     images = []
     shots = [x for x in rows if "validation" in x]
     if shots:
@@ -189,18 +194,53 @@ def metrics_view(ctx: StudioContext, run_id) -> tuple[str, pd.DataFrame, list, s
             if served:
                 images.append((served, f"step {shots[-1]['step']}"))
     d = runs.describe(r)
-    text = [f"### Run {d['id']} · **{d['status']}** · {d['progress']} steps",
+    step, total = (losses[-1]["step"], losses[-1].get("max_steps")) if losses else (0, None)
+    total = total or (r["settings"] or {}).get("max_steps")
+    text = [f"### Run {d['id']} · **{d['status']}** · step {step}/{total or '?'}",  # the plot's own last step
             f"Model **{r['settings'].get('name')}** from {r['settings'].get('model')} · by {d['author']}"]
     if losses:
-        text.append(f"Last loss {losses[-1]['loss']:.4f} at step {losses[-1]['step']} · peak memory "
-                    f"{losses[-1].get('peak_memory_gb', 0):.2f} GB")
+        text.append(f"Last loss {losses[-1]['loss']:.4f} at step {step} · lr {losses[-1].get('lr', 0):.3g} · peak "
+                    f"memory {losses[-1].get('peak_memory_gb', 0):.2f} GB" + pace(losses, total, d["status"]))
     if d["error"]:
         text.append(f"**Error:** {d['error']}")
     if d["status"] == RunStatus.DONE:
         text.append("Listed as a model in the Generate tab.")
     elif d["status"] == RunStatus.CANCELLED:
         text.append("Stopped with a checkpoint: Rerun it in the Runs tab to go on from there.")
-    return "\n\n".join(text), frame, images, runs.log_tail(ctx.ws, r["id"])
+    return "\n\n".join(text), frame, images, newest_lines(runs.log_tail(ctx.ws, r["id"]))
+
+
+LOG_LINES = 10
+SMOOTHING = 0.9  # the exponential moving average TensorBoard's slider also defaults near
+
+
+def loss_frame(losses: list[dict]) -> pd.DataFrame:
+    """Loss per step and its moving average, as two lines of one plot."""
+    rows, ema = [], None
+    for x in losses:
+        ema = x["loss"] if ema is None else SMOOTHING * ema + (1 - SMOOTHING) * x["loss"]
+        rows += [(x["step"], x["loss"], "loss"), (x["step"], ema, "smoothed")]
+    return pd.DataFrame(rows, columns=["step", "loss", "series"])
+
+
+def pace(losses: list[dict], total: int | None, status: str) -> str:
+    """The pace (steps/s and the time left) from the last logged steps' own clock; empty when not running."""
+    timed = [x for x in losses if "elapsed_s" in x][-20:]
+    if status != RunStatus.RUNNING or len(timed) < 2 or timed[-1]["elapsed_s"] <= timed[0]["elapsed_s"]:
+        return ""
+    rate = (timed[-1]["step"] - timed[0]["step"]) / (timed[-1]["elapsed_s"] - timed[0]["elapsed_s"])
+    if rate <= 0:
+        return ""
+    text = f" · {rate:.2f} steps/s" if rate >= 0.1 else f" · {1 / rate:.1f} s/step"
+    if total:
+        left = max(0, total - timed[-1]["step"]) / rate
+        text += f" · about {left / 60:.0f} min left" if left >= 90 else f" · about {left:.0f} s left"
+    return text
+
+
+def newest_lines(log: str, n: int = LOG_LINES) -> str:
+    """The last ``n`` lines, so the box shows the newest without scrolling (the whole log: the Runs tab)."""
+    return "\n".join(log.splitlines()[-n:])
 
 
 def config_from_form(values: dict) -> training.TrainConfig:
@@ -239,10 +279,21 @@ def wire(ctx: StudioContext, t: TrainingTab) -> Refresh:
 
         return gr.Dropdown(choices=list(registered_models(ctx.ws)))
 
-    def on_open(request: gr.Request):
-        return gpus_note(), data_summary(ctx), model_choices(), history_frame(ctx)
+    fitted = PageMemory()  # per page: the form was set for this machine once (later opens keep what was typed)
 
-    w.on(t.tab.select, on_open, None, [t.gpus, t.data_summary, t.form["model"], t.history])
+    def on_open(request: gr.Request, run_id):
+        first = fitted.changed(session_of(request), "machine", True)
+        fit = training.machine_defaults() if first else {}
+        form = [gr.update(value=fit[k]) if k in fit else gr.skip()
+                for k in ("devices", "precision", "resolution", "batch_size")]
+        # a page opened (or reloaded) while a training run goes on follows that run
+        active = [r for r in ctx.ws.store.active_runs() if r["kind"] == "train"]
+        follow = max(r["id"] for r in active) if active and run_id in (None, "", 0) else gr.skip()
+        return gpus_note(), data_summary(ctx), model_choices(), history_frame(ctx), *form, follow
+
+    w.on(t.tab.select, on_open, [t.run_id],
+         [t.gpus, t.data_summary, t.form["model"], t.history, t.form["devices"], t.form["precision"],
+          t.form["resolution"], t.form["batch_size"], t.run_id])
 
     def on_split(request: gr.Request, shares, seed):
         run = runs.submit(ctx.ws, SplitSettings.from_dict({"shares": str(shares), "seed": int(seed or 0)}), who(request))
