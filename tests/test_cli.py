@@ -99,3 +99,15 @@ def test_cli_generate(curated_ws, tiny_spec, photos, tmp_path):
     assert clip.returncode == 2 and "Traceback" not in clip.stderr
     assert "download of CLIP ViT-L-14/openai failed" in clip.stderr
     assert "hf download timm/vit_large_patch14_clip_224.openai --local-dir models/clip" in clip.stderr
+
+
+def test_models_says_what_this_machine_has(tmp_path):
+    """Providers face analysis can use, each registered model ready or missing (with the command), and the
+    evaluation's CLIP."""
+    out = studio("models", "--workspace", str(tmp_path / "ws"), "--json")
+    info = json.loads(out.stdout)
+    assert "CPUExecutionProvider" in info["onnxruntime_providers"] and info["pack"] == "bundled"
+    assert any("hf download InstantX/InstantID" in m for m in info["models"]["InstantID"])
+    assert "models --download clip" in info["clip"]
+    text = studio("models", "--workspace", str(tmp_path / "ws")).stdout
+    assert "onnxruntime providers:" in text and "InstantID: missing" in text and "evaluation CLIP" in text

@@ -23,7 +23,29 @@ def cmd_models(args) -> int:
         print_result({"downloaded": args.download, "folders": folders}, args.json)
         return 0
     pack = resolve_pack(args.download or args.face_pack, download=bool(args.download))
-    print_result({"pack": pack.name, "detector": str(pack.detector), "recognizer": str(pack.recognizer), "note": pack.note}, args.json)
+    info = {"pack": pack.name, "detector": str(pack.detector), "recognizer": str(pack.recognizer), "note": pack.note}
+    if args.download:
+        print_result(info, args.json)
+        return 0
+    import onnxruntime
+
+    from ..evaluation.metrics import ClipSpec, missing_clip
+    from ..models import missing_weights
+    from ..models.generate import registered_models
+
+    info["onnxruntime_providers"] = onnxruntime.get_available_providers()  # what face analysis can run on
+    info["models"] = {name: missing_weights(spec) or "ready"
+                      for name, spec in registered_models(open_workspace(args)).items()}
+    info["clip"] = missing_clip(ClipSpec()) or "ready"
+    if args.json:
+        print_result(info, True)
+        return 0
+    lines = [f"face pack: {pack.name} ({pack.note or pack.detector.parent})",
+             f"onnxruntime providers: {', '.join(info['onnxruntime_providers'])}",
+             f"evaluation CLIP ({ClipSpec().label}): {info['clip']}", "generation models:"]
+    for name, state in info["models"].items():
+        lines.append(f"  {name}: " + (state if state == "ready" else "missing\n" + "\n".join(f"    - {m}" for m in state)))
+    print("\n".join(lines))
     return 0
 
 
@@ -82,7 +104,9 @@ def cmd_generate(args) -> int:
 
 
 def add_commands(sub, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("models", parents=[common], help="show the face pack in use, or download weights")
+    p = sub.add_parser("models", parents=[common],
+                       help="what is on this machine (face pack, onnxruntime providers, each model's weights, the "
+                            "evaluation's CLIP), or download weights")
     p.add_argument("--face-pack", default=face_pack_spec(), help="pack to resolve (default: auto)")
     p.add_argument("--download", choices=["antelopev2", "sdxl", "instantid", "crossfaceid", "ip-adapter-faceid",
                                           "lcm-lora", "clip"], default=None,

@@ -55,12 +55,13 @@ def load_base(source: str, device: str | None = None, dtype=None, vae_tiling: bo
 
 
 def env_dtype():
-    """``STUDIO_DTYPE`` (float16 | bfloat16 | float32): the precision models load in (default: fp16 on a GPU)."""
-    import torch
-
+    """``STUDIO_DTYPE`` (float16 | bfloat16 | float32): the precision models load in (default: fp16 on a GPU).
+    torch is imported only when it is set: the app's first page needs no torch."""
     name = os.environ.get("STUDIO_DTYPE", "").strip()
     if not name:
         return None
     if name not in ("float16", "bfloat16", "float32"):
         raise ValueError(f"STUDIO_DTYPE must be float16, bfloat16 or float32, got {name!r}")
+    import torch
+
     return getattr(torch, name)
