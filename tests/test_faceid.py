@@ -198,11 +198,12 @@ def test_the_generate_tab_shows_the_identitynet_controls_only_for_instantid(tmp_
     visible = [[c.visible for c in family_controls(ctx, chosen)] for chosen in
                (["tiny-faceid"], ["tiny", "tiny-faceid"], ["tiny"], [])]
     assert visible == [[False] * 3, [True] * 3, [True] * 3, [True] * 3]
-    status = weights_status(ctx)[0]
+    status, selectable = weights_status(ctx)
     assert "**tiny-faceid** (IP-Adapter-FaceID, face pack bundled): ready" in status
     assert "**tiny** (face pack bundled): ready" in status
-    assert "**IP-Adapter-FaceID** (IP-Adapter-FaceID, face pack antelopev2): missing weights" in status
-    assert "hf download h94/IP-Adapter-FaceID --include 'ip-adapter-faceid_sdxl.bin'" in status
+    assert "<b>IP-Adapter-FaceID</b> (IP-Adapter-FaceID, face pack antelopev2): 2 part(s) missing" in status
+    assert "```bash\nhf download h94/IP-Adapter-FaceID --include 'ip-adapter-faceid_sdxl.bin'\n```" in status
+    assert selectable == ["tiny", "tiny-faceid"]  # a model that cannot load is not offered
 
 
 def test_the_lora_is_optional_embedded_or_from_its_own_file(tiny_faceid_spec, tmp_path):

@@ -131,12 +131,16 @@ def check_start(ws: Workspace, cfg: EvalConfig) -> None:
     for spec in specs:
         for pack in packs:
             check_face_pack(spec, pack, cfg.allow_pack_mismatch)
-    from .metrics import ClipSpec, missing_clip
+    from .metrics import ClipSpec, missing_clip, scorer_name
 
     clip = ClipSpec(cfg.clip_model, cfg.clip_pretrained)
     problem = missing_clip(clip)
     if problem:
-        raise ValueError(f"CLIP model {clip.label} could not be loaded: {problem}")
+        # a rerun whose every sample is scored with this CLIP rebuilds its tables without loading it
+        plan, packs = plan_samples(ws, cfg)
+        keys = [p.key for p in plan]
+        if not keys or len(ws.store.eval_scores(keys, scorer_name(clip, packs[0]))) < len(keys):
+            raise ValueError(f"CLIP model {clip.label} could not be loaded: {problem}")
 
 
 #: Settings added after evaluation runs existed, with the values those runs used: left out of a
