@@ -159,3 +159,18 @@ def test_a_workspace_of_many_persons_lists_those_with_most_images(ctx, photos, m
     persons = browse_tab.choices_update(ctx)[0]
     assert persons["choices"] == [("obama (2)", "obama")] and "type any name" in persons["label"]
     assert browse(ctx.ws, BrowseFilter(persons=["biden"])).total == 1  # a typed name still filters
+
+
+def test_small_texts_say_what_they_mean(monkeypatch):
+    """The Base URL label follows the server's OPENAI_BASE_URL; the pairing summary is words, not a dict."""
+    from studio.ui.captions import base_url_label
+    from studio.ui.training import EXCLUDED_BY
+
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    assert base_url_label().startswith("Base URL (empty: OpenAI;")
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
+    assert "the server's OPENAI_BASE_URL" in base_url_label()
+    from studio.train.pairs import near_duplicate
+
+    same = {"phash": "f" * 16, "face_phash": None, "emb": None}
+    assert near_duplicate(same, dict(same), 6, 0.95) in EXCLUDED_BY  # every reason has its words

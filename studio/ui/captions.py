@@ -57,14 +57,20 @@ class CaptionsTab:
     regen: gr.Button
 
 
+def base_url_label() -> str:
+    """What an empty Base URL means on this server: the OpenAI client reads OPENAI_BASE_URL when it is set."""
+    if os.environ.get("OPENAI_BASE_URL"):
+        return "Base URL (empty: the server's OPENAI_BASE_URL; or any OpenAI-compatible server)"
+    return "Base URL (empty: OpenAI; or any OpenAI-compatible server)"
+
+
 def build() -> CaptionsTab:
     with gr.Tab("Captions", id="captions", visible=False) as tab:
         with gr.Accordion("Caption images (GPT-4o, the paper's prompt and parameters)", open=True):
             with gr.Row():
                 api_key = gr.Textbox(label="API key (this session only; empty: the server's OPENAI_API_KEY)",
                                      type="password", elem_id="api-key")
-                base_url = gr.Textbox(label="Base URL (empty: OpenAI; or any OpenAI-compatible server)",
-                                      placeholder="http://127.0.0.1:8000/v1", elem_id="base-url")
+                base_url = gr.Textbox(label=base_url_label(), placeholder="http://127.0.0.1:8000/v1", elem_id="base-url")
                 model = gr.Textbox(label="Model", value="gpt-4o")
                 concurrency = gr.Slider(1, 64, value=8, step=1, label="Requests in flight", elem_id="caption-concurrency")
                 kept_only = gr.Checkbox(label="Only images that passed curation", value=True, elem_id="kept-only")

@@ -81,7 +81,8 @@ def build() -> GenerateTab:
                     sweep_values = gr.Textbox(label="λ values", value=", ".join(str(v) for v in DEFAULT_SWEEP))
                 fast = gr.Checkbox(label=f"Fast mode (LCM-LoRA, {FAST_STEPS} steps)", value=False, elem_id="fast-mode")
                 with gr.Accordion("Advanced", open=False):
-                    negative = gr.Textbox(label="Negative prompt", value=DEMO_NEGATIVE_PROMPT, lines=2)
+                    negative = gr.Textbox(label="Negative prompt (default: the official InstantID demo's, as written there)",
+                                          value=DEMO_NEGATIVE_PROMPT, lines=2)
                     strength = gr.Slider(0.0, 1.5, value=0.8, step=0.05, label="IdentityNet strength",
                                          elem_id="identitynet-strength")
                     steps = gr.Slider(1, 100, value=30, step=1, label="Steps", elem_id="gen-steps")

@@ -27,6 +27,8 @@ from .run_panel import RunPanel
 from .wiring import Wiring
 
 HISTORY = ["id", "status", "progress", "model", "author", "started", "ended", "exit_code"]
+#: why pairs were not made (``make_pairs``' excluded_by), in words
+EXCLUDED_BY = {"phash": "whole-photo hash", "face_phash": "face-box hash", "face": "face cosine"}
 
 
 @dataclass
@@ -153,8 +155,9 @@ def data_summary(ctx: StudioContext) -> str:
     last = ctx.ws.store.runs(kind="pairs", limit=1)
     if last and last[0]["result"]:
         res = last[0]["result"]
+        why = ", ".join(f"{n} by {EXCLUDED_BY.get(k, k)}" for k, n in (res.get("excluded_by") or {}).items())
         out += (f"\n\nLast pairing (run {last[0]['id']}): {res.get('excluded_near_duplicates', 0)} near-duplicate pairs "
-                f"excluded {res.get('excluded_by', {})}; persons left out: "
+                f"excluded{f' ({why})' if why else ''}; persons left out: "
                 + (", ".join(f"{p['person']} ({p['reason']})" for p in res.get("left_out_persons", [])) or "none"))
     return out
 
