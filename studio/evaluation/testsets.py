@@ -187,15 +187,20 @@ def read_rows(path: Path) -> list[tuple[int, dict]]:
     return rows
 
 
+def _photos(root: Path) -> list[Path]:
+    """Every photo under ``root``, sorted; hidden files and a zip's ``__MACOSX`` copies left out."""
+    from ..images import IMAGE_SUFFIXES
+
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                  and not any(part.startswith(".") or part == "__MACOSX" for part in p.relative_to(root).parts))
+
+
 def read_folder(root: Path) -> list[tuple[str, dict]]:
     """(where, row) of a folder of text-image pairs (layout in the module docstring), paths relative to ``root``.
 
     A photo without its ``.txt`` prompt is named; ``.input`` photos are matched to their pair."""
-    from ..images import IMAGE_SUFFIXES
-
     root = Path(root)
-    photos = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                    and not any(part.startswith(".") or part == "__MACOSX" for part in p.relative_to(root).parts))
+    photos = _photos(root)
     inputs = {p.with_suffix("").with_suffix(""): p for p in photos if p.with_suffix("").suffix == INPUT_TAG}
     rows = []
     for photo in photos:
@@ -227,11 +232,8 @@ def read_folder(root: Path) -> list[tuple[str, dict]]:
 def read_photos(root: Path) -> list[tuple[str, dict]]:
     """(where, row) of every photo under ``root`` as an input face (a subfolder names the person), for designs
     that pair each face with prompts of their own."""
-    from ..images import IMAGE_SUFFIXES
-
     root = Path(root)
-    photos = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                    and not any(part.startswith(".") or part == "__MACOSX" for part in p.relative_to(root).parts))
+    photos = _photos(root)
     if not photos:
         raise ValueError(f"{root.name}: no photos")
     rels = [p.relative_to(root) for p in photos]

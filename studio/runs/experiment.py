@@ -136,7 +136,7 @@ def status(ws: Workspace, path: Path) -> list[dict]:
     for s in steps:
         rec = state["steps"].get(s.id, {})
         run = ws.store.run(rec["run_id"]) if rec.get("run_id") else None
-        if run is not None and rec.get("key") == wanted[s.id] and run["status"] == RunStatus.DONE:
+        if _finished(run, rec, wanted[s.id]):
             what = "done"
         elif rec.get("key") not in (None, wanted[s.id]):
             what = "changed"
@@ -160,8 +160,7 @@ def run(ws: Workspace, path: Path, author: str, *, track: Callable | None = None
     done: dict[str, int] = {}
     for s in steps:
         rec = state["steps"].get(s.id, {})
-        run_row = ws.store.run(rec["run_id"]) if rec.get("run_id") else None
-        if run_row is not None and rec.get("key") == wanted[s.id] and run_row["status"] == RunStatus.DONE:
+        if _finished(ws.store.run(rec["run_id"]) if rec.get("run_id") else None, rec, wanted[s.id]):
             say(f"{s.id}: done (run {rec['run_id']}), skipped")
             done[s.id] = rec["run_id"]
             continue
@@ -178,6 +177,11 @@ def run(ws: Workspace, path: Path, author: str, *, track: Callable | None = None
         done[s.id] = run_id
         say(f"{s.id}: done (run {run_id})")
     return {"experiment": name, "runs": done}
+
+
+def _finished(run, rec: dict, key: str) -> bool:
+    """A step is done when its recorded run finished with the settings it has now."""
+    return run is not None and rec.get("key") == key and run["status"] == RunStatus.DONE
 
 
 def _record(ws: Workspace, state: dict, step: str, run_id: int) -> None:
