@@ -156,7 +156,7 @@ def test_a_run_from_the_api_reaches_its_worker_as_a_run_id(served, curated_ws):
     assert shown["command"] == f"python -m studio worker --workspace {curated_ws.root} {run_id}"
 
 
-@pytest.mark.parametrize("endpoint", ["runs", "run", "run_start", "run_cancel", "run_rerun"])
+@pytest.mark.parametrize("endpoint", ["runs", "run", "run_start", "run_cancel", "run_rerun", "experiments"])
 def test_visitor_without_login_cannot_call_run_endpoints(served, endpoint):
     import httpx
 
