@@ -2,6 +2,7 @@
 saving in parallel through the API (nothing lost or doubled), and every refusal."""
 from __future__ import annotations
 
+import re
 import shutil
 import threading
 
@@ -205,3 +206,56 @@ def test_visitor_without_login_gets_nothing(annotate_app, endpoint, data):
     assert not any(m in r.text for m in MODELS) and "prompt" not in r.text
     assert ws.store.study("blind") == before  # nothing changed
 
+
+
+def test_admin_sees_results_without_clicking_and_the_annotator_sees_the_active_scale(browser, annotate_app, tmp_path):
+    from PIL import Image
+    from playwright.sync_api import expect
+    from conftest import artifacts_dir, login
+
+    ws, url = annotate_app
+    samples = []
+    for i in range(2):  # small generated images: the annotator sees them scaled to the box
+        Image.new("RGB", (64, 64), (40 * i, 120, 200)).save(ws.root / f"generated/small{i}.png")
+        samples.append({"model": MODELS[i], "prompt": f"a small one {i}", "image_path": f"generated/small{i}.png",
+                        "face_path": "generated/face0.jpg"})
+    he.create_study(ws, "fresh", samples, ["ann"], per_item=1, seed=0)
+    he.set_status(ws, "fresh", "open")  # the newest open study: the one the admin sees first
+
+    admin = login(browser, url, "ada")
+    admin.get_by_role("tab", name="Annotate").click()
+    results = admin.locator("#study-results")
+    expect(results).to_contain_text("Study fresh (open)")
+    expect(results).to_contain_text("Nothing is scored yet")
+    for hidden in ("#study-table3", "#study-annotators-table", "#study-chart"):  # no "1 2 3" placeholders
+        expect(admin.locator(hidden)).to_be_hidden()
+
+    sid = ws.store.study("fresh")["id"]
+    he.save(ws, sid, "ann", 1, {"customization": 4, "fidelity": 3, "quality": 5})
+    he.save(ws, sid, "ann", 2, {"customization": 2})  # partly scored: not done for anyone
+    assert ws.store.annotator_progress(sid, "ann")[0] == 1
+    admin.get_by_role("tab", name="Runs").click()
+    admin.get_by_role("tab", name="Annotate").click()  # back on the tab: results read again, no click on a row
+    expect(results).to_contain_text("1 of 2 assignments done")
+    expect(admin.locator("#study-table3")).to_be_visible()
+    expect(admin.locator("#study-chart")).to_be_visible()
+    assert "| model |" not in results.inner_text()  # Table 3 once, as the table below
+    table = admin.locator("#study-annotators-table")
+    expect(table).to_contain_text("partly")
+    assert re.search(r"\bann\s+1\s+1\s", table.inner_text()), table.inner_text()  # items done 1, partly 1
+    table3 = admin.locator("#study-table3").inner_text()
+    assert "3.00" not in table3 and "4" in table3
+    admin.screenshot(path=str(artifacts_dir(tmp_path) / "study_results.png"), full_page=True)
+
+    page = login(browser, url, "ann")
+    page.locator("#annotate-study input").click()
+    page.get_by_role("option", name="fresh").click()
+    expect(page.locator("#annotate-progress")).to_contain_text("1 / 2 done")
+    img = page.locator("#annotate-image img")
+    img.wait_for()
+    page.wait_for_function("document.querySelector('#annotate-image img').complete")
+    assert img.bounding_box()["width"] > 64 * 3  # scaled up into its 360 px box, not shown at 64 px
+    active = page.locator(".scale-active")
+    expect(active).to_have_count(1)
+    assert active.evaluate("e => getComputedStyle(e).backgroundColor") not in ("rgba(0, 0, 0, 0)", "transparent")
+    page.screenshot(path=str(artifacts_dir(tmp_path) / "annotate_small_image.png"), full_page=True)

@@ -65,10 +65,11 @@ def test_statistics_tab_shows_table1_and_plots(browser, served, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def captioned_app(tmp_path_factory, photos, users_file):
+def captioned_app(tmp_path_factory, photos, users_file, pack):
     import pandas as pd
     from conftest import running_app
 
+    from studio.dataset.analyze import analyze
     from studio.dataset.ingest import ingest
     from studio.workspace import Workspace
 
@@ -80,29 +81,51 @@ def captioned_app(tmp_path_factory, photos, users_file):
                  ).to_csv(src / "meta.csv", index=False)
     ws = Workspace.open(tmp_path_factory.mktemp("captioned_ws"))
     ingest(ws, src / "meta.csv")
+    analyze(ws, pack=pack)  # face boxes: the queue's thumbnails are centred on them
     with running_app(ws.root, "--auth", str(users_file)) as url:
         yield url, ws
 
 
-def test_reviewer_edits_a_flagged_caption(browser, captioned_app, tmp_path):
+def test_review_names_the_photo_moves_on_by_itself_and_takes_keys(browser, captioned_app, tmp_path):
+    from playwright.sync_api import expect
+
     url, ws = captioned_app
+    ids = {r["person"]: r["id"] for r in ws.store.image_table()}
     page = login(browser, url, "ada")
     page.get_by_role("tab", name="Captions").click()
     page.get_by_label("Status", exact=True).click()
     page.get_by_role("option", name="imported").click()
     page.get_by_role("button", name="Load queue").click()
     page.get_by_text("2 captions in this queue").wait_for()
+    thumbs = "#caption-queue button.thumbnail-item img"
+    page.wait_for_function(f"[...document.querySelectorAll('{thumbs}')].every(e => e.complete && e.naturalWidth > 0)")
+    sizes = page.locator(thumbs).evaluate_all("els => els.map(e => [e.naturalWidth, e.naturalHeight])")
+    assert sizes[0][0] == sizes[0][1], sizes  # obama.jpg is 910 x 1137: its thumbnail is the square around the face
     page.locator("#caption-queue button.thumbnail-item").first.click()
-    box = page.locator("#caption-text textarea")
+    header = page.locator("#caption-current")
+    expect(header).to_contain_text(f"#{ids['obama']} · obama · obama.jpg")
+    expect(header).to_contain_text("1 of 2 in the queue")
     page.wait_for_function("document.querySelector('#caption-text textarea').value.includes('Hair')")
+    assert page.locator("#caption-photo").bounding_box()["height"] < 560  # not a 2,700 px page
+    page.locator("body").click(position={"x": 5, "y": 5})  # keys go to the page, not a field
+    page.keyboard.press("n")
+    expect(header).to_contain_text(f"#{ids['eileen']} · eileen")
+    page.keyboard.press("a")  # approve: the queue is read again in place and the next waiting caption opens
+    expect(page.locator("#caption-queue-summary")).to_contain_text("1 caption in this queue")
+    expect(header).to_contain_text(f"#{ids['obama']} · obama")
+    expect(header).to_contain_text("1 of 1 in the queue")
+    page.keyboard.press("e")
+    box = page.locator("#caption-text textarea")
+    expect(box).to_be_focused()
     box.fill("A grey-haired man in a dark suit smiles.")
-    page.get_by_role("button", name="Save edit").click()
-    page.get_by_text("No flags.").wait_for()
+    box.press("Control+Enter")
+    expect(header).to_contain_text("The queue is done")
     page.screenshot(path=str(artifacts_dir(tmp_path) / "caption_review.png"), full_page=True)
-    obama = next(r["id"] for r in ws.store.image_table() if r["source"].endswith("obama.jpg"))
-    hist = ws.store.caption_history(obama)
+    hist = ws.store.caption_history(ids["obama"])
     assert [(h["status"], h["author"]) for h in hist] == [("imported", "import"), ("edited", "ada")]
     assert hist[-1]["text"] == "A grey-haired man in a dark suit smiles."
+    assert [(h["status"], h["author"]) for h in ws.store.caption_history(ids["eileen"])] == \
+        [("imported", "import"), ("approved", "ada")]
 
 
 def _gallery_srcs(page, selector="#browse-gallery") -> list[str]:
@@ -173,7 +196,7 @@ def test_approve_with_nothing_selected_is_a_warning(browser, captioned_app):
     page.get_by_role("option", name="any").click()
     page.get_by_role("button", name="Load queue").click()
     page.get_by_text("2 captions in this queue").wait_for()
-    page.get_by_role("button", name="Approve", exact=True).click()
+    page.locator("#caption-approve").click()
     page.get_by_text("pick a caption from the queue first").first.wait_for()
     settled(page)
     assert page.locator("#caption-queue button.thumbnail-item").count() == 2  # the queue stays

@@ -200,13 +200,20 @@ def evaluate(ws: Workspace, cfg: EvalConfig, run_id: int, *, author: str = "stud
 
         clip = None  # the actors' copies score; free this one (GPU memory) first
         batches = score_on_ray(inputs, clip_spec, pack, device=cfg.device, address=address, workers=workers,
-                               gpus_per_worker=gpus_per_worker, progress=track)
+                               gpus_per_worker=gpus_per_worker)
     else:
-        batches = Scorer(clip, FaceAnalyzer(pack)).score(inputs, track)
+        batches = Scorer(clip, FaceAnalyzer(pack)).score(inputs)
+    # progress counts samples, as generating does (a count of batches read "2/2" for 32 samples)
+    scored = iter(track(range(len(inputs)), total=len(inputs), desc="scoring"))
+    next(scored, None)
     for batch in batches:
         errors += [f"{r['key']}: {r['error']}" for r in batch if "error" in r]
         # an unreadable sample file stays unscored (counted, retried by a rerun), never a "no face"
         ws.store.save_eval_scores(name, [r for r in batch if "error" not in r], run_id)
+        for _ in batch:
+            next(scored, None)
+    for _ in scored:  # the last count, written
+        pass
 
     rows = ws.store.eval_run_rows(run_id, name)
     baseline = cfg.baseline or cfg.models[0]

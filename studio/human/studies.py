@@ -306,13 +306,18 @@ def alpha(rows: list[dict]) -> dict[str, float | None]:
 
 
 def annotators_summary(rows: list[dict], ws: Workspace | None = None, study_id: int | None = None) -> list[dict]:
-    """Per annotator: items scored, mean score per criterion, median seconds per item, self-consistency."""
+    """Per annotator: items done (every criterion scored, as the annotator's own count says) and partly
+    scored, mean score per criterion, median seconds per item, self-consistency."""
     by: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
         by[r["annotator"]].append(r)
     out = []
     for a, rs in sorted(by.items()):
-        row = {"annotator": a, "items": len({r["item_id"] for r in rs})}
+        criteria: dict[int, set] = defaultdict(set)
+        for r in rs:
+            criteria[r["item_id"]].add(r["criterion"])
+        done = sum(len(c) == len(CRITERIA) for c in criteria.values())
+        row = {"annotator": a, "items": done, "partly": len(criteria) - done}
         for c in CRITERIA:
             v = [r["score"] for r in rs if r["criterion"] == c]
             row[f"mean_{c}"] = float(np.mean(v)) if v else None

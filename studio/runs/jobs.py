@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..codes import RunStatus
+from ..codes import RUN_FINISHED, RunStatus
 from ..store import RunRow
 from .settings import RunSettings
 from ..workspace import Workspace
@@ -390,7 +390,11 @@ def describe(r: RunRow) -> dict:
     """A run as the Runs view and `runs show` present it."""
     total = r["total"]
     pct = f"{100 * r['done'] / total:.0f}%" if total else ""
-    return {"id": r["id"], "kind": r["kind"], "status": r["status"], "progress": f"{r['done']}/{total or '?'} {pct}".strip(),
+    if total:
+        progress = f"{r['done']}/{total} {pct}"
+    else:  # a count whose total was never known: "29/?" read as unfinished after the run was done
+        progress = f"{r['done']} done" if r["status"] in RUN_FINISHED else f"{r['done']}/?"
+    return {"id": r["id"], "kind": r["kind"], "status": r["status"], "progress": progress,
             "author": r["author"], "started": r["started_at"] or r["created_at"], "ended": r["ended_at"],
             "exit_code": r["exit_code"], "error": r["error"], "result": r["result"], "resumes": r["resumes"],
             "command": " ".join(["python -m studio", *(r["argv"] or [])])}

@@ -26,6 +26,7 @@ from ..runs import jobs as runs
 from ..codes import CRITERIA, SCALES, StudyStatus
 from .access import StudioContext, role, username
 from .pages import PageMemory, session_of
+from ..validate import plural
 from .wiring import Wiring
 
 STUDIES = ["name", "status", "items", "annotators", "done", "assigned", "per_item", "source", "created_by"]
@@ -60,7 +61,12 @@ KEYBOARD_JS = """
 })();
 </script>
 """.replace("__CRITERIA__", json.dumps(list(CRITERIA)))
-CSS = ".scale-active { box-shadow: 0 0 0 3px var(--color-accent, #f97316) !important; border-radius: 6px; }"
+#: the scale the digits go to stands out (an outline alone read as a thin line); a small generated image fills its box
+CSS = """
+.scale-active { box-shadow: 0 0 0 3px var(--color-accent, #f97316) !important; border-radius: 8px;
+                background: color-mix(in srgb, var(--color-accent, #f97316) 14%, transparent) !important; }
+#annotate-face img, #annotate-image img { width: 100%; height: 100%; object-fit: contain; }
+"""
 
 
 @dataclass
@@ -159,12 +165,14 @@ def build() -> AnnotateTab:
                 close_btn = gr.Button("Close")
                 export_btn = gr.Button("Export (CSV, Label Studio, Table 3)")
             results = gr.Markdown(elem_id="study-results")
-            table3 = gr.Dataframe(label="Table 3 per model and criterion", interactive=False)
-            annotators = gr.Dataframe(label="Annotators: means, median seconds per item, duplicate consistency",
-                                      interactive=False)
+            table3 = gr.Dataframe(label="Table 3 per model and criterion (scores 0-5)", interactive=False,
+                                  visible=False, elem_id="study-table3")
+            annotators = gr.Dataframe(label="Annotators: items done and partly scored, means, median seconds per item, "
+                                            "duplicate consistency", interactive=False, visible=False,
+                                      elem_id="study-annotators-table")
             chart = gr.BarPlot(x="model_criterion", y="avg", title="Average score per model and criterion",
-                               y_lim=[0, 5], height=260)
-            files = gr.File(label="Exports", file_count="multiple", interactive=False)
+                               y_lim=[0, 5], height=260, visible=False, elem_id="study-chart")
+            files = gr.File(label="Exports", file_count="multiple", interactive=False, visible=False)
     return AnnotateTab(tab, info, view, study, progress, instructions, face, image, prompt, scales, comment, position,
                        back, save, admin, create, create_btn, design, design_btn, studies, chosen, open_btn, close_btn, export_btn, results,
                        table3, annotators, chart, files)
@@ -218,10 +226,30 @@ def studies_frame(ctx: StudioContext) -> pd.DataFrame:
 
 
 def results_view(ctx: StudioContext, name: str) -> tuple:
+    """(summary, Table 3, annotators, chart) of a study; the tables and chart stay hidden until a score exists."""
     res = he.results(ctx.ws, name)
+    st = res["study"]
+    text = (f"Study **{st['name']}** ({st['status']}): {plural(st['items'], 'item')}, "
+            f"{plural(st['annotators'], 'annotator')}, {st['done'] or 0} of {st['assigned']} assignments done "
+            f"(every criterion scored), {plural(res['scores'], 'score')}.")
+    if not res["scores"]:
+        text += " Nothing is scored yet: the results appear here as annotators save."
+        hidden = gr.update(visible=False)
+        return text, hidden, hidden, hidden
+    text += " Krippendorff's alpha (ordinal): " + ", ".join(
+        f"{c} {'–' if v is None else format(v, '.3f')}" for c, v in res["alpha"].items()) + "."
     t3 = pd.DataFrame(res["table3"], columns=["model", "criterion", "min", "max", "avg", "std", "n"])
     chart = t3.assign(model_criterion=t3["model"] + " · " + t3["criterion"])[["model_criterion", "avg"]]
-    return (he.table3_markdown(res), t3.round(3), pd.DataFrame(res["annotators"]).round(3), chart)
+    return (text, gr.update(value=t3.round(2), visible=True), gr.update(value=pd.DataFrame(res["annotators"]).round(2),
+                                                                       visible=True),
+            gr.update(value=chart, visible=True))
+
+
+def latest_study(ctx: StudioContext) -> str | None:
+    """The study an admin most likely wants to see: the newest open one, else the newest."""
+    studies = ctx.ws.store.studies()
+    open_ = [s for s in studies if s["status"] == StudyStatus.OPEN]
+    return (open_ or studies or [{"name": None}])[-1]["name"]
 
 
 def example_prompts() -> str:
@@ -355,7 +383,7 @@ def wire(ctx: StudioContext, t: AnnotateTab, demo: gr.Blocks) -> None:
 
     def on_export(request: gr.Request, name):
         files = he.export(ctx.ws, (name or "").strip())
-        return [p for p in (ctx.media.download(v) for v in files.values()) if p]
+        return gr.update(value=[p for p in (ctx.media.download(v) for v in files.values()) if p], visible=True)
 
     w.on(t.export_btn.click, on_export, [t.chosen], [t.files])
 
@@ -371,10 +399,12 @@ def wire(ctx: StudioContext, t: AnnotateTab, demo: gr.Blocks) -> None:
 
     def admin_load(request: gr.Request):
         models = list(registered_models(ctx.ws))
+        name = latest_study(ctx)
+        shown_results = results_view(ctx, name) if name else (gr.skip(),) * len(admin_results)
         return (studies_frame(ctx), gr.Dropdown(choices=[x["name"] for x in ctx.ws.store.testsets()]),
-                gr.CheckboxGroup(choices=models))
+                gr.CheckboxGroup(choices=models), name or gr.skip(), *shown_results)
 
-    admin_out = [t.studies, t.design["faces"], t.design["models"]]
+    admin_out = [t.studies, t.design["faces"], t.design["models"], t.chosen, *admin_results]
     w.on(demo.load, admin_load, None, admin_out, quiet=True)  # an annotator's page: nothing, silently
     w.on(t.tab.select, admin_load, None, admin_out, quiet=True)  # back from the Runs tab: the new study is listed
 

@@ -126,7 +126,7 @@ def launch(ctx: StudioContext, host: str, port: int, *, block: bool = True) -> g
     # to the app's own start-up events just before it (no timeout) has already reached the server.
     demo.launch(_frontend=False, server_name=host, server_port=port, auth=auth, allowed_paths=[str(ASSETS_DIR / "ui")],
                 blocked_paths=[str(p) for p in private], show_error=False, auth_message="CrossFaceID Studio: sign in",
-                head=annotate.KEYBOARD_JS, css=annotate.CSS, max_file_size=max_upload_bytes(),
+                head=annotate.KEYBOARD_JS + captions.KEYBOARD_JS, css=annotate.CSS, max_file_size=max_upload_bytes(),
                 prevent_thread_lock=not block,
                 app_kwargs={"middleware": [Middleware(FileGuard, policy=policy, grants=ctx.grants)]})
     return demo

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import gradio as gr
 import pandas as pd
@@ -18,10 +19,34 @@ from ..codes import RunStatus
 from ..runs.stages import CaptionRunSettings
 from ..validate import parse_id, plural
 from .access import StudioContext, username
-from .pages import Refresh
+from .pages import Refresh, shown_time
 from .wiring import Wiring
 
 ACTIONS = ("approve", "reject", "edit", "regenerate")
+VERSIONS = ["version", "status", "by", "when (UTC)", "flags", "text"]
+
+#: review keys: a approve, r reject, e edit (focus the caption; Ctrl+Enter saves it), n next
+KEYBOARD_JS = """
+<script>
+(() => {
+  const click = (id) => document.getElementById(id)?.click();
+  document.addEventListener("keydown", (e) => {
+    const pane = document.getElementById("caption-review");
+    if (!pane || pane.offsetParent === null || e.altKey || e.metaKey) return;
+    const t = e.target, tag = (t.tagName || "").toLowerCase();
+    if (tag === "textarea" && t.closest("#caption-text")) {
+      if (e.key === "Enter" && e.ctrlKey) { click("caption-save"); e.preventDefault(); }
+      else if (e.key === "Escape") { t.blur(); }
+      return;
+    }
+    if (e.ctrlKey || tag === "textarea" || tag === "input" || tag === "select") return;  // typing elsewhere
+    const id = {a: "caption-approve", r: "caption-reject", n: "caption-next"}[e.key];
+    if (id) { click(id); e.preventDefault(); }
+    else if (e.key === "e") { document.querySelector("#caption-text textarea")?.focus(); e.preventDefault(); }
+  });
+})();
+</script>
+"""
 
 
 @dataclass
@@ -47,6 +72,7 @@ class CaptionsTab:
     ids: gr.State
     current: gr.Number
     version: gr.Number
+    header: gr.Markdown
     photo: gr.Image
     caption: gr.Textbox
     flags: gr.Markdown
@@ -55,6 +81,7 @@ class CaptionsTab:
     reject: gr.Button
     save: gr.Button
     regen: gr.Button
+    next: gr.Button
 
 
 def base_url_label() -> str:
@@ -85,25 +112,29 @@ def build() -> CaptionsTab:
             person = gr.Textbox(label="Person", placeholder="all")
             load = gr.Button("Load queue")
             bulk = gr.Button("Approve all unflagged")
-        queue_summary = gr.Markdown()
+        queue_summary = gr.Markdown(elem_id="caption-queue-summary")
         queue = gr.Gallery(label="Queue", columns=8, height="auto", allow_preview=False, elem_id="caption-queue")
         ids = gr.State([])
         current = gr.Number(visible=False, precision=0)
         version = gr.Number(visible=False, precision=0)  # the version on screen: actions on an older one are refused
-        with gr.Row():
-            photo = gr.Image(label="Photo", interactive=False)
-            with gr.Column():
-                caption = gr.Textbox(label="Caption", lines=5, elem_id="caption-text")
-                flags = gr.Markdown()
-                with gr.Row():
-                    approve = gr.Button("Approve", variant="primary")
-                    reject = gr.Button("Reject", variant="stop")
-                    save = gr.Button("Save edit")
-                    regen = gr.Button("Regenerate")
-        history = gr.Dataframe(label="Versions", interactive=False)
+        with gr.Column(elem_id="caption-review"):
+            header = gr.Markdown("Pick a caption from the queue (keys: **a** approve, **r** reject, **e** edit "
+                                 "then **Ctrl+Enter** to save, **n** next).", elem_id="caption-current")
+            with gr.Row():
+                photo = gr.Image(label="Photo", interactive=False, height=420, elem_id="caption-photo")
+                with gr.Column():
+                    caption = gr.Textbox(label="Caption", lines=5, elem_id="caption-text")
+                    flags = gr.Markdown()
+                    with gr.Row():
+                        approve = gr.Button("Approve (a)", variant="primary", elem_id="caption-approve")
+                        reject = gr.Button("Reject (r)", variant="stop", elem_id="caption-reject")
+                        save = gr.Button("Save edit (Ctrl+Enter)", elem_id="caption-save")
+                        regen = gr.Button("Regenerate")
+                        nxt = gr.Button("Next (n)", elem_id="caption-next")
+        history = gr.Dataframe(headers=VERSIONS, label="Versions", interactive=False)
     return CaptionsTab(tab, api_key, base_url, model, concurrency, kept_only, overwrite, readiness, run, run_summary,
-                       run_id, status, flag, person, load, bulk, queue_summary, queue, ids, current, version, photo, caption,
-                       flags, history, approve, reject, save, regen)
+                       run_id, status, flag, person, load, bulk, queue_summary, queue, ids, current, version, header,
+                       photo, caption, flags, history, approve, reject, save, regen, nxt)
 
 
 def _settings(base_url: str, model: str, concurrency) -> CaptionSettings:
@@ -128,6 +159,10 @@ def readiness(ctx: StudioContext) -> str:
     else:
         parts.append(f"{plural(captioned, 'image')} captioned (" + ", ".join(f"{s} {n}" for s, n in sorted(statuses.items())
                                                                        if s != "none") + ").")
+    last = ctx.ws.store.runs(kind="caption", limit=1)
+    if last and last[0]["status"] == RunStatus.DONE and last[0]["result"]:
+        parts.append(f"\n\nLast caption run **{last[0]['id']}** (ended {shown_time(last[0]['ended_at'])} UTC): "
+                     + summary_text(last[0]["result"]))
     return " ".join(parts)
 
 
@@ -189,22 +224,32 @@ def queue_data(ctx: StudioContext, status, flag, person, limit: int = 96) -> tup
     return ctx.ws.store.caption_queue(**_queue_filters(status, flag, person), limit=limit)
 
 
-def detail(ctx: StudioContext, image_id):
-    """(version, photo, text, flags line, versions table) of an image's current caption."""
+def _by(h: dict) -> str:
+    """Who wrote a version: the model for a machine caption (its run's starter is not its author)."""
+    if h["origin"] == "human":
+        return h["author"]
+    return h["model"] or h["origin"]
+
+
+def detail(ctx: StudioContext, image_id, position: str = ""):
+    """(version, header, photo, text, flags line, versions table) of an image's current caption."""
     image_id = parse_id(image_id)
     cur = ctx.ws.store.current_caption(image_id)
     if cur is None:
         raise ValueError(f"image {image_id} has no caption")
     row = ctx.ws.store.image_table(image_ids=[image_id])[0]
-    hist = pd.DataFrame([(h["version"], h["status"], h["author"], h["created_at"], ", ".join(h["flags"]), h["text"])
-                         for h in ctx.ws.store.caption_history(int(image_id))],
-                        columns=["version", "status", "by", "when", "flags", "text"])
+    history = ctx.ws.store.caption_history(image_id)
+    hist = pd.DataFrame([(h["version"], h["status"], _by(h), shown_time(h["created_at"]),
+                          ", ".join(h["flags"]), h["text"]) for h in history],
+                        columns=VERSIONS)
     flags = ("**Flags:** " + ", ".join(cur["flags"])) if cur["flags"] else "No flags."
-    newer = [h for h in ctx.ws.store.caption_history(image_id) if h["version"] > cur["version"]]
+    newer = [h for h in history if h["version"] > cur["version"]]
     note = (f" A newer model caption (version {newer[-1]['version']}) is kept beside this reviewed one; see Versions."
             if newer else "")
-    return (cur["version"], ctx.media.file(row["media_path"]), cur["text"],
-            f"{flags} Status: **{cur['status']}** (version {cur['version']}).{note}", hist)
+    header = (f"### #{image_id} · {row['person'] or 'no person'} · {Path(row['source'] or row['media_path']).name}"
+              + (f"\n{position}" if position else ""))
+    return (cur["version"], header, ctx.media.file(row["media_path"]), cur["text"],
+            f"{flags} Status: **{cur['status']}** (version {cur['version']}, by {_by(cur)}).{note}", hist)
 
 
 def act(ctx: StudioContext, image_id, version, action: str, text: str, author: str, api_key=None, base_url=None,
@@ -250,9 +295,11 @@ def wire(ctx: StudioContext, t: CaptionsTab) -> Refresh:
 
     def queue_view(status, flag, person):
         rows, total = queue_data(ctx, status, flag, person)
+        faces = ctx.ws.store.subject_faces([r["image_id"] for r in rows])
         # one gallery item per row (a placeholder for a deleted photo), so a click's index finds its image id
-        items = [(ctx.media.thumbnail(r["media_path"]), f"#{r['image_id']} {r['person']} · {r['status']}"
-                  + (f" · {', '.join(r['flags'])}" if r["flags"] else "")) for r in rows]
+        items = [(ctx.media.face_thumbnail(r["media_path"], faces[r["image_id"]].bbox if r["image_id"] in faces else None),
+                  f"#{r['image_id']} {r['person']} · {r['status']}" + (f" · {', '.join(r['flags'])}" if r["flags"] else ""))
+                 for r in rows]
         return f"{plural(total, 'caption')} in this queue (showing {len(items)})", items, [r["image_id"] for r in rows]
 
     def on_load(request: gr.Request, status, flag, person):
@@ -261,23 +308,57 @@ def wire(ctx: StudioContext, t: CaptionsTab) -> Refresh:
     queue_io = ([t.status, t.flag, t.person], [t.queue_summary, t.queue, t.ids])
     w.on(t.load.click, on_load, *queue_io)
 
-    detail_outputs = [t.current, t.version, t.photo, t.caption, t.flags, t.history]
+    detail_outputs = [t.current, t.version, t.header, t.photo, t.caption, t.flags, t.history]
+
+    def shown(image_id, ids: list) -> tuple:
+        """The review pane for one image, with its place in the queue."""
+        where = f"{ids.index(image_id) + 1} of {len(ids)} in the queue" if image_id in ids else "not in the queue"
+        return (image_id, *detail(ctx, image_id, where))
 
     def on_select(request: gr.Request, ids: list, evt: gr.SelectData):
-        image_id = ids[evt.index]
-        return (image_id, *detail(ctx, image_id))
+        return shown(ids[evt.index], ids)
 
     w.on(t.queue.select, on_select, [t.ids], detail_outputs)
 
+    def moved_on(acted, ids: list, status, flag, person, stay: bool = False) -> tuple:
+        """The queue read again in place, and the pane on the item after ``acted`` (the same one to ``stay``)."""
+        summary, items, new_ids = queue_view(status, flag, person)
+        after = ids[ids.index(acted) + 1:] if acted in ids else []
+        nxt = acted if stay else next((i for i in after if i in new_ids), None)
+        if nxt is None and not stay:  # past the end: back to the first item still waiting, other than this one
+            nxt = next((i for i in new_ids if i != acted), None)
+        if nxt is None:
+            pane = (None, None, "The queue is done: nothing else matches these filters.", None, "", "", pd.DataFrame(columns=VERSIONS))
+        else:
+            pane = shown(nxt, new_ids)
+        return (summary, items, new_ids, *pane)
+
     def on_action(action):
-        def handler(request: gr.Request, image_id, version, text, api_key, base_url, model, concurrency):
+        def handler(request: gr.Request, image_id, version, text, api_key, base_url, model, concurrency, ids, status,
+                    flag, person):
             act(ctx, image_id, version, action, text, who(request), api_key, base_url, model, concurrency)
-            return (image_id, *detail(ctx, image_id))
+            return moved_on(parse_id(image_id), ids or [], status, flag, person, stay=action == "regenerate")
         return handler
 
-    action_inputs = [t.current, t.version, t.caption, t.api_key, t.base_url, t.model, t.concurrency]
+    action_inputs = [t.current, t.version, t.caption, t.api_key, t.base_url, t.model, t.concurrency, t.ids,
+                     t.status, t.flag, t.person]
+    action_outputs = [t.queue_summary, t.queue, t.ids, *detail_outputs]
     for button, action in ((t.approve, "approve"), (t.reject, "reject"), (t.save, "edit"), (t.regen, "regenerate")):
-        w.on(button.click, on_action(action), action_inputs, detail_outputs)
+        w.on(button.click, on_action(action), action_inputs, action_outputs)
+
+    def on_next(request: gr.Request, image_id, ids, status, flag, person):
+        if image_id in (None, "", 0):
+            if not ids:
+                raise ValueError("load a queue first")
+            return shown(ids[0], ids)
+        ids = ids or []
+        image_id = parse_id(image_id)
+        after = ids[ids.index(image_id) + 1:] if image_id in ids else ids
+        if not after:
+            raise ValueError("this is the last caption of the queue")
+        return shown(after[0], ids)
+
+    w.on(t.next.click, on_next, [t.current, t.ids, t.status, t.flag, t.person], detail_outputs)
 
     def on_bulk(request: gr.Request, status, flag, person):
         n = review.bulk_approve_unflagged(ctx.ws, who(request))

@@ -20,13 +20,13 @@ from ..runs.stages import TestsetSettings
 from ..evaluation.testsets import KINDS, NEUTRAL_PROMPT, item_rows, keep_upload, summary
 from ..validate import parse_id
 from .access import StudioContext, username
-from .pages import PageMemory, Refresh, session_of
+from .pages import PageMemory, Refresh, session_of, shown_time
 from . import run_panel
 from .run_panel import RunPanel
 from .wiring import Wiring
 
 SETS = ["name", "kind", "fills", "items", "persons", "with_target_photo", "pack", "source", "created_at"]
-HISTORY = ["id", "status", "progress", "test sets", "models", "λ", "author", "started"]
+HISTORY = ["id", "status", "progress", "test sets", "models", "λ", "author", "started (UTC)"]
 IMPORT_HELP = """The zip holds a folder of text-image pairs: `0001.jpg` with its prompt in `0001.txt`, and
 optionally `0001.input.jpg`, another photo of the same person that gives the input face (CrossFaceID-test's
 shape; without it the face comes from the photo itself, as in Unsplash-50). A subfolder names the person.
@@ -78,7 +78,7 @@ def build() -> EvaluateTab:
                                        info="auto: customization when the pairs have input photos")}
                 import_btn = gr.Button("Import", elem_id="ts-import")
             gr.Markdown(IMPORT_HELP)
-            sets = gr.Dataframe(headers=SETS, label="Test sets (click one to list its items)", interactive=False,
+            sets = gr.Dataframe(headers=[("created (UTC)" if k == "created_at" else k) for k in SETS], label="Test sets (click one to list its items)", interactive=False,
                                 elem_id="ts-list")
             items = gr.Dataframe(headers=ITEMS, label="Items", interactive=False, elem_id="ts-items")
         with gr.Accordion("2 · Evaluation run", open=True):
@@ -132,7 +132,8 @@ def build() -> EvaluateTab:
 
 def sets_frame(ctx: StudioContext) -> pd.DataFrame:
     rows = [summary(ctx.ws, t["name"]) for t in ctx.ws.store.testsets()]
-    return pd.DataFrame([[r[k] for k in SETS] for r in rows], columns=SETS)
+    return pd.DataFrame([[shown_time(r[k]) if k == "created_at" else r[k] for k in SETS] for r in rows],
+                        columns=[("created (UTC)" if k == "created_at" else k) for k in SETS])
 
 
 def history_frame(ctx: StudioContext) -> pd.DataFrame:
@@ -141,7 +142,7 @@ def history_frame(ctx: StudioContext) -> pd.DataFrame:
     for r in ctx.ws.store.runs(kind="evaluate"):
         d, s = runs.describe(r), r["settings"] or {}
         rows.append([d["id"], d["status"], d["progress"], ", ".join(s.get("testsets", [])), ", ".join(s.get("models", [])),
-                     ", ".join(f"{v:g}" for v in s.get("lambdas", [])), d["author"], d["started"]])
+                     ", ".join(f"{v:g}" for v in s.get("lambdas", [])), d["author"], shown_time(d["started"])])
     return pd.DataFrame(rows, columns=HISTORY)
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..config import ASSETS_DIR
 from ..images import ImageError
-from ..dataset.thumbnails import make_thumbnail
+from ..dataset.thumbnails import make_face_thumbnail, make_thumbnail
 from ..workspace import Workspace, atomic_copy, atomic_writer
 
 MISSING = ASSETS_DIR / "ui" / "missing.png"
@@ -55,6 +55,19 @@ class MediaServer:
             return str(MISSING)
         try:
             return str(make_thumbnail(src, self._name(media_path, "thumbs", ".jpg")))
+        except ImageError:
+            return str(MISSING)
+
+    def face_thumbnail(self, media_path: str, bbox) -> str:
+        """A square thumbnail around the photo's subject face; the whole photo when it has no face box."""
+        if bbox is None:
+            return self.thumbnail(media_path)
+        src = self.ws.media_path(media_path)
+        if not src.is_file():
+            return str(MISSING)
+        key = f"{media_path}:" + ",".join(f"{v:.1f}" for v in bbox)
+        try:
+            return str(make_face_thumbnail(src, self._name(key, "faces", ".jpg"), tuple(bbox)))
         except ImageError:
             return str(MISSING)
 

@@ -22,6 +22,11 @@ import pandas as pd
 log = logging.getLogger(__name__)
 
 
+def shown_time(iso: str | None) -> str:
+    """A stored UTC time as a person reads it in a table: ``2026-12-05 19:55:12`` (the columns say UTC)."""
+    return "" if not iso else str(iso)[:19].replace("T", " ")
+
+
 def fingerprint(value) -> Hashable:
     """A comparable stand-in for one output value (tables by content, components by their settings)."""
     if isinstance(value, pd.DataFrame):

@@ -17,12 +17,12 @@ from ..runs import jobs as runs
 from ..store import RUN_STATUSES
 from ..validate import parse_id
 from .access import StudioContext, username
-from .pages import PageMemory, Refresh
+from .pages import PageMemory, Refresh, shown_time
 from . import run_panel
 from .run_panel import RunPanel
 from .wiring import Wiring
 
-COLUMNS = ["id", "kind", "status", "progress", "author", "started", "ended", "exit_code"]
+COLUMNS = ["id", "kind", "status", "progress", "author", "started (UTC)", "ended (UTC)", "exit_code"]
 EXPERIMENT_COLUMNS = ["experiment", "step", "kind", "state", "run", "after"]
 
 
@@ -78,7 +78,8 @@ def runs_frame(ctx: StudioContext, kind=None, status=None) -> pd.DataFrame:
     runs.reap(ctx.ws)
     rows = [runs.describe(r) for r in ctx.ws.store.runs(kind=None if kind in (None, "any") else kind,
                                                          status=None if status in (None, "any") else status)]
-    return pd.DataFrame([[r[c] for c in COLUMNS] for r in rows], columns=COLUMNS)
+    return pd.DataFrame([[r["id"], r["kind"], r["status"], r["progress"], r["author"], shown_time(r["started"]),
+                          shown_time(r["ended"]), r["exit_code"]] for r in rows], columns=COLUMNS)
 
 
 def run_view(ctx: StudioContext, run_id) -> tuple[str, str]:
@@ -90,8 +91,8 @@ def run_view(ctx: StudioContext, run_id) -> tuple[str, str]:
         return f"No run {run_id}.", ""
     d = runs.describe(r)
     lines = [f"### Run {d['id']} · {d['kind']} · **{d['status']}**",
-             f"Progress {d['progress']} · by {d['author']} · started {d['started']}"
-             + (f" · ended {d['ended']} (exit code {d['exit_code']})" if d["ended"] else ""),
+             f"Progress {d['progress']} · by {d['author']} · started {shown_time(d['started'])} UTC"
+             + (f" · ended {shown_time(d['ended'])} (exit code {d['exit_code']})" if d["ended"] else ""),
              f"Worker: `{d['command']}`"]
     same = runs.equivalent_command(r)
     if same:

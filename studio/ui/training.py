@@ -21,12 +21,12 @@ from ..train.pairs import STRATEGIES, pair_statistics
 from ..runs.stages import PairsSettings, SplitSettings
 from ..validate import parse_id
 from .access import StudioContext, username
-from .pages import PageMemory, Refresh, session_of
+from .pages import PageMemory, Refresh, session_of, shown_time
 from . import run_panel
 from .run_panel import RunPanel
 from .wiring import Wiring
 
-HISTORY = ["id", "status", "progress", "model", "author", "started", "ended", "exit_code"]
+HISTORY = ["id", "status", "progress", "model", "author", "started (UTC)", "ended (UTC)", "exit_code"]
 #: why pairs were not made (``make_pairs``' excluded_by), in words
 EXCLUDED_BY = {"phash": "whole-photo hash", "face_phash": "face-box hash", "face": "face cosine"}
 
@@ -167,8 +167,8 @@ def history_frame(ctx: StudioContext) -> pd.DataFrame:
     rows = []
     for r in ctx.ws.store.runs(kind="train"):
         d = runs.describe(r)
-        rows.append([d["id"], d["status"], d["progress"], (r["settings"] or {}).get("name"), d["author"], d["started"],
-                     d["ended"], d["exit_code"]])
+        rows.append([d["id"], d["status"], d["progress"], (r["settings"] or {}).get("name"), d["author"],
+                     shown_time(d["started"]), shown_time(d["ended"]), d["exit_code"]])
     return pd.DataFrame(rows, columns=HISTORY)
 
 
