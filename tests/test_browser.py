@@ -342,7 +342,7 @@ def test_click_a_face_fast_mode_and_generate(browser, served_generate, photos, t
     page.screenshot(path=str(artifacts_dir(tmp_path) / "generate_faces.png"), full_page=True)
 
 
-def test_an_ip_adapter_faceid_model_side_by_side_with_instantid(browser, served_generate, photos):
+def test_an_ip_adapter_faceid_model_side_by_side_with_instantid(browser, served_generate, photos, tmp_path):
     """The Generate tab with the paper's second family: its model hides the IdentityNet controls (it has no
     IdentityNet and no keypoints) until an InstantID model is chosen beside it; both get the same face,
     prompt and seed."""
@@ -366,12 +366,25 @@ def test_an_ip_adapter_faceid_model_side_by_side_with_instantid(browser, served_
     page.locator("#gen-steps input[type=number]").first.press("Tab")
     page.locator("#long-side input[type=number]").first.fill("128")
     page.locator("#long-side input[type=number]").first.press("Tab")
+    page.get_by_label("λ sweep").check()
+    page.get_by_label("λ values").fill("0.4, 0.8")
     before = len(ws.store.generations())
     page.locator("#gen-prompt textarea").fill("a man wearing a hat")
     page.get_by_role("button", name="Generate", exact=True).click()
-    expect(page.locator("#generated img")).to_have_count(2, timeout=120_000)
+    # a models x λ grid: each model's row starts with the reference face, then its λ values in order
+    expect(page.locator("#generated img")).to_have_count(6, timeout=120_000)
+    labels = page.locator("#generated .caption-label").all_inner_texts()
+    rows = sorted(labels[k:k + 3] for k in (0, 3))  # the rows follow the order the models were ticked in
+    assert rows == [["reference face", "tiny · λ=0.4", "tiny · λ=0.8"],
+                    ["reference face", "tiny-faceid · λ=0.4", "tiny-faceid · λ=0.8"]], labels
+    grid = page.locator("#generated .grid-container").first.evaluate("e => getComputedStyle(e).gridTemplateColumns")
+    assert len(grid.split()) == 3, grid  # three columns: the rows do not wrap into each other
+    fits = page.locator("#generated img").evaluate_all("els => els.map(e => getComputedStyle(e).objectFit)")
+    assert set(fits) == {"contain"}  # non-square outputs whole, not cropped
+    page.locator("#generated").screenshot(path=str(artifacts_dir(tmp_path) / "generate_sweep.png"))
     made = ws.store.generations()[before:]
-    assert sorted((g["model"], g["model_spec"].get("family", "InstantID")) for g in made) == [
-        ("tiny", "InstantID"), ("tiny-faceid", "IP-Adapter-FaceID")]
+    assert sorted((g["model"], g["model_spec"].get("family", "InstantID"), g["settings"]["ip_scale"]) for g in made) == [
+        ("tiny", "InstantID", 0.4), ("tiny", "InstantID", 0.8),
+        ("tiny-faceid", "IP-Adapter-FaceID", 0.4), ("tiny-faceid", "IP-Adapter-FaceID", 0.8)]
     assert len({g["settings"]["seed"] for g in made}) == 1 and {g["settings"]["prompt"] for g in made} == {
         "a man wearing a hat"}

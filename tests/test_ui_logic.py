@@ -56,6 +56,26 @@ def test_captions_tab_says_what_is_missing_before_a_click(ctx, monkeypatch):
     assert "API key" not in text and "1 image captioned (generated 1)" in text
 
 
+def test_captions_tab_shows_the_last_runs_cost_and_flags(ctx, monkeypatch):
+    from oai_server import LocalOpenAI
+
+    from studio.captions.captioner import CaptionSettings, caption_workspace
+    from studio.codes import RunStatus
+    from studio.runs.jobs import describe
+    from studio.ui.captions import readiness
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-set")
+    with LocalOpenAI() as server:  # a real client over HTTP, as a run asks
+        report = caption_workspace(ctx.ws, CaptionSettings(base_url=server.url), "sk-set", kept_only=False)
+    run = ctx.ws.store.create_run(kind="caption", settings={}, inputs={}, author="ada")
+    ctx.ws.store.finish_run(run, RunStatus.DONE, exit_code=0, result=report.as_dict())
+    text = readiness(ctx)
+    assert f"Last caption run **{run}**" in text and f"Captioned **{report.captioned}**" in text
+    assert "estimated cost $" in text and "UTC" in text and "+00:00" not in text
+    # a count without a total reads as finished once the run is
+    assert describe(ctx.ws.store.run(run))["progress"] == "0 done"
+
+
 def test_connection_error_names_the_url_it_tried(ctx):
     from studio.captions.captioner import CaptionSettings, caption_workspace
 

@@ -91,7 +91,7 @@ def cmd_generate(args) -> int:
                                   seed=args.seed, width=args.width, height=args.height,
                                   face_region_only=args.face_region_only, long_side=args.long_side,
                                   face_margin=args.face_margin, style=args.style, scheduler=scheduler)
-    note, samples, run_id = generate_run(
+    note, samples, run_id, _ = generate_run(
         ws, ModelCache(args.device), args.model, settings, face_pack=args.face_pack,
         rgb=load_rgb(args.reference).rgb if args.reference is not None else None, image_id=args.image_id,
         face_index=args.face_index, pose_rgb=load_rgb(args.pose).rgb if args.pose is not None else None,

@@ -15,6 +15,7 @@ import io
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -172,6 +173,13 @@ class Sample:
     generation_id: int
 
 
+class GenerateResult(NamedTuple):
+    note: str
+    samples: list[Sample]
+    run_id: int
+    face: FaceCondition  # the reference face used (its photo and box: the page shows it beside the results)
+
+
 def parse_sweep(text: str) -> list[float]:
     try:
         values = [float(v) for v in text.replace(";", ",").split(",") if v.strip()]
@@ -298,8 +306,8 @@ def generate_run(ws: Workspace, cache: ModelCache, model_names: list[str], setti
                  face_pack: str, rgb: np.ndarray | None = None, image_id: int | None = None,
                  face_index: int | None = None, pose_rgb: np.ndarray | None = None, pose_image_id: int | None = None,
                  sweep: str | None = None, allow_pack_mismatch: bool = False, author: str = "studio",
-                 runner=None) -> tuple[str, list[Sample], int]:
-    """Validate, find the face (and the pose face), generate as a recorded run; returns (note, samples, run id).
+                 runner=None) -> GenerateResult:
+    """Validate, find the face (and the pose face), generate as a recorded run; returns (note, samples, run id, face).
 
     ``runner(fn)`` runs the model calls (the app passes its ZeroGPU wrapper); default: call directly.
     """
@@ -337,4 +345,4 @@ def generate_run(ws: Workspace, cache: ModelCache, model_names: list[str], setti
     if samples:
         w, h = Image.open(samples[0].path).size
         note += f" Output {w}x{h}" + (" (the photo's framing)." if settings.width is None else ".")
-    return note, samples, run_id
+    return GenerateResult(note, samples, run_id, face)

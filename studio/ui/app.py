@@ -51,7 +51,7 @@ def build_app(ctx: StudioContext) -> gr.Blocks:
             who = gr.Markdown(elem_id="who")
             if ctx.policy.mode == "hf":
                 gr.LoginButton()
-        notice = gr.Markdown(visible=bool(ctx.note), value=f"> {ctx.note}" if ctx.note else "")
+        notice = gr.Markdown(visible=bool(ctx.note), value=notice_markdown(ctx.note), elem_id="notice")
         # refreshes run progress; outside the tabs so it ticks on every tab; started by the page load for
         # admins only (an annotator's page has no run to follow)
         clock = gr.Timer(2.0, active=False)
@@ -91,6 +91,17 @@ def build_app(ctx: StudioContext) -> gr.Blocks:
         demo.load(on_load, None, [who, notice, clock, b.tab, s.tab, c.tab, g.tab, tr.tab, ev.tab, r.tab, a.tab, tabs, *admin_outputs],
                   api_visibility="private")
     return demo
+
+
+def notice_markdown(note: str) -> str:
+    """The server's notice (e.g. which face pack stands in for antelopev2) as one line, the rest on a click:
+    it sits above every tab."""
+    if not note:
+        return ""
+    head, _, rest = note.partition("; ")
+    if not rest:
+        return f"⚠ {note}"
+    return f"<details><summary>⚠ {head}</summary>\n\n{rest}\n</details>"
 
 
 def idle_politely(demo: gr.Blocks, pickup_s: float = 0.02, progress_s: float = 0.1) -> None:

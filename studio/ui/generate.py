@@ -101,7 +101,8 @@ def build() -> GenerateTab:
                         label="Use this face pack even if the model was trained on another (recorded)", value=False)
                 run = gr.Button("Generate", variant="primary")
         note = gr.Markdown(elem_id="generate-note")
-        gallery = gr.Gallery(label="Results (model · λ)", columns=5, height="auto", elem_id="generated")
+        gallery = gr.Gallery(label="Results: one row per model, the reference face first, then each λ", columns=5,
+                             height="auto", object_fit="contain", elem_id="generated")
     return GenerateTab(tab, reference, image_id, faces, face_index, pose, pose_image_id, prompt, style, ip_scale, models,
                        sweep, sweep_values, fast, negative, strength, steps, guidance, scheduler, seed, width, height,
                        long_side, face_only, face_margin, allow_mismatch, run, note, gallery, weights)
@@ -171,7 +172,7 @@ def run_generation(ctx: StudioContext, reference, image_id, prompt, ip_scale, mo
                    face_index=None, pose=None, pose_image_id=None, style: str = DEFAULT_STYLE,
                    scheduler: str = "Euler", long_side=1280, face_margin: float = 0.0,
                    allow_pack_mismatch: bool = False):
-    """Widget values -> :func:`studio.models.generate.generate_run`; returns (note, [(sample path, label)])."""
+    """Widget values -> :func:`studio.models.generate.generate_run`; returns (note, [(sample path, label)], face)."""
     if not (prompt or "").strip():
         raise ValueError("write a prompt")
     settings = GenerationSettings(
@@ -183,12 +184,24 @@ def run_generation(ctx: StudioContext, reference, image_id, prompt, ip_scale, mo
     if reference is None and not str(image_id or "").strip():
         raise ValueError("upload a reference photo or give a workspace image id")
     pose_id = parse_id(pose_image_id) if pose is None and str(pose_image_id or "").strip() else None
-    note, samples, _ = generate_run(
+    note, samples, _, face = generate_run(
         ctx.ws, ctx.models, list(model_names or []), settings, face_pack=ctx.face_pack, rgb=reference,
         image_id=None if reference is not None else parse_id(image_id), face_index=_optional_int(face_index, "face #"),
         pose_rgb=pose, pose_image_id=pose_id, sweep=sweep_values if sweep else None,
         allow_pack_mismatch=bool(allow_pack_mismatch), author=author, runner=_on_gpu)
-    return note, [(s.path, f"{s.model} · λ={s.ip_scale:g}") for s in samples]
+    return note, [(s.path, f"{s.model} · λ={s.ip_scale:g}") for s in samples], face
+
+
+def results_grid(ctx: StudioContext, items: list[tuple], face, n_models: int) -> dict:
+    """The gallery as a models x λ grid: one row per model, the reference face first in each row, each image
+    whole (a sweep wrapped into a ragged list and cropped non-square outputs)."""
+    per_row = max(1, len(items) // max(1, n_models))
+    ref = (ctx.media.face_thumbnail(face.reference, face.bbox), "reference face")
+    cells = []
+    for k in range(0, len(items), per_row):
+        cells.append(ref)
+        cells += [(ctx.media.file(str(p.relative_to(ctx.ws.root))), label) for p, label in items[k:k + per_row]]
+    return gr.Gallery(value=cells, columns=per_row + 1)
 
 
 def detected_faces(ctx: StudioContext, rgb) -> list[tuple[int, int, int, int]]:
@@ -213,12 +226,12 @@ def wire(ctx: StudioContext, t: GenerateTab) -> None:
         (reference, image_id, prompt, ip_scale, models, sweep, sweep_values, negative, strength, steps, guidance, seed,
          width, height, face_only, face_index, pose, pose_image_id, style, scheduler, long_side, face_margin,
          allow_mismatch) = values
-        note, items = run_generation(
+        note, items, face = run_generation(
             ctx, reference, image_id, prompt, ip_scale, models, sweep, sweep_values, negative, strength, steps,
             guidance, seed, width, height, face_only, author=username(ctx, request) or "local admin",
             face_index=face_index, pose=pose, pose_image_id=pose_image_id, style=style, scheduler=scheduler,
             long_side=long_side, face_margin=face_margin, allow_pack_mismatch=allow_mismatch)
-        return note, [(ctx.media.file(str(p.relative_to(ctx.ws.root))), label) for p, label in items]
+        return note, results_grid(ctx, items, face, len(models or []))
 
     w.on(t.run.click, on_run, inputs, [t.note, t.gallery])
 
@@ -274,7 +287,7 @@ def wire(ctx: StudioContext, t: GenerateTab) -> None:
         """
         scheduler = "LCM" if fast else scheduler
         lcm = scheduler == "LCM"
-        note, items = run_generation(
+        note, items, _ = run_generation(
             ctx, None, str(image_id) if image_id is not None else "", prompt, ip_scale, models, bool(sweep), sweep,
             DEMO_NEGATIVE_PROMPT if negative_prompt is None else negative_prompt, identitynet_scale,
             steps if steps is not None else (FAST_STEPS if lcm else 30),
