@@ -183,6 +183,7 @@ def test_browser_starts_a_run_sees_the_loss_and_stops_it(browser, train_app, tmp
     other = login(browser, url, "ada")
     other.get_by_role("tab", name="Training").click()
     expect(other.locator("#train-run input").first).to_have_value(str(run["id"]))
+    expect(other.locator("#train-status")).to_contain_text("Last loss")  # and its clock follows that run
     other.close()
     page.locator("#train-stop").click()
     status.get_by_text("cancelled").wait_for()
