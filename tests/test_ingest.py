@@ -148,8 +148,51 @@ def test_crossfaceid_jsonl(tmp_path, photos):
     problems = {p["source"].split("/")[-1]: (p["code"], p["detail"]) for p in ws.store.ingest_problems()}
     assert problems["train.jsonl:3"][0] == "malformed_jsonl"
     assert problems["missing.jpg"][0] == "missing_file"
-    assert problems["train.jsonl:5"] == ("missing_field", "no 'image_file' field")
+    assert problems["train.jsonl:5"] == ("missing_field", "no 'image_file' or 'file_name' field")
     assert problems["train.jsonl:6"][0] == "malformed_jsonl"
+
+
+#: the line the official trainer's shell script (train_instantId_sdxl.sh) documents, paths made relative to a
+#: data root as its ROOT_DATA_DIR / --data_root_path does
+OFFICIAL_LINE = {
+    "file_name": "train_data/images_part0/84634599103.jpg",
+    "additional_feature": "myolv1,a man with glasses and a tie on posing for a picture in front of a window with a "
+                          "building in the background, Andrew Law, johnson ting, a picture, mannerism",
+    "bbox": [-31.329412311315536, 160.6865997314453, 496.19240215420723, 688.1674156188965],
+    "landmarks": [[133.046875, 318], [319.3125, 318], [221.0625, 422], [153.515625, 535], [298.84375, 537]],
+    "insightface_feature_file": "feature_data/images_part0/84634599103.bin"}
+
+
+def test_the_official_jsonl_with_file_name_a_data_root_and_the_person(tmp_path, photos, capsys):
+    from studio.cli import main
+
+    root, lists = tmp_path / "data", tmp_path / "lists"
+    shutil.copy(photos["obama"], _dir(root / "train_data" / "images_part0") / "84634599103.jpg")
+    shutil.copy(photos["biden"], root / "train_data" / "images_part0" / "51.jpg")
+    np.ones(512, dtype=np.float32).tofile(_dir(root / "feature_data" / "images_part0") / "84634599103.bin")
+    second = {**OFFICIAL_LINE, "file_name": "train_data/images_part0/51.jpg"}
+    _dir(lists)
+    (lists / "CrossFaceID.jsonl").write_text(json.dumps(OFFICIAL_LINE) + "\n" + json.dumps(second) + "\n")
+    ws = Workspace.open(tmp_path / "ws")
+    report = ingest(ws, lists / "CrossFaceID.jsonl", data_root=root).as_dict()
+    assert report["added"] == 2 and report["rejected"] == 0
+    # no person in the line: the folder name, said out loud
+    assert "2 JSONL line(s) name no person" in report["warning"] and "images_part0 (2)" in report["warning"]
+    meta = ws.store.image_table()[0]["import_meta"]
+    assert meta["insightface_feature_file"] == str(root / "feature_data/images_part0/84634599103.bin")
+    assert meta["bbox"] == OFFICIAL_LINE["bbox"]
+    ws2 = Workspace.open(tmp_path / "ws2")
+    by_pattern = ingest(ws2, lists / "CrossFaceID.jsonl", data_root=root, person_pattern=r"/(?P<person>\d+)\.jpg$")
+    assert by_pattern.added == 2 and "warning" not in by_pattern.as_dict()
+    assert sorted(r["person"] for r in ws2.store.image_table()) == ["51", "84634599103"]
+    with pytest.raises(ValueError, match="not a regular expression"):
+        ingest(ws2, lists / "CrossFaceID.jsonl", person_pattern="(")
+    # without the data root every line is rejected: the command says so and exits 1
+    ws3 = tmp_path / "ws3"
+    assert main(["ingest", str(lists / "CrossFaceID.jsonl"), "--workspace", str(ws3)]) == 1
+    assert "error: nothing was added: 2 input(s) rejected (missing_file 2)" in capsys.readouterr().err
+    assert main(["ingest", str(lists / "CrossFaceID.jsonl"), "--workspace", str(ws3), "--data-root", str(root),
+                 "--person-column", "additional_feature"]) == 0
 
 
 def test_csv_table(tmp_path, photos):

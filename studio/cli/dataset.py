@@ -12,7 +12,13 @@ from .common import open_workspace, print_result, report_run, run_stage
 
 def cmd_ingest(args) -> int:
     run_id, result = run_stage(args, open_workspace(args), IngestSettings.from_args(args))
-    return report_run(run_id, result, args.json)
+    code = report_run(run_id, result, args.json)
+    if code == 0 and result["added"] == 0 and result["rejected"]:
+        reasons = ", ".join(f"{k} {v}" for k, v in result["rejected_by_reason"].items())
+        print(f"error: nothing was added: {result['rejected']} input(s) rejected ({reasons}); "
+              f"see `python -m studio problems`", file=sys.stderr)
+        return 1
+    return code
 
 
 def cmd_analyze(args) -> int:
@@ -118,8 +124,11 @@ def add_commands(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--person-column", default=None,
                    help="table column (or shard metadata field) with the person (default: detected)")
     p.add_argument("--person-pattern", default=None,
-                   help="shards: regex on the sample key whose group 'person' (or group 1) is the person "
-                        "(default: a person field of the .json, else the key's folder part)")
+                   help="shards and JSONL: regex on the sample key (shards) or the image path (JSONL) whose group "
+                        "'person' (or group 1) is the person (default: a person field, else the folder name)")
+    p.add_argument("--data-root", default=None,
+                   help="JSONL: the folder its relative image paths start from (the official trainer's "
+                        "--data_root_path; default: the JSONL's folder)")
     p.add_argument("--caption-column", default=None, help="table column with captions (default: detected)")
     p.set_defaults(func=cmd_ingest)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -60,12 +61,19 @@ class IngestReport:
     rejected: int = 0
     reasons: Counter = field(default_factory=Counter)
     problems: list[str] = field(default_factory=list)
+    person_from_folder: Counter = field(default_factory=Counter)  # folder name -> images given it as their person
 
     def as_dict(self) -> dict:
-        return {
+        out = {
             "added": self.added, "duplicates": self.duplicates, "already_ingested": self.already,
             "rejected": self.rejected, "rejected_by_reason": dict(self.reasons), "problems": self.problems,
         }
+        if self.person_from_folder:
+            n = sum(self.person_from_folder.values())
+            folders = ", ".join(f"{k} ({v})" for k, v in self.person_from_folder.most_common(5))
+            out["warning"] = (f"{n} JSONL line(s) name no person: each got its image's folder name as the person "
+                              f"({folders}); if a folder is not one person, give --person-column or --person-pattern")
+        return out
 
 
 # -- listing sources -----------------------------------------------------------------------------
@@ -132,9 +140,16 @@ def iter_folders(root: Path) -> Iterator[Item]:
         errors.clear()
 
 
-def iter_jsonl(jsonl: Path) -> Iterator[Item]:
-    """The CrossFaceID training layout; relative paths are relative to the JSONL's folder."""
-    base = jsonl.parent
+#: the JSONL's image field: the official trainer's dataset class reads ``image_file``; its shell script
+#: documents the same line with ``file_name``
+JSONL_FILE_FIELDS = ("image_file", "file_name")
+
+
+def iter_jsonl(jsonl: Path, data_root: Path | None = None, person_column: str | None = None,
+               person_pattern=None) -> Iterator[Item]:
+    """The CrossFaceID training layout; relative paths are relative to ``data_root`` (the official
+    trainer's ``--data_root_path``), by default the JSONL's folder."""
+    base = Path(data_root) if data_root else jsonl.parent
     try:
         fh = jsonl.open("r", encoding="utf-8")
     except OSError as exc:
@@ -153,7 +168,7 @@ def iter_jsonl(jsonl: Path) -> Iterator[Item]:
                 yield Item(source=where, person=None, error=ImageError(where, "malformed_jsonl", str(exc)))
                 continue
             try:
-                yield _jsonl_item(rec, base, where)
+                yield _jsonl_item(rec, base, where, person_column, person_pattern)
             except FieldError as exc:
                 yield Item(source=where, person=None, error=ImageError(where, exc.code, str(exc)))
 
@@ -199,9 +214,15 @@ def _points_field(rec: dict, name: str, length: int | None = None) -> list | Non
     return value
 
 
-def _jsonl_item(rec: dict, base: Path, where: str) -> Item:
-    """Validate every field of one JSONL record before anything is read or stored."""
-    image_file = _text_field(rec, "image_file", required=True, path=True)
+def _jsonl_item(rec: dict, base: Path, where: str, person_column: str | None = None, pattern=None) -> Item:
+    """Validate every field of one JSONL record before anything is read or stored.
+
+    The person: ``person_column``'s value, else a person field, else ``pattern``'s group on the image
+    path, else the image's folder name (``meta["person_from"]`` says which, so the run can warn)."""
+    name = next((n for n in JSONL_FILE_FIELDS if rec.get(n) not in (None, "")), None)
+    if name is None:
+        raise FieldError("missing_field", f"no {' or '.join(repr(n) for n in JSONL_FILE_FIELDS)} field")
+    image_file = _text_field(rec, name, required=True, path=True)
     feature = _text_field(rec, "insightface_feature_file", path=True)
     caption = _text_field(rec, "additional_feature")
     if caption is None:
@@ -209,7 +230,12 @@ def _jsonl_item(rec: dict, base: Path, where: str) -> Item:
             caption = _text_field(rec, name) if name in rec else None
             if caption is not None:
                 break
-    person = next((rec[n] for n in PERSON_FIELDS if rec.get(n) not in (None, "")), None)
+    if person_column is not None:
+        if rec.get(person_column) in (None, ""):
+            raise FieldError("missing_field", f"no {person_column!r} field (the person column)")
+        person = rec[person_column]
+    else:
+        person = next((rec[n] for n in PERSON_FIELDS if rec.get(n) not in (None, "")), None)
     if person is not None and (isinstance(person, bool) or not isinstance(person, (str, int))):
         raise FieldError("bad_field", f"person field must be a string or a number, got {_type(person)}")
     if isinstance(person, str) and "\x00" in person:
@@ -225,8 +251,16 @@ def _jsonl_item(rec: dict, base: Path, where: str) -> Item:
         feat = Path(feature)
         meta["insightface_feature_file"] = str(feat if feat.is_absolute() else base / feat)
     meta["jsonl"] = where
-    return Item(source=str(path.resolve()), person=str(person) if person is not None else path.parent.name, path=path,
-                caption=caption, meta=meta, suffix=path.suffix)
+    if person is None and pattern is not None:
+        person = _key_person(image_file, pattern)
+        if person is None:
+            raise FieldError("no_person", f"--person-pattern {pattern.pattern!r} does not match {image_file!r}")
+        meta["person_from"] = "pattern"
+    elif person is None:
+        person = path.parent.name
+        meta["person_from"] = "folder"
+    return Item(source=str(path.resolve()), person=str(person), path=path, caption=caption, meta=meta,
+                suffix=path.suffix)
 
 
 def _table_rows(table: Path, df, fcol, pcol, ccol) -> Iterator[Item]:
@@ -447,19 +481,28 @@ def iter_source(source: Path, **table_columns) -> Iterator[Item]:
         raise FileNotFoundError(f"ingest source {source} does not exist")
     suffix = source.suffix.lower()
     shard_opts = {k: table_columns.pop(k, None) for k in ("person_pattern",)}
+    data_root = table_columns.pop("data_root", None)
+    if data_root is not None and not Path(data_root).is_dir():
+        raise ValueError(f"--data-root {data_root} is not a folder")
     if suffix == ".tar" or (source.is_dir() and any(source.glob("*.tar"))):
         return iter_shards(source, person_column=table_columns.get("person_column"), **shard_opts)
+    jsonls = [source] if source.is_file() and suffix == ".jsonl" else (
+        sorted(source.glob("*.jsonl")) if source.is_dir() else [])
+    if jsonls:
+        try:
+            pattern = re.compile(shard_opts["person_pattern"]) if shard_opts["person_pattern"] else None
+        except re.error as exc:
+            raise ValueError(f"--person-pattern {shard_opts['person_pattern']!r} is not a regular expression: {exc}") from None
+        opts = {"data_root": data_root, "person_column": table_columns.get("person_column"), "person_pattern": pattern}
+        return (item for j in jsonls for item in iter_jsonl(j, **opts))
     if shard_opts["person_pattern"]:
-        raise ValueError("--person-pattern applies to webdataset .tar shards only")
+        raise ValueError("--person-pattern applies to webdataset .tar shards and JSONL files only")
+    if data_root is not None:
+        raise ValueError("--data-root applies to JSONL files only")
     if source.is_file():
-        if suffix == ".jsonl":
-            return iter_jsonl(source)
         if suffix in (".csv", ".parquet"):
             return iter_table(source, **table_columns)
         raise ValueError(f"{source}: unknown source file type {suffix!r}; expected .jsonl, .csv, .parquet or a folder")
-    jsonls = sorted(source.glob("*.jsonl"))
-    if jsonls:
-        return (item for j in jsonls for item in iter_jsonl(j))
     return iter_folders(source)
 
 
@@ -594,6 +637,8 @@ def _store(ws: Workspace, p: _Prepared, report: IngestReport, tags, run_id: int 
                 ws.media_path(rel).unlink(missing_ok=True)
             raise
     report.added += 1
+    if (item.meta or {}).get("person_from") == "folder":
+        report.person_from_folder[item.person] += 1
 
 
 #: PIL format -> the extension a stored original keeps

@@ -48,6 +48,7 @@ class IngestSettings(RunSettings):
     person_column: str | None = None
     person_pattern: str | None = None
     caption_column: str | None = None
+    data_root: str | None = None  # JSONL: the folder relative image paths start from (default: the JSONL's)
 
 
 @dataclass
@@ -225,7 +226,7 @@ def _ingest(ws: Workspace, s: IngestSettings, run: StageRun) -> dict:
 
     return ingest(ws, s.source, workers=s.workers, progress=run.track, file_column=s.file_column,
                   person_column=s.person_column, caption_column=s.caption_column, person_pattern=s.person_pattern,
-                  run_id=run.run_id).as_dict()
+                  data_root=s.data_root, run_id=run.run_id).as_dict()
 
 
 def _analyze(ws: Workspace, s: AnalyzeSettings, run: StageRun) -> dict:
