@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import re
+import os
 from pathlib import Path
 
 import numpy as np
@@ -131,6 +133,21 @@ def test_manifest_layout_and_caption_choices(ws, tmp_path):
         assert table[line["target_id"]]["person"] == line["person"] == "obama"
     side = json.loads((out / "train.manifest.json").read_text())
     assert side["data_sha256"] == result["data_sha256"] and side["split"] == "train"
+    # the folder says how the official trainer reads it: --data_root_path joined with each line's paths
+    readme = (out / "README.md").read_text()
+    root = re.search(r"--data_root_path (\S+)", readme).group(1)
+    assert root == str(out.resolve()) and f"--data_json_file {(out / 'train.jsonl').resolve()}" in readme
+    assert all(os.path.isfile(os.path.join(root, line[k])) for line in lines
+               for k in ("image_file", "insightface_feature_file"))
+    absolute = export_manifest(ws, tmp_path / "abs", missing_caption="template", allow_other_pack=True,
+                               paths="absolute")
+    abs_lines = [json.loads(x) for x in (tmp_path / "abs" / "train.jsonl").read_text().splitlines()]
+    assert absolute["lines"] == 4 and "--data_root_path / " in absolute["official_command"]
+    for line in abs_lines:
+        assert all(os.path.isabs(line[k]) and os.path.isfile(line[k])
+                   for k in ("image_file", "insightface_feature_file", "face_image_file"))
+    with pytest.raises(ExportError, match="relative or absolute"):
+        export_manifest(ws, tmp_path / "x", missing_caption="template", allow_other_pack=True, paths="url")
 
 
 def test_manifest_to_an_unwritable_dir_names_it(ws, tmp_path):

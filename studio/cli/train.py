@@ -83,6 +83,9 @@ def add_commands(sub, common: argparse.ArgumentParser) -> None:
                    help="use embeddings of a face pack other than antelopev2 (the released models' pack)")
     p.add_argument("--candidates", action="store_true",
                    help="one line per target listing every paired face (face_candidates); training draws one per epoch")
+    p.add_argument("--paths", choices=["relative", "absolute"], default="relative",
+                   help="image and embedding paths relative to the manifest's folder (the official trainer's "
+                        "--data_root_path) or absolute; the folder's README.md gives the official command")
     p.set_defaults(func=cmd_manifest)
 
     p = sub.add_parser("train", parents=[common], help="fine-tune InstantID on a manifest with `accelerate launch`")

@@ -175,8 +175,10 @@ class ManifestSettings(RunSettings):
     template: str = "a photo of a person"
     allow_other_pack: bool = False
     candidates: bool = False
+    paths: str = "relative"  # image paths relative to the manifest's folder, or absolute
 
     def validate(self) -> None:
+        _one_of("manifest", "paths", self.paths, ("relative", "absolute"))
         _one_of("manifest", "split", self.split, ("train", "validation"))
         _one_of("manifest", "captions", self.captions, ("approved", "unflagged", "any"))
         _one_of("manifest", "missing_caption", self.missing_caption, ("skip", "template", "error"))
@@ -328,7 +330,7 @@ def _manifest(ws: Workspace, s: ManifestSettings, run: StageRun) -> dict:
 
     return export_manifest(ws, s.out, s.split, captions=s.captions, missing_caption=s.missing_caption,
                            template=s.template, allow_other_pack=s.allow_other_pack, candidates=s.candidates,
-                           run_id=run.run_id, author=run.author)
+                           paths=s.paths, run_id=run.run_id, author=run.author)
 
 
 def _check_train(ws: Workspace, s: TrainConfig, run_id: int | None = None) -> None:

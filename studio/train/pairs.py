@@ -277,9 +277,50 @@ def pair_statistics(ws: Workspace, split: str = "train") -> dict:
 
 # -- manifest ----------------------------------------------------------------------------------
 
+def official_command(jsonl: Path, out: Path, paths: str) -> str:
+    """The CrossFaceID / MFaceTech trainer (``train_instantId_sdxl.py``) reading this manifest: its dataset
+    class joins ``--data_root_path`` with each line's paths (an absolute path stays itself)."""
+    root = "/" if paths == "absolute" else str(out.resolve())
+    return "\n".join([
+        'accelerate launch --mixed_precision="fp16" train_instantId_sdxl.py \\',
+        "  --pretrained_model_name_or_path stabilityai/stable-diffusion-xl-base-1.0 \\",
+        "  --controlnet_model_name_or_path InstantX/InstantID/ControlNetModel \\",
+        "  --pretrained_ip_adapter_path InstantX/InstantID/ip-adapter.bin \\",
+        "  --image_encoder_path h94/IP-Adapter/sdxl_models/image_encoder \\",
+        f"  --data_json_file {jsonl.resolve()} \\",
+        f"  --data_root_path {root} \\",
+        "  --output_dir OUTPUT_DIR --clip_proc_mode orig_crop --resolution 512 \\",
+        "  --learning_rate 1e-5 --weight_decay=0.01 --num_train_epochs 5 --train_batch_size 8"])
+
+
+def manifest_readme(result: dict, paths: str) -> str:
+    return f"""# Cross-training manifest: {result['split']} split
+
+Written by CrossFaceID Studio: {result['lines']} line(s) from {result['pairs']} pair(s) of {result['persons']} person(s).
+Each line is a target image i (`image_file`, its caption `additional_feature`, face `bbox`, 5-point
+`landmarks`) with the ArcFace embedding of the face of another image j of the same person
+(`insightface_feature_file`, a float32 `.npy`; `face_image_file` is that photo). Paths are {paths}
+{'to this folder' if paths == 'relative' else ''}.
+
+## Train with the studio
+
+    python -m studio train --manifest {result['jsonl']} ...
+
+## Train with the official CrossFaceID / InstantID trainer
+
+Its dataset class joins `--data_root_path` with the paths of each line, so with {paths} paths it is
+{'this folder' if paths == 'relative' else '`/`'}. Point the model paths at your copies of the weights:
+
+```bash
+{result['official_command']}
+```
+"""
+
+
 def export_manifest(ws: Workspace, out_dir: str | Path, split: str = "train", *, captions: str = "approved",
                     missing_caption: str = "skip", template: str = DEFAULT_TEMPLATE, allow_other_pack: bool = False,
-                    candidates: bool = False, run_id: int | None = None, author: str = "studio") -> dict:
+                    candidates: bool = False, paths: str = "relative", run_id: int | None = None,
+                    author: str = "studio") -> dict:
     """Write ``out_dir/<split>.jsonl`` (+ images and embeddings) for the stored pairs of ``split``.
 
     Each line is a target image i with its caption, box and landmarks, and the embedding of the
@@ -288,7 +329,11 @@ def export_manifest(ws: Workspace, out_dir: str | Path, split: str = "train", *,
     (``face_candidates``; the first stays ``insightface_feature_file``): the trainer draws one per
     epoch, the paper's "a different random face"; pair with ``--per-image K`` for K of them.
     ``missing_caption``: ``skip`` the pair, fall back to ``template`` (counted), or ``error``.
+    ``paths``: ``relative`` to the manifest's folder (the official trainer's ``--data_root_path``) or
+    ``absolute``. ``out_dir/README.md`` gives the official trainer's command for this manifest.
     """
+    if paths not in ("relative", "absolute"):
+        raise ExportError(f"paths must be relative or absolute, got {paths!r}")
     if captions not in CAPTION_POLICIES:
         raise ExportError(f"captions must be one of {list(CAPTION_POLICIES)}, got {captions!r}")
     if missing_caption not in MISSING_CAPTION:
@@ -330,16 +375,20 @@ def export_manifest(ws: Workspace, out_dir: str | Path, split: str = "train", *,
             caption, source = template, "template"
         try:
             image_file, face_file = write_image(ws, out, target), write_image(ws, out, face)
+            embedding_file = write_embedding(out, face, f_face)
         except (ImageError, OSError) as exc:  # that pair only; the line is never written half
             unwritable.append({"target_id": p["target_id"], "face_id": p["face_id"], "error": str(exc)})
             continue
+        if paths == "absolute":
+            image_file, face_file, embedding_file = (str((out / f).resolve()) for f in (image_file, face_file,
+                                                                                      embedding_file))
         templated += source == "template"
         lines.append(json.dumps({
             "image_file": image_file,
             "additional_feature": caption,
             "bbox": [round(v, 2) for v in t_face.bbox],
             "landmarks": t_face.kps,
-            "insightface_feature_file": write_embedding(out, face, f_face),
+            "insightface_feature_file": embedding_file,
             "face_image_file": face_file,
             "person": target["person"], "target_id": p["target_id"], "face_id": p["face_id"],
             "caption_source": source, "face_pack": face["pack"],
@@ -364,8 +413,10 @@ def export_manifest(ws: Workspace, out_dir: str | Path, split: str = "train", *,
                         f"{unwritable[:3]}")
     if warnings:
         result["warning"] = "; ".join(warnings)
+    result["official_command"] = official_command(jsonl, out, paths)
+    atomic_write_bytes(out / "README.md", manifest_readme(result, paths).encode())
     settings = {"split": split, "captions": captions, "missing_caption": missing_caption, "template": template,
-                "allow_other_pack": allow_other_pack, "candidates": candidates}
+                "allow_other_pack": allow_other_pack, "candidates": candidates, "paths": paths}
     atomic_write_bytes(out / f"{split}.manifest.json",
                        json.dumps({**result, **settings, "run_id": run_id}, indent=2).encode())
     ws.store.record_export(out_dir=str(out.resolve()), settings={"kind": "pairs", **settings}, result=result,
