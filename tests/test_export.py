@@ -107,3 +107,50 @@ def test_exif_rotated_photo_exported_upright(tmp_path, photos, pack):
     assert exported.size == obama.size and not exported.getexif().get(0x0112)
     x1, y1, x2, y2 = line["bbox"]
     assert x2 - x1 < y2 - y1 + 60 and 0 <= x1 < x2 <= obama.width and 0 <= y1 < y2 <= obama.height
+
+
+def test_hf_export_loads_with_datasets_and_has_a_card(curated_ws, tmp_path):
+    import datasets
+
+    from studio.dataset.hf_export import export_hf
+
+    out = tmp_path / "hf"
+    result = export_hf(curated_ws, out, include_failed=True, captions="any", allow_other_pack=True)
+    ds = datasets.load_dataset("imagefolder", data_dir=str(out), split="train",
+                               cache_dir=str(tmp_path / "hf_cache"))  # datasets' own reader, offline
+    table = {r["id"]: r for r in curated_ws.store.image_table()}
+    with_face = {i for i, r in table.items() if curated_ws.store.subject_face(i) is not None}
+    assert len(ds) == result["rows"] == len(with_face) and result["kept"] == 4
+    for col in ("image", "person", "caption", "caption_status", "passed", "reasons", "face_bbox", "keypoints",
+                "embedding", "pose", "face_pack"):
+        assert col in ds.column_names, ds.column_names
+    for row in ds:
+        stored = table[row["studio_image_id"]]
+        face = curated_ws.store.subject_face(row["studio_image_id"])
+        assert row["person"] == stored["person"] and row["passed"] == bool(stored["passed"])
+        assert row["image"].size == (stored["width"], stored["height"])
+        np.testing.assert_allclose(row["embedding"], face.embedding, rtol=1e-6)
+        assert len(row["keypoints"]) == 5 and row["face_bbox"] == pytest.approx(list(face.bbox), abs=0.01)
+        assert row["passed"] or row["reasons"]
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\nlicense: other") and f"{result['rows']} photo(s) of {result['persons']} person(s)" in card
+    assert "at least 512 px" in card and "4% of the photo" in card and "bundled" in card
+
+
+def test_hf_push_without_a_token_is_refused_before_writing(curated_ws, tmp_path, monkeypatch, capsys):
+    from studio.runs.stages import ExportSettings, stage
+
+    monkeypatch.setenv("HF_TOKEN", "")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))  # no stored login either
+    s = ExportSettings.from_dict({"out": str(tmp_path / "hf"), "format": "hf", "push_to_hub": "me/faces",
+                                  "allow_other_pack": True})
+    with pytest.raises(ValueError, match="no Hugging Face token"):
+        stage("export").check_start(curated_ws, s)
+    assert not (tmp_path / "hf").exists()
+    from studio.cli import main
+
+    code = main(["export", "--workspace", str(curated_ws.root), "--out", str(tmp_path / "hf"), "--format", "hf",
+                 "--push-to-hub", "me/faces", "--allow-other-pack"])
+    assert code == 2 and "no Hugging Face token" in capsys.readouterr().err and not (tmp_path / "hf").exists()
+    with pytest.raises(ValueError, match="push_to_hub needs format hf"):
+        ExportSettings.from_dict({"out": str(tmp_path / "x"), "push_to_hub": "me/faces"})

@@ -189,6 +189,12 @@ def add_commands(sub, common: argparse.ArgumentParser) -> None:
                    help="an image without such a caption: keep with an empty caption (warned), skip it, or fail")
     p.add_argument("--allow-other-pack", action="store_true",
                    help="export embeddings of a face pack other than antelopev2 (the released models' pack)")
+    p.add_argument("--format", choices=["studio", "hf"], default="studio",
+                   help="studio: the training JSONL + .npy embeddings; hf: a Hugging Face imagefolder dataset "
+                        "(datasets.load_dataset('imagefolder', data_dir=OUT)) with a dataset card")
+    p.add_argument("--push-to-hub", default=None, metavar="REPO",
+                   help="with --format hf: upload to this dataset repository (private unless --public; needs a token)")
+    p.add_argument("--public", action="store_true", help="make a pushed dataset repository public")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("demo", parents=[common], help="build the bundled demo workspace from assets/demo")

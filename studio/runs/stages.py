@@ -125,10 +125,16 @@ class ExportSettings(RunSettings):
     captions: str = "approved"
     missing_caption: str = "keep"
     allow_other_pack: bool = False
+    format: str = "studio"  # studio: the training JSONL + .npy; hf: a Hugging Face imagefolder dataset + card
+    push_to_hub: str | None = None  # hf: upload to this dataset repository (needs a token)
+    public: bool = False  # a pushed dataset repository is private unless this is set
 
     def validate(self) -> None:
         _one_of("export", "captions", self.captions, ("approved", "unflagged", "any"))
         _one_of("export", "missing_caption", self.missing_caption, ("keep", "skip", "error"))
+        _one_of("export", "format", self.format, ("studio", "hf"))
+        if self.push_to_hub and self.format != "hf":
+            raise ValueError("export settings: push_to_hub needs format hf")
 
 
 @dataclass
@@ -304,9 +310,27 @@ def _tag(ws: Workspace, s: TagSettings, run: StageRun) -> dict:
     return {"tags": tag_workspace(ws)}
 
 
+def _check_export(ws: Workspace, s: ExportSettings, run_id: int | None = None) -> None:
+    """A push without a Hugging Face token is refused before anything is written."""
+    if s.push_to_hub:
+        from huggingface_hub import get_token
+
+        if not get_token():
+            raise ValueError(f"--push-to-hub {s.push_to_hub}: no Hugging Face token; run `hf auth login` or set "
+                             "HF_TOKEN (or export without --push-to-hub and upload the folder later)")
+
+
 def _export(ws: Workspace, s: ExportSettings, run: StageRun) -> dict:
     from ..dataset.export import export_training_set
 
+    if s.format == "hf":
+        from ..dataset.hf_export import export_hf, push_to_hub
+
+        result = export_hf(ws, s.out, include_failed=s.include_failed, captions=s.captions,
+                           allow_other_pack=s.allow_other_pack, track=run.track)
+        if s.push_to_hub:
+            result["pushed"] = push_to_hub(s.out, s.push_to_hub, private=not s.public)
+        return result
     return export_training_set(ws, s.out, include_failed=s.include_failed, captions=s.captions,
                                missing_caption=s.missing_caption, allow_other_pack=s.allow_other_pack,
                                run_id=run.run_id, author=run.author, track=run.track)
@@ -426,7 +450,7 @@ STAGES: dict[str, Stage] = {s.kind: s for s in (
     Stage("curate", CurateSettings, _curate, resolve=_resolve_curate),
     Stage("caption", CaptionRunSettings, _caption, exclusive=True),
     Stage("tag", TagSettings, _tag, _check_tag),
-    Stage("export", ExportSettings, _export),
+    Stage("export", ExportSettings, _export, _check_export),
     Stage("split", SplitSettings, _split),
     Stage("pairs", PairsSettings, _pairs),
     Stage("manifest", ManifestSettings, _manifest),
