@@ -159,10 +159,14 @@ def test_table3_alpha_and_exports_against_hand_computed_values(study_ws):
     with open(ws.root / files["scores.csv"], newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 11 * 3 and set(rows[0]) >= {"sample", "model", "annotator", "criterion", "score", "time"}
-    tasks = json.loads((ws.root / files["label_studio.json"]).read_text())
-    first = next(t for t in tasks if t["id"] == 0)
-    assert len(first["annotations"]) == 3 and first["annotations"][0]["result"][0]["type"] == "rating"
-    assert {x["value"]["rating"] for a in first["annotations"] for x in a["result"] if x["from_name"] == "quality"} == {3, 2}
+    tasks = json.loads((ws.root / files["labelstudio/tasks.json"]).read_text())
+    first = next(t for t in tasks if t["data"]["item"] == 0)
+    assert len(first["annotations"]) == 3 and first["annotations"][0]["result"][0]["type"] == "choices"
+    assert {x["value"]["choices"][0] for a in first["annotations"] for x in a["result"]
+            if x["from_name"] == "Quality"} == {"3", "2"}
+    assert {a["completed_by"]["email"] for a in first["annotations"]} == {"ann1@studio.local", "ann2@studio.local",
+                                                                          "ann3@studio.local"}
+    assert first["data"]["image"].startswith("data:image/") and "model" not in first["data"]
     assert "| zebra-model | customization | 4 | 5 |" in (ws.root / files["table3.md"]).read_text()
 
 

@@ -54,6 +54,28 @@ def cmd_study(args) -> int:
     if args.action == "export":
         print_result(he.export(ws, args.name, args.out), args.json)
         return 0
+    if args.action in ("export-labelstudio", "import-labelstudio"):
+        from ..human import labelstudio as ls
+
+        emails = ls.read_emails(args.emails)
+        if args.action == "export-labelstudio":
+            out = args.out or ws.root / "exports" / "labelstudio" / args.name
+            result = ls.export_labelstudio(ws, args.name, out, images=args.images, document_root=args.document_root,
+                                           emails=emails, domain=args.email_domain)
+            print("Label Studio needs a user for each of: " + ", ".join(result["users_needed"] or ["(no scores yet)"]),
+                  file=sys.stderr)
+        else:
+            if args.file is None:
+                raise ValueError("import-labelstudio needs --file (Label Studio's JSON export)")
+            result = ls.import_labelstudio(ws, args.name, args.file, users=args.users, emails=emails,
+                                           domain=args.email_domain, replace=args.replace, from_study=args.from_study)
+            for problem in result["problems"][:20]:
+                print(f"warning: {problem}", file=sys.stderr)
+            if result["problems"] and not (result["scores_added"] or result["scores_same"] or result["comments"]):
+                print(f"error: nothing was imported: {len(result['problems'])} problem(s)", file=sys.stderr)
+                return 1
+        print_result(result, args.json)
+        return 0
     s = he.get_study(ws, args.name)
     print_result(s, args.json)
     return 0
@@ -63,7 +85,8 @@ def add_commands(sub, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("study", parents=[common],
                        help="human-evaluation studies: create (from samples), generate (faces x prompts x models), "
                             "open, close, results, export")
-    p.add_argument("action", choices=["create", "generate", "open", "close", "list", "show", "results", "export"])
+    p.add_argument("action", choices=["create", "generate", "open", "close", "list", "show", "results", "export",
+                                       "export-labelstudio", "import-labelstudio"])
     p.add_argument("--name")
     p.add_argument("--eval-run", type=int, default=None, help="create: the samples of an evaluation run")
     p.add_argument("--generations", default="", help="create: comma-separated generated-sample ids")
@@ -92,4 +115,18 @@ def add_commands(sub, common: argparse.ArgumentParser) -> None:
     g.add_argument("--face-pack", default=None, help="for a folder / zip of faces (default auto)")
     g.add_argument("--device", default=None)
     p.add_argument("--out", type=Path, default=None, help="export: folder (default <workspace>/exports/studies/...)")
+    g = p.add_argument_group("Label Studio: export-labelstudio (config + tasks), import-labelstudio --file EXPORT.json")
+    g.add_argument("--images", choices=["data", "local-files"], default="data",
+                   help="data: photos embedded as data URLs (small studies); local-files: /data/local-files/?d=PATH "
+                        "under --document-root (Label Studio's LOCAL_FILES_DOCUMENT_ROOT)")
+    g.add_argument("--document-root", type=Path, default=None, help="local-files: the root (default: the workspace)")
+    g.add_argument("--emails", type=Path, default=None,
+                   help="annotator name -> Label Studio email (JSON object or name,email CSV); "
+                        "default NAME@--email-domain")
+    g.add_argument("--email-domain", default="studio.local")
+    g.add_argument("--users", type=Path, default=None,
+                   help="import: Label Studio's user list (GET /api/users), to read the export's user ids")
+    g.add_argument("--replace", action="store_true", help="import: take Label Studio's score where the studio has another")
+    g.add_argument("--from-study", default=None,
+                   help="import: the tasks were exported from this study (same items), e.g. into a copy")
     p.set_defaults(func=cmd_study)

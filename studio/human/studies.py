@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import json
 import random
 from collections import defaultdict
 from pathlib import Path
@@ -352,10 +351,16 @@ def table3_markdown(res: dict) -> str:
     return "\n".join(lines)
 
 
+#: up to this many items a Label Studio export embeds the photos (data URLs); above, local-files URLs
+#: under the workspace as document root
+DATA_URL_ITEMS = 200
+
+
 def export(ws: Workspace, name: str, out_dir: Path | None = None) -> dict[str, str]:
-    """scores.csv (long: sample, model, annotator, criterion, score, time, seconds), label_studio.json
-    (Label Studio's export shape with rating results), table3.md (the paper's layout, then the studio's own
-    measures), table3.csv and table3.tex (the paper's layout); returns workspace-relative paths."""
+    """scores.csv (long: sample, model, annotator, criterion, score, time, seconds), labelstudio/ (a labeling
+    config, the tasks with every score and comment, the annotator -> email mapping: see labelstudio.py),
+    table3.md (the paper's layout, then the studio's own measures), table3.csv and table3.tex (the paper's
+    layout); returns workspace-relative paths."""
     s = get_study(ws, name)
     rows = ws.store.study_scores(s["id"])
     out = Path(out_dir) if out_dir else ws.root / "exports" / "studies" / hashlib.sha256(name.encode()).hexdigest()[:12]
@@ -366,26 +371,19 @@ def export(ws: Workspace, name: str, out_dir: Path | None = None) -> dict[str, s
     for r in rows:
         w.writerow([r["idx"], r["model"], r["annotator"], r["criterion"], r["score"], r["updated_at"], r["seconds"],
                     r["kind"], r["duplicate_of"] if r["duplicate_of"] is not None else ""])
-    tasks: dict[int, dict] = {}
-    for it in ws.store.study_items(s["id"]):
-        tasks[it["id"]] = {"id": it["idx"], "data": {"image": it["image_path"], "face": it["face_path"],
-                                                     "prompt": it["prompt"], "model": it["model"]}, "annotations": []}
-    per: dict[tuple, dict] = {}
-    for r in rows:
-        ann = per.get((r["item_id"], r["annotator"]))
-        if ann is None:
-            ann = per[(r["item_id"], r["annotator"])] = {"completed_by": r["annotator"], "result": [],
-                                                          "updated_at": r["updated_at"], "lead_time": r["seconds"]}
-            tasks[r["item_id"]]["annotations"].append(ann)
-        ann["result"].append({"from_name": r["criterion"], "to_name": "image", "type": "rating",
-                              "value": {"rating": r["score"]}})
     from ..evaluation import tables
 
     res = results(ws, name)
     paper = tables.table3(res["table3"], name)
-    files = {"scores.csv": buf.getvalue(), "label_studio.json": json.dumps(list(tasks.values()), indent=1),
+    files = {"scores.csv": buf.getvalue(),
              "table3.md": tables.markdown(paper) + "\n\n" + table3_markdown(res) + "\n",
              "table3.csv": tables.csv_text(paper), "table3.tex": tables.latex(paper)}
     for fname, text in files.items():
         atomic_write_bytes(out / fname, text.encode("utf-8"))
-    return {k: str((out / k).relative_to(ws.root)) if (out / k).is_relative_to(ws.root) else str(out / k) for k in files}
+    from .labelstudio import export_labelstudio
+
+    small = len(ws.store.study_items(s["id"])) <= DATA_URL_ITEMS
+    ls = export_labelstudio(ws, name, out / "labelstudio", images="data" if small else "local-files")
+    paths = {k: out / k for k in files} | {f"labelstudio/{Path(ls[k]).name}": Path(ls[k])
+                                           for k in ("label_config", "tasks", "annotators")}
+    return {k: str(p.relative_to(ws.root)) if p.is_relative_to(ws.root) else str(p) for k, p in paths.items()}

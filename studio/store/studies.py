@@ -160,6 +160,64 @@ class StudiesMixin:
                WHERE s.study_id = ? ORDER BY i.idx, s.annotator, s.criterion""", (study_id,)).fetchall()
         return [dict(r) for r in rows]
 
+    def study_comments(self, study_id: int) -> list[dict]:
+        """Every non-empty comment of a study: item id, annotator, comment."""
+        return [dict(r) for r in self.conn.execute(
+            "SELECT item_id, annotator, comment FROM item_comments WHERE study_id = ? AND comment != '' "
+            "ORDER BY item_id, annotator", (study_id,))]
+
+    def import_study_scores(self, study_id: int, scores: dict[tuple[str, int], dict[str, int]],
+                            comments: dict[tuple[str, int], str], replace: bool = False) -> dict:
+        """Scores and comments made elsewhere (keyed by (annotator, item id)), in one transaction.
+
+        An annotator without that item gets it at the end of their list. A score the studio holds with
+        another value is kept unless ``replace`` (counted in ``kept_different``); changes keep history."""
+        added = changed = kept = same = assigned = 0
+        with self.transaction() as conn:
+            stamp = now()
+            for (annotator, item_id) in sorted(set(scores) | set(comments)):
+                row = conn.execute("SELECT position FROM study_assignments WHERE study_id = ? AND annotator = ? "
+                                   "AND item_id = ?", (study_id, annotator, item_id)).fetchone()
+                if row is None:
+                    position = 1 + conn.execute("SELECT COALESCE(MAX(position), 0) FROM study_assignments "
+                                                "WHERE study_id = ? AND annotator = ?", (study_id, annotator)).fetchone()[0]
+                    conn.execute("INSERT INTO study_assignments(study_id, annotator, position, item_id) VALUES (?, ?, ?, ?)",
+                                 (study_id, annotator, position, item_id))
+                    assigned += 1
+                else:
+                    position = row[0]
+                old = dict(conn.execute("SELECT criterion, score FROM scores WHERE study_id = ? AND item_id = ? "
+                                        "AND annotator = ?", (study_id, item_id, annotator)).fetchall())
+                for criterion, score in scores.get((annotator, item_id), {}).items():
+                    if old.get(criterion) == score:
+                        same += 1
+                        continue
+                    if criterion in old and not replace:
+                        kept += 1
+                        continue
+                    added, changed = added + (criterion not in old), changed + (criterion in old)
+                    conn.execute(
+                        """INSERT INTO scores(study_id, item_id, annotator, criterion, score, seconds, updated_at)
+                           VALUES (?, ?, ?, ?, ?, NULL, ?) ON CONFLICT(study_id, item_id, annotator, criterion)
+                           DO UPDATE SET score = excluded.score, updated_at = excluded.updated_at""",
+                        (study_id, item_id, annotator, criterion, score, stamp))
+                    conn.execute("INSERT INTO score_history(study_id, item_id, annotator, criterion, score, seconds, "
+                                 "created_at) VALUES (?, ?, ?, ?, ?, NULL, ?)",
+                                 (study_id, item_id, annotator, criterion, score, stamp))
+                if (annotator, item_id) in comments:
+                    conn.execute(
+                        """INSERT INTO item_comments(study_id, item_id, annotator, comment, updated_at) VALUES (?, ?, ?, ?, ?)
+                           ON CONFLICT(study_id, item_id, annotator) DO UPDATE SET comment = excluded.comment,
+                           updated_at = excluded.updated_at""",
+                        (study_id, item_id, annotator, comments[(annotator, item_id)], stamp))
+                n = conn.execute("SELECT COUNT(*) FROM scores WHERE study_id = ? AND item_id = ? AND annotator = ?",
+                                 (study_id, item_id, annotator)).fetchone()[0]
+                if n == len(CRITERIA):
+                    conn.execute("UPDATE study_assignments SET done = 1 WHERE study_id = ? AND annotator = ? "
+                                 "AND position = ?", (study_id, annotator, position))
+        return {"scores_added": added, "scores_changed": changed, "scores_same": same, "kept_different": kept,
+                "comments": len(comments), "assignments_added": assigned}
+
     def study_items(self, study_id: int) -> list[dict]:
         return [dict(r) for r in self.conn.execute("SELECT * FROM study_items WHERE study_id = ? ORDER BY idx",
                                                    (study_id,))]
