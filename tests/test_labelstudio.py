@@ -136,6 +136,10 @@ def test_a_study_round_trips_through_label_studio(label_studio, photos, tmp_path
 
     export = api.get(f"/api/projects/{pid}/export", params={"exportType": "JSON"})
     assert export.status_code == 200
+    csv_export = api.get(f"/api/projects/{pid}/export", params={"exportType": "CSV"})
+    header = csv_export.text.splitlines()[0].split(",")
+    assert csv_export.status_code == 200 and {"Customization", "Fidelity", "Quality", "comment", "item",
+                                              "sample_id"} <= set(header), header  # the ratings stay in its CSV
     tasks = export.json()
     users = {u["id"]: u["email"] for u in api.get("/api/users").json()}
     sid = ws.store.study("ls-study")["id"]
