@@ -12,15 +12,19 @@ from ..workspace import atomic_write_bytes
 THUMB_SIDE = 320
 
 
+def _save_thumbnail(img: Image.Image, dest: Path, side: int) -> Path:
+    img.thumbnail((side, side), Image.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=85)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(dest, buf.getvalue())
+    return dest
+
+
 def make_thumbnail(src: Path, dest: Path, side: int = THUMB_SIDE) -> Path:
     """The upright photo scaled to fit ``side`` x ``side`` (aspect kept, nothing cut), as JPEG."""
     if not dest.exists():
-        img = Image.fromarray(load_rgb(src, draft_side=side).rgb)
-        img.thumbnail((side, side), Image.Resampling.LANCZOS)
-        buf = io.BytesIO()
-        img.save(buf, format="JPEG", quality=85)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(dest, buf.getvalue())
+        _save_thumbnail(Image.fromarray(load_rgb(src, draft_side=side).rgb), dest, side)
     return dest
 
 
@@ -37,10 +41,6 @@ def make_face_thumbnail(src: Path, dest: Path, bbox: tuple[float, float, float, 
         h, w = rgb.shape[:2]
         half = min(half, w / 2, h / 2)  # a square inside the photo: shift it rather than cut it
         left, top = min(max(0.0, cx - half), w - 2 * half), min(max(0.0, cy - half), h - 2 * half)
-        img = Image.fromarray(rgb).crop((int(left), int(top), int(left + 2 * half), int(top + 2 * half)))
-        img.thumbnail((side, side), Image.Resampling.LANCZOS)
-        buf = io.BytesIO()
-        img.save(buf, format="JPEG", quality=85)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(dest, buf.getvalue())
+        crop = Image.fromarray(rgb).crop((int(left), int(top), int(left + 2 * half), int(top + 2 * half)))
+        _save_thumbnail(crop, dest, side)
     return dest
