@@ -112,9 +112,9 @@ def test_img2dataset_output_with_a_failed_download_and_a_truncated_shard(tmp_pat
     assert any(code == "unreadable_shard" and "after 1 samples" in detail for code, detail in problems.values())
 
 
-def test_person_pattern_is_for_shards_only(tmp_path, photos):
+def test_person_pattern_is_for_shards_and_jsonl_only(tmp_path, photos):
     ws = Workspace.open(tmp_path / "ws")
-    with pytest.raises(ValueError, match="--person-pattern applies to webdataset .tar shards only"):
+    with pytest.raises(ValueError, match="--person-pattern applies to webdataset .tar shards and JSONL files only"):
         ingest(ws, photos["obama"].parent.parent, person_pattern="(.*)")
 
 
