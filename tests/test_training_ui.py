@@ -154,13 +154,7 @@ def test_browser_starts_a_run_sees_the_loss_and_stops_it(browser, train_app, tmp
     page.get_by_role("button", name="Make pairs").click()  # a pairs run; its summary arrives when it ends
     page.locator("#train-data").get_by_text("Last pairing (run").wait_for()
     page.locator("#train-data").get_by_text("eileen_collins (one_usable_image)").wait_for()
-    page.locator("#train-name input, #train-name textarea").first.fill("ui-browser")
-    page.locator("#train-model input").first.click()
-    page.get_by_role("option", name="tiny", exact=True).click()
-    for elem, value in (("#train-steps", "5000"), ("#train-res", "64")):
-        box = page.locator(f"{elem} input[type=number]").first
-        box.fill(value)
-        box.press("Tab")
+    fill_run(page, "ui-browser", steps=5000, resolution=64)
     page.locator("#train-devices input, #train-devices textarea").first.fill("cpu")
     page.locator("#train-precision").get_by_label("no", exact=True).check()
     page.locator("#train-missing").get_by_label("template", exact=True).check()
@@ -203,13 +197,7 @@ def test_browser_stop_ends_a_run_within_seconds_even_mid_step(browser, train_app
 
     ws, url = train_app
     page = login_training(browser, url)
-    page.locator("#train-name input, #train-name textarea").first.fill("ui-midstep")
-    page.locator("#train-model input").first.click()
-    page.get_by_role("option", name="tiny", exact=True).click()
-    for elem, value in (("#train-steps", "3"), ("#train-res", "512")):
-        box = page.locator(f"{elem} input[type=number]").first
-        box.fill(value)
-        box.press("Tab")
+    fill_run(page, "ui-midstep", steps=3, resolution=512)
     page.locator("#train-missing").get_by_label("template", exact=True).check()
     page.locator("#train-start").click()
     expect(page.locator("#train-log textarea")).to_have_value(re.compile(r"on 1 process\(es\)"))  # stepping now
@@ -223,6 +211,17 @@ def test_browser_stop_ends_a_run_within_seconds_even_mid_step(browser, train_app
 
     left = subprocess.run(["pgrep", "-f", "ui-midstep"], capture_output=True, text=True).stdout.split()
     assert left == []  # no training process left behind
+
+
+def fill_run(page, name: str, steps: int, resolution: int) -> None:
+    """The Training form's name, the tiny model, steps and resolution, typed as a person does."""
+    page.locator("#train-name input, #train-name textarea").first.fill(name)
+    page.locator("#train-model input").first.click()
+    page.get_by_role("option", name="tiny", exact=True).click()
+    for elem, value in (("#train-steps", steps), ("#train-res", resolution)):
+        box = page.locator(f"{elem} input[type=number]").first
+        box.fill(str(value))
+        box.press("Tab")
 
 
 def login_training(browser, url):

@@ -31,7 +31,6 @@ def export_hf(ws: Workspace, out_dir: str | Path, include_failed: bool = False, 
     check_packs(packs, allow_other_pack)
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
-    statuses = {i: s for i, (s, _) in ws.store.current_caption_flags().items()}
     rows: Iterable = _candidates(ws, include_failed, captions)
     if track is not None:
         rows = track(rows, desc="export (hf)", unit="image")
@@ -45,7 +44,7 @@ def export_hf(ws: Workspace, out_dir: str | Path, include_failed: bool = False, 
                 "file_name": write_image(ws, out, r),
                 "person": r["person"],
                 "caption": caption,
-                "caption_status": statuses.get(r["id"]) or "none",
+                "caption_status": r["caption_status"] or "none",
                 "passed": bool(r["passed"]),
                 "reasons": r["reasons"] or [],
                 "face_bbox": [round(float(v), 2) for v in face.bbox],

@@ -346,9 +346,14 @@ def table3_markdown(res: dict) -> str:
              "| model | criterion | min | max | avg | std | n |", "|---|---|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['model']} | {r['criterion']} | {r['min']} | {r['max']} | {r['avg']:.2f} | {r['std']:.2f} | {r['n']} |"
               for r in res["table3"]]
-    lines += ["", "Krippendorff's alpha (ordinal): " + ", ".join(
-        f"{c} {'–' if v is None else format(v, '.3f')}" for c, v in res["alpha"].items())]
+    lines += ["", alpha_text(res)]
     return "\n".join(lines)
+
+
+def alpha_text(res: dict) -> str:
+    """Krippendorff's alpha per criterion of :func:`results`, as one line ("–" below two raters)."""
+    return "Krippendorff's alpha (ordinal): " + ", ".join(
+        f"{c} {'–' if v is None else format(v, '.3f')}" for c, v in res["alpha"].items())
 
 
 #: up to this many items a Label Studio export embeds the photos (data URLs); above, local-files URLs
@@ -382,8 +387,7 @@ def export(ws: Workspace, name: str, out_dir: Path | None = None) -> dict[str, s
         atomic_write_bytes(out / fname, text.encode("utf-8"))
     from .labelstudio import export_labelstudio
 
-    small = len(ws.store.study_items(s["id"])) <= DATA_URL_ITEMS
-    ls = export_labelstudio(ws, name, out / "labelstudio", images="data" if small else "local-files")
+    ls = export_labelstudio(ws, name, out / "labelstudio", images="data" if s["items"] <= DATA_URL_ITEMS else "local-files")
     paths = {k: out / k for k in files} | {f"labelstudio/{Path(ls[k]).name}": Path(ls[k])
                                            for k in ("label_config", "tasks", "annotators")}
     return {k: str(p.relative_to(ws.root)) if p.is_relative_to(ws.root) else str(p) for k, p in paths.items()}

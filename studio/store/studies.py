@@ -132,19 +132,9 @@ class StudiesMixin:
                 if old.get(criterion) == score:
                     continue  # the same score again: nothing changes, no history row
                 changed += 1
-                conn.execute(
-                    """INSERT INTO scores(study_id, item_id, annotator, criterion, score, seconds, updated_at)
-                       VALUES (?, ?, ?, ?, ?, ?, ?)
-                       ON CONFLICT(study_id, item_id, annotator, criterion)
-                       DO UPDATE SET score = excluded.score, seconds = excluded.seconds, updated_at = excluded.updated_at""",
-                    (study_id, item_id, annotator, criterion, score, seconds, stamp))
-                conn.execute("INSERT INTO score_history(study_id, item_id, annotator, criterion, score, seconds, created_at)"
-                             " VALUES (?, ?, ?, ?, ?, ?, ?)", (study_id, item_id, annotator, criterion, score, seconds, stamp))
+                _put_score(conn, study_id, item_id, annotator, criterion, score, seconds, stamp)
             if comment is not None:
-                conn.execute(
-                    """INSERT INTO item_comments(study_id, item_id, annotator, comment, updated_at) VALUES (?, ?, ?, ?, ?)
-                       ON CONFLICT(study_id, item_id, annotator) DO UPDATE SET comment = excluded.comment,
-                       updated_at = excluded.updated_at""", (study_id, item_id, annotator, comment, stamp))
+                _put_comment(conn, study_id, item_id, annotator, comment, stamp)
             done = len(set(old) | set(scores)) == len(CRITERIA)
             if done:
                 conn.execute("UPDATE study_assignments SET done = 1 WHERE study_id = ? AND annotator = ? AND position = ?",
@@ -196,23 +186,10 @@ class StudiesMixin:
                         kept += 1
                         continue
                     added, changed = added + (criterion not in old), changed + (criterion in old)
-                    conn.execute(
-                        """INSERT INTO scores(study_id, item_id, annotator, criterion, score, seconds, updated_at)
-                           VALUES (?, ?, ?, ?, ?, NULL, ?) ON CONFLICT(study_id, item_id, annotator, criterion)
-                           DO UPDATE SET score = excluded.score, updated_at = excluded.updated_at""",
-                        (study_id, item_id, annotator, criterion, score, stamp))
-                    conn.execute("INSERT INTO score_history(study_id, item_id, annotator, criterion, score, seconds, "
-                                 "created_at) VALUES (?, ?, ?, ?, ?, NULL, ?)",
-                                 (study_id, item_id, annotator, criterion, score, stamp))
+                    _put_score(conn, study_id, item_id, annotator, criterion, score, None, stamp)  # not timed here
                 if (annotator, item_id) in comments:
-                    conn.execute(
-                        """INSERT INTO item_comments(study_id, item_id, annotator, comment, updated_at) VALUES (?, ?, ?, ?, ?)
-                           ON CONFLICT(study_id, item_id, annotator) DO UPDATE SET comment = excluded.comment,
-                           updated_at = excluded.updated_at""",
-                        (study_id, item_id, annotator, comments[(annotator, item_id)], stamp))
-                n = conn.execute("SELECT COUNT(*) FROM scores WHERE study_id = ? AND item_id = ? AND annotator = ?",
-                                 (study_id, item_id, annotator)).fetchone()[0]
-                if n == len(CRITERIA):
+                    _put_comment(conn, study_id, item_id, annotator, comments[(annotator, item_id)], stamp)
+                if len(set(old) | set(scores.get((annotator, item_id), {}))) == len(CRITERIA):
                     conn.execute("UPDATE study_assignments SET done = 1 WHERE study_id = ? AND annotator = ? "
                                  "AND position = ?", (study_id, annotator, position))
         return {"scores_added": added, "scores_changed": changed, "scores_same": same, "kept_different": kept,
@@ -224,3 +201,23 @@ class StudiesMixin:
 
     def score_history_count(self, study_id: int) -> int:
         return int(self.conn.execute("SELECT COUNT(*) FROM score_history WHERE study_id = ?", (study_id,)).fetchone()[0])
+
+
+def _put_score(conn, study_id: int, item_id: int, annotator: str, criterion: str, score: int, seconds: float | None,
+               stamp: str) -> None:
+    """Write one score (replacing the annotator's earlier one) and add it to the history."""
+    conn.execute(
+        """INSERT INTO scores(study_id, item_id, annotator, criterion, score, seconds, updated_at)
+           VALUES (?, ?, ?, ?, ?, ?, ?)
+           ON CONFLICT(study_id, item_id, annotator, criterion)
+           DO UPDATE SET score = excluded.score, seconds = excluded.seconds, updated_at = excluded.updated_at""",
+        (study_id, item_id, annotator, criterion, score, seconds, stamp))
+    conn.execute("INSERT INTO score_history(study_id, item_id, annotator, criterion, score, seconds, created_at)"
+                 " VALUES (?, ?, ?, ?, ?, ?, ?)", (study_id, item_id, annotator, criterion, score, seconds, stamp))
+
+
+def _put_comment(conn, study_id: int, item_id: int, annotator: str, comment: str, stamp: str) -> None:
+    conn.execute(
+        """INSERT INTO item_comments(study_id, item_id, annotator, comment, updated_at) VALUES (?, ?, ?, ?, ?)
+           ON CONFLICT(study_id, item_id, annotator) DO UPDATE SET comment = excluded.comment,
+           updated_at = excluded.updated_at""", (study_id, item_id, annotator, comment, stamp))

@@ -236,8 +236,7 @@ def results_view(ctx: StudioContext, name: str) -> tuple:
         text += " Nothing is scored yet: the results appear here as annotators save."
         hidden = gr.update(visible=False)
         return text, hidden, hidden, hidden
-    text += " Krippendorff's alpha (ordinal): " + ", ".join(
-        f"{c} {'–' if v is None else format(v, '.3f')}" for c, v in res["alpha"].items()) + "."
+    text += f" {he.alpha_text(res)}."
     t3 = pd.DataFrame(res["table3"], columns=["model", "criterion", "min", "max", "avg", "std", "n"])
     chart = t3.assign(model_criterion=t3["model"] + " · " + t3["criterion"])[["model_criterion", "avg"]]
     return (text, gr.update(value=t3.round(2), visible=True), gr.update(value=pd.DataFrame(res["annotators"]).round(2),

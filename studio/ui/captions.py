@@ -346,7 +346,7 @@ def wire(ctx: StudioContext, t: CaptionsTab) -> Refresh:
     for button, action in ((t.approve, "approve"), (t.reject, "reject"), (t.save, "edit"), (t.regen, "regenerate")):
         w.on(button.click, on_action(action), action_inputs, action_outputs)
 
-    def on_next(request: gr.Request, image_id, ids, status, flag, person):
+    def on_next(request: gr.Request, image_id, ids):
         if image_id in (None, "", 0):
             if not ids:
                 raise ValueError("load a queue first")
@@ -358,7 +358,7 @@ def wire(ctx: StudioContext, t: CaptionsTab) -> Refresh:
             raise ValueError("this is the last caption of the queue")
         return shown(after[0], ids)
 
-    w.on(t.next.click, on_next, [t.current, t.ids, t.status, t.flag, t.person], detail_outputs)
+    w.on(t.next.click, on_next, [t.current, t.ids], detail_outputs)
 
     def on_bulk(request: gr.Request, status, flag, person):
         n = review.bulk_approve_unflagged(ctx.ws, who(request))

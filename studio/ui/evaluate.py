@@ -26,6 +26,7 @@ from .run_panel import RunPanel
 from .wiring import Wiring
 
 SETS = ["name", "kind", "fills", "items", "persons", "with_target_photo", "pack", "source", "created_at"]
+SET_COLUMNS = [("created (UTC)" if k == "created_at" else k) for k in SETS]  # as the table shows them
 HISTORY = ["id", "status", "progress", "test sets", "models", "λ", "author", "started (UTC)"]
 IMPORT_HELP = """The zip holds a folder of text-image pairs: `0001.jpg` with its prompt in `0001.txt`, and
 optionally `0001.input.jpg`, another photo of the same person that gives the input face (CrossFaceID-test's
@@ -78,7 +79,7 @@ def build() -> EvaluateTab:
                                        info="auto: customization when the pairs have input photos")}
                 import_btn = gr.Button("Import", elem_id="ts-import")
             gr.Markdown(IMPORT_HELP)
-            sets = gr.Dataframe(headers=[("created (UTC)" if k == "created_at" else k) for k in SETS], label="Test sets (click one to list its items)", interactive=False,
+            sets = gr.Dataframe(headers=SET_COLUMNS, label="Test sets (click one to list its items)", interactive=False,
                                 elem_id="ts-list")
             items = gr.Dataframe(headers=ITEMS, label="Items", interactive=False, elem_id="ts-items")
         with gr.Accordion("2 · Evaluation run", open=True):
@@ -133,7 +134,7 @@ def build() -> EvaluateTab:
 def sets_frame(ctx: StudioContext) -> pd.DataFrame:
     rows = [summary(ctx.ws, t["name"]) for t in ctx.ws.store.testsets()]
     return pd.DataFrame([[shown_time(r[k]) if k == "created_at" else r[k] for k in SETS] for r in rows],
-                        columns=[("created (UTC)" if k == "created_at" else k) for k in SETS])
+                        columns=SET_COLUMNS)
 
 
 def history_frame(ctx: StudioContext) -> pd.DataFrame:
