@@ -101,6 +101,14 @@ def test_review_names_the_photo_moves_on_by_itself_and_takes_keys(browser, capti
     page.wait_for_function(f"[...document.querySelectorAll('{thumbs}')].every(e => e.complete && e.naturalWidth > 0)")
     sizes = page.locator(thumbs).evaluate_all("els => els.map(e => [e.naturalWidth, e.naturalHeight])")
     assert sizes[0][0] == sizes[0][1], sizes  # obama.jpg is 910 x 1137: its thumbnail is the square around the face
+    face_src = _gallery_srcs(page, "#caption-queue")[0]  # a new file the app serves: to the admin only
+    assert page.request.get(face_src).status == 200
+    assert login(browser, url, "ann").request.get(face_src).status == 403
+    stranger = browser.new_context()
+    try:
+        assert stranger.request.get(face_src).status in (401, 403)
+    finally:
+        stranger.close()
     page.locator("#caption-queue button.thumbnail-item").first.click()
     header = page.locator("#caption-current")
     expect(header).to_contain_text(f"#{ids['obama']} · obama · obama.jpg")

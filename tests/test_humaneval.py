@@ -182,3 +182,37 @@ def test_scores_and_positions_that_are_accepted():
     for bad in (0, -1, 2.9, 1.5, 2.0, True, "2", 2**70, None):
         with pytest.raises(ValueError, match="item position must be a whole number from 1"):
             he.parse_position(bad)
+
+
+def test_a_label_studio_export_with_bad_tasks_keeps_the_good_ones(study_ws, tmp_path):
+    """Each bad task or value of a Label Studio export is named and left out; the rest is imported."""
+    from studio.human import labelstudio as ls
+
+    ws, samples = study_ws
+    he.create_study(ws, "imp", samples, ["ann1"], per_item=1, seed=0)
+
+    def ann(email, **scores):
+        return {"completed_by": {"email": email}, "result": [
+            {"from_name": k.capitalize(), "to_name": "image", "type": "choices", "value": {"choices": [v]}}
+            for k, v in scores.items()] + [{"from_name": "comment", "type": "textarea", "value": {"text": ["ok"]}}]}
+
+    tasks = [
+        {"data": {"study": "imp", "item": 0}, "annotations": [ann("ann1@studio.local", customization="4",
+                                                                  fidelity="7", quality="2")]},
+        {"data": {"study": "imp", "item": 1}, "annotations": [{"completed_by": 99, "result": []}]},
+        {"data": {"study": "other", "item": 2}, "annotations": [ann("ann1@studio.local", quality="3")]},
+        {"data": {"study": "imp", "item": 1}, "annotations": [ann("bob@lab.org", quality="1\x00")]},
+        {"data": {"study": "imp", "item": 2}, "annotations": [{**ann("ann1@studio.local", quality="5"),
+                                                               "was_cancelled": True}]},
+        "not a task",
+    ]
+    (tmp_path / "export.json").write_text(json.dumps(tasks))
+    got = ls.import_labelstudio(ws, "imp", tmp_path / "export.json")
+    problems = "\n".join(got["problems"])
+    assert "fidelity: a score is a whole number from 0 to 5, got '7'" in problems
+    assert "annotator 99 unknown" in problems and "not an item of study 'imp'" in problems
+    assert "quality: a score is a whole number from 0 to 5" in problems and len(got["problems"]) == 5
+    sid = ws.store.study("imp")["id"]
+    stored = {(r["annotator"], r["idx"], r["criterion"]): r["score"] for r in ws.store.study_scores(sid)}
+    assert stored == {("ann1", 0, "customization"): 4, ("ann1", 0, "quality"): 2}  # the cancelled one is not read
+    assert got["annotators"] == ["ann1", "bob@lab.org"] and got["comments"] == 2
