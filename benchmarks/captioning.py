@@ -2,7 +2,8 @@
 
 Same process, same images (the demo photos re-encoded into --images distinct JPEGs), the real
 openai client over HTTP:
-* baseline: a sequential loop (``caption_workspace`` with one request in flight);
+* baseline: the plain loop one writes first: the ``OpenAI`` client, one photo after another (encode,
+  request, keep the answer in a dict);
 * what a user would write instead of the studio: ``AsyncOpenAI`` with an ``asyncio.Semaphore`` at
   the same concurrency, the same prompt, parameters and image encoding, answers kept in a dict
   (no database, no resume, no flags). Goal: ours >= 0.95 of its speed;
@@ -53,6 +54,25 @@ def timed_run(src: Path, tmp: Path, server: LocalOpenAI, concurrency: int, tag: 
     report = caption_workspace(ws, settings, "sk-benchmark", kept_only=False)
     assert report.failed == 0, report.errors
     return report.seconds, report.captioned
+
+
+def sequential_run(src: Path, tmp: Path, server: LocalOpenAI) -> tuple[float, int]:
+    """The first thing one writes: encode a photo, ask, keep the answer; the next photo."""
+    import time
+
+    from openai import OpenAI
+
+    ws = Workspace.open(tmp / "ws_sequential")
+    ingest(ws, src)
+    settings = CaptionSettings(base_url=server.url, max_retries=0, timeout=30)
+    client = OpenAI(api_key="sk-benchmark", base_url=server.url, max_retries=0, timeout=30)
+    start = time.perf_counter()
+    answers = {}
+    for image_id, _, media in ws.store.images_for_captioning(kept_only=False):
+        resp = client.chat.completions.create(messages=build_messages(media_data_url(ws, media, settings)),
+                                              **settings.request_params())
+        answers[image_id] = resp.choices[0].message.content
+    return time.perf_counter() - start, len(answers)
 
 
 def async_openai_run(src: Path, tmp: Path, server: LocalOpenAI, concurrency: int, tag: str = "") -> tuple[float, int]:
@@ -120,7 +140,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, LocalOpenAI(lambda n, body: Reply(delay=args.latency)) as server:
         tmp = Path(tmp)
         src = make_photos(tmp / "src", args.images)
-        seq_s, seq_n = timed_run(src, tmp, server, 1)
+        seq_s, seq_n = sequential_run(src, tmp, server)
         print(f"images: {args.images}, endpoint latency {args.latency * 1000:.0f} ms")
         print(f"sequential loop:   {seq_n / seq_s:.1f} captions/s ({seq_s:.2f} s)")
         theirs, ours = [], []

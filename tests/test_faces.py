@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from studio.dataset.faces import (ANTELOPEV2_FILES, FaceAnalyzer, MissingModelError, pack_from_dir, pose_from_kps,
-                                  resolve_pack)
+                                  prelu_as_relu_add, resolve_pack)
 from studio.images import load_rgb
 
 
@@ -74,6 +74,33 @@ def test_faces_ordered_largest_first_with_embeddings(photos, pack):
     normed = embs / np.linalg.norm(embs, axis=1, keepdims=True)
     off_diag = (normed @ normed.T)[~np.eye(6, dtype=bool)]
     assert off_diag.max() < 0.4  # six different people
+
+
+def test_rewritten_recognizer_gives_insightfaces_embeddings_bit_for_bit(photos, pack, tmp_path):
+    """On the CPU the analyzer runs the recognizer with its PReLUs rewritten (faster); the embeddings of real
+    faces must be exactly those of insightface's own FaceAnalysis over the unchanged model file."""
+    import onnx
+    from insightface.app import FaceAnalysis
+
+    graph = onnx.load(str(pack.recognizer))
+    prelus = sum(n.op_type == "PRelu" for n in graph.graph.node)
+    assert prelus > 0 and prelu_as_relu_add(graph) == prelus
+    assert not any(n.op_type == "PRelu" for n in graph.graph.node)
+    analyzer = FaceAnalyzer(pack, providers=["CPUExecutionProvider"])
+    rgb = load_rgb(photos["t1"]).rgb
+    ours = analyzer.analyze(rgb)
+    served = onnx.load_from_string(analyzer._rec.session._model_bytes)  # the graph the session was built from
+    assert not any(n.op_type == "PRelu" for n in served.graph.node)
+
+    for model in (pack.detector, pack.recognizer):  # a folder holding only the pack's two models
+        shutil.copy(model, tmp_path / model.name)
+    stock = FaceAnalysis(name=str(tmp_path), providers=["CPUExecutionProvider"],
+                         allowed_modules=["detection", "recognition"])
+    stock.prepare(ctx_id=-1, det_size=(640, 640))
+    theirs = sorted(stock.get(rgb[:, :, ::-1].copy()), key=lambda f: -(f.bbox[2] - f.bbox[0]) * (f.bbox[3] - f.bbox[1]))
+    assert len(ours) == len(theirs) == 6
+    for a, b in zip(ours, theirs):
+        assert np.array_equal(a["embedding"], b.embedding.astype(np.float32))
 
 
 def test_no_face_in_blank_image(pack):

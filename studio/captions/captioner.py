@@ -24,7 +24,7 @@ from PIL import Image
 
 from .checks import FLAGS, check_caption  # noqa: F401  (FLAGS re-exported for the UI)
 from ..images import ImageError, load_rgb
-from ..runs.parallel import BoundedMap
+from ..runs.parallel import BoundedMap, usable_cpus
 from ..workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -252,12 +252,20 @@ def caption_workspace(ws: Workspace, settings: CaptionSettings, api_key: str | N
     report = CaptionReport()
     todo = pending_captions(ws, settings, kept_only, report)
 
-    def work(job):
-        image_id, key, media = job
+    def encode(job):
         try:
-            return job, request_caption(client, settings, media_data_url(ws, media, settings), limiter), None
+            return job, media_data_url(ws, job[2], settings), None
         except ImageError as exc:
             return job, None, str(exc)
+        except Exception as exc:  # any other surprise is this photo's problem, not the batch's
+            return job, None, describe_error(exc, settings)
+
+    def work(encoded):
+        job, url, error = encoded
+        if error is not None:
+            return encoded
+        try:
+            return job, request_caption(client, settings, url, limiter), None
         except Exception as exc:  # the client has retried already: record and go on with the batch
             return job, None, redact_secret(describe_error(exc, settings), api_key)
 
@@ -272,9 +280,14 @@ def caption_workspace(ws: Workspace, settings: CaptionSettings, api_key: str | N
                                               overwrite_reviewed, run_id)
         report.stored(flags, current, p_tok, c_tok, settings.cost(p_tok, c_tok))
 
-    with ThreadPoolExecutor(settings.concurrency) as pool:
+    # Photos are encoded on one thread per core, ahead of the request threads: while requests wait (for the
+    # first answer's rate limits, for the server) the CPU goes on encoding, and 16 request threads do not
+    # fight over 2 cores for it.
+    cpus = usable_cpus()
+    with ThreadPoolExecutor(cpus) as encoders, ThreadPoolExecutor(settings.concurrency) as pool:
+        encoded = BoundedMap(encoders, encode, todo, ahead=2 * cpus, ordered=False)
         # keep the pool busy; store each answer as it arrives, so a hung request holds back no paid answer
-        mapper = BoundedMap(pool, work, todo, ahead=2 * settings.concurrency, ordered=False)
+        mapper = BoundedMap(pool, work, encoded, ahead=2 * settings.concurrency, ordered=False)
         results: Iterable = mapper
         if progress is not None:
             results = progress(results, total=len(todo), desc="caption", unit="img")
@@ -282,6 +295,7 @@ def caption_workspace(ws: Workspace, settings: CaptionSettings, api_key: str | N
             for result in results:
                 keep(result)
         except BaseException:  # stopped (a cancel, Ctrl-C): keep the answers already paid for
+            encoded.settle()
             for result in mapper.settle():
                 keep(result)
             raise
