@@ -114,7 +114,7 @@ def phase_split(ws, pack) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--copies", type=int, default=8, help="distinct re-encodings of each photo")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of the three, in turn; medians decide")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of the three, in turn; medians decide")
     args = parser.parse_args()
 
     import onnxruntime as ort

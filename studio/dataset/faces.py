@@ -295,9 +295,9 @@ def prelu_as_relu_add(model) -> int:
 
     The ArcFace recognizers (MobileFaceNet, IResNet) put a PReLU after most convolutions, and onnxruntime's
     CPU PRelu kernel is slow: in MobileFaceNet it took 39% of a face's time (17.4 ms, one thread), the
-    convolutions 54%. The rewrite is exact: for x > 0 it gives x + (+-0) = x, otherwise 0 + slope * x, what
-    PRelu gives; the test checks the embeddings are identical. Only float32 slopes held as weights, and only for
-    the CPU: on a GPU one fused kernel beats four.
+    convolutions 54%. The rewrite is exact (up to the sign of a zero): for x > 0 it gives x + (+-0) = x,
+    otherwise 0 + slope * x, what PRelu gives; the test checks the embeddings are identical. Only float32
+    slopes held as weights, and only for the CPU: on a GPU one fused kernel beats four.
     """
     import onnx
     from onnx import helper, numpy_helper
