@@ -13,10 +13,13 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 
-from .captioner import (CaptionReport, CaptionSettings, build_messages, cache_key, describe_error, make_client,
-                        media_data_url, pending_captions, redact_secret, request_caption, store_model_caption)
+from .captioner import (CaptionReport, CaptionSettings, build_messages, cache_key, describe_error, encode_ahead,
+                        make_client, media_data_url, pending_captions, redact_secret, request_caption,
+                        store_model_caption)
 from ..images import ImageError
+from ..runs.parallel import usable_cpus
 from ..workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -176,16 +179,18 @@ def caption_batch(ws: Workspace, settings: CaptionSettings, api_key: str | None,
     todo = pending_captions(ws, settings, kept_only, report)
 
     def lines():
-        for image_id, key, media in todo:
-            try:
-                url = media_data_url(ws, media, settings)
-            except ImageError as exc:
-                fail(image_id, str(exc))
-                continue
-            cid = f"{image_id}:{key}"
-            body = {"messages": build_messages(url), **settings.request_params()}
-            yield cid, (json.dumps({"custom_id": cid, "method": "POST", "url": "/v1/chat/completions",
-                                    "body": body}) + "\n").encode()
+        with ThreadPoolExecutor(usable_cpus()) as encoders:
+            for (image_id, key, _), url, error in encode_ahead(ws, todo, settings, encoders):
+                if error is not None:
+                    fail(image_id, error)
+                    continue
+                yield line(image_id, key, url)
+
+    def line(image_id: int, key: str, url: str) -> tuple[str, bytes]:
+        cid = f"{image_id}:{key}"
+        body = {"messages": build_messages(url), **settings.request_params()}
+        return cid, (json.dumps({"custom_id": cid, "method": "POST", "url": "/v1/chat/completions",
+                                 "body": body}) + "\n").encode()
 
     submitted = [_submit(ws, client, chunk, settings, run_id) for chunk in _chunks(lines())]
     # 3. wait for them

@@ -113,6 +113,21 @@ def media_data_url(ws: Workspace, media_path: str, settings: CaptionSettings) ->
     return image_data_url(img.rgb, settings.image_max_side, settings.jpeg_quality)
 
 
+def encode_ahead(ws: Workspace, todo: list[tuple[int, str, str]], settings: CaptionSettings,
+                 pool: ThreadPoolExecutor) -> BoundedMap:
+    """``(job, data URL, error)`` for each ``(image id, key, media path)`` job, as they are encoded on ``pool``
+    (one thread per core), a few ahead of their use. A photo that cannot be encoded is that job's error."""
+    def encode(job):
+        try:
+            return job, media_data_url(ws, job[2], settings), None
+        except ImageError as exc:
+            return job, None, str(exc)
+        except Exception as exc:  # any other surprise is this photo's problem, not the batch's
+            return job, None, describe_error(exc, settings)
+
+    return BoundedMap(pool, encode, todo, ahead=2 * usable_cpus(), ordered=False)
+
+
 def build_messages(data_url: str) -> list[dict]:
     return [{"role": "user", "content": [
         {"type": "text", "text": PROMPT},
@@ -252,14 +267,6 @@ def caption_workspace(ws: Workspace, settings: CaptionSettings, api_key: str | N
     report = CaptionReport()
     todo = pending_captions(ws, settings, kept_only, report)
 
-    def encode(job):
-        try:
-            return job, media_data_url(ws, job[2], settings), None
-        except ImageError as exc:
-            return job, None, str(exc)
-        except Exception as exc:  # any other surprise is this photo's problem, not the batch's
-            return job, None, describe_error(exc, settings)
-
     def work(encoded):
         job, url, error = encoded
         if error is not None:
@@ -280,12 +287,10 @@ def caption_workspace(ws: Workspace, settings: CaptionSettings, api_key: str | N
                                               overwrite_reviewed, run_id)
         report.stored(flags, current, p_tok, c_tok, settings.cost(p_tok, c_tok))
 
-    # Photos are encoded on one thread per core, ahead of the request threads: while requests wait (for the
-    # first answer's rate limits, for the server) the CPU goes on encoding, and 16 request threads do not
-    # fight over 2 cores for it.
-    cpus = usable_cpus()
-    with ThreadPoolExecutor(cpus) as encoders, ThreadPoolExecutor(settings.concurrency) as pool:
-        encoded = BoundedMap(encoders, encode, todo, ahead=2 * cpus, ordered=False)
+    # while requests wait (for the first answer's rate limits, for the server) the CPU goes on encoding,
+    # and 16 request threads do not fight over 2 cores for it
+    with ThreadPoolExecutor(usable_cpus()) as encoders, ThreadPoolExecutor(settings.concurrency) as pool:
+        encoded = encode_ahead(ws, todo, settings, encoders)
         # keep the pool busy; store each answer as it arrives, so a hung request holds back no paid answer
         mapper = BoundedMap(pool, work, encoded, ahead=2 * settings.concurrency, ordered=False)
         results: Iterable = mapper
