@@ -390,16 +390,14 @@ def _sample_item(shard: Path, sample: dict, side: dict, person_field: str | None
                 meta={k: v for k, v in meta.items() if k in ("shard", "key", "url")}, suffix="." + ext)
 
 
-def iter_shards(source: Path, person_column: str | None = None, person_pattern: str | None = None,
+def iter_shards(source: Path, person_column: str | None = None, person_pattern: re.Pattern | None = None,
                 **_) -> Iterator[Item]:
     """Samples of webdataset shards (and img2dataset's failed downloads), without unpacking them."""
-    import re
     import tarfile
 
     from webdataset.tariterators import base_plus_ext
 
     source = Path(source)
-    pattern = re.compile(person_pattern) if person_pattern else None
     shards = [source] if source.is_file() else sorted(source.glob("*.tar"))
     for shard in shards:
         try:
@@ -435,7 +433,7 @@ def iter_shards(source: Path, person_column: str | None = None, person_pattern: 
                     data = tar.extractfile(member).read()  # a member cut short raises here, before it counts
                     if pending is not None and not same:
                         read += 1
-                        yield _shard_item(shard, pending, side, person_column, pattern)
+                        yield _shard_item(shard, pending, side, person_column, person_pattern)
                         pending = None
                     seen.add(key)
                     pending = pending or {"__key__": key}
@@ -443,12 +441,12 @@ def iter_shards(source: Path, person_column: str | None = None, person_pattern: 
         except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
             if pending is not None:  # members before the cut were whole; the sample may still lack its image
                 read += 1
-                yield _shard_item(shard, pending, side, person_column, pattern)
+                yield _shard_item(shard, pending, side, person_column, person_pattern)
                 pending = None
             yield Item(source=f"{shard.resolve()}#after-{read}", person=None, error=ImageError(
                 shard, "unreadable_shard", f"{exc.__class__.__name__}: {exc} (after {read} samples)"))
         if pending is not None:
-            yield _shard_item(shard, pending, side, person_column, pattern)
+            yield _shard_item(shard, pending, side, person_column, person_pattern)
 
 
 def _member_problem(shard: Path, member, key: str | None) -> Item:
@@ -480,22 +478,22 @@ def iter_source(source: Path, **table_columns) -> Iterator[Item]:
     if not source.exists():
         raise FileNotFoundError(f"ingest source {source} does not exist")
     suffix = source.suffix.lower()
-    shard_opts = {k: table_columns.pop(k, None) for k in ("person_pattern",)}
+    raw_pattern = table_columns.pop("person_pattern", None)
+    try:
+        pattern = re.compile(raw_pattern) if raw_pattern else None
+    except re.error as exc:
+        raise ValueError(f"--person-pattern {raw_pattern!r} is not a regular expression: {exc}") from None
     data_root = table_columns.pop("data_root", None)
     if data_root is not None and not Path(data_root).is_dir():
         raise ValueError(f"--data-root {data_root} is not a folder")
     if suffix == ".tar" or (source.is_dir() and any(source.glob("*.tar"))):
-        return iter_shards(source, person_column=table_columns.get("person_column"), **shard_opts)
+        return iter_shards(source, person_column=table_columns.get("person_column"), person_pattern=pattern)
     jsonls = [source] if source.is_file() and suffix == ".jsonl" else (
         sorted(source.glob("*.jsonl")) if source.is_dir() else [])
     if jsonls:
-        try:
-            pattern = re.compile(shard_opts["person_pattern"]) if shard_opts["person_pattern"] else None
-        except re.error as exc:
-            raise ValueError(f"--person-pattern {shard_opts['person_pattern']!r} is not a regular expression: {exc}") from None
         opts = {"data_root": data_root, "person_column": table_columns.get("person_column"), "person_pattern": pattern}
         return (item for j in jsonls for item in iter_jsonl(j, **opts))
-    if shard_opts["person_pattern"]:
+    if pattern is not None:
         raise ValueError("--person-pattern applies to webdataset .tar shards and JSONL files only")
     if data_root is not None:
         raise ValueError("--data-root applies to JSONL files only")
