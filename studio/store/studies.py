@@ -135,10 +135,7 @@ class StudiesMixin:
                 _put_score(conn, study_id, item_id, annotator, criterion, score, seconds, stamp)
             if comment is not None:
                 _put_comment(conn, study_id, item_id, annotator, comment, stamp)
-            done = len(set(old) | set(scores)) == len(CRITERIA)
-            if done:
-                conn.execute("UPDATE study_assignments SET done = 1 WHERE study_id = ? AND annotator = ? AND position = ?",
-                             (study_id, annotator, position))
+            done = _mark_done(conn, study_id, annotator, position, set(old) | set(scores))
             return {"changed": changed, "done": done}
 
     def study_scores(self, study_id: int) -> list[dict]:
@@ -189,9 +186,7 @@ class StudiesMixin:
                     _put_score(conn, study_id, item_id, annotator, criterion, score, None, stamp)  # not timed here
                 if (annotator, item_id) in comments:
                     _put_comment(conn, study_id, item_id, annotator, comments[(annotator, item_id)], stamp)
-                if len(set(old) | set(scores.get((annotator, item_id), {}))) == len(CRITERIA):
-                    conn.execute("UPDATE study_assignments SET done = 1 WHERE study_id = ? AND annotator = ? "
-                                 "AND position = ?", (study_id, annotator, position))
+                _mark_done(conn, study_id, annotator, position, set(old) | set(scores.get((annotator, item_id), {})))
         return {"scores_added": added, "scores_changed": changed, "scores_same": same, "kept_different": kept,
                 "comments": len(comments), "assignments_added": assigned}
 
@@ -214,6 +209,15 @@ def _put_score(conn, study_id: int, item_id: int, annotator: str, criterion: str
         (study_id, item_id, annotator, criterion, score, seconds, stamp))
     conn.execute("INSERT INTO score_history(study_id, item_id, annotator, criterion, score, seconds, created_at)"
                  " VALUES (?, ?, ?, ?, ?, ?, ?)", (study_id, item_id, annotator, criterion, score, seconds, stamp))
+
+
+def _mark_done(conn, study_id: int, annotator: str, position: int, criteria: set[str]) -> bool:
+    """Mark the annotator's item done once every criterion has a score; returns whether it is."""
+    done = len(criteria) == len(CRITERIA)
+    if done:
+        conn.execute("UPDATE study_assignments SET done = 1 WHERE study_id = ? AND annotator = ? AND position = ?",
+                     (study_id, annotator, position))
+    return done
 
 
 def _put_comment(conn, study_id: int, item_id: int, annotator: str, comment: str, stamp: str) -> None:
