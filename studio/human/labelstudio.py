@@ -123,23 +123,22 @@ def export_labelstudio(ws: Workspace, name: str, out_dir: Path, *, images: str =
             "duplicate_of": original["idx"] if original else None}, "annotations": []}
     per: dict[tuple, dict] = {}
     used: dict[str, str] = {}
+
+    def annotation(item_id: int, annotator: str, **fields) -> dict:
+        """The annotator's one annotation of an item (scores and comment together), made on first use."""
+        if (item_id, annotator) not in per:
+            used[annotator] = email_of(annotator, emails, domain)
+            per[(item_id, annotator)] = {"completed_by": {"email": used[annotator]}, "result": [], **fields}
+            tasks[item_id]["annotations"].append(per[(item_id, annotator)])
+        return per[(item_id, annotator)]
+
     for r in ws.store.study_scores(s["id"]):
-        key = (r["item_id"], r["annotator"])
-        if key not in per:
-            used[r["annotator"]] = email_of(r["annotator"], emails, domain)
-            per[key] = {"completed_by": {"email": used[r["annotator"]]}, "result": [], "lead_time": r["seconds"],
-                        "created_at": r["updated_at"]}
-            tasks[r["item_id"]]["annotations"].append(per[key])
-        per[key]["result"].append({"from_name": tag_name(r["criterion"]), "to_name": "image", "type": "choices",
-                                   "value": {"choices": [str(r["score"])]}})
-    for c in ws.store.study_comments(s["id"]):
-        key = (c["item_id"], c["annotator"])
-        if key not in per:  # a comment without scores is still the annotator's annotation
-            used[c["annotator"]] = email_of(c["annotator"], emails, domain)
-            per[key] = {"completed_by": {"email": used[c["annotator"]]}, "result": []}
-            tasks[c["item_id"]]["annotations"].append(per[key])
-        per[key]["result"].append({"from_name": "comment", "to_name": "image", "type": "textarea",
-                                   "value": {"text": [c["comment"]]}})
+        annotation(r["item_id"], r["annotator"], lead_time=r["seconds"], created_at=r["updated_at"])["result"].append(
+            {"from_name": tag_name(r["criterion"]), "to_name": "image", "type": "choices",
+             "value": {"choices": [str(r["score"])]}})
+    for c in ws.store.study_comments(s["id"]):  # a comment without scores is still the annotator's annotation
+        annotation(c["item_id"], c["annotator"])["result"].append(
+            {"from_name": "comment", "to_name": "image", "type": "textarea", "value": {"text": [c["comment"]]}})
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / "label_config.xml", label_config().encode())
