@@ -91,3 +91,22 @@ def test_a_restart_while_the_batch_is_in_progress_polls_the_same_batch(ws):
         assert len(server.batches) == 1 and len(server.requests) == 4  # nothing asked, or paid for, twice
     assert len(model_rows(ws)) == 4 and all(n == 1 for _, n in model_rows(ws))
     assert KEY not in json.dumps(batches(ws)) and KEY not in out + err
+
+
+def test_a_damaged_photo_is_its_own_failure_in_both_paths(ws):
+    """A workspace photo truncated on disk after ingest: its encoding fails on the encoder threads, that image
+    is reported by name and never sent, and the other three are captioned (synchronously and by batch)."""
+    rows = ws.store.image_table()
+    damaged = ws.media_path(rows[0]["media_path"])
+    damaged.write_bytes(damaged.read_bytes()[:200])
+    with LocalOpenAI() as server:
+        sync = caption_workspace(ws, settings(server), KEY, kept_only=False)
+        assert (sync.captioned, sync.failed) == (3, 1) and len(server.requests) == 3
+        assert f"image {rows[0]['id']}:" in sync.errors[0] and damaged.name in sync.errors[0]
+    assert [i for i, _ in model_rows(ws)] == sorted(r["id"] for r in rows[1:])
+    with LocalOpenAI() as server:  # another model: every image is asked again, by batch
+        other = CaptionSettings(base_url=server.url, model="gpt-4o-mini", max_retries=0, timeout=10.0)
+        batch = caption_batch(ws, other, KEY, kept_only=False, poll_seconds=0.05)
+        assert (batch.captioned, batch.failed) == (3, 1) and damaged.name in batch.errors[0]
+        sent = [line["custom_id"] for b in server.batches.values() for line in b["lines"]]
+        assert sorted(int(c.split(":")[0]) for c in sent) == sorted(r["id"] for r in rows[1:])
